@@ -1,0 +1,170 @@
+//! Detection records (SPEC §5): identity, ordering and the exact JSON form.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Time zone of every output time.
+pub const OUTPUT_TZ: chrono_tz::Tz = chrono_tz::Asia::Kolkata;
+
+/// The three patterns, in their output order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PatternId {
+    /// PatId1, UPGRADE.
+    Upgrade,
+    /// PatId2, CHILD.
+    Child,
+    /// PatId3, DEI-NEEDED.
+    DeiNeeded,
+}
+
+impl PatternId {
+    /// All patterns in order.
+    pub const ALL: [PatternId; 3] = [PatternId::Upgrade, PatternId::Child, PatternId::DeiNeeded];
+
+    /// `PatId1`, `PatId2`, `PatId3`.
+    pub fn id(self) -> &'static str {
+        match self {
+            PatternId::Upgrade => "PatId1",
+            PatternId::Child => "PatId2",
+            PatternId::DeiNeeded => "PatId3",
+        }
+    }
+
+    /// `UPGRADE`, `CHILD`, `DEI-NEEDED`.
+    pub fn action(self) -> &'static str {
+        match self {
+            PatternId::Upgrade => "UPGRADE",
+            PatternId::Child => "CHILD",
+            PatternId::DeiNeeded => "DEI-NEEDED",
+        }
+    }
+
+    /// Reads `PatId1`…`PatId3`.
+    pub fn from_id(id: &str) -> Option<Self> {
+        PatternId::ALL.into_iter().find(|p| p.id() == id)
+    }
+
+    /// Index 0..3, for per-pattern counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the engine found: a detection's identity. Ordered as SPEC §5 orders new
+/// detections within a chunk: pattern, then merchant, then customer (byte order).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DetectionKey {
+    /// Which pattern.
+    pub pattern: PatternId,
+    /// Merchant id, unquoted.
+    pub merchant: String,
+    /// Customer id, unquoted; empty for PatId3.
+    pub customer: String,
+}
+
+/// A detection as written to S3 and Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    /// Its identity.
+    pub key: DetectionKey,
+    /// The chunk whose processing produced it.
+    pub chunk: u64,
+    /// When mechanism Y began processing that chunk.
+    pub y_start: DateTime<Utc>,
+    /// When the detection was made.
+    pub detected_at: DateTime<Utc>,
+}
+
+/// The JSON form, fields in the order SPEC §5 gives.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct DetectionJson {
+    /// IST start time of the chunk's processing.
+    #[serde(rename = "YStartTime")]
+    pub y_start_time: String,
+    /// IST detection time.
+    #[serde(rename = "detectionTime")]
+    pub detection_time: String,
+    /// `PatId1`…
+    #[serde(rename = "patternId")]
+    pub pattern_id: String,
+    /// `UPGRADE`…
+    #[serde(rename = "ActionType")]
+    pub action_type: String,
+    /// Customer id, or `""`.
+    #[serde(rename = "customerName")]
+    pub customer_name: String,
+    /// Merchant id.
+    #[serde(rename = "MerchantId")]
+    pub merchant_id: String,
+}
+
+/// Formats a time as IST ISO 8601 with milliseconds and offset:
+/// `2025-06-03T14:30:45.123+05:30`.
+pub fn format_ist(t: DateTime<Utc>) -> String {
+    t.with_timezone(&OUTPUT_TZ).format("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string()
+}
+
+impl Detection {
+    /// The JSON object of SPEC §5.
+    pub fn to_json(&self) -> DetectionJson {
+        DetectionJson {
+            y_start_time: format_ist(self.y_start),
+            detection_time: format_ist(self.detected_at),
+            pattern_id: self.key.pattern.id().to_string(),
+            action_type: self.key.pattern.action().to_string(),
+            customer_name: self.key.customer.clone(),
+            merchant_id: self.key.merchant.clone(),
+        }
+    }
+
+    /// One JSON Lines line (without the newline).
+    pub fn to_json_line(&self) -> String {
+        // Serializing a struct of strings cannot fail.
+        serde_json::to_string(&self.to_json()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn json_has_exact_fields_and_order() {
+        let start = Utc.with_ymd_and_hms(2025, 6, 3, 9, 0, 45).unwrap() + chrono::Duration::milliseconds(123);
+        let d = Detection {
+            key: DetectionKey { pattern: PatternId::Upgrade, merchant: "M348934600".into(), customer: "C1093826151".into() },
+            chunk: 0,
+            y_start: start,
+            detected_at: start + chrono::Duration::milliseconds(64),
+        };
+        assert_eq!(
+            d.to_json_line(),
+            r#"{"YStartTime":"2025-06-03T14:30:45.123+05:30","detectionTime":"2025-06-03T14:30:45.187+05:30","patternId":"PatId1","ActionType":"UPGRADE","customerName":"C1093826151","MerchantId":"M348934600"}"#
+        );
+    }
+
+    #[test]
+    fn dei_has_empty_customer_and_whole_seconds_keep_millis() {
+        let t = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+        let d = Detection {
+            key: DetectionKey { pattern: PatternId::DeiNeeded, merchant: "M1".into(), customer: String::new() },
+            chunk: 3,
+            y_start: t,
+            detected_at: t,
+        };
+        let json = d.to_json();
+        assert_eq!(json.customer_name, "");
+        assert_eq!(json.action_type, "DEI-NEEDED");
+        assert_eq!(json.y_start_time, "2025-01-01T05:30:00.000+05:30");
+    }
+
+    #[test]
+    fn keys_order_by_pattern_merchant_customer() {
+        let k = |p, m: &str, c: &str| DetectionKey { pattern: p, merchant: m.into(), customer: c.into() };
+        let mut v = vec![k(PatternId::Child, "M1", "C2"), k(PatternId::Upgrade, "M2", "C1"), k(PatternId::Child, "M1", "C1")];
+        v.sort();
+        assert_eq!(v, vec![k(PatternId::Upgrade, "M2", "C1"), k(PatternId::Child, "M1", "C1"), k(PatternId::Child, "M1", "C2")]);
+        assert_eq!(PatternId::from_id("PatId3"), Some(PatternId::DeiNeeded));
+    }
+}

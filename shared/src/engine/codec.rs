@@ -1,0 +1,299 @@
+//! Compact binary forms of the engine state: one chunk's [`ChunkDelta`] and a whole
+//! snapshot. LEB128 varints, LZ4-compressed, with a magic tag and version so a reader
+//! never misreads another format. Weights are not stored: they are looked up again in
+//! the importance table, which the stored fingerprint pins.
+
+use super::{Engine, MerchantStats, PairStats, Totals, EMITTED_CHILD, EMITTED_UPGRADE};
+use crate::config::PatternConfig;
+use crate::detection::PatternId;
+use crate::parse::{Gender, ImportanceTable};
+use std::sync::Arc;
+
+const DELTA_MAGIC: &[u8; 4] = b"TXD1";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"TXS1";
+
+/// Stored state could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// Not this format, or a version this build cannot read.
+    #[error("not a txpipe {what} (bad magic or version)")]
+    BadMagic {
+        /// Delta or snapshot.
+        what: &'static str,
+    },
+    /// The bytes end early or hold an impossible value.
+    #[error("corrupt txpipe {what}: {why}")]
+    Corrupt {
+        /// Delta or snapshot.
+        what: &'static str,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+/// The change one chunk made to the running stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkDelta {
+    /// The chunk.
+    pub chunk: u64,
+    /// Valid rows in the chunk.
+    pub rows: u64,
+    /// Rejected rows in the chunk.
+    pub rejected: u64,
+    /// Merchants known before the chunk (new ones get the next indices).
+    pub merchants_before: u32,
+    /// Customers known before the chunk.
+    pub customers_before: u32,
+    /// Merchant ids first seen in the chunk, in index order.
+    pub new_merchants: Vec<String>,
+    /// Customer ids first seen in the chunk, in index order.
+    pub new_customers: Vec<String>,
+    /// Per-pair increments.
+    pub pairs: Vec<PairDelta>,
+    /// Detections emitted by the chunk: (pattern, merchant index, customer index or
+    /// `u32::MAX` for merchant-only patterns).
+    pub detections: Vec<(PatternId, u32, u32)>,
+}
+
+/// One pair's increments in one chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairDelta {
+    /// Merchant index.
+    pub merchant: u32,
+    /// Customer index.
+    pub customer: u32,
+    /// Added transactions.
+    pub txns: u64,
+    /// Added cents.
+    pub cents: u128,
+    /// Gender at the merchant (used when the pair is new).
+    pub gender: Gender,
+}
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn uint(&mut self, mut v: u128) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.0.push(byte);
+                return;
+            }
+            self.0.push(byte | 0x80);
+        }
+    }
+    fn u64(&mut self, v: u64) {
+        self.uint(u128::from(v));
+    }
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn finish(self, magic: &[u8; 4]) -> Vec<u8> {
+        let mut out = magic.to_vec();
+        out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.0));
+        out
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn open(bytes: &[u8], magic: &[u8; 4], what: &'static str) -> Result<Vec<u8>, CodecError> {
+        let body = bytes.strip_prefix(magic.as_slice()).ok_or(CodecError::BadMagic { what })?;
+        lz4_flex::decompress_size_prepended(body).map_err(|e| CodecError::Corrupt { what, why: e.to_string() })
+    }
+    fn corrupt(&self, why: &str) -> CodecError {
+        CodecError::Corrupt { what: self.what, why: format!("{why} at byte {}", self.pos) }
+    }
+    fn uint(&mut self) -> Result<u128, CodecError> {
+        let mut v: u128 = 0;
+        for shift in (0..128).step_by(7) {
+            let byte = *self.buf.get(self.pos).ok_or_else(|| self.corrupt("unexpected end"))?;
+            self.pos += 1;
+            v |= u128::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.corrupt("varint too long"))
+    }
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        u64::try_from(self.uint()?).map_err(|_| self.corrupt("value too large"))
+    }
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        u32::try_from(self.uint()?).map_err(|_| self.corrupt("value too large"))
+    }
+    fn len(&mut self) -> Result<usize, CodecError> {
+        let n = self.u64()? as usize;
+        // A length can never exceed the remaining bytes: guards against huge allocations.
+        if n > self.buf.len() - self.pos.min(self.buf.len()) {
+            return Err(self.corrupt("length past the end"));
+        }
+        Ok(n)
+    }
+    fn str(&mut self) -> Result<String, CodecError> {
+        let n = self.len()?;
+        let bytes = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.corrupt("name is not UTF-8"))
+    }
+    fn pattern(&mut self) -> Result<PatternId, CodecError> {
+        let i = self.u64()?;
+        PatternId::ALL.get(i as usize).copied().ok_or_else(|| self.corrupt("unknown pattern"))
+    }
+    fn done(&self) -> Result<(), CodecError> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(self.corrupt("trailing bytes"))
+        }
+    }
+}
+
+impl ChunkDelta {
+    /// Encodes the delta.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        for v in [self.chunk, self.rows, self.rejected, u64::from(self.merchants_before), u64::from(self.customers_before)] {
+            w.u64(v);
+        }
+        for names in [&self.new_merchants, &self.new_customers] {
+            w.u64(names.len() as u64);
+            names.iter().for_each(|n| w.str(n));
+        }
+        w.u64(self.pairs.len() as u64);
+        for p in &self.pairs {
+            w.u64(u64::from(p.merchant));
+            w.u64(u64::from(p.customer));
+            w.u64(p.txns);
+            w.uint(p.cents);
+            w.u64(u64::from(p.gender.code()));
+        }
+        w.u64(self.detections.len() as u64);
+        for &(pattern, m, c) in &self.detections {
+            w.u64(pattern.index() as u64);
+            w.u64(u64::from(m));
+            w.u64(u64::from(c));
+        }
+        w.finish(DELTA_MAGIC)
+    }
+
+    /// Decodes a delta written by [`ChunkDelta::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let buf = Reader::open(bytes, DELTA_MAGIC, "delta")?;
+        let mut r = Reader { buf: &buf, pos: 0, what: "delta" };
+        let (chunk, rows, rejected) = (r.u64()?, r.u64()?, r.u64()?);
+        let (merchants_before, customers_before) = (r.u32()?, r.u32()?);
+        let mut names = || -> Result<Vec<String>, CodecError> {
+            let n = r.len()?;
+            (0..n).map(|_| r.str()).collect()
+        };
+        let new_merchants = names()?;
+        let new_customers = names()?;
+        let n = r.len()?;
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            pairs.push(PairDelta {
+                merchant: r.u32()?,
+                customer: r.u32()?,
+                txns: r.u64()?,
+                cents: r.uint()?,
+                gender: Gender::from_code(r.u64()? as u8),
+            });
+        }
+        let n = r.len()?;
+        let mut detections = Vec::with_capacity(n);
+        for _ in 0..n {
+            detections.push((r.pattern()?, r.u32()?, r.u32()?));
+        }
+        r.done()?;
+        Ok(ChunkDelta { chunk, rows, rejected, merchants_before, customers_before, new_merchants, new_customers, pairs, detections })
+    }
+}
+
+impl Engine {
+    /// Encodes the whole state (everything but the weights, which come from the
+    /// importance table).
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.next_chunk);
+        w.u64(self.totals.rows);
+        w.u64(self.totals.rejected);
+        self.totals.detections.iter().for_each(|&d| w.u64(d));
+        for names in [&self.merchants, &self.customers] {
+            w.u64(names.len() as u64);
+            names.since(0).for_each(|n| w.str(n));
+        }
+        for stats in &self.merchant_stats {
+            w.u64(u64::from(stats.dei_emitted));
+        }
+        w.u64(self.pairs.len() as u64);
+        for p in &self.pairs {
+            w.u64(u64::from(p.merchant));
+            w.u64(u64::from(p.customer));
+            w.u64(p.txns);
+            w.uint(p.cents);
+            w.u64(u64::from(p.gender.code()));
+            w.u64(u64::from(p.emitted));
+        }
+        w.finish(SNAPSHOT_MAGIC)
+    }
+
+    /// Rebuilds an engine from [`Engine::encode_snapshot`] bytes.
+    pub fn decode_snapshot(bytes: &[u8], config: PatternConfig, weights: Arc<ImportanceTable>) -> Result<Self, CodecError> {
+        let buf = Reader::open(bytes, SNAPSHOT_MAGIC, "snapshot")?;
+        let mut r = Reader { buf: &buf, pos: 0, what: "snapshot" };
+        let mut engine = Engine::new(config, weights);
+        engine.next_chunk = r.u64()?;
+        engine.totals = Totals { rows: r.u64()?, rejected: r.u64()?, detections: [r.u64()?, r.u64()?, r.u64()?] };
+        for names in [&mut engine.merchants, &mut engine.customers] {
+            let n = r.len()?;
+            for i in 0..n {
+                let name = r.str()?;
+                if names.intern(&name) as usize != i {
+                    return Err(r.corrupt("duplicate name"));
+                }
+            }
+        }
+        engine.merchant_stats = (0..engine.merchants.len())
+            .map(|_| Ok(MerchantStats { dei_emitted: r.u64()? != 0, ..MerchantStats::default() }))
+            .collect::<Result<_, CodecError>>()?;
+        let n = r.len()?;
+        for _ in 0..n {
+            let (m, c) = (r.u32()?, r.u32()?);
+            if m as usize >= engine.merchants.len() || c as usize >= engine.customers.len() {
+                return Err(r.corrupt("pair names an unknown index"));
+            }
+            let (txns, cents) = (r.u64()?, r.uint()?);
+            let gender = Gender::from_code(r.u64()? as u8);
+            let emitted = (r.u64()? as u8) & (EMITTED_UPGRADE | EMITTED_CHILD);
+            if engine.pair_index.contains_key(&(m, c)) {
+                return Err(r.corrupt("duplicate pair"));
+            }
+            let p = engine.pair_for(m, c, gender);
+            let pair: &mut PairStats = &mut engine.pairs[p as usize];
+            pair.txns = txns;
+            pair.cents = cents;
+            pair.emitted = emitted;
+            let (customer, weight) = (pair.customer, pair.weight);
+            let stats = &mut engine.merchant_stats[m as usize];
+            stats.txns += txns;
+            if txns > 0 {
+                stats.by_count.insert((txns, customer));
+                if let Some(w) = weight {
+                    stats.by_weight.insert((w, customer));
+                }
+            }
+        }
+        r.done()?;
+        Ok(engine)
+    }
+}

@@ -1,0 +1,515 @@
+//! Engine tests: one or more per SPEC clause at its boundaries, delta/snapshot round
+//! trips, and a property test against a plain recompute-from-scratch reference.
+
+use super::*;
+use crate::detection::PatternId::{Child, DeiNeeded, Upgrade};
+use proptest::prelude::*;
+use std::fmt::Write as _;
+
+const HEADER: &str = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+
+/// A transaction in a test: customer, gender, merchant, amount text.
+type Row<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+fn chunk_text(rows: &[Row]) -> String {
+    let mut s = HEADER.to_string();
+    for (c, g, m, a) in rows {
+        writeln!(s, "0,'{c}','3','{g}','28007','{m}','28007','es_food',{a},0").unwrap();
+    }
+    s
+}
+
+fn importance(rows: &[(&str, &str, &str)]) -> Arc<ImportanceTable> {
+    let mut s = String::from("Source,Target,Weight,typeTrans,fraud\n");
+    for (c, m, w) in rows {
+        writeln!(s, "'{c}','{m}',{w},'es_food',0").unwrap();
+    }
+    Arc::new(ImportanceTable::parse(s.as_bytes()).unwrap().table)
+}
+
+fn engine(config: PatternConfig, weights: Arc<ImportanceTable>) -> Engine {
+    Engine::new(config, weights)
+}
+
+fn apply(e: &mut Engine, rows: &[Row]) -> Vec<(PatternId, String, String)> {
+    let k = e.next_chunk();
+    let out = e.apply_chunk(k, chunk_text(rows).as_bytes(), k * 1000 + 1).unwrap();
+    out.detections.into_iter().map(|d| (d.pattern, d.merchant, d.customer)).collect()
+}
+
+fn det(p: PatternId, m: &str, c: &str) -> (PatternId, String, String) {
+    (p, m.to_string(), c.to_string())
+}
+
+fn repeat<'a>(row: Row<'a>, n: usize) -> Vec<Row<'a>> {
+    vec![row; n]
+}
+
+// ---- PatId2 CHILD ----
+
+#[test]
+fn child_needs_80_transactions() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    assert!(apply(&mut e, &repeat(("C1", "M", "M1", "1.00"), 79)).is_empty());
+    assert_eq!(apply(&mut e, &[("C1", "M", "M1", "1.00")]), vec![det(Child, "M1", "C1")]);
+}
+
+#[test]
+fn child_average_exactly_23_is_not_below() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    assert!(apply(&mut e, &repeat(("C1", "M", "M1", "23.00"), 80)).is_empty());
+    // 79 × 23.00 + 22.20 → average 22.99: below.
+    let mut rows = repeat(("C2", "M", "M1", "23.00"), 79);
+    rows.push(("C2", "M", "M1", "22.20"));
+    assert_eq!(apply(&mut e, &rows), vec![det(Child, "M1", "C2")]);
+}
+
+#[test]
+fn child_average_uses_exact_cents() {
+    // 80 × 22.995 cannot be written; 40 × 22.99 + 40 × 23.01 averages exactly 23.00.
+    let mut rows = repeat(("C1", "M", "M1", "22.99"), 40);
+    rows.extend(repeat(("C1", "M", "M1", "23.01"), 40));
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    assert!(apply(&mut e, &rows).is_empty());
+}
+
+#[test]
+fn child_is_emitted_once_even_after_the_condition_flips() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    assert_eq!(apply(&mut e, &repeat(("C1", "M", "M1", "1.00"), 80)).len(), 1);
+    // Average rises far above 23, then falls below again: no second detection.
+    assert!(apply(&mut e, &[("C1", "M", "M1", "9000.00")]).is_empty());
+    assert!(apply(&mut e, &repeat(("C1", "M", "M1", "0"), 2000)).is_empty());
+    assert_eq!(e.totals().detections, [0, 1, 0]);
+}
+
+// ---- PatId3 DEI-NEEDED ----
+
+fn customers(prefix: &str, gender: &'static str, n: usize) -> Vec<(String, &'static str)> {
+    (0..n).map(|i| (format!("{prefix}{i}"), gender)).collect()
+}
+
+fn dei_rows(female: usize, male: usize) -> Vec<(String, &'static str)> {
+    let mut v = customers("F", "F", female);
+    v.extend(customers("X", "M", male));
+    v
+}
+
+fn apply_owned(e: &mut Engine, rows: &[(String, &str)], merchant: &str) -> Vec<(PatternId, String, String)> {
+    let rows: Vec<Row> = rows.iter().map(|(c, g)| (c.as_str(), *g, merchant, "100.00")).collect();
+    apply(e, &rows)
+}
+
+#[test]
+fn dei_needs_more_than_100_female_and_fewer_female_than_male() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    assert!(apply_owned(&mut e, &dei_rows(100, 150), "M1").is_empty(), "100 female is not more than 100");
+    assert_eq!(apply_owned(&mut e, &customers("G", "F", 1), "M1"), vec![det(DeiNeeded, "M1", "")]);
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    assert!(apply_owned(&mut e, &dei_rows(101, 101), "M2").is_empty(), "F == M is not fewer");
+    assert_eq!(apply_owned(&mut e, &customers("Y", "M", 1), "M2"), vec![det(DeiNeeded, "M2", "")]);
+}
+
+#[test]
+fn dei_counts_only_exact_f_and_m() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    let mut rows = dei_rows(101, 101);
+    rows.extend(customers("E", "E", 50));
+    rows.extend(customers("U", "U", 50));
+    rows.extend(customers("L", "m", 50));
+    assert!(apply_owned(&mut e, &rows, "M1").is_empty());
+}
+
+#[test]
+fn gender_is_the_first_valid_transactions() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    // 101 customers first seen as F (then also as M), 102 male customers.
+    let mut rows = dei_rows(101, 102);
+    rows.extend(customers("F", "M", 101));
+    assert_eq!(apply_owned(&mut e, &rows, "M1"), vec![det(DeiNeeded, "M1", "")]);
+    let m = e.merchants().next().unwrap();
+    assert_eq!((m.female, m.male, m.customers), (101, 102, 203));
+}
+
+#[test]
+fn rejected_first_row_does_not_fix_gender() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    apply(&mut e, &[("C1", "M", "M1", "bad"), ("C1", "F", "M1", "1.00")]);
+    assert_eq!(e.pair("M1", "C1").unwrap().gender, Gender::Female);
+}
+
+// ---- PatId1 UPGRADE ----
+
+fn small_upgrade(min: u64, top_bp: u64, bottom_bp: u64) -> PatternConfig {
+    PatternConfig { upgrade_min_merchant_txns: min, upgrade_top_bp: top_bp, upgrade_bottom_bp: bottom_bp, ..PatternConfig::default() }
+}
+
+#[test]
+fn upgrade_needs_more_than_50000_merchant_transactions() {
+    // C1: top count and lowest weight. N(M1) = 50,000 exactly: not more, no UPGRADE.
+    let weights = importance(&[("C1", "M1", "1.0"), ("C2", "M1", "5.0")]);
+    let mut e = engine(PatternConfig::default(), weights);
+    let mut rows = repeat(("C2", "M", "M1", "1.00"), 2);
+    rows.extend(repeat(("C1", "M", "M1", "1.00"), 49_998));
+    assert!(apply(&mut e, &rows).iter().all(|d| d.0 != Upgrade), "N = 50,000 is not more");
+    // One more transaction, by another customer: N = 50,001 and C1 qualifies untouched.
+    assert_eq!(apply(&mut e, &[("C2", "M", "M1", "1.00")]), vec![det(Upgrade, "M1", "C1")]);
+}
+
+#[test]
+fn upgrade_needs_both_top_count_and_bottom_weight() {
+    // Counts {3, 49998}: top 1 % is C2; weights {C1: 1, C2: 5}: bottom 1 % is C1.
+    let weights = importance(&[("C1", "M1", "1.0"), ("C2", "M1", "5.0")]);
+    let mut e = engine(PatternConfig::default(), weights);
+    let mut rows = repeat(("C1", "M", "M1", "1.00"), 3);
+    rows.extend(repeat(("C2", "M", "M1", "1.00"), 49_998));
+    assert!(apply(&mut e, &rows).iter().all(|d| d.0 != Upgrade));
+}
+
+#[test]
+fn upgrade_ties_at_both_thresholds_all_qualify() {
+    // Counts {5,5,5,1}: top 25 % (2500 bp → q 7500, rank 3) is 5; all three 5s qualify.
+    // Weights {1,1,2,3}: bottom 50 % rank 2 is 1: both weight-1 customers qualify.
+    let weights = importance(&[("A", "M1", "1"), ("B", "M1", "1"), ("C", "M1", "2"), ("D", "M1", "1")]);
+    let mut e = engine(small_upgrade(0, 2500, 5000), weights);
+    let mut rows = repeat(("A", "M", "M1", "1"), 5);
+    rows.extend(repeat(("B", "M", "M1", "1"), 5));
+    rows.extend(repeat(("C", "M", "M1", "1"), 5));
+    rows.push(("D", "M", "M1", "1"));
+    let ups: Vec<_> = apply(&mut e, &rows).into_iter().filter(|d| d.0 == Upgrade).collect();
+    assert_eq!(ups, vec![det(Upgrade, "M1", "A"), det(Upgrade, "M1", "B")]);
+}
+
+#[test]
+fn upgrade_percentile_uses_integer_rank_300_customers() {
+    // 300 customers with weights 1..=300 at 100 bp: rank ceil(3.0) = 3, so Tweight is 3
+    // (floating point would give rank 4 and let customer 4 in).
+    let names: Vec<String> = (1..=300).map(|i| format!("C{i:03}")).collect();
+    let weight_text: Vec<String> = (1..=300).map(|i| i.to_string()).collect();
+    let rows: Vec<(&str, &str, &str)> = names.iter().zip(&weight_text).map(|(c, w)| (c.as_str(), "M1", w.as_str())).collect();
+    let mut e = engine(small_upgrade(0, 9999, 100), importance(&rows));
+    // Everyone has count 1, top_bp 9999 → q = 1 bp → Tcount is the minimum: all qualify by count.
+    let txns: Vec<Row> = names.iter().map(|c| (c.as_str(), "F", "M1", "1.00")).collect();
+    let ups: Vec<_> = apply(&mut e, &txns).into_iter().filter(|d| d.0 == Upgrade).map(|d| d.2).collect();
+    assert_eq!(ups, vec!["C001", "C002", "C003"]);
+}
+
+#[test]
+fn upgrade_single_customer_population() {
+    let mut e = engine(small_upgrade(0, 100, 100), importance(&[("C1", "M1", "7")]));
+    assert_eq!(apply(&mut e, &[("C1", "F", "M1", "1")]), vec![det(Upgrade, "M1", "C1")]);
+}
+
+#[test]
+fn upgrade_ignores_customers_without_weight() {
+    // C2 has no weight: it is not in the weight population and never qualifies, even
+    // with the top count.
+    // top_bp 1 → q 9999: with two customers Tcount is the larger count.
+    let mut e = engine(small_upgrade(0, 1, 10_000), importance(&[("C1", "M1", "9")]));
+    let mut rows = repeat(("C2", "F", "M1", "1"), 5);
+    rows.push(("C1", "F", "M1", "1"));
+    assert!(apply(&mut e, &rows).is_empty());
+    assert_eq!(apply(&mut e, &repeat(("C1", "F", "M1", "1"), 9)), vec![det(Upgrade, "M1", "C1")]);
+}
+
+#[test]
+fn upgrade_weight_is_per_merchant_mean_as_fraction() {
+    // C1 at M1: mean(1, 2) = 1.5; C2 at M1: 1.5 exactly; C3 at M1: 1.500001.
+    let w = importance(&[("C1", "M1", "1"), ("C1", "M1", "2"), ("C2", "M1", "1.5"), ("C3", "M1", "1.500001"), ("C3", "M2", "0")]);
+    let mut e = engine(small_upgrade(0, 9999, 6667), w);
+    let ups: Vec<_> = apply(&mut e, &[("C1", "F", "M1", "1"), ("C2", "F", "M1", "1"), ("C3", "F", "M1", "1")])
+        .into_iter()
+        .map(|d| d.2)
+        .collect();
+    // 6667 bp of 3 → rank 3 (20001/10000 → 3)... use 6666 bp → rank 2: 1.5, both ties.
+    assert_eq!(ups, vec!["C1", "C2", "C3"]);
+    let mut e = engine(small_upgrade(0, 9999, 6666), importance(&[("C1", "M1", "1"), ("C1", "M1", "2"), ("C2", "M1", "1.5"), ("C3", "M1", "1.500001")]));
+    let ups: Vec<_> = apply(&mut e, &[("C1", "F", "M1", "1"), ("C2", "F", "M1", "1"), ("C3", "F", "M1", "1")])
+        .into_iter()
+        .map(|d| d.2)
+        .collect();
+    assert_eq!(ups, vec!["C1", "C2"]);
+}
+
+#[test]
+fn upgrade_untouched_customer_qualifies_when_threshold_moves() {
+    // C1 has the only weight below the rest. Count threshold drops when many count-1
+    // customers arrive, letting C1 (untouched in that chunk) qualify.
+    let w = importance(&[("C1", "M1", "1"), ("B0", "M1", "9"), ("B1", "M1", "9"), ("B2", "M1", "9")]);
+    let mut e = engine(small_upgrade(0, 5000, 2500), w);
+    let mut rows = repeat(("B0", "F", "M1", "1"), 3);
+    rows.extend(repeat(("B1", "F", "M1", "1"), 3));
+    rows.extend(repeat(("B2", "F", "M1", "1"), 3));
+    rows.push(("C1", "F", "M1", "1"));
+    let first = apply(&mut e, &rows);
+    // Counts {1,3,3,3}: median rank 2 → 3; C1 (count 1) not in; B* have weight 9 > Tweight 1.
+    assert!(first.is_empty(), "{first:?}");
+    let newcomers: Vec<String> = (0..10).map(|i| format!("N{i}")).collect();
+    let rows: Vec<Row> = newcomers.iter().map(|c| (c.as_str(), "F", "M1", "1")).collect();
+    // Counts now ten 1s, C1's 1, three 3s: median is 1 → C1 qualifies without a new row.
+    assert_eq!(apply(&mut e, &rows), vec![det(Upgrade, "M1", "C1")]);
+}
+
+// ---- ordering, order of application, bad input ----
+
+#[test]
+fn detections_in_a_chunk_are_ordered_by_pattern_merchant_customer() {
+    let cfg = PatternConfig { child_min_txns: 1, dei_min_female: 0, ..small_upgrade(0, 0, 10_000) };
+    let w = importance(&[("C2", "M2", "1"), ("C1", "M2", "1")]);
+    let mut e = engine(cfg, w);
+    let dets = apply(&mut e, &[("C2", "M", "M2", "1"), ("C1", "M", "M2", "1"), ("C3", "F", "M1", "1"), ("C4", "M", "M1", "1"), ("C5", "M", "M1", "1")]);
+    assert_eq!(
+        dets,
+        vec![
+            det(Upgrade, "M2", "C1"),
+            det(Upgrade, "M2", "C2"),
+            det(Child, "M1", "C3"),
+            det(Child, "M1", "C4"),
+            det(Child, "M1", "C5"),
+            det(Child, "M2", "C1"),
+            det(Child, "M2", "C2"),
+            det(DeiNeeded, "M1", ""),
+        ]
+    );
+}
+
+#[test]
+fn chunks_apply_in_order_only() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    let text = chunk_text(&[("C1", "F", "M1", "1")]);
+    assert!(matches!(e.apply_chunk(1, text.as_bytes(), 1), Err(ApplyError::OutOfOrder { expected: 0, got: 1 })));
+    e.apply_chunk(0, text.as_bytes(), 1).unwrap();
+    assert!(matches!(e.apply_chunk(0, text.as_bytes(), 1), Err(ApplyError::OutOfOrder { expected: 1, got: 0 })));
+}
+
+#[test]
+fn rejected_rows_change_nothing_and_are_kept() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    let text = format!("{HEADER}0,'C1','3','F','1','M1','1','x',1.00,0\n0,'C1','3','F','1','M1','1','x',1.001,0\n0,'','3','F','1','M1','1','x',1,0\n");
+    let out = e.apply_chunk(0, text.as_bytes(), 10_001).unwrap();
+    assert_eq!(out.rejected.iter().map(|r| r.row).collect::<Vec<_>>(), vec![10_002, 10_003]);
+    assert_eq!(e.pair("M1", "C1").unwrap().txns, 1);
+    assert_eq!(e.totals().rejected, 2);
+    assert_eq!(out.delta.rejected, 2);
+}
+
+#[test]
+fn header_without_amount_rejects_the_chunk() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    let err = e.apply_chunk(0, b"customer,gender,merchant\nC1,F,M1\n", 1).unwrap_err();
+    assert!(err.to_string().contains("`amount`"), "{err}");
+    assert_eq!(e.next_chunk(), 0, "a rejected chunk does not advance the engine");
+}
+
+// ---- persistence ----
+
+fn sample_stream() -> Vec<Vec<Row<'static>>> {
+    vec![
+        vec![("C1", "F", "M1", "1.00"), ("C2", "M", "M1", "25.10"), ("C1", "F", "M2", "3")],
+        vec![("C3", "E", "M1", "0.5"), ("C1", "M", "M1", "1.00"), ("C9", "F", "M3", "bad")],
+        vec![("C2", "M", "M2", "2"), ("C4", "F", "M4", "4")],
+    ]
+}
+
+fn sample_config() -> PatternConfig {
+    PatternConfig { child_min_txns: 1, dei_min_female: 0, ..small_upgrade(1, 5000, 5000) }
+}
+
+#[test]
+fn deltas_rebuild_the_same_state() {
+    let w = importance(&[("C1", "M1", "1"), ("C2", "M1", "2"), ("C2", "M2", "1")]);
+    let mut live = engine(sample_config(), w.clone());
+    let mut rebuilt = engine(sample_config(), w.clone());
+    for rows in sample_stream() {
+        let k = live.next_chunk();
+        let out = live.apply_chunk(k, chunk_text(&rows).as_bytes(), 1).unwrap();
+        let delta = ChunkDelta::decode(&out.delta.encode()).unwrap();
+        assert_eq!(delta, out.delta);
+        rebuilt.apply_delta(&delta).unwrap();
+        assert_eq!(rebuilt.encode_snapshot(), live.encode_snapshot());
+    }
+    let snap = Engine::decode_snapshot(&live.encode_snapshot(), sample_config(), w).unwrap();
+    assert_eq!(snap.encode_snapshot(), live.encode_snapshot());
+    assert_eq!(snap.totals(), live.totals());
+}
+
+#[test]
+fn snapshot_then_more_chunks_matches_uninterrupted_run() {
+    let w = importance(&[("C1", "M1", "1"), ("C2", "M1", "2")]);
+    let stream = sample_stream();
+    let mut straight = engine(sample_config(), w.clone());
+    let mut all = Vec::new();
+    for rows in &stream {
+        let k = straight.next_chunk();
+        all.extend(straight.apply_chunk(k, chunk_text(rows).as_bytes(), 1).unwrap().detections);
+    }
+    let mut first = engine(sample_config(), w.clone());
+    let mut resumed_dets = first.apply_chunk(0, chunk_text(&stream[0]).as_bytes(), 1).unwrap().detections;
+    let mut resumed = Engine::decode_snapshot(&first.encode_snapshot(), sample_config(), w).unwrap();
+    for (k, rows) in stream.iter().enumerate().skip(1) {
+        resumed_dets.extend(resumed.apply_chunk(k as u64, chunk_text(rows).as_bytes(), 1).unwrap().detections);
+    }
+    assert_eq!(resumed_dets, all);
+    assert_eq!(resumed.encode_snapshot(), straight.encode_snapshot());
+}
+
+#[test]
+fn corrupt_state_is_an_error_not_a_panic() {
+    let e = engine(sample_config(), Arc::default());
+    let snap = e.encode_snapshot();
+    assert!(Engine::decode_snapshot(b"nope", sample_config(), Arc::default()).is_err());
+    assert!(Engine::decode_snapshot(&snap[..snap.len() - 1], sample_config(), Arc::default()).is_err());
+    assert!(ChunkDelta::decode(b"TXD1\x05\x00\x00\x00\x01").is_err());
+    let bad = ChunkDelta { chunk: 0, rows: 0, rejected: 0, merchants_before: 3, customers_before: 0, new_merchants: vec![], new_customers: vec![], pairs: vec![], detections: vec![] };
+    let mut e = engine(sample_config(), Arc::default());
+    assert!(matches!(e.apply_delta(&bad), Err(ApplyError::BadDelta { .. })));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = ChunkDelta::decode(&bytes);
+        let mut tagged = b"TXS1".to_vec();
+        tagged.extend_from_slice(&bytes);
+        let _ = Engine::decode_snapshot(&tagged, PatternConfig::default(), Arc::default());
+    }
+}
+
+// ---- property test: incremental engine == naive recompute ----
+
+mod reference {
+    //! The SPEC written as plainly as possible: recompute every stat from all rows after
+    //! each chunk, sort populations, compare fractions by cross-multiplication.
+    use super::super::super::detection::PatternId;
+    use super::PatternConfig;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    pub struct Tx {
+        pub customer: String,
+        pub merchant: String,
+        pub gender: String,
+        pub cents: u64,
+    }
+
+    /// (sum of micros, rows) per (merchant, customer).
+    pub type Weights = BTreeMap<(String, String), (i128, i128)>;
+
+    fn rank(q: u64, n: u64) -> usize {
+        let r = (q * n + 9_999) / 10_000;
+        r.max(1) as usize
+    }
+
+    pub fn run(chunks: &[Vec<Tx>], weights: &Weights, cfg: &PatternConfig) -> Vec<Vec<(PatternId, String, String)>> {
+        let mut seen: BTreeSet<(PatternId, String, String)> = BTreeSet::new();
+        let mut applied: Vec<&Tx> = Vec::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            applied.extend(chunk.iter());
+            // (m, c) -> (n, s, gender of first)
+            let mut pairs: BTreeMap<(String, String), (u64, u64, String)> = BTreeMap::new();
+            let mut n_m: BTreeMap<String, u64> = BTreeMap::new();
+            for tx in &applied {
+                let e = pairs.entry((tx.merchant.clone(), tx.customer.clone())).or_insert((0, 0, tx.gender.clone()));
+                e.0 += 1;
+                e.1 += tx.cents;
+                *n_m.entry(tx.merchant.clone()).or_default() += 1;
+            }
+            let mut holds = BTreeSet::new();
+            for ((m, c), (n, s, _)) in &pairs {
+                if *n >= cfg.child_min_txns && u128::from(*s) < u128::from(cfg.child_avg_below_cents) * u128::from(*n) {
+                    holds.insert((PatternId::Child, m.clone(), c.clone()));
+                }
+            }
+            for (m, total) in &n_m {
+                let custs: Vec<(&String, &(u64, u64, String))> = pairs.iter().filter(|((pm, _), _)| pm == m).map(|((_, c), v)| (c, v)).collect();
+                let f = custs.iter().filter(|(_, v)| v.2 == "F").count() as u64;
+                let male = custs.iter().filter(|(_, v)| v.2 == "M").count() as u64;
+                if f > cfg.dei_min_female && f < male {
+                    holds.insert((PatternId::DeiNeeded, m.clone(), String::new()));
+                }
+                if *total > cfg.upgrade_min_merchant_txns {
+                    let mut counts: Vec<u64> = custs.iter().map(|(_, v)| v.0).collect();
+                    counts.sort();
+                    let t_count = counts[rank(10_000 - cfg.upgrade_top_bp, counts.len() as u64) - 1];
+                    let mut ws: Vec<(i128, i128)> = custs.iter().filter_map(|(c, _)| weights.get(&(m.clone(), (*c).clone())).copied()).collect();
+                    if ws.is_empty() {
+                        continue;
+                    }
+                    ws.sort_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)));
+                    let t_w = ws[rank(cfg.upgrade_bottom_bp, ws.len() as u64) - 1];
+                    for (c, v) in &custs {
+                        if let Some(w) = weights.get(&(m.clone(), (*c).clone())) {
+                            if v.0 >= t_count && w.0 * t_w.1 <= t_w.0 * w.1 {
+                                holds.insert((PatternId::Upgrade, m.clone(), (*c).clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            let new: Vec<_> = holds.into_iter().filter(|d| !seen.contains(d)).collect();
+            seen.extend(new.iter().cloned());
+            out.push(new);
+        }
+        out
+    }
+}
+
+fn tx_strategy() -> impl Strategy<Value = (usize, usize, usize, u64, bool)> {
+    (0..4usize, 0..10usize, 0..4usize, prop_oneof![0u64..3000, Just(2300u64)], proptest::bool::weighted(0.05))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn incremental_engine_equals_naive_recompute(
+        chunks in proptest::collection::vec(proptest::collection::vec(tx_strategy(), 0..40), 1..8),
+        weight_rows in proptest::collection::vec((0..10usize, 0..4usize, prop_oneof![0i64..5, Just(-1)]), 0..40),
+        upgrade_min in 0u64..30,
+        top_bp in prop_oneof![Just(0u64), Just(100), Just(2500), Just(5000), Just(9999)],
+        bottom_bp in prop_oneof![Just(1u64), Just(100), Just(3333), Just(5000), Just(10_000)],
+        child_min in 1u64..6,
+        child_avg in prop_oneof![Just(2300u64), 500u64..3000],
+        dei_min in 0u64..3,
+    ) {
+        let cfg = PatternConfig {
+            upgrade_min_merchant_txns: upgrade_min,
+            upgrade_top_bp: top_bp,
+            upgrade_bottom_bp: bottom_bp,
+            child_min_txns: child_min,
+            child_avg_below_cents: child_avg,
+            dei_min_female: dei_min,
+        };
+        let genders = ["F", "M", "E", "U"];
+        let mut weights_csv = String::from("Source,Target,Weight,typeTrans,fraud\n");
+        let mut weights = reference::Weights::new();
+        for (c, m, w) in &weight_rows {
+            // Weights in tenths (-0.1 … 0.4), so ties, means and negatives are exercised.
+            let sign = if *w < 0 { "-" } else { "" };
+            writeln!(weights_csv, "'C{c}','M{m}',{sign}{}.{},'x',0", w.abs() / 10, w.abs() % 10).unwrap();
+            let e = weights.entry((format!("M{m}"), format!("C{c}"))).or_insert((0, 0));
+            e.0 += (*w as i128) * 100_000;
+            e.1 += 1;
+        }
+        let table = Arc::new(ImportanceTable::parse(weights_csv.as_bytes()).unwrap().table);
+        let mut e = Engine::new(cfg.clone(), table);
+        let mut ref_chunks = Vec::new();
+        let mut got = Vec::new();
+        for (k, chunk) in chunks.iter().enumerate() {
+            let mut text = HEADER.to_string();
+            let mut txs = Vec::new();
+            for &(c, m, g, cents, bad) in chunk {
+                let amount = if bad { "x".to_string() } else { format!("{}.{:02}", cents / 100, cents % 100) };
+                writeln!(text, "0,'C{c}','3','{}','1','M{m}','1','x',{amount},0", genders[g]).unwrap();
+                if !bad {
+                    txs.push(reference::Tx { customer: format!("C{c}"), merchant: format!("M{m}"), gender: genders[g].to_string(), cents });
+                }
+            }
+            let out = e.apply_chunk(k as u64, text.as_bytes(), 1).unwrap();
+            got.push(out.detections.into_iter().map(|d| (d.pattern, d.merchant, d.customer)).collect::<Vec<_>>());
+            ref_chunks.push(txs);
+        }
+        let expected = reference::run(&ref_chunks, &weights, &cfg);
+        prop_assert_eq!(got, expected);
+    }
+}

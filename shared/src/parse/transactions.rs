@@ -1,0 +1,294 @@
+//! transactions.csv (BankSim format) rows: validated into [`Transaction`]s or kept as
+//! [`RejectedRow`]s with the reason.
+
+use super::csv_scan::{next_record, split_fields, strip_bom, strip_single_quotes};
+use super::decimal::parse_cents;
+use super::header::{ColumnMap, HeaderError};
+use super::RejectedRow;
+use std::borrow::Cow;
+
+/// The columns the engine reads; every other column travels with the raw row.
+pub const TRANSACTION_COLUMNS: [&str; 4] = ["customer", "gender", "merchant", "amount"];
+
+/// A customer's gender as written on a transaction. Only exactly `F` and `M` count for
+/// the DEI pattern; anything else (`E`, `U`, empty, …) counts for neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Gender {
+    /// `F`.
+    Female,
+    /// `M`.
+    Male,
+    /// Any other value.
+    Other,
+}
+
+impl Gender {
+    /// Reads an (unquoted) gender field.
+    pub fn from_field(field: &[u8]) -> Self {
+        match field {
+            b"F" => Gender::Female,
+            b"M" => Gender::Male,
+            _ => Gender::Other,
+        }
+    }
+
+    /// Compact code for the state codec.
+    pub fn code(self) -> u8 {
+        match self {
+            Gender::Female => 1,
+            Gender::Male => 2,
+            Gender::Other => 0,
+        }
+    }
+
+    /// Inverse of [`Gender::code`]; unknown codes read as `Other`.
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => Gender::Female,
+            2 => Gender::Male,
+            _ => Gender::Other,
+        }
+    }
+}
+
+/// Why a row was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    /// The row's field count differs from the header's.
+    #[error("row has {found} fields but the header has {expected}")]
+    FieldCount {
+        /// Fields in the header.
+        expected: usize,
+        /// Fields in the row.
+        found: usize,
+    },
+    /// A required identifier is empty.
+    #[error("`{column}` is empty")]
+    EmptyField {
+        /// The empty column.
+        column: &'static str,
+    },
+    /// A field is not valid UTF-8.
+    #[error("`{column}` is not valid UTF-8")]
+    NotUtf8 {
+        /// The offending column.
+        column: &'static str,
+    },
+    /// The amount is not a non-negative decimal with at most two fractional digits.
+    #[error("`amount` is {text:?}; expected a non-negative decimal with at most 2 fractional digits, like 4.55 or 112.0")]
+    BadAmount {
+        /// The field as written.
+        text: String,
+    },
+    /// The importance weight is not a decimal with at most six fractional digits.
+    #[error("`Weight` is {text:?}; expected a decimal with at most 6 fractional digits, like 35.13")]
+    BadWeight {
+        /// The field as written.
+        text: String,
+    },
+}
+
+/// One valid transaction row, borrowing from the input where it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction<'a> {
+    /// 1-based data row number in the source file (the header is row 0).
+    pub row: u64,
+    /// Customer id without quotes.
+    pub customer: Cow<'a, str>,
+    /// Merchant id without quotes.
+    pub merchant: Cow<'a, str>,
+    /// Gender as written.
+    pub gender: Gender,
+    /// Amount in integer cents.
+    pub cents: u64,
+    /// The row's original text.
+    pub raw: &'a [u8],
+}
+
+/// Iterates over the data rows of a transactions.csv file or chunk.
+pub struct TransactionReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    columns: ColumnMap,
+    next_row: u64,
+    fields: Vec<Cow<'a, [u8]>>,
+}
+
+impl<'a> TransactionReader<'a> {
+    /// Reads the header of `buf` (a whole file or one chunk, header first). `first_row`
+    /// is the 1-based number of the first data row, so rejected rows carry their row
+    /// number in the source file.
+    pub fn new(buf: &'a [u8], first_row: u64) -> Result<Self, HeaderError> {
+        let buf = strip_bom(buf);
+        let mut pos = 0;
+        let mut header = None;
+        while let Some(span) = next_record(buf, pos, true) {
+            pos = span.next;
+            if !span.is_blank() {
+                header = Some(&buf[span.start..span.end]);
+                break;
+            }
+        }
+        let columns = ColumnMap::find("transactions", header, &TRANSACTION_COLUMNS)?;
+        Ok(TransactionReader { buf, pos, columns, next_row: first_row, fields: Vec::new() })
+    }
+
+    /// The header's column names.
+    pub fn column_names(&self) -> &[String] {
+        &self.columns.names
+    }
+
+    fn parse(&mut self, raw: &'a [u8], row: u64) -> Result<Transaction<'a>, RejectReason> {
+        split_fields(raw, &mut self.fields);
+        if self.fields.len() != self.columns.width {
+            return Err(RejectReason::FieldCount {
+                expected: self.columns.width,
+                found: self.fields.len(),
+            });
+        }
+        let [customer, gender, merchant, amount] = [0, 1, 2, 3].map(|i| self.columns.positions[i]);
+        let customer = take_id(&mut self.fields[customer], "customer")?;
+        let merchant = take_id(&mut self.fields[merchant], "merchant")?;
+        let gender = Gender::from_field(strip_single_quotes(&self.fields[gender]));
+        let amount_text = strip_single_quotes(&self.fields[amount]);
+        let cents = parse_cents(amount_text).ok_or_else(|| RejectReason::BadAmount {
+            text: String::from_utf8_lossy(amount_text).into_owned(),
+        })?;
+        Ok(Transaction { row, customer, merchant, gender, cents, raw })
+    }
+}
+
+/// Takes an identifier field out of the field list: unquoted, non-empty, UTF-8.
+pub(crate) fn take_id<'a>(
+    field: &mut Cow<'a, [u8]>,
+    column: &'static str,
+) -> Result<Cow<'a, str>, RejectReason> {
+    let field = std::mem::take(field);
+    let text: Cow<'a, [u8]> = match field {
+        Cow::Borrowed(b) => Cow::Borrowed(strip_single_quotes(b)),
+        Cow::Owned(v) => Cow::Owned(strip_single_quotes(&v).to_vec()),
+    };
+    if text.is_empty() {
+        return Err(RejectReason::EmptyField { column });
+    }
+    match text {
+        Cow::Borrowed(b) => std::str::from_utf8(b).map(Cow::Borrowed).map_err(|_| RejectReason::NotUtf8 { column }),
+        Cow::Owned(v) => String::from_utf8(v).map(Cow::Owned).map_err(|_| RejectReason::NotUtf8 { column }),
+    }
+}
+
+impl<'a> Iterator for TransactionReader<'a> {
+    type Item = Result<Transaction<'a>, RejectedRow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let span = next_record(self.buf, self.pos, true)?;
+            self.pos = span.next;
+            if span.is_blank() {
+                continue; // blank lines are not rows (see docs/spec-notes.md)
+            }
+            let raw = &self.buf[span.start..span.end];
+            let row = self.next_row;
+            self.next_row += 1;
+            return Some(self.parse(raw, row).map_err(|reason| RejectedRow {
+                row,
+                raw: String::from_utf8_lossy(raw).into_owned(),
+                reason,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+
+    fn read(body: &str) -> Vec<Result<Transaction<'_>, RejectedRow>> {
+        TransactionReader::new(body.as_bytes(), 1).unwrap().collect()
+    }
+
+    #[test]
+    fn banksim_row_parses() {
+        let text = format!("{HEADER}0,'C1093826151','4','M','28007','M348934600','28007','es_transportation',4.55,0\n");
+        let rows = read(&text);
+        let tx = rows[0].as_ref().unwrap();
+        assert_eq!(tx.customer, "C1093826151");
+        assert_eq!(tx.merchant, "M348934600");
+        assert_eq!(tx.gender, Gender::Male);
+        assert_eq!(tx.cents, 455);
+        assert_eq!(tx.row, 1);
+    }
+
+    #[test]
+    fn unquoted_double_quoted_crlf_and_bom() {
+        let text = format!(
+            "\u{feff}{}\r\n0,C1,4,F,1,M1,1,c,1.00,0\r\n0,\"C2\",4,\"F\",1,\"M,1\",1,c,\"2.5\",1\r\n",
+            HEADER.trim_end()
+        );
+        let rows = read(&text);
+        assert_eq!(rows.len(), 2);
+        let a = rows[0].as_ref().unwrap();
+        assert_eq!((a.customer.as_ref(), a.merchant.as_ref(), a.cents), ("C1", "M1", 100));
+        let b = rows[1].as_ref().unwrap();
+        assert_eq!((b.customer.as_ref(), b.merchant.as_ref(), b.cents, b.gender), ("C2", "M,1", 250, Gender::Female));
+    }
+
+    #[test]
+    fn columns_found_by_name_in_any_order() {
+        let rows = read("amount,merchant,extra,gender,customer\n'9.99','M1',x,'F','C1'\n");
+        let tx = rows[0].as_ref().unwrap();
+        assert_eq!((tx.customer.as_ref(), tx.merchant.as_ref(), tx.cents), ("C1", "M1", 999));
+    }
+
+    fn reason(line: &str) -> RejectReason {
+        let text = format!("{HEADER}{line}\n");
+        let rows = read(&text);
+        let rejected = rows.into_iter().next().unwrap().unwrap_err();
+        assert_eq!(rejected.raw, line);
+        assert_eq!(rejected.row, 1);
+        rejected.reason
+    }
+
+    #[test]
+    fn every_rejection_reason() {
+        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',4.55"), RejectReason::FieldCount { expected: 10, found: 9 });
+        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',4.55,0,9"), RejectReason::FieldCount { expected: 10, found: 11 });
+        assert_eq!(reason("0,'','4','M','1','M1','1','c',4.55,0"), RejectReason::EmptyField { column: "customer" });
+        assert_eq!(reason("0,C1,'4','M','1',,'1','c',4.55,0"), RejectReason::EmptyField { column: "merchant" });
+        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',-4.55,0"), RejectReason::BadAmount { text: "-4.55".into() });
+        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',4.555,0"), RejectReason::BadAmount { text: "4.555".into() });
+        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',,0"), RejectReason::BadAmount { text: "".into() });
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected_not_panicking() {
+        let mut bytes = HEADER.as_bytes().to_vec();
+        bytes.extend_from_slice(b"0,'C\xff','4','M','1','M1','1','c',4.55,0\n");
+        let rows: Vec<_> = TransactionReader::new(&bytes, 1).unwrap().collect();
+        assert_eq!(rows[0].as_ref().unwrap_err().reason, RejectReason::NotUtf8 { column: "customer" });
+    }
+
+    #[test]
+    fn row_numbers_continue_from_first_row_and_skip_blank_lines() {
+        let text = format!("{HEADER}\n0,C1,4,M,1,M1,1,c,1,0\n\n0,C1,4,M,1,M1,1,c,x,0\n");
+        let rows: Vec<_> = TransactionReader::new(text.as_bytes(), 20_001).unwrap().collect();
+        assert_eq!(rows[0].as_ref().unwrap().row, 20_001);
+        assert_eq!(rows[1].as_ref().unwrap_err().row, 20_002);
+    }
+
+    #[test]
+    fn missing_column_rejects_file() {
+        let err = TransactionReader::new(b"step,customer,merchant,amount\n", 1).err().unwrap();
+        assert!(err.to_string().contains("`gender`"));
+    }
+
+    #[test]
+    fn gender_is_exact() {
+        assert_eq!(Gender::from_field(b"F"), Gender::Female);
+        assert_eq!(Gender::from_field(b"f"), Gender::Other);
+        assert_eq!(Gender::from_field(b"E"), Gender::Other);
+        assert_eq!(Gender::from_code(Gender::Male.code()), Gender::Male);
+    }
+}
