@@ -101,7 +101,9 @@ pub struct DetectionJson {
 /// Formats a time as IST ISO 8601 with milliseconds and offset:
 /// `2025-06-03T14:30:45.123+05:30`.
 pub fn format_ist(t: DateTime<Utc>) -> String {
-    t.with_timezone(&OUTPUT_TZ).format("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string()
+    t.with_timezone(&OUTPUT_TZ)
+        .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+        .to_string()
 }
 
 impl Detection {
@@ -131,9 +133,14 @@ mod tests {
 
     #[test]
     fn json_has_exact_fields_and_order() {
-        let start = Utc.with_ymd_and_hms(2025, 6, 3, 9, 0, 45).unwrap() + chrono::Duration::milliseconds(123);
+        let start = Utc.with_ymd_and_hms(2025, 6, 3, 9, 0, 45).unwrap()
+            + chrono::Duration::milliseconds(123);
         let d = Detection {
-            key: DetectionKey { pattern: PatternId::Upgrade, merchant: "M348934600".into(), customer: "C1093826151".into() },
+            key: DetectionKey {
+                pattern: PatternId::Upgrade,
+                merchant: "M348934600".into(),
+                customer: "C1093826151".into(),
+            },
             chunk: 0,
             y_start: start,
             detected_at: start + chrono::Duration::milliseconds(64),
@@ -148,7 +155,11 @@ mod tests {
     fn dei_has_empty_customer_and_whole_seconds_keep_millis() {
         let t = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
         let d = Detection {
-            key: DetectionKey { pattern: PatternId::DeiNeeded, merchant: "M1".into(), customer: String::new() },
+            key: DetectionKey {
+                pattern: PatternId::DeiNeeded,
+                merchant: "M1".into(),
+                customer: String::new(),
+            },
             chunk: 3,
             y_start: t,
             detected_at: t,
@@ -161,10 +172,25 @@ mod tests {
 
     #[test]
     fn keys_order_by_pattern_merchant_customer() {
-        let k = |p, m: &str, c: &str| DetectionKey { pattern: p, merchant: m.into(), customer: c.into() };
-        let mut v = vec![k(PatternId::Child, "M1", "C2"), k(PatternId::Upgrade, "M2", "C1"), k(PatternId::Child, "M1", "C1")];
+        let k = |p, m: &str, c: &str| DetectionKey {
+            pattern: p,
+            merchant: m.into(),
+            customer: c.into(),
+        };
+        let mut v = vec![
+            k(PatternId::Child, "M1", "C2"),
+            k(PatternId::Upgrade, "M2", "C1"),
+            k(PatternId::Child, "M1", "C1"),
+        ];
         v.sort();
-        assert_eq!(v, vec![k(PatternId::Upgrade, "M2", "C1"), k(PatternId::Child, "M1", "C1"), k(PatternId::Child, "M1", "C2")]);
+        assert_eq!(
+            v,
+            vec![
+                k(PatternId::Upgrade, "M2", "C1"),
+                k(PatternId::Child, "M1", "C1"),
+                k(PatternId::Child, "M1", "C2")
+            ]
+        );
         assert_eq!(PatternId::from_id("PatId3"), Some(PatternId::DeiNeeded));
     }
 }

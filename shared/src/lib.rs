@@ -16,3 +16,6 @@ pub use config::PatternConfig;
 pub use detection::{Detection, DetectionKey, PatternId};
 pub use engine::{ChunkDelta, ChunkOutcome, Engine};
 pub use parse::{ImportanceTable, RejectedRow};
+pub mod batch;
+pub mod chunk;
+pub mod replay;

@@ -17,7 +17,10 @@ impl Weight {
     /// A mean of `rows` weights summing to `micros_sum` micro-units. `rows` must be ≥ 1.
     pub fn new(micros_sum: i128, rows: u64) -> Self {
         debug_assert!(rows > 0);
-        Weight { micros_sum, rows: rows.max(1) }
+        Weight {
+            micros_sum,
+            rows: rows.max(1),
+        }
     }
 
     /// Sum of the weights, in micro-units.
@@ -52,7 +55,12 @@ impl PartialOrd for Weight {
 
 impl Ord for Weight {
     fn cmp(&self, other: &Self) -> Ordering {
-        compare_fractions(self.micros_sum, self.rows as i128, other.micros_sum, other.rows as i128)
+        compare_fractions(
+            self.micros_sum,
+            self.rows as i128,
+            other.micros_sum,
+            other.rows as i128,
+        )
     }
 }
 
@@ -91,7 +99,10 @@ mod tests {
     #[test]
     fn huge_values_compare_exactly() {
         let big = i128::MAX / 3;
-        assert_eq!(Weight::new(big, 7).cmp(&Weight::new(big, 7)), Ordering::Equal);
+        assert_eq!(
+            Weight::new(big, 7).cmp(&Weight::new(big, 7)),
+            Ordering::Equal
+        );
         assert!(Weight::new(big - 1, u64::MAX) < Weight::new(big, u64::MAX));
     }
 

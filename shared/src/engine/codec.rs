@@ -107,16 +107,27 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn open(bytes: &[u8], magic: &[u8; 4], what: &'static str) -> Result<Vec<u8>, CodecError> {
-        let body = bytes.strip_prefix(magic.as_slice()).ok_or(CodecError::BadMagic { what })?;
-        lz4_flex::decompress_size_prepended(body).map_err(|e| CodecError::Corrupt { what, why: e.to_string() })
+        let body = bytes
+            .strip_prefix(magic.as_slice())
+            .ok_or(CodecError::BadMagic { what })?;
+        lz4_flex::decompress_size_prepended(body).map_err(|e| CodecError::Corrupt {
+            what,
+            why: e.to_string(),
+        })
     }
     fn corrupt(&self, why: &str) -> CodecError {
-        CodecError::Corrupt { what: self.what, why: format!("{why} at byte {}", self.pos) }
+        CodecError::Corrupt {
+            what: self.what,
+            why: format!("{why} at byte {}", self.pos),
+        }
     }
     fn uint(&mut self) -> Result<u128, CodecError> {
         let mut v: u128 = 0;
         for shift in (0..128).step_by(7) {
-            let byte = *self.buf.get(self.pos).ok_or_else(|| self.corrupt("unexpected end"))?;
+            let byte = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| self.corrupt("unexpected end"))?;
             self.pos += 1;
             v |= u128::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
@@ -147,7 +158,10 @@ impl<'a> Reader<'a> {
     }
     fn pattern(&mut self) -> Result<PatternId, CodecError> {
         let i = self.u64()?;
-        PatternId::ALL.get(i as usize).copied().ok_or_else(|| self.corrupt("unknown pattern"))
+        PatternId::ALL
+            .get(i as usize)
+            .copied()
+            .ok_or_else(|| self.corrupt("unknown pattern"))
     }
     fn done(&self) -> Result<(), CodecError> {
         if self.pos == self.buf.len() {
@@ -162,7 +176,13 @@ impl ChunkDelta {
     /// Encodes the delta.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        for v in [self.chunk, self.rows, self.rejected, u64::from(self.merchants_before), u64::from(self.customers_before)] {
+        for v in [
+            self.chunk,
+            self.rows,
+            self.rejected,
+            u64::from(self.merchants_before),
+            u64::from(self.customers_before),
+        ] {
             w.u64(v);
         }
         for names in [&self.new_merchants, &self.new_customers] {
@@ -189,7 +209,11 @@ impl ChunkDelta {
     /// Decodes a delta written by [`ChunkDelta::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let buf = Reader::open(bytes, DELTA_MAGIC, "delta")?;
-        let mut r = Reader { buf: &buf, pos: 0, what: "delta" };
+        let mut r = Reader {
+            buf: &buf,
+            pos: 0,
+            what: "delta",
+        };
         let (chunk, rows, rejected) = (r.u64()?, r.u64()?, r.u64()?);
         let (merchants_before, customers_before) = (r.u32()?, r.u32()?);
         let mut names = || -> Result<Vec<String>, CodecError> {
@@ -215,7 +239,17 @@ impl ChunkDelta {
             detections.push((r.pattern()?, r.u32()?, r.u32()?));
         }
         r.done()?;
-        Ok(ChunkDelta { chunk, rows, rejected, merchants_before, customers_before, new_merchants, new_customers, pairs, detections })
+        Ok(ChunkDelta {
+            chunk,
+            rows,
+            rejected,
+            merchants_before,
+            customers_before,
+            new_merchants,
+            new_customers,
+            pairs,
+            detections,
+        })
     }
 }
 
@@ -232,8 +266,11 @@ impl Engine {
             w.u64(names.len() as u64);
             names.since(0).for_each(|n| w.str(n));
         }
-        for stats in &self.merchant_stats {
-            w.u64(u64::from(stats.dei_emitted));
+        // Every named merchant gets a flag, even one whose only rows were rejected.
+        for m in 0..self.merchants.len() {
+            w.u64(u64::from(
+                self.merchant_stats.get(m).is_some_and(|s| s.dei_emitted),
+            ));
         }
         w.u64(self.pairs.len() as u64);
         for p in &self.pairs {
@@ -248,12 +285,24 @@ impl Engine {
     }
 
     /// Rebuilds an engine from [`Engine::encode_snapshot`] bytes.
-    pub fn decode_snapshot(bytes: &[u8], config: PatternConfig, weights: Arc<ImportanceTable>) -> Result<Self, CodecError> {
+    pub fn decode_snapshot(
+        bytes: &[u8],
+        config: PatternConfig,
+        weights: Arc<ImportanceTable>,
+    ) -> Result<Self, CodecError> {
         let buf = Reader::open(bytes, SNAPSHOT_MAGIC, "snapshot")?;
-        let mut r = Reader { buf: &buf, pos: 0, what: "snapshot" };
+        let mut r = Reader {
+            buf: &buf,
+            pos: 0,
+            what: "snapshot",
+        };
         let mut engine = Engine::new(config, weights);
         engine.next_chunk = r.u64()?;
-        engine.totals = Totals { rows: r.u64()?, rejected: r.u64()?, detections: [r.u64()?, r.u64()?, r.u64()?] };
+        engine.totals = Totals {
+            rows: r.u64()?,
+            rejected: r.u64()?,
+            detections: [r.u64()?, r.u64()?, r.u64()?],
+        };
         for names in [&mut engine.merchants, &mut engine.customers] {
             let n = r.len()?;
             for i in 0..n {
@@ -264,7 +313,12 @@ impl Engine {
             }
         }
         engine.merchant_stats = (0..engine.merchants.len())
-            .map(|_| Ok(MerchantStats { dei_emitted: r.u64()? != 0, ..MerchantStats::default() }))
+            .map(|_| {
+                Ok(MerchantStats {
+                    dei_emitted: r.u64()? != 0,
+                    ..MerchantStats::default()
+                })
+            })
             .collect::<Result<_, CodecError>>()?;
         let n = r.len()?;
         for _ in 0..n {
@@ -283,13 +337,13 @@ impl Engine {
             pair.txns = txns;
             pair.cents = cents;
             pair.emitted = emitted;
-            let (customer, weight) = (pair.customer, pair.weight);
+            let weight = pair.weight;
             let stats = &mut engine.merchant_stats[m as usize];
             stats.txns += txns;
             if txns > 0 {
-                stats.by_count.insert((txns, customer));
+                stats.by_count.move_customer(0, txns);
                 if let Some(w) = weight {
-                    stats.by_weight.insert((w, customer));
+                    stats.by_weight.insert((w, p));
                 }
             }
         }

@@ -2,13 +2,16 @@
 //!
 //! Pure and synchronous: bytes of a chunk in, detections and a compact [`ChunkDelta`]
 //! out. The cost of a chunk is proportional to its rows and the merchants it touches:
-//! per merchant it keeps customers ordered by count and by weight, so the PatId1
-//! thresholds are a short walk from one end and the candidates a range, never a sort.
+//! per merchant it keeps a count histogram with order statistics and the customers
+//! ordered by weight, so the PatId1 thresholds are a logarithmic query and the
+//! candidates a short range from the low-weight end, never a sort.
 
 mod codec;
+mod histogram;
 mod names;
 
-pub use codec::{CodecError, ChunkDelta, PairDelta};
+pub use codec::{ChunkDelta, CodecError, PairDelta};
+pub use histogram::CountHistogram;
 pub use names::Names;
 
 use crate::config::PatternConfig;
@@ -88,9 +91,10 @@ struct MerchantStats {
     female: u64,
     male: u64,
     dei_emitted: bool,
-    /// (n(m,c), c) for every c in C(m): |C(m)| and the count percentile.
-    by_count: BTreeSet<(u64, u32)>,
-    /// (w(m,c), c) for every c in C(m) that has a weight.
+    /// n(m,c) for every c in C(m): |C(m)| and the count percentile.
+    by_count: CountHistogram,
+    /// (w(m,c), pair index) for every c in C(m) that has a weight. Changes only when a
+    /// customer first appears at m, so it is cheap to keep sorted.
     by_weight: BTreeSet<(Weight, u32)>,
     touched_in: u64,
 }
@@ -200,11 +204,20 @@ impl Engine {
 
     /// Applies chunk `chunk` (its bytes, header first) and detects what became true.
     /// `first_row` is the 1-based source row number of the chunk's first data row.
-    pub fn apply_chunk(&mut self, chunk: u64, data: &[u8], first_row: u64) -> Result<ChunkOutcome, ApplyError> {
+    pub fn apply_chunk(
+        &mut self,
+        chunk: u64,
+        data: &[u8],
+        first_row: u64,
+    ) -> Result<ChunkOutcome, ApplyError> {
         if chunk != self.next_chunk {
-            return Err(ApplyError::OutOfOrder { expected: self.next_chunk, got: chunk });
+            return Err(ApplyError::OutOfOrder {
+                expected: self.next_chunk,
+                got: chunk,
+            });
         }
-        let reader = TransactionReader::new(data, first_row).map_err(|source| ApplyError::Header { chunk, source })?;
+        let reader = TransactionReader::new(data, first_row)
+            .map_err(|source| ApplyError::Header { chunk, source })?;
         let mark = chunk + 1;
         let (merchants_before, customers_before) = (self.merchants.len(), self.customers.len());
         let mut touched: Vec<Touched> = Vec::new();
@@ -218,14 +231,31 @@ impl Engine {
                     continue;
                 }
             };
+            let (Some(m), Some(c)) = (
+                self.merchants.intern_bytes(&tx.merchant),
+                self.customers.intern_bytes(&tx.customer),
+            ) else {
+                let reason = tx
+                    .ids()
+                    .err()
+                    .unwrap_or(crate::parse::RejectReason::NotUtf8 { column: "customer" });
+                rejected.push(RejectedRow {
+                    row: tx.row,
+                    raw: String::from_utf8_lossy(tx.raw).into_owned(),
+                    reason,
+                });
+                continue;
+            };
             rows += 1;
-            let m = self.merchants.intern(&tx.merchant);
-            let c = self.customers.intern(&tx.customer);
             let p = self.pair_for(m, c, tx.gender);
             let pair = &mut self.pairs[p as usize];
             if pair.touched_in != mark {
                 pair.touched_in = mark;
-                touched.push(Touched { pair: p, txns_before: pair.txns, cents_before: pair.cents });
+                touched.push(Touched {
+                    pair: p,
+                    txns_before: pair.txns,
+                    cents_before: pair.cents,
+                });
             }
             pair.txns += 1;
             pair.cents += u128::from(tx.cents);
@@ -240,8 +270,16 @@ impl Engine {
             rejected: rejected.len() as u64,
             merchants_before: merchants_before as u32,
             customers_before: customers_before as u32,
-            new_merchants: self.merchants.since(merchants_before).map(String::from).collect(),
-            new_customers: self.customers.since(customers_before).map(String::from).collect(),
+            new_merchants: self
+                .merchants
+                .since(merchants_before)
+                .map(String::from)
+                .collect(),
+            new_customers: self
+                .customers
+                .since(customers_before)
+                .map(String::from)
+                .collect(),
             pairs: touched
                 .iter()
                 .map(|t| {
@@ -270,17 +308,29 @@ impl Engine {
             self.totals.detections[d.pattern.index()] += 1;
         }
         self.next_chunk += 1;
-        Ok(ChunkOutcome { delta, detections, rejected })
+        Ok(ChunkOutcome {
+            delta,
+            detections,
+            rejected,
+        })
     }
 
     /// Replays a stored delta: the same state change as the `apply_chunk` that made it,
     /// without parsing or detecting again.
     pub fn apply_delta(&mut self, delta: &ChunkDelta) -> Result<(), ApplyError> {
-        let bad = |why: String| ApplyError::BadDelta { chunk: delta.chunk, why };
+        let bad = |why: String| ApplyError::BadDelta {
+            chunk: delta.chunk,
+            why,
+        };
         if delta.chunk != self.next_chunk {
-            return Err(ApplyError::OutOfOrder { expected: self.next_chunk, got: delta.chunk });
+            return Err(ApplyError::OutOfOrder {
+                expected: self.next_chunk,
+                got: delta.chunk,
+            });
         }
-        if delta.merchants_before as usize != self.merchants.len() || delta.customers_before as usize != self.customers.len() {
+        if delta.merchants_before as usize != self.merchants.len()
+            || delta.customers_before as usize != self.customers.len()
+        {
             return Err(bad(format!(
                 "delta expects {}/{} merchants/customers, state has {}/{}",
                 delta.merchants_before,
@@ -298,16 +348,28 @@ impl Engine {
         let mark = delta.chunk + 1;
         let mut touched = Vec::with_capacity(delta.pairs.len());
         for d in &delta.pairs {
-            if d.merchant as usize >= self.merchants.len() || d.customer as usize >= self.customers.len() {
-                return Err(bad(format!("pair ({}, {}) names an unknown index", d.merchant, d.customer)));
+            if d.merchant as usize >= self.merchants.len()
+                || d.customer as usize >= self.customers.len()
+            {
+                return Err(bad(format!(
+                    "pair ({}, {}) names an unknown index",
+                    d.merchant, d.customer
+                )));
             }
             let p = self.pair_for(d.merchant, d.customer, d.gender);
             let pair = &mut self.pairs[p as usize];
             if pair.touched_in == mark {
-                return Err(bad(format!("pair ({}, {}) appears twice", d.merchant, d.customer)));
+                return Err(bad(format!(
+                    "pair ({}, {}) appears twice",
+                    d.merchant, d.customer
+                )));
             }
             pair.touched_in = mark;
-            touched.push(Touched { pair: p, txns_before: pair.txns, cents_before: pair.cents });
+            touched.push(Touched {
+                pair: p,
+                txns_before: pair.txns,
+                cents_before: pair.cents,
+            });
             pair.txns += d.txns;
             pair.cents += d.cents;
             self.merchant_stats[d.merchant as usize].txns += d.txns;
@@ -326,10 +388,19 @@ impl Engine {
     fn mark_emitted(&mut self, pattern: PatternId, m: u32, c: u32) -> Result<(), String> {
         let unknown = || format!("detection {pattern:?} names unknown merchant/customer {m}/{c}");
         match pattern {
-            PatternId::DeiNeeded => self.merchant_stats.get_mut(m as usize).ok_or_else(unknown)?.dei_emitted = true,
+            PatternId::DeiNeeded => {
+                self.merchant_stats
+                    .get_mut(m as usize)
+                    .ok_or_else(unknown)?
+                    .dei_emitted = true
+            }
             PatternId::Upgrade | PatternId::Child => {
                 let p = *self.pair_index.get(&(m, c)).ok_or_else(unknown)?;
-                self.pairs[p as usize].emitted |= if pattern == PatternId::Upgrade { EMITTED_UPGRADE } else { EMITTED_CHILD };
+                self.pairs[p as usize].emitted |= if pattern == PatternId::Upgrade {
+                    EMITTED_UPGRADE
+                } else {
+                    EMITTED_CHILD
+                };
             }
         }
         Ok(())
@@ -338,14 +409,26 @@ impl Engine {
     /// The pair (m, c), created (with its first-seen gender and its weight) if new.
     fn pair_for(&mut self, m: u32, c: u32, gender: Gender) -> u32 {
         if m as usize >= self.merchant_stats.len() {
-            self.merchant_stats.resize_with(m as usize + 1, MerchantStats::default);
+            self.merchant_stats
+                .resize_with(m as usize + 1, MerchantStats::default);
         }
         if let Some(&p) = self.pair_index.get(&(m, c)) {
             return p;
         }
         let p = self.pairs.len() as u32;
-        let weight = self.weights.weight(self.merchants.name(m), self.customers.name(c));
-        self.pairs.push(PairStats { merchant: m, customer: c, txns: 0, cents: 0, gender, weight, emitted: 0, touched_in: 0 });
+        let weight = self
+            .weights
+            .weight(self.merchants.name(m), self.customers.name(c));
+        self.pairs.push(PairStats {
+            merchant: m,
+            customer: c,
+            txns: 0,
+            cents: 0,
+            gender,
+            weight,
+            emitted: 0,
+            touched_in: 0,
+        });
         self.pair_index.insert((m, c), p);
         let stats = &mut self.merchant_stats[m as usize];
         match gender {
@@ -363,12 +446,12 @@ impl Engine {
         for t in touched {
             let pair = &self.pairs[t.pair as usize];
             let stats = &mut self.merchant_stats[pair.merchant as usize];
-            if t.txns_before > 0 {
-                stats.by_count.remove(&(t.txns_before, pair.customer));
-            } else if let Some(w) = pair.weight {
-                stats.by_weight.insert((w, pair.customer));
+            if t.txns_before == 0 {
+                if let Some(w) = pair.weight {
+                    stats.by_weight.insert((w, t.pair));
+                }
             }
-            stats.by_count.insert((pair.txns, pair.customer));
+            stats.by_count.move_customer(t.txns_before, pair.txns);
             if stats.touched_in != mark {
                 stats.touched_in = mark;
                 merchants.push(pair.merchant);
@@ -394,20 +477,25 @@ impl Engine {
         }
         for &m in merchants {
             let stats = &mut self.merchant_stats[m as usize];
-            if !stats.dei_emitted && stats.female > cfg.dei_min_female && stats.female < stats.male {
+            if !stats.dei_emitted && stats.female > cfg.dei_min_female && stats.female < stats.male
+            {
                 stats.dei_emitted = true;
                 found.push((PatternId::DeiNeeded, m, u32::MAX));
             }
             if stats.txns > cfg.upgrade_min_merchant_txns {
                 // Thresholds move when any customer of m changes, so every customer of m
-                // at or above the count threshold is a candidate, not just touched ones.
-                let Some((t_count, t_weight)) = upgrade_thresholds(stats, cfg) else { continue };
-                for &(_, c) in stats.by_count.range((t_count, 0)..) {
-                    let p = self.pair_index[&(m, c)];
+                // at or below the weight threshold is a candidate, not just touched ones.
+                let Some((t_count, t_weight)) = upgrade_thresholds(stats, cfg) else {
+                    continue;
+                };
+                for &(w, p) in &stats.by_weight {
+                    if w > t_weight {
+                        break;
+                    }
                     let pair = &mut self.pairs[p as usize];
-                    if pair.emitted & EMITTED_UPGRADE == 0 && pair.weight.is_some_and(|w| w <= t_weight) {
+                    if pair.emitted & EMITTED_UPGRADE == 0 && pair.txns >= t_count {
                         pair.emitted |= EMITTED_UPGRADE;
-                        found.push((PatternId::Upgrade, m, c));
+                        found.push((PatternId::Upgrade, m, pair.customer));
                     }
                 }
             }
@@ -417,7 +505,11 @@ impl Engine {
             .map(|(pattern, m, c)| DetectionKey {
                 pattern,
                 merchant: self.merchants.name(m).to_string(),
-                customer: if c == u32::MAX { String::new() } else { self.customers.name(c).to_string() },
+                customer: if c == u32::MAX {
+                    String::new()
+                } else {
+                    self.customers.name(c).to_string()
+                },
             })
             .collect();
         keys.sort();
@@ -425,8 +517,14 @@ impl Engine {
     }
 
     /// Stats of the pairs a delta touched, as they are now (for the analytics tables).
-    pub fn pairs_of<'a>(&'a self, delta: &'a ChunkDelta) -> impl Iterator<Item = PairView<'a>> + 'a {
-        delta.pairs.iter().filter_map(move |d| self.pair_view(d.merchant, d.customer))
+    pub fn pairs_of<'a>(
+        &'a self,
+        delta: &'a ChunkDelta,
+    ) -> impl Iterator<Item = PairView<'a>> + 'a {
+        delta
+            .pairs
+            .iter()
+            .filter_map(move |d| self.pair_view(d.merchant, d.customer))
     }
 
     fn pair_view(&self, m: u32, c: u32) -> Option<PairView<'_>> {
@@ -449,13 +547,16 @@ impl Engine {
 
     /// Stats of every merchant, in first-seen order.
     pub fn merchants(&self) -> impl Iterator<Item = MerchantView<'_>> {
-        self.merchant_stats.iter().enumerate().map(|(m, s)| MerchantView {
-            merchant: self.merchants.name(m as u32),
-            txns: s.txns,
-            customers: s.by_count.len() as u64,
-            female: s.female,
-            male: s.male,
-        })
+        self.merchant_stats
+            .iter()
+            .enumerate()
+            .map(|(m, s)| MerchantView {
+                merchant: self.merchants.name(m as u32),
+                txns: s.txns,
+                customers: s.by_count.len(),
+                female: s.female,
+                male: s.male,
+            })
     }
 
     /// The weight table the engine reads.
@@ -466,10 +567,10 @@ impl Engine {
 
 /// `Tcount(m)` and `Tweight(m)` (SPEC §4), or `None` when no customer of m has a weight.
 fn upgrade_thresholds(stats: &MerchantStats, cfg: &PatternConfig) -> Option<(u64, Weight)> {
-    let n = stats.by_count.len() as u64;
-    let rank = nearest_rank(BP_WHOLE - cfg.upgrade_top_bp, n);
-    // High ranks are near the top: walk from the high end (n - rank steps).
-    let t_count = stats.by_count.iter().rev().nth((n - rank) as usize)?.0;
+    let n = stats.by_count.len();
+    let t_count = stats
+        .by_count
+        .kth(nearest_rank(BP_WHOLE - cfg.upgrade_top_bp, n))?;
     let nw = stats.by_weight.len() as u64;
     if nw == 0 {
         return None;

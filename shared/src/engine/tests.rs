@@ -3,10 +3,12 @@
 
 use super::*;
 use crate::detection::PatternId::{Child, DeiNeeded, Upgrade};
+use crate::parse::RejectReason;
 use proptest::prelude::*;
 use std::fmt::Write as _;
 
-const HEADER: &str = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+const HEADER: &str =
+    "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
 
 /// A transaction in a test: customer, gender, merchant, amount text.
 type Row<'a> = (&'a str, &'a str, &'a str, &'a str);
@@ -33,8 +35,13 @@ fn engine(config: PatternConfig, weights: Arc<ImportanceTable>) -> Engine {
 
 fn apply(e: &mut Engine, rows: &[Row]) -> Vec<(PatternId, String, String)> {
     let k = e.next_chunk();
-    let out = e.apply_chunk(k, chunk_text(rows).as_bytes(), k * 1000 + 1).unwrap();
-    out.detections.into_iter().map(|d| (d.pattern, d.merchant, d.customer)).collect()
+    let out = e
+        .apply_chunk(k, chunk_text(rows).as_bytes(), k * 1000 + 1)
+        .unwrap();
+    out.detections
+        .into_iter()
+        .map(|d| (d.pattern, d.merchant, d.customer))
+        .collect()
 }
 
 fn det(p: PatternId, m: &str, c: &str) -> (PatternId, String, String) {
@@ -51,7 +58,10 @@ fn repeat<'a>(row: Row<'a>, n: usize) -> Vec<Row<'a>> {
 fn child_needs_80_transactions() {
     let mut e = engine(PatternConfig::default(), Arc::default());
     assert!(apply(&mut e, &repeat(("C1", "M", "M1", "1.00"), 79)).is_empty());
-    assert_eq!(apply(&mut e, &[("C1", "M", "M1", "1.00")]), vec![det(Child, "M1", "C1")]);
+    assert_eq!(
+        apply(&mut e, &[("C1", "M", "M1", "1.00")]),
+        vec![det(Child, "M1", "C1")]
+    );
 }
 
 #[test]
@@ -76,7 +86,10 @@ fn child_average_uses_exact_cents() {
 #[test]
 fn child_is_emitted_once_even_after_the_condition_flips() {
     let mut e = engine(PatternConfig::default(), Arc::default());
-    assert_eq!(apply(&mut e, &repeat(("C1", "M", "M1", "1.00"), 80)).len(), 1);
+    assert_eq!(
+        apply(&mut e, &repeat(("C1", "M", "M1", "1.00"), 80)).len(),
+        1
+    );
     // Average rises far above 23, then falls below again: no second detection.
     assert!(apply(&mut e, &[("C1", "M", "M1", "9000.00")]).is_empty());
     assert!(apply(&mut e, &repeat(("C1", "M", "M1", "0"), 2000)).is_empty());
@@ -95,19 +108,38 @@ fn dei_rows(female: usize, male: usize) -> Vec<(String, &'static str)> {
     v
 }
 
-fn apply_owned(e: &mut Engine, rows: &[(String, &str)], merchant: &str) -> Vec<(PatternId, String, String)> {
-    let rows: Vec<Row> = rows.iter().map(|(c, g)| (c.as_str(), *g, merchant, "100.00")).collect();
+fn apply_owned(
+    e: &mut Engine,
+    rows: &[(String, &str)],
+    merchant: &str,
+) -> Vec<(PatternId, String, String)> {
+    let rows: Vec<Row> = rows
+        .iter()
+        .map(|(c, g)| (c.as_str(), *g, merchant, "100.00"))
+        .collect();
     apply(e, &rows)
 }
 
 #[test]
 fn dei_needs_more_than_100_female_and_fewer_female_than_male() {
     let mut e = engine(PatternConfig::default(), Arc::default());
-    assert!(apply_owned(&mut e, &dei_rows(100, 150), "M1").is_empty(), "100 female is not more than 100");
-    assert_eq!(apply_owned(&mut e, &customers("G", "F", 1), "M1"), vec![det(DeiNeeded, "M1", "")]);
+    assert!(
+        apply_owned(&mut e, &dei_rows(100, 150), "M1").is_empty(),
+        "100 female is not more than 100"
+    );
+    assert_eq!(
+        apply_owned(&mut e, &customers("G", "F", 1), "M1"),
+        vec![det(DeiNeeded, "M1", "")]
+    );
     let mut e = engine(PatternConfig::default(), Arc::default());
-    assert!(apply_owned(&mut e, &dei_rows(101, 101), "M2").is_empty(), "F == M is not fewer");
-    assert_eq!(apply_owned(&mut e, &customers("Y", "M", 1), "M2"), vec![det(DeiNeeded, "M2", "")]);
+    assert!(
+        apply_owned(&mut e, &dei_rows(101, 101), "M2").is_empty(),
+        "F == M is not fewer"
+    );
+    assert_eq!(
+        apply_owned(&mut e, &customers("Y", "M", 1), "M2"),
+        vec![det(DeiNeeded, "M2", "")]
+    );
 }
 
 #[test]
@@ -126,7 +158,10 @@ fn gender_is_the_first_valid_transactions() {
     // 101 customers first seen as F (then also as M), 102 male customers.
     let mut rows = dei_rows(101, 102);
     rows.extend(customers("F", "M", 101));
-    assert_eq!(apply_owned(&mut e, &rows, "M1"), vec![det(DeiNeeded, "M1", "")]);
+    assert_eq!(
+        apply_owned(&mut e, &rows, "M1"),
+        vec![det(DeiNeeded, "M1", "")]
+    );
     let m = e.merchants().next().unwrap();
     assert_eq!((m.female, m.male, m.customers), (101, 102, 203));
 }
@@ -134,14 +169,22 @@ fn gender_is_the_first_valid_transactions() {
 #[test]
 fn rejected_first_row_does_not_fix_gender() {
     let mut e = engine(PatternConfig::default(), Arc::default());
-    apply(&mut e, &[("C1", "M", "M1", "bad"), ("C1", "F", "M1", "1.00")]);
+    apply(
+        &mut e,
+        &[("C1", "M", "M1", "bad"), ("C1", "F", "M1", "1.00")],
+    );
     assert_eq!(e.pair("M1", "C1").unwrap().gender, Gender::Female);
 }
 
 // ---- PatId1 UPGRADE ----
 
 fn small_upgrade(min: u64, top_bp: u64, bottom_bp: u64) -> PatternConfig {
-    PatternConfig { upgrade_min_merchant_txns: min, upgrade_top_bp: top_bp, upgrade_bottom_bp: bottom_bp, ..PatternConfig::default() }
+    PatternConfig {
+        upgrade_min_merchant_txns: min,
+        upgrade_top_bp: top_bp,
+        upgrade_bottom_bp: bottom_bp,
+        ..PatternConfig::default()
+    }
 }
 
 #[test]
@@ -151,9 +194,15 @@ fn upgrade_needs_more_than_50000_merchant_transactions() {
     let mut e = engine(PatternConfig::default(), weights);
     let mut rows = repeat(("C2", "M", "M1", "1.00"), 2);
     rows.extend(repeat(("C1", "M", "M1", "1.00"), 49_998));
-    assert!(apply(&mut e, &rows).iter().all(|d| d.0 != Upgrade), "N = 50,000 is not more");
+    assert!(
+        apply(&mut e, &rows).iter().all(|d| d.0 != Upgrade),
+        "N = 50,000 is not more"
+    );
     // One more transaction, by another customer: N = 50,001 and C1 qualifies untouched.
-    assert_eq!(apply(&mut e, &[("C2", "M", "M1", "1.00")]), vec![det(Upgrade, "M1", "C1")]);
+    assert_eq!(
+        apply(&mut e, &[("C2", "M", "M1", "1.00")]),
+        vec![det(Upgrade, "M1", "C1")]
+    );
 }
 
 #[test]
@@ -170,13 +219,21 @@ fn upgrade_needs_both_top_count_and_bottom_weight() {
 fn upgrade_ties_at_both_thresholds_all_qualify() {
     // Counts {5,5,5,1}: top 25 % (2500 bp → q 7500, rank 3) is 5; all three 5s qualify.
     // Weights {1,1,2,3}: bottom 50 % rank 2 is 1: both weight-1 customers qualify.
-    let weights = importance(&[("A", "M1", "1"), ("B", "M1", "1"), ("C", "M1", "2"), ("D", "M1", "1")]);
+    let weights = importance(&[
+        ("A", "M1", "1"),
+        ("B", "M1", "1"),
+        ("C", "M1", "2"),
+        ("D", "M1", "1"),
+    ]);
     let mut e = engine(small_upgrade(0, 2500, 5000), weights);
     let mut rows = repeat(("A", "M", "M1", "1"), 5);
     rows.extend(repeat(("B", "M", "M1", "1"), 5));
     rows.extend(repeat(("C", "M", "M1", "1"), 5));
     rows.push(("D", "M", "M1", "1"));
-    let ups: Vec<_> = apply(&mut e, &rows).into_iter().filter(|d| d.0 == Upgrade).collect();
+    let ups: Vec<_> = apply(&mut e, &rows)
+        .into_iter()
+        .filter(|d| d.0 == Upgrade)
+        .collect();
     assert_eq!(ups, vec![det(Upgrade, "M1", "A"), det(Upgrade, "M1", "B")]);
 }
 
@@ -186,18 +243,32 @@ fn upgrade_percentile_uses_integer_rank_300_customers() {
     // (floating point would give rank 4 and let customer 4 in).
     let names: Vec<String> = (1..=300).map(|i| format!("C{i:03}")).collect();
     let weight_text: Vec<String> = (1..=300).map(|i| i.to_string()).collect();
-    let rows: Vec<(&str, &str, &str)> = names.iter().zip(&weight_text).map(|(c, w)| (c.as_str(), "M1", w.as_str())).collect();
+    let rows: Vec<(&str, &str, &str)> = names
+        .iter()
+        .zip(&weight_text)
+        .map(|(c, w)| (c.as_str(), "M1", w.as_str()))
+        .collect();
     let mut e = engine(small_upgrade(0, 9999, 100), importance(&rows));
     // Everyone has count 1, top_bp 9999 → q = 1 bp → Tcount is the minimum: all qualify by count.
-    let txns: Vec<Row> = names.iter().map(|c| (c.as_str(), "F", "M1", "1.00")).collect();
-    let ups: Vec<_> = apply(&mut e, &txns).into_iter().filter(|d| d.0 == Upgrade).map(|d| d.2).collect();
+    let txns: Vec<Row> = names
+        .iter()
+        .map(|c| (c.as_str(), "F", "M1", "1.00"))
+        .collect();
+    let ups: Vec<_> = apply(&mut e, &txns)
+        .into_iter()
+        .filter(|d| d.0 == Upgrade)
+        .map(|d| d.2)
+        .collect();
     assert_eq!(ups, vec!["C001", "C002", "C003"]);
 }
 
 #[test]
 fn upgrade_single_customer_population() {
     let mut e = engine(small_upgrade(0, 100, 100), importance(&[("C1", "M1", "7")]));
-    assert_eq!(apply(&mut e, &[("C1", "F", "M1", "1")]), vec![det(Upgrade, "M1", "C1")]);
+    assert_eq!(
+        apply(&mut e, &[("C1", "F", "M1", "1")]),
+        vec![det(Upgrade, "M1", "C1")]
+    );
 }
 
 #[test]
@@ -205,29 +276,63 @@ fn upgrade_ignores_customers_without_weight() {
     // C2 has no weight: it is not in the weight population and never qualifies, even
     // with the top count.
     // top_bp 1 → q 9999: with two customers Tcount is the larger count.
-    let mut e = engine(small_upgrade(0, 1, 10_000), importance(&[("C1", "M1", "9")]));
+    let mut e = engine(
+        small_upgrade(0, 1, 10_000),
+        importance(&[("C1", "M1", "9")]),
+    );
     let mut rows = repeat(("C2", "F", "M1", "1"), 5);
     rows.push(("C1", "F", "M1", "1"));
     assert!(apply(&mut e, &rows).is_empty());
-    assert_eq!(apply(&mut e, &repeat(("C1", "F", "M1", "1"), 9)), vec![det(Upgrade, "M1", "C1")]);
+    assert_eq!(
+        apply(&mut e, &repeat(("C1", "F", "M1", "1"), 9)),
+        vec![det(Upgrade, "M1", "C1")]
+    );
 }
 
 #[test]
 fn upgrade_weight_is_per_merchant_mean_as_fraction() {
     // C1 at M1: mean(1, 2) = 1.5; C2 at M1: 1.5 exactly; C3 at M1: 1.500001.
-    let w = importance(&[("C1", "M1", "1"), ("C1", "M1", "2"), ("C2", "M1", "1.5"), ("C3", "M1", "1.500001"), ("C3", "M2", "0")]);
+    let w = importance(&[
+        ("C1", "M1", "1"),
+        ("C1", "M1", "2"),
+        ("C2", "M1", "1.5"),
+        ("C3", "M1", "1.500001"),
+        ("C3", "M2", "0"),
+    ]);
     let mut e = engine(small_upgrade(0, 9999, 6667), w);
-    let ups: Vec<_> = apply(&mut e, &[("C1", "F", "M1", "1"), ("C2", "F", "M1", "1"), ("C3", "F", "M1", "1")])
-        .into_iter()
-        .map(|d| d.2)
-        .collect();
+    let ups: Vec<_> = apply(
+        &mut e,
+        &[
+            ("C1", "F", "M1", "1"),
+            ("C2", "F", "M1", "1"),
+            ("C3", "F", "M1", "1"),
+        ],
+    )
+    .into_iter()
+    .map(|d| d.2)
+    .collect();
     // 6667 bp of 3 → rank 3 (20001/10000 → 3)... use 6666 bp → rank 2: 1.5, both ties.
     assert_eq!(ups, vec!["C1", "C2", "C3"]);
-    let mut e = engine(small_upgrade(0, 9999, 6666), importance(&[("C1", "M1", "1"), ("C1", "M1", "2"), ("C2", "M1", "1.5"), ("C3", "M1", "1.500001")]));
-    let ups: Vec<_> = apply(&mut e, &[("C1", "F", "M1", "1"), ("C2", "F", "M1", "1"), ("C3", "F", "M1", "1")])
-        .into_iter()
-        .map(|d| d.2)
-        .collect();
+    let mut e = engine(
+        small_upgrade(0, 9999, 6666),
+        importance(&[
+            ("C1", "M1", "1"),
+            ("C1", "M1", "2"),
+            ("C2", "M1", "1.5"),
+            ("C3", "M1", "1.500001"),
+        ]),
+    );
+    let ups: Vec<_> = apply(
+        &mut e,
+        &[
+            ("C1", "F", "M1", "1"),
+            ("C2", "F", "M1", "1"),
+            ("C3", "F", "M1", "1"),
+        ],
+    )
+    .into_iter()
+    .map(|d| d.2)
+    .collect();
     assert_eq!(ups, vec!["C1", "C2"]);
 }
 
@@ -235,7 +340,12 @@ fn upgrade_weight_is_per_merchant_mean_as_fraction() {
 fn upgrade_untouched_customer_qualifies_when_threshold_moves() {
     // C1 has the only weight below the rest. Count threshold drops when many count-1
     // customers arrive, letting C1 (untouched in that chunk) qualify.
-    let w = importance(&[("C1", "M1", "1"), ("B0", "M1", "9"), ("B1", "M1", "9"), ("B2", "M1", "9")]);
+    let w = importance(&[
+        ("C1", "M1", "1"),
+        ("B0", "M1", "9"),
+        ("B1", "M1", "9"),
+        ("B2", "M1", "9"),
+    ]);
     let mut e = engine(small_upgrade(0, 5000, 2500), w);
     let mut rows = repeat(("B0", "F", "M1", "1"), 3);
     rows.extend(repeat(("B1", "F", "M1", "1"), 3));
@@ -245,7 +355,10 @@ fn upgrade_untouched_customer_qualifies_when_threshold_moves() {
     // Counts {1,3,3,3}: median rank 2 → 3; C1 (count 1) not in; B* have weight 9 > Tweight 1.
     assert!(first.is_empty(), "{first:?}");
     let newcomers: Vec<String> = (0..10).map(|i| format!("N{i}")).collect();
-    let rows: Vec<Row> = newcomers.iter().map(|c| (c.as_str(), "F", "M1", "1")).collect();
+    let rows: Vec<Row> = newcomers
+        .iter()
+        .map(|c| (c.as_str(), "F", "M1", "1"))
+        .collect();
     // Counts now ten 1s, C1's 1, three 3s: median is 1 → C1 qualifies without a new row.
     assert_eq!(apply(&mut e, &rows), vec![det(Upgrade, "M1", "C1")]);
 }
@@ -254,10 +367,23 @@ fn upgrade_untouched_customer_qualifies_when_threshold_moves() {
 
 #[test]
 fn detections_in_a_chunk_are_ordered_by_pattern_merchant_customer() {
-    let cfg = PatternConfig { child_min_txns: 1, dei_min_female: 0, ..small_upgrade(0, 0, 10_000) };
+    let cfg = PatternConfig {
+        child_min_txns: 1,
+        dei_min_female: 0,
+        ..small_upgrade(0, 0, 10_000)
+    };
     let w = importance(&[("C2", "M2", "1"), ("C1", "M2", "1")]);
     let mut e = engine(cfg, w);
-    let dets = apply(&mut e, &[("C2", "M", "M2", "1"), ("C1", "M", "M2", "1"), ("C3", "F", "M1", "1"), ("C4", "M", "M1", "1"), ("C5", "M", "M1", "1")]);
+    let dets = apply(
+        &mut e,
+        &[
+            ("C2", "M", "M2", "1"),
+            ("C1", "M", "M2", "1"),
+            ("C3", "F", "M1", "1"),
+            ("C4", "M", "M1", "1"),
+            ("C5", "M", "M1", "1"),
+        ],
+    );
     assert_eq!(
         dets,
         vec![
@@ -277,9 +403,21 @@ fn detections_in_a_chunk_are_ordered_by_pattern_merchant_customer() {
 fn chunks_apply_in_order_only() {
     let mut e = engine(PatternConfig::default(), Arc::default());
     let text = chunk_text(&[("C1", "F", "M1", "1")]);
-    assert!(matches!(e.apply_chunk(1, text.as_bytes(), 1), Err(ApplyError::OutOfOrder { expected: 0, got: 1 })));
+    assert!(matches!(
+        e.apply_chunk(1, text.as_bytes(), 1),
+        Err(ApplyError::OutOfOrder {
+            expected: 0,
+            got: 1
+        })
+    ));
     e.apply_chunk(0, text.as_bytes(), 1).unwrap();
-    assert!(matches!(e.apply_chunk(0, text.as_bytes(), 1), Err(ApplyError::OutOfOrder { expected: 1, got: 0 })));
+    assert!(matches!(
+        e.apply_chunk(0, text.as_bytes(), 1),
+        Err(ApplyError::OutOfOrder {
+            expected: 1,
+            got: 0
+        })
+    ));
 }
 
 #[test]
@@ -287,32 +425,81 @@ fn rejected_rows_change_nothing_and_are_kept() {
     let mut e = engine(PatternConfig::default(), Arc::default());
     let text = format!("{HEADER}0,'C1','3','F','1','M1','1','x',1.00,0\n0,'C1','3','F','1','M1','1','x',1.001,0\n0,'','3','F','1','M1','1','x',1,0\n");
     let out = e.apply_chunk(0, text.as_bytes(), 10_001).unwrap();
-    assert_eq!(out.rejected.iter().map(|r| r.row).collect::<Vec<_>>(), vec![10_002, 10_003]);
+    assert_eq!(
+        out.rejected.iter().map(|r| r.row).collect::<Vec<_>>(),
+        vec![10_002, 10_003]
+    );
     assert_eq!(e.pair("M1", "C1").unwrap().txns, 1);
     assert_eq!(e.totals().rejected, 2);
     assert_eq!(out.delta.rejected, 2);
 }
 
 #[test]
+fn invalid_utf8_ids_are_rejected_and_state_still_round_trips() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    let mut bytes = HEADER.as_bytes().to_vec();
+    bytes.extend_from_slice(b"0,'C\xff','3','F','1','M9','1','x',1.00,0\n0,'C1','3','F','1','M\xfe','1','x',1.00,0\n0,'C1','3','F','1','M1','1','x',1.00,0\n");
+    let out = e.apply_chunk(0, &bytes, 1).unwrap();
+    let reasons: Vec<_> = out
+        .rejected
+        .iter()
+        .map(|r| (r.row, r.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (1, RejectReason::NotUtf8 { column: "customer" }),
+            (2, RejectReason::NotUtf8 { column: "merchant" })
+        ]
+    );
+    assert_eq!(e.totals().rows, 1);
+    let back = Engine::decode_snapshot(
+        &e.encode_snapshot(),
+        PatternConfig::default(),
+        Arc::default(),
+    )
+    .unwrap();
+    assert_eq!(back.encode_snapshot(), e.encode_snapshot());
+}
+
+#[test]
 fn header_without_amount_rejects_the_chunk() {
     let mut e = engine(PatternConfig::default(), Arc::default());
-    let err = e.apply_chunk(0, b"customer,gender,merchant\nC1,F,M1\n", 1).unwrap_err();
+    let err = e
+        .apply_chunk(0, b"customer,gender,merchant\nC1,F,M1\n", 1)
+        .unwrap_err();
     assert!(err.to_string().contains("`amount`"), "{err}");
-    assert_eq!(e.next_chunk(), 0, "a rejected chunk does not advance the engine");
+    assert_eq!(
+        e.next_chunk(),
+        0,
+        "a rejected chunk does not advance the engine"
+    );
 }
 
 // ---- persistence ----
 
 fn sample_stream() -> Vec<Vec<Row<'static>>> {
     vec![
-        vec![("C1", "F", "M1", "1.00"), ("C2", "M", "M1", "25.10"), ("C1", "F", "M2", "3")],
-        vec![("C3", "E", "M1", "0.5"), ("C1", "M", "M1", "1.00"), ("C9", "F", "M3", "bad")],
+        vec![
+            ("C1", "F", "M1", "1.00"),
+            ("C2", "M", "M1", "25.10"),
+            ("C1", "F", "M2", "3"),
+        ],
+        vec![
+            ("C3", "E", "M1", "0.5"),
+            ("C1", "M", "M1", "1.00"),
+            ("C9", "F", "M3", "bad"),
+        ],
         vec![("C2", "M", "M2", "2"), ("C4", "F", "M4", "4")],
     ]
 }
 
 fn sample_config() -> PatternConfig {
-    PatternConfig { child_min_txns: 1, dei_min_female: 0, ..small_upgrade(1, 5000, 5000) }
+    PatternConfig {
+        child_min_txns: 1,
+        dei_min_female: 0,
+        ..small_upgrade(1, 5000, 5000)
+    }
 }
 
 #[test]
@@ -322,7 +509,9 @@ fn deltas_rebuild_the_same_state() {
     let mut rebuilt = engine(sample_config(), w.clone());
     for rows in sample_stream() {
         let k = live.next_chunk();
-        let out = live.apply_chunk(k, chunk_text(&rows).as_bytes(), 1).unwrap();
+        let out = live
+            .apply_chunk(k, chunk_text(&rows).as_bytes(), 1)
+            .unwrap();
         let delta = ChunkDelta::decode(&out.delta.encode()).unwrap();
         assert_eq!(delta, out.delta);
         rebuilt.apply_delta(&delta).unwrap();
@@ -341,13 +530,27 @@ fn snapshot_then_more_chunks_matches_uninterrupted_run() {
     let mut all = Vec::new();
     for rows in &stream {
         let k = straight.next_chunk();
-        all.extend(straight.apply_chunk(k, chunk_text(rows).as_bytes(), 1).unwrap().detections);
+        all.extend(
+            straight
+                .apply_chunk(k, chunk_text(rows).as_bytes(), 1)
+                .unwrap()
+                .detections,
+        );
     }
     let mut first = engine(sample_config(), w.clone());
-    let mut resumed_dets = first.apply_chunk(0, chunk_text(&stream[0]).as_bytes(), 1).unwrap().detections;
-    let mut resumed = Engine::decode_snapshot(&first.encode_snapshot(), sample_config(), w).unwrap();
+    let mut resumed_dets = first
+        .apply_chunk(0, chunk_text(&stream[0]).as_bytes(), 1)
+        .unwrap()
+        .detections;
+    let mut resumed =
+        Engine::decode_snapshot(&first.encode_snapshot(), sample_config(), w).unwrap();
     for (k, rows) in stream.iter().enumerate().skip(1) {
-        resumed_dets.extend(resumed.apply_chunk(k as u64, chunk_text(rows).as_bytes(), 1).unwrap().detections);
+        resumed_dets.extend(
+            resumed
+                .apply_chunk(k as u64, chunk_text(rows).as_bytes(), 1)
+                .unwrap()
+                .detections,
+        );
     }
     assert_eq!(resumed_dets, all);
     assert_eq!(resumed.encode_snapshot(), straight.encode_snapshot());
@@ -358,11 +561,26 @@ fn corrupt_state_is_an_error_not_a_panic() {
     let e = engine(sample_config(), Arc::default());
     let snap = e.encode_snapshot();
     assert!(Engine::decode_snapshot(b"nope", sample_config(), Arc::default()).is_err());
-    assert!(Engine::decode_snapshot(&snap[..snap.len() - 1], sample_config(), Arc::default()).is_err());
+    assert!(
+        Engine::decode_snapshot(&snap[..snap.len() - 1], sample_config(), Arc::default()).is_err()
+    );
     assert!(ChunkDelta::decode(b"TXD1\x05\x00\x00\x00\x01").is_err());
-    let bad = ChunkDelta { chunk: 0, rows: 0, rejected: 0, merchants_before: 3, customers_before: 0, new_merchants: vec![], new_customers: vec![], pairs: vec![], detections: vec![] };
+    let bad = ChunkDelta {
+        chunk: 0,
+        rows: 0,
+        rejected: 0,
+        merchants_before: 3,
+        customers_before: 0,
+        new_merchants: vec![],
+        new_customers: vec![],
+        pairs: vec![],
+        detections: vec![],
+    };
     let mut e = engine(sample_config(), Arc::default());
-    assert!(matches!(e.apply_delta(&bad), Err(ApplyError::BadDelta { .. })));
+    assert!(matches!(
+        e.apply_delta(&bad),
+        Err(ApplyError::BadDelta { .. })
+    ));
 }
 
 proptest! {
@@ -400,7 +618,11 @@ mod reference {
         r.max(1) as usize
     }
 
-    pub fn run(chunks: &[Vec<Tx>], weights: &Weights, cfg: &PatternConfig) -> Vec<Vec<(PatternId, String, String)>> {
+    pub fn run(
+        chunks: &[Vec<Tx>],
+        weights: &Weights,
+        cfg: &PatternConfig,
+    ) -> Vec<Vec<(PatternId, String, String)>> {
         let mut seen: BTreeSet<(PatternId, String, String)> = BTreeSet::new();
         let mut applied: Vec<&Tx> = Vec::new();
         let mut out = Vec::new();
@@ -410,19 +632,27 @@ mod reference {
             let mut pairs: BTreeMap<(String, String), (u64, u64, String)> = BTreeMap::new();
             let mut n_m: BTreeMap<String, u64> = BTreeMap::new();
             for tx in &applied {
-                let e = pairs.entry((tx.merchant.clone(), tx.customer.clone())).or_insert((0, 0, tx.gender.clone()));
+                let e = pairs
+                    .entry((tx.merchant.clone(), tx.customer.clone()))
+                    .or_insert((0, 0, tx.gender.clone()));
                 e.0 += 1;
                 e.1 += tx.cents;
                 *n_m.entry(tx.merchant.clone()).or_default() += 1;
             }
             let mut holds = BTreeSet::new();
             for ((m, c), (n, s, _)) in &pairs {
-                if *n >= cfg.child_min_txns && u128::from(*s) < u128::from(cfg.child_avg_below_cents) * u128::from(*n) {
+                if *n >= cfg.child_min_txns
+                    && u128::from(*s) < u128::from(cfg.child_avg_below_cents) * u128::from(*n)
+                {
                     holds.insert((PatternId::Child, m.clone(), c.clone()));
                 }
             }
             for (m, total) in &n_m {
-                let custs: Vec<(&String, &(u64, u64, String))> = pairs.iter().filter(|((pm, _), _)| pm == m).map(|((_, c), v)| (c, v)).collect();
+                let custs: Vec<(&String, &(u64, u64, String))> = pairs
+                    .iter()
+                    .filter(|((pm, _), _)| pm == m)
+                    .map(|((_, c), v)| (c, v))
+                    .collect();
                 let f = custs.iter().filter(|(_, v)| v.2 == "F").count() as u64;
                 let male = custs.iter().filter(|(_, v)| v.2 == "M").count() as u64;
                 if f > cfg.dei_min_female && f < male {
@@ -431,8 +661,12 @@ mod reference {
                 if *total > cfg.upgrade_min_merchant_txns {
                     let mut counts: Vec<u64> = custs.iter().map(|(_, v)| v.0).collect();
                     counts.sort();
-                    let t_count = counts[rank(10_000 - cfg.upgrade_top_bp, counts.len() as u64) - 1];
-                    let mut ws: Vec<(i128, i128)> = custs.iter().filter_map(|(c, _)| weights.get(&(m.clone(), (*c).clone())).copied()).collect();
+                    let t_count =
+                        counts[rank(10_000 - cfg.upgrade_top_bp, counts.len() as u64) - 1];
+                    let mut ws: Vec<(i128, i128)> = custs
+                        .iter()
+                        .filter_map(|(c, _)| weights.get(&(m.clone(), (*c).clone())).copied())
+                        .collect();
                     if ws.is_empty() {
                         continue;
                     }
@@ -456,7 +690,13 @@ mod reference {
 }
 
 fn tx_strategy() -> impl Strategy<Value = (usize, usize, usize, u64, bool)> {
-    (0..4usize, 0..10usize, 0..4usize, prop_oneof![0u64..3000, Just(2300u64)], proptest::bool::weighted(0.05))
+    (
+        0..4usize,
+        0..10usize,
+        0..4usize,
+        prop_oneof![0u64..3000, Just(2300u64)],
+        proptest::bool::weighted(0.05),
+    )
 }
 
 proptest! {

@@ -87,7 +87,12 @@ fn quoted_record(buf: &[u8], start: usize, at_eof: bool) -> Option<RecordSpan> {
 pub fn split_fields<'a>(record: &'a [u8], out: &mut Vec<Cow<'a, [u8]>>) {
     out.clear();
     if memchr::memchr(b'"', record).is_none() {
-        out.extend(record.split(|&b| b == b',').map(Cow::Borrowed));
+        let mut start = 0;
+        for comma in memchr::memchr_iter(b',', record) {
+            out.push(Cow::Borrowed(&record[start..comma]));
+            start = comma + 1;
+        }
+        out.push(Cow::Borrowed(&record[start..]));
         return;
     }
     let mut i = 0;
@@ -165,7 +170,10 @@ mod tests {
 
     #[test]
     fn lf_and_crlf_lines() {
-        assert_eq!(records(b"a,b\nc,d\r\ne,f"), vec![&b"a,b"[..], b"c,d", b"e,f"]);
+        assert_eq!(
+            records(b"a,b\nc,d\r\ne,f"),
+            vec![&b"a,b"[..], b"c,d", b"e,f"]
+        );
         assert_eq!(records(b"a\r\n"), vec![&b"a"[..]]);
     }
 
@@ -180,12 +188,18 @@ mod tests {
     fn quoted_newline_and_comma_stay_in_field() {
         let buf = b"1,\"x,\ny\",2\n3,4\n";
         assert_eq!(records(buf), vec![&b"1,\"x,\ny\",2"[..], b"3,4"]);
-        assert_eq!(fields(b"1,\"x,\ny\",2"), vec![b"1".to_vec(), b"x,\ny".to_vec(), b"2".to_vec()]);
+        assert_eq!(
+            fields(b"1,\"x,\ny\",2"),
+            vec![b"1".to_vec(), b"x,\ny".to_vec(), b"2".to_vec()]
+        );
     }
 
     #[test]
     fn doubled_quotes_unescape() {
-        assert_eq!(fields(b"\"a\"\"b\",c"), vec![b"a\"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            fields(b"\"a\"\"b\",c"),
+            vec![b"a\"b".to_vec(), b"c".to_vec()]
+        );
         assert_eq!(fields(b"a,\"\""), vec![b"a".to_vec(), b"".to_vec()]);
     }
 

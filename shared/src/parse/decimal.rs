@@ -69,8 +69,20 @@ mod tests {
     #[test]
     fn cents_rejects_everything_else() {
         for bad in [
-            &b""[..], b"-1", b"+1", b"1.234", b"1.", b".5", b"1e3", b" 1", b"1 ", b"1,5",
-            b"abc", b"1.2.3", b"NaN", b"99999999999999999999",
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1.234",
+            b"1.",
+            b".5",
+            b"1e3",
+            b" 1",
+            b"1 ",
+            b"1,5",
+            b"abc",
+            b"1.2.3",
+            b"NaN",
+            b"99999999999999999999",
         ] {
             assert_eq!(parse_cents(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

@@ -47,25 +47,39 @@ impl ColumnMap {
         needed: &[&'static str],
     ) -> Result<Self, HeaderError> {
         let expected = needed.join(", ");
-        let header = header.ok_or(HeaderError::Empty { file, expected: expected.clone() })?;
+        let header = header.ok_or(HeaderError::Empty {
+            file,
+            expected: expected.clone(),
+        })?;
         let mut fields: Vec<Cow<[u8]>> = Vec::new();
         split_fields(header, &mut fields);
         let names: Vec<String> = fields
             .iter()
-            .map(|f| String::from_utf8_lossy(strip_single_quotes(f)).trim().to_string())
+            .map(|f| {
+                String::from_utf8_lossy(strip_single_quotes(f))
+                    .trim()
+                    .to_string()
+            })
             .collect();
         let positions = needed
             .iter()
             .map(|&column| {
-                names.iter().position(|n| n == column).ok_or_else(|| HeaderError::MissingColumn {
-                    file,
-                    column,
-                    header: String::from_utf8_lossy(header).into_owned(),
-                    expected: expected.clone(),
-                })
+                names
+                    .iter()
+                    .position(|n| n == column)
+                    .ok_or_else(|| HeaderError::MissingColumn {
+                        file,
+                        column,
+                        header: String::from_utf8_lossy(header).into_owned(),
+                        expected: expected.clone(),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ColumnMap { width: names.len(), positions, names })
+        Ok(ColumnMap {
+            width: names.len(),
+            positions,
+            names,
+        })
     }
 }
 
@@ -82,8 +96,12 @@ mod tests {
 
     #[test]
     fn missing_column_names_it() {
-        let err = ColumnMap::find("transactions", Some(b"step,customer"), &["customer", "amount"])
-            .unwrap_err();
+        let err = ColumnMap::find(
+            "transactions",
+            Some(b"step,customer"),
+            &["customer", "amount"],
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("`amount`"), "{text}");
         assert!(text.contains("step,customer"), "{text}");
@@ -91,6 +109,9 @@ mod tests {
 
     #[test]
     fn empty_input_is_an_error() {
-        assert!(matches!(ColumnMap::find("t", None, &["a"]), Err(HeaderError::Empty { .. })));
+        assert!(matches!(
+            ColumnMap::find("t", None, &["a"]),
+            Err(HeaderError::Empty { .. })
+        ));
     }
 }

@@ -58,7 +58,10 @@ impl ImportanceTable {
             split_fields(raw, &mut fields);
             let parsed = (|| {
                 if fields.len() != columns.width {
-                    return Err(RejectReason::FieldCount { expected: columns.width, found: fields.len() });
+                    return Err(RejectReason::FieldCount {
+                        expected: columns.width,
+                        found: fields.len(),
+                    });
                 }
                 let customer = take_id(&mut fields[source], "Source")?;
                 let merchant = take_id(&mut fields[target], "Target")?;
@@ -71,7 +74,11 @@ impl ImportanceTable {
             match parsed {
                 Ok((customer, merchant, micros)) => {
                     accepted += 1;
-                    let entry = sums.entry(merchant).or_default().entry(customer).or_default();
+                    let entry = sums
+                        .entry(merchant)
+                        .or_default()
+                        .entry(customer)
+                        .or_default();
                     entry.0 += i128::from(micros);
                     entry.1 += 1;
                 }
@@ -85,11 +92,20 @@ impl ImportanceTable {
         let by_merchant = sums
             .into_iter()
             .map(|(m, customers)| {
-                let weights = customers.into_iter().map(|(c, (sum, n))| (c, Weight::new(sum, n))).collect();
+                let weights = customers
+                    .into_iter()
+                    .map(|(c, (sum, n))| (c, Weight::new(sum, n)))
+                    .collect();
                 (m, weights)
             })
             .collect();
-        Ok(ImportanceLoad { table: ImportanceTable { by_merchant, rows: accepted }, rejected })
+        Ok(ImportanceLoad {
+            table: ImportanceTable {
+                by_merchant,
+                rows: accepted,
+            },
+            rejected,
+        })
     }
 
     /// `w(m,c)`, if customer `c` has any importance row at merchant `m`.
@@ -117,8 +133,14 @@ mod tests {
         let text = "Source,Target,Weight,typeTrans,fraud\n'C1','M1',4.55,'es_food',0\n'C1','M1',1.00,'es_bar',0\n\"C2\",M1,3,x,1\n";
         let load = ImportanceTable::parse(text.as_bytes()).unwrap();
         assert!(load.rejected.is_empty());
-        assert_eq!(load.table.weight("M1", "C1"), Some(Weight::new(5_550_000, 2)));
-        assert_eq!(load.table.weight("M1", "C2"), Some(Weight::new(3_000_000, 1)));
+        assert_eq!(
+            load.table.weight("M1", "C1"),
+            Some(Weight::new(5_550_000, 2))
+        );
+        assert_eq!(
+            load.table.weight("M1", "C2"),
+            Some(Weight::new(3_000_000, 1))
+        );
         assert_eq!(load.table.weight("M2", "C1"), None);
         assert_eq!(load.table.rows(), 3);
     }
@@ -127,12 +149,22 @@ mod tests {
     fn bad_weight_rows_are_kept_with_reasons() {
         let text = "Source,Target,Weight,typeTrans,fraud\r\n'C1','M1',abc,'x',0\r\n'C1','M1',2,'x'\r\n'','M1',2,'x',0\r\n";
         let load = ImportanceTable::parse(text.as_bytes()).unwrap();
-        let reasons: Vec<_> = load.rejected.iter().map(|r| (r.row, r.reason.clone())).collect();
+        let reasons: Vec<_> = load
+            .rejected
+            .iter()
+            .map(|r| (r.row, r.reason.clone()))
+            .collect();
         assert_eq!(
             reasons,
             vec![
                 (1, RejectReason::BadWeight { text: "abc".into() }),
-                (2, RejectReason::FieldCount { expected: 5, found: 4 }),
+                (
+                    2,
+                    RejectReason::FieldCount {
+                        expected: 5,
+                        found: 4
+                    }
+                ),
                 (3, RejectReason::EmptyField { column: "Source" }),
             ]
         );

@@ -81,7 +81,9 @@ pub enum RejectReason {
         text: String,
     },
     /// The importance weight is not a decimal with at most six fractional digits.
-    #[error("`Weight` is {text:?}; expected a decimal with at most 6 fractional digits, like 35.13")]
+    #[error(
+        "`Weight` is {text:?}; expected a decimal with at most 6 fractional digits, like 35.13"
+    )]
     BadWeight {
         /// The field as written.
         text: String,
@@ -93,16 +95,28 @@ pub enum RejectReason {
 pub struct Transaction<'a> {
     /// 1-based data row number in the source file (the header is row 0).
     pub row: u64,
-    /// Customer id without quotes.
-    pub customer: Cow<'a, str>,
+    /// Customer id without quotes (UTF-8 is checked when a new id is first seen; see
+    /// [`Transaction::ids`]).
+    pub customer: Cow<'a, [u8]>,
     /// Merchant id without quotes.
-    pub merchant: Cow<'a, str>,
+    pub merchant: Cow<'a, [u8]>,
     /// Gender as written.
     pub gender: Gender,
     /// Amount in integer cents.
     pub cents: u64,
     /// The row's original text.
     pub raw: &'a [u8],
+}
+
+impl Transaction<'_> {
+    /// Customer and merchant ids as text, or the reason the row must be rejected.
+    pub fn ids(&self) -> Result<(&str, &str), RejectReason> {
+        let customer = std::str::from_utf8(&self.customer)
+            .map_err(|_| RejectReason::NotUtf8 { column: "customer" })?;
+        let merchant = std::str::from_utf8(&self.merchant)
+            .map_err(|_| RejectReason::NotUtf8 { column: "merchant" })?;
+        Ok((customer, merchant))
+    }
 }
 
 /// Iterates over the data rows of a transactions.csv file or chunk.
@@ -130,7 +144,13 @@ impl<'a> TransactionReader<'a> {
             }
         }
         let columns = ColumnMap::find("transactions", header, &TRANSACTION_COLUMNS)?;
-        Ok(TransactionReader { buf, pos, columns, next_row: first_row, fields: Vec::new() })
+        Ok(TransactionReader {
+            buf,
+            pos,
+            columns,
+            next_row: first_row,
+            fields: Vec::new(),
+        })
     }
 
     /// The header's column names.
@@ -138,8 +158,61 @@ impl<'a> TransactionReader<'a> {
         &self.columns.names
     }
 
+    /// Finds the next record and splits it into `self.fields`; returns its text, or
+    /// `None` at the end. The common case (no double quote) is one pass of `memchr3`.
+    fn next_fields(&mut self) -> Option<&'a [u8]> {
+        let buf: &'a [u8] = self.buf;
+        loop {
+            if self.pos >= buf.len() {
+                return None;
+            }
+            let rest = &buf[self.pos..];
+            self.fields.clear();
+            let mut field_start = 0;
+            let mut line_end = rest.len();
+            let mut quoted = false;
+            for i in memchr::memchr3_iter(b',', b'\n', b'"', rest) {
+                match rest[i] {
+                    b',' => {
+                        self.fields.push(Cow::Borrowed(&rest[field_start..i]));
+                        field_start = i + 1;
+                    }
+                    b'\n' => {
+                        line_end = i;
+                        break;
+                    }
+                    _ => {
+                        quoted = true;
+                        break;
+                    }
+                }
+            }
+            if quoted {
+                let span = next_record(buf, self.pos, true)?;
+                self.pos = span.next;
+                if span.is_blank() {
+                    continue;
+                }
+                let raw = &buf[span.start..span.end];
+                split_fields(raw, &mut self.fields);
+                return Some(raw);
+            }
+            self.pos += (line_end + 1).min(rest.len());
+            let text_end = if line_end > 0 && rest[line_end - 1] == b'\r' {
+                line_end - 1
+            } else {
+                line_end
+            };
+            if text_end == 0 {
+                continue; // blank line: not a row (see docs/spec-notes.md)
+            }
+            self.fields
+                .push(Cow::Borrowed(&rest[field_start.min(text_end)..text_end]));
+            return Some(&rest[..text_end]);
+        }
+    }
+
     fn parse(&mut self, raw: &'a [u8], row: u64) -> Result<Transaction<'a>, RejectReason> {
-        split_fields(raw, &mut self.fields);
         if self.fields.len() != self.columns.width {
             return Err(RejectReason::FieldCount {
                 expected: self.columns.width,
@@ -147,15 +220,37 @@ impl<'a> TransactionReader<'a> {
             });
         }
         let [customer, gender, merchant, amount] = [0, 1, 2, 3].map(|i| self.columns.positions[i]);
-        let customer = take_id(&mut self.fields[customer], "customer")?;
-        let merchant = take_id(&mut self.fields[merchant], "merchant")?;
+        let customer = take_id_bytes(&mut self.fields[customer], "customer")?;
+        let merchant = take_id_bytes(&mut self.fields[merchant], "merchant")?;
         let gender = Gender::from_field(strip_single_quotes(&self.fields[gender]));
         let amount_text = strip_single_quotes(&self.fields[amount]);
         let cents = parse_cents(amount_text).ok_or_else(|| RejectReason::BadAmount {
             text: String::from_utf8_lossy(amount_text).into_owned(),
         })?;
-        Ok(Transaction { row, customer, merchant, gender, cents, raw })
+        Ok(Transaction {
+            row,
+            customer,
+            merchant,
+            gender,
+            cents,
+            raw,
+        })
     }
+}
+
+/// Takes an identifier field out of the field list: unquoted and non-empty.
+fn take_id_bytes<'a>(
+    field: &mut Cow<'a, [u8]>,
+    column: &'static str,
+) -> Result<Cow<'a, [u8]>, RejectReason> {
+    let text: Cow<'a, [u8]> = match std::mem::take(field) {
+        Cow::Borrowed(b) => Cow::Borrowed(strip_single_quotes(b)),
+        Cow::Owned(v) => Cow::Owned(strip_single_quotes(&v).to_vec()),
+    };
+    if text.is_empty() {
+        return Err(RejectReason::EmptyField { column });
+    }
+    Ok(text)
 }
 
 /// Takes an identifier field out of the field list: unquoted, non-empty, UTF-8.
@@ -172,8 +267,12 @@ pub(crate) fn take_id<'a>(
         return Err(RejectReason::EmptyField { column });
     }
     match text {
-        Cow::Borrowed(b) => std::str::from_utf8(b).map(Cow::Borrowed).map_err(|_| RejectReason::NotUtf8 { column }),
-        Cow::Owned(v) => String::from_utf8(v).map(Cow::Owned).map_err(|_| RejectReason::NotUtf8 { column }),
+        Cow::Borrowed(b) => std::str::from_utf8(b)
+            .map(Cow::Borrowed)
+            .map_err(|_| RejectReason::NotUtf8 { column }),
+        Cow::Owned(v) => String::from_utf8(v)
+            .map(Cow::Owned)
+            .map_err(|_| RejectReason::NotUtf8 { column }),
     }
 }
 
@@ -181,21 +280,14 @@ impl<'a> Iterator for TransactionReader<'a> {
     type Item = Result<Transaction<'a>, RejectedRow>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let span = next_record(self.buf, self.pos, true)?;
-            self.pos = span.next;
-            if span.is_blank() {
-                continue; // blank lines are not rows (see docs/spec-notes.md)
-            }
-            let raw = &self.buf[span.start..span.end];
-            let row = self.next_row;
-            self.next_row += 1;
-            return Some(self.parse(raw, row).map_err(|reason| RejectedRow {
-                row,
-                raw: String::from_utf8_lossy(raw).into_owned(),
-                reason,
-            }));
-        }
+        let raw = self.next_fields()?;
+        let row = self.next_row;
+        self.next_row += 1;
+        Some(self.parse(raw, row).map_err(|reason| RejectedRow {
+            row,
+            raw: String::from_utf8_lossy(raw).into_owned(),
+            reason,
+        }))
     }
 }
 
@@ -203,10 +295,13 @@ impl<'a> Iterator for TransactionReader<'a> {
 mod tests {
     use super::*;
 
-    const HEADER: &str = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+    const HEADER: &str =
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
 
     fn read(body: &str) -> Vec<Result<Transaction<'_>, RejectedRow>> {
-        TransactionReader::new(body.as_bytes(), 1).unwrap().collect()
+        TransactionReader::new(body.as_bytes(), 1)
+            .unwrap()
+            .collect()
     }
 
     #[test]
@@ -214,8 +309,7 @@ mod tests {
         let text = format!("{HEADER}0,'C1093826151','4','M','28007','M348934600','28007','es_transportation',4.55,0\n");
         let rows = read(&text);
         let tx = rows[0].as_ref().unwrap();
-        assert_eq!(tx.customer, "C1093826151");
-        assert_eq!(tx.merchant, "M348934600");
+        assert_eq!(tx.ids().unwrap(), ("C1093826151", "M348934600"));
         assert_eq!(tx.gender, Gender::Male);
         assert_eq!(tx.cents, 455);
         assert_eq!(tx.row, 1);
@@ -230,16 +324,19 @@ mod tests {
         let rows = read(&text);
         assert_eq!(rows.len(), 2);
         let a = rows[0].as_ref().unwrap();
-        assert_eq!((a.customer.as_ref(), a.merchant.as_ref(), a.cents), ("C1", "M1", 100));
+        assert_eq!((a.ids().unwrap(), a.cents), (("C1", "M1"), 100));
         let b = rows[1].as_ref().unwrap();
-        assert_eq!((b.customer.as_ref(), b.merchant.as_ref(), b.cents, b.gender), ("C2", "M,1", 250, Gender::Female));
+        assert_eq!(
+            (b.ids().unwrap(), b.cents, b.gender),
+            (("C2", "M,1"), 250, Gender::Female)
+        );
     }
 
     #[test]
     fn columns_found_by_name_in_any_order() {
         let rows = read("amount,merchant,extra,gender,customer\n'9.99','M1',x,'F','C1'\n");
         let tx = rows[0].as_ref().unwrap();
-        assert_eq!((tx.customer.as_ref(), tx.merchant.as_ref(), tx.cents), ("C1", "M1", 999));
+        assert_eq!((tx.ids().unwrap(), tx.cents), (("C1", "M1"), 999));
     }
 
     fn reason(line: &str) -> RejectReason {
@@ -253,13 +350,44 @@ mod tests {
 
     #[test]
     fn every_rejection_reason() {
-        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',4.55"), RejectReason::FieldCount { expected: 10, found: 9 });
-        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',4.55,0,9"), RejectReason::FieldCount { expected: 10, found: 11 });
-        assert_eq!(reason("0,'','4','M','1','M1','1','c',4.55,0"), RejectReason::EmptyField { column: "customer" });
-        assert_eq!(reason("0,C1,'4','M','1',,'1','c',4.55,0"), RejectReason::EmptyField { column: "merchant" });
-        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',-4.55,0"), RejectReason::BadAmount { text: "-4.55".into() });
-        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',4.555,0"), RejectReason::BadAmount { text: "4.555".into() });
-        assert_eq!(reason("0,'C1','4','M','1','M1','1','c',,0"), RejectReason::BadAmount { text: "".into() });
+        assert_eq!(
+            reason("0,'C1','4','M','1','M1','1','c',4.55"),
+            RejectReason::FieldCount {
+                expected: 10,
+                found: 9
+            }
+        );
+        assert_eq!(
+            reason("0,'C1','4','M','1','M1','1','c',4.55,0,9"),
+            RejectReason::FieldCount {
+                expected: 10,
+                found: 11
+            }
+        );
+        assert_eq!(
+            reason("0,'','4','M','1','M1','1','c',4.55,0"),
+            RejectReason::EmptyField { column: "customer" }
+        );
+        assert_eq!(
+            reason("0,C1,'4','M','1',,'1','c',4.55,0"),
+            RejectReason::EmptyField { column: "merchant" }
+        );
+        assert_eq!(
+            reason("0,'C1','4','M','1','M1','1','c',-4.55,0"),
+            RejectReason::BadAmount {
+                text: "-4.55".into()
+            }
+        );
+        assert_eq!(
+            reason("0,'C1','4','M','1','M1','1','c',4.555,0"),
+            RejectReason::BadAmount {
+                text: "4.555".into()
+            }
+        );
+        assert_eq!(
+            reason("0,'C1','4','M','1','M1','1','c',,0"),
+            RejectReason::BadAmount { text: "".into() }
+        );
     }
 
     #[test]
@@ -267,20 +395,27 @@ mod tests {
         let mut bytes = HEADER.as_bytes().to_vec();
         bytes.extend_from_slice(b"0,'C\xff','4','M','1','M1','1','c',4.55,0\n");
         let rows: Vec<_> = TransactionReader::new(&bytes, 1).unwrap().collect();
-        assert_eq!(rows[0].as_ref().unwrap_err().reason, RejectReason::NotUtf8 { column: "customer" });
+        assert_eq!(
+            rows[0].as_ref().unwrap().ids().unwrap_err(),
+            RejectReason::NotUtf8 { column: "customer" }
+        );
     }
 
     #[test]
     fn row_numbers_continue_from_first_row_and_skip_blank_lines() {
         let text = format!("{HEADER}\n0,C1,4,M,1,M1,1,c,1,0\n\n0,C1,4,M,1,M1,1,c,x,0\n");
-        let rows: Vec<_> = TransactionReader::new(text.as_bytes(), 20_001).unwrap().collect();
+        let rows: Vec<_> = TransactionReader::new(text.as_bytes(), 20_001)
+            .unwrap()
+            .collect();
         assert_eq!(rows[0].as_ref().unwrap().row, 20_001);
         assert_eq!(rows[1].as_ref().unwrap_err().row, 20_002);
     }
 
     #[test]
     fn missing_column_rejects_file() {
-        let err = TransactionReader::new(b"step,customer,merchant,amount\n", 1).err().unwrap();
+        let err = TransactionReader::new(b"step,customer,merchant,amount\n", 1)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("`gender`"));
     }
 
