@@ -114,7 +114,7 @@ mod tests {
         #[test]
         fn kth_matches_sorting(moves in proptest::collection::vec((0usize..20, 1u64..5), 1..200)) {
             // Customers only ever move up, as transaction counts do.
-            let mut counts = vec![0u64; 20];
+            let mut counts = [0u64; 20];
             let mut h = CountHistogram::default();
             for (c, add) in moves {
                 let from = counts[c];

@@ -614,7 +614,7 @@ mod reference {
     pub type Weights = BTreeMap<(String, String), (i128, i128)>;
 
     fn rank(q: u64, n: u64) -> usize {
-        let r = (q * n + 9_999) / 10_000;
+        let r = (q * n).div_ceil(10_000);
         r.max(1) as usize
     }
 
