@@ -7,7 +7,7 @@ BIN := $(CARGO_TARGET_DIR)/release/txpipe
 
 .PHONY: test run bench lint fmt build data rust
 
-# Installs a Rust toolchain through rustup's packaged installer if cargo is missing.
+# Checks for a Rust toolchain (installing one automatically is not done yet).
 rust:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 

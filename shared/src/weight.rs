@@ -70,6 +70,12 @@ fn compare_fractions(a: i128, b: i128, c: i128, d: i128) -> Ordering {
     if let (Some(ad), Some(cb)) = (a.checked_mul(d), c.checked_mul(b)) {
         return ad.cmp(&cb);
     }
+    compare_by_quotients(a, b, c, d)
+}
+
+/// The overflow-free path of [`compare_fractions`]: integer parts first, then the
+/// fractional parts by their reciprocals.
+fn compare_by_quotients(a: i128, b: i128, c: i128, d: i128) -> Ordering {
     let (qa, ra) = (a.div_euclid(b), a.rem_euclid(b));
     let (qc, rc) = (c.div_euclid(d), c.rem_euclid(d));
     match qa.cmp(&qc) {
@@ -113,21 +119,7 @@ mod tests {
             let expected = (a * d as i128).cmp(&(c * b as i128));
             prop_assert_eq!(Weight::new(a, b).cmp(&Weight::new(c, d)), expected);
             // The overflow-safe path must agree too.
-            prop_assert_eq!(compare_fractions_slow(a, b as i128, c, d as i128), expected);
-        }
-    }
-
-    fn compare_fractions_slow(a: i128, b: i128, c: i128, d: i128) -> Ordering {
-        let (qa, ra) = (a.div_euclid(b), a.rem_euclid(b));
-        let (qc, rc) = (c.div_euclid(d), c.rem_euclid(d));
-        match qa.cmp(&qc) {
-            Ordering::Equal => match (ra == 0, rc == 0) {
-                (true, true) => Ordering::Equal,
-                (true, false) => Ordering::Less,
-                (false, true) => Ordering::Greater,
-                (false, false) => compare_fractions(d, rc, b, ra),
-            },
-            unequal => unequal,
+            prop_assert_eq!(compare_by_quotients(a, b as i128, c, d as i128), expected);
         }
     }
 }
