@@ -315,6 +315,53 @@ impl Engine {
         })
     }
 
+    /// Takes chunk `chunk` as wholly rejected because its header is unusable: every
+    /// non-blank line after the first is kept as a rejected row with `why`, and the
+    /// stream moves on, so one bad object never stops it.
+    pub fn reject_chunk(
+        &mut self,
+        chunk: u64,
+        data: &[u8],
+        first_row: u64,
+        why: &str,
+    ) -> Result<ChunkOutcome, ApplyError> {
+        let mut rejected = Vec::new();
+        let mut pos = 0;
+        let mut header_seen = false;
+        while let Some(span) = crate::parse::csv_scan::next_record(data, pos, true) {
+            pos = span.next;
+            if span.is_blank() {
+                continue;
+            }
+            if !header_seen {
+                header_seen = true;
+                continue;
+            }
+            rejected.push(RejectedRow {
+                row: first_row + rejected.len() as u64,
+                raw: String::from_utf8_lossy(&data[span.start..span.end]).into_owned(),
+                reason: crate::parse::RejectReason::UnreadableChunk { why: why.into() },
+            });
+        }
+        let delta = ChunkDelta {
+            chunk,
+            rows: 0,
+            rejected: rejected.len() as u64,
+            merchants_before: self.merchants.len() as u32,
+            customers_before: self.customers.len() as u32,
+            new_merchants: Vec::new(),
+            new_customers: Vec::new(),
+            pairs: Vec::new(),
+            detections: Vec::new(),
+        };
+        self.apply_delta(&delta)?;
+        Ok(ChunkOutcome {
+            delta,
+            detections: Vec::new(),
+            rejected,
+        })
+    }
+
     /// Replays a stored delta: the same state change as the `apply_chunk` that made it,
     /// without parsing or detecting again.
     pub fn apply_delta(&mut self, delta: &ChunkDelta) -> Result<(), ApplyError> {

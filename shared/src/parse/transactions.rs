@@ -32,6 +32,15 @@ impl Gender {
         }
     }
 
+    /// `F`, `M`, or `other` (the original text of other values is not kept).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gender::Female => "F",
+            Gender::Male => "M",
+            Gender::Other => "other",
+        }
+    }
+
     /// Compact code for the state codec.
     pub fn code(self) -> u8 {
         match self {
@@ -79,6 +88,12 @@ pub enum RejectReason {
     BadAmount {
         /// The field as written.
         text: String,
+    },
+    /// The chunk the row came in has an unusable header, so no row of it can be read.
+    #[error("the chunk's header is unusable: {why}")]
+    UnreadableChunk {
+        /// What is wrong with the header.
+        why: String,
     },
     /// The importance weight is not a decimal with at most six fractional digits.
     #[error(

@@ -1,0 +1,87 @@
+//! What the detector hands to the output database for each chunk.
+
+use crate::detection::Detection;
+use crate::parse::{Gender, RejectedRow};
+use crate::weight::Weight;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// The output database failed; the chunk is not committed and will be retried.
+#[derive(Debug, thiserror::Error)]
+#[error("output database: {0}")]
+pub struct SinkError(pub String);
+
+/// One valid transaction row with its weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessedRow {
+    /// Source row number.
+    pub row: u64,
+    /// Customer id.
+    pub customer: String,
+    /// Merchant id.
+    pub merchant: String,
+    /// Gender as written.
+    pub gender: Gender,
+    /// Amount in cents.
+    pub cents: u64,
+    /// w(m,c), if the pair has importance rows.
+    pub weight: Option<Weight>,
+    /// The original line.
+    pub raw: String,
+}
+
+/// Current stats of a (merchant, customer) pair the chunk touched.
+#[derive(Debug, Clone)]
+pub struct PairRow {
+    /// Merchant id.
+    pub merchant: String,
+    /// Customer id.
+    pub customer: String,
+    /// n(m,c).
+    pub txns: u64,
+    /// s(m,c) in cents.
+    pub cents: u128,
+    /// Gender at the merchant.
+    pub gender: Gender,
+    /// w(m,c).
+    pub weight: Option<Weight>,
+}
+
+/// Everything one chunk writes to the database, in one transaction.
+#[derive(Debug)]
+pub struct ChunkRecord<'a> {
+    /// Stream prefix.
+    pub stream: &'a str,
+    /// Chunk object key.
+    pub key: &'a str,
+    /// Chunk number.
+    pub chunk: u64,
+    /// Valid rows.
+    pub rows: u64,
+    /// Rejected rows.
+    pub rejected_count: u64,
+    /// When processing began (YStartTime).
+    pub started: DateTime<Utc>,
+    /// New detections, in order.
+    pub detections: &'a [Detection],
+    /// Rejected rows with reasons.
+    pub rejected: &'a [RejectedRow],
+    /// Valid rows with weights.
+    pub transactions: &'a [ProcessedRow],
+    /// Pairs the chunk touched, with their stats after it.
+    pub pairs: &'a [PairRow],
+}
+
+/// The output database (Postgres), written idempotently per chunk.
+#[async_trait]
+pub trait ChunkSink: Send + Sync {
+    /// Writes one chunk's rows, all or nothing; writing the same chunk again leaves
+    /// the same rows.
+    async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError>;
+    /// Writes the importance file's rejected rows (idempotent).
+    async fn record_importance_rejects(
+        &self,
+        file: &str,
+        rows: &[RejectedRow],
+    ) -> Result<(), SinkError>;
+}

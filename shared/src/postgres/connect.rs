@@ -1,0 +1,260 @@
+//! Where Postgres is and how to reach it: a URL or a Secrets Manager secret, and TLS.
+//!
+//! `TXPIPE_PG_SSLMODE` follows libpq: `disable`; `prefer`/`require` encrypt without
+//! checking the server certificate; `verify-full` checks it against the Mozilla roots
+//! plus `TXPIPE_PG_CA_FILE` (for RDS, Amazon's `global-bundle.pem`).
+
+use super::PgError;
+use crate::config::Settings;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::sync::Arc;
+use tokio_postgres::config::SslMode as DriverSslMode;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// TLS requirement for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP (local databases only).
+    Disable,
+    /// TLS if the server offers it, not verified.
+    Prefer,
+    /// TLS required, certificate not verified (libpq `require`).
+    Require,
+    /// TLS required and the certificate verified for the host name.
+    VerifyFull,
+}
+
+/// How to connect: the driver's settings plus where the credentials come from.
+#[derive(Clone)]
+pub struct PgSettings {
+    config: tokio_postgres::Config,
+    ssl: SslMode,
+    ca_file: Option<String>,
+    secret_arn: Option<String>,
+}
+
+impl std::fmt::Debug for PgSettings {
+    // The driver's Debug redacts the password; say where the credentials come from.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("ssl", &self.ssl)
+            .field("secret_arn", &self.secret_arn)
+            .finish()
+    }
+}
+
+impl PgSettings {
+    /// Reads `TXPIPE_PG_URL` or `TXPIPE_PG_SECRET_ARN` (+ `TXPIPE_PG_HOST`,
+    /// `TXPIPE_PG_PORT`, `TXPIPE_PG_DBNAME`, `TXPIPE_PG_USER`), `TXPIPE_PG_SSLMODE` and
+    /// `TXPIPE_PG_CA_FILE`. `None` when neither a URL nor a secret is set.
+    pub fn from_settings(s: &Settings) -> Result<Option<Self>, PgError> {
+        let url = s.string("TXPIPE_PG_URL");
+        let secret_arn = s.string("TXPIPE_PG_SECRET_ARN");
+        if url.is_none() && secret_arn.is_none() {
+            return Ok(None);
+        }
+        let mut config = match &url {
+            Some(url) => url.parse::<tokio_postgres::Config>().map_err(|e| {
+                PgError::Settings(format!(
+                    "TXPIPE_PG_URL is not a valid connection string ({e}); expected postgres://user:password@host:port/dbname"
+                ))
+            })?,
+            None => tokio_postgres::Config::new(),
+        };
+        if let Some(host) = s.string("TXPIPE_PG_HOST") {
+            config.host(&host);
+        }
+        if let Some(port) = s.string("TXPIPE_PG_PORT") {
+            config.port(port.parse().map_err(|_| {
+                PgError::Settings(format!("TXPIPE_PG_PORT={port:?} is not a port number"))
+            })?);
+        }
+        if let Some(db) = s.string("TXPIPE_PG_DBNAME") {
+            config.dbname(&db);
+        }
+        if let Some(user) = s.string("TXPIPE_PG_USER") {
+            config.user(&user);
+        }
+        let ssl = match s.string("TXPIPE_PG_SSLMODE").as_deref() {
+            None => match config.get_ssl_mode() {
+                DriverSslMode::Disable => SslMode::Disable,
+                DriverSslMode::Require => SslMode::Require,
+                _ => SslMode::Prefer,
+            },
+            Some("disable") => SslMode::Disable,
+            Some("prefer") => SslMode::Prefer,
+            Some("require") => SslMode::Require,
+            Some("verify-full") => SslMode::VerifyFull,
+            Some(other) => {
+                return Err(PgError::Settings(format!(
+                    "TXPIPE_PG_SSLMODE={other:?}; expected disable, prefer, require or verify-full"
+                )))
+            }
+        };
+        config.ssl_mode(match ssl {
+            SslMode::Disable => DriverSslMode::Disable,
+            SslMode::Prefer => DriverSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyFull => DriverSslMode::Require,
+        });
+        config.application_name("txpipe");
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        Ok(Some(PgSettings {
+            config,
+            ssl,
+            ca_file: s.string("TXPIPE_PG_CA_FILE"),
+            secret_arn,
+        }))
+    }
+
+    /// The TLS mode.
+    pub fn ssl(&self) -> SslMode {
+        self.ssl
+    }
+
+    /// Completes the settings with the secret's credentials, if a secret is named.
+    pub async fn resolve(
+        &self,
+        secrets: &aws_sdk_secretsmanager::Client,
+    ) -> Result<tokio_postgres::Config, PgError> {
+        let mut config = self.config.clone();
+        let Some(arn) = &self.secret_arn else {
+            return Ok(config);
+        };
+        let fail = |why: String| PgError::Secret {
+            arn: arn.clone(),
+            why,
+        };
+        let out = secrets
+            .get_secret_value()
+            .secret_id(arn)
+            .send()
+            .await
+            .map_err(|e| fail(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
+        let text = out
+            .secret_string()
+            .ok_or_else(|| fail("the secret has no string value".into()))?;
+        let json: serde_json::Value = serde_json::from_str(text)
+            .map_err(|_| fail("the secret is not JSON with username and password".into()))?;
+        let field = |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        let user = field("username").ok_or_else(|| fail("the secret has no `username`".into()))?;
+        let password = field("password").ok_or_else(|| fail("the secret has no `password`".into()))?;
+        config.user(&user);
+        config.password(password);
+        if config.get_hosts().is_empty() {
+            if let Some(host) = field("host") {
+                config.host(&host);
+            }
+        }
+        if config.get_dbname().is_none() {
+            if let Some(db) = field("dbname") {
+                config.dbname(&db);
+            }
+        }
+        if let Some(port) = json.get("port").and_then(|p| {
+            p.as_u64()
+                .or_else(|| p.as_str().and_then(|s| s.parse().ok()))
+        }) {
+            if config.get_ports().is_empty() {
+                config.port(port as u16);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Connects (TLS per the mode) and spawns the connection's driver task.
+    pub async fn connect(&self, config: &tokio_postgres::Config) -> Result<Client, PgError> {
+        let tls = MakeRustlsConnect::new(self.tls_config()?);
+        let (client, connection) = config
+            .connect(tls)
+            .await
+            .map_err(PgError::db("connecting to Postgres"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "Postgres connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig, PgError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PgError::Tls(e.to_string()))?;
+        if self.ssl != SslMode::VerifyFull {
+            return Ok(builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+                .with_no_client_auth());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &self.ca_file {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
+            }
+        }
+        Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    }
+}
+
+/// libpq's `require`: the channel is encrypted and the handshake signatures checked,
+/// but the certificate chain is not (there is no CA to check it against).
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,234 @@
+//! The two invocations as the Lambdas (and the local runner) perform them: wiring from
+//! the environment, one chunker run, one detector event, with their logs and metrics.
+
+use crate::chunker::{Chunker, ChunkerError, ChunkerRun, ChunkerSettings, WrittenChunk};
+use crate::config::{ConfigError, Settings};
+use crate::detector::{
+    targets_from_event, AppliedChunk, ChunkSink, Detector, DetectorError, DetectorSettings,
+};
+use crate::metrics::{emit, Unit};
+use crate::postgres::{PgError, PgSettings, PgSink};
+use crate::store::clients::AwsClients;
+use crate::store::dynamo::DynamoTable;
+use crate::store::s3::S3Store;
+use crate::store::RequestCounter;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Wiring failed: a setting is missing or a service is unreachable.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A setting is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Postgres settings.
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    /// The detector could not start.
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
+}
+
+/// Stores for the chunker, built once per container.
+pub struct ChunkerContext {
+    /// S3.
+    pub objects: S3Store,
+    /// DynamoDB.
+    pub table: DynamoTable,
+    /// Settings.
+    pub settings: ChunkerSettings,
+    /// Requests made through the stores.
+    pub requests: RequestCounter,
+}
+
+impl ChunkerContext {
+    /// Builds the chunker's stores from clients and settings (`TXPIPE_STATE_TABLE`).
+    pub fn new(clients: &AwsClients, s: &Settings) -> Result<Self, SetupError> {
+        let requests = RequestCounter::default();
+        Ok(ChunkerContext {
+            objects: S3Store::new(clients.s3.clone(), requests.clone()),
+            table: DynamoTable::new(
+                clients.dynamodb.clone(),
+                s.required("TXPIPE_STATE_TABLE", "the DynamoDB table for cursor and state")?,
+                requests.clone(),
+            ),
+            settings: ChunkerSettings::from_settings(s)?,
+            requests,
+        })
+    }
+
+    /// One scheduled invocation: emit chunks until `deadline` (or `max_chunks`),
+    /// logging one event per chunk.
+    pub async fn invoke(
+        &self,
+        deadline: Instant,
+        max_chunks: Option<u64>,
+        mut on_chunk: impl FnMut(&WrittenChunk),
+    ) -> Result<ChunkerRun, ChunkerError> {
+        let mut chunker = Chunker::new(&self.objects, &self.table, self.settings.clone());
+        let before = self.requests.get();
+        let run = chunker
+            .run(deadline, max_chunks, |c| {
+                tracing::info!(
+                    chunk = c.number,
+                    key = %c.key,
+                    rows = c.rows,
+                    bytes = c.bytes,
+                    last = c.last,
+                    ms = c.micros as f64 / 1000.0,
+                    "chunk written"
+                );
+                emit(
+                    "chunker",
+                    &[
+                        ("ChunksCreated", 1.0, Unit::Count),
+                        ("ChunkRows", c.rows as f64, Unit::Count),
+                        ("ChunkerMillis", c.micros as f64 / 1000.0, Unit::Milliseconds),
+                    ],
+                );
+                on_chunk(c);
+            })
+            .await?;
+        tracing::info!(
+            chunks = run.written.len(),
+            next_chunk = run.next_chunk,
+            finished = run.finished,
+            lost_races = run.lost_races,
+            requests = self.requests.get() - before,
+            "chunker invocation done"
+        );
+        Ok(run)
+    }
+}
+
+/// The deadline of a Lambda invocation (epoch milliseconds) as an [`Instant`], less a
+/// safety margin.
+pub fn deadline_from_epoch_ms(deadline_ms: u64, margin: Duration) -> Instant {
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    Instant::now() + left.saturating_sub(margin)
+}
+
+/// Builds the detector from the environment: stores, Postgres sink, importance table.
+pub async fn detector_from_env(clients: &AwsClients, s: &Settings) -> Result<Detector, SetupError> {
+    let requests = RequestCounter::default();
+    let objects = Arc::new(S3Store::new(clients.s3.clone(), requests.clone()));
+    let table = Arc::new(DynamoTable::new(
+        clients.dynamodb.clone(),
+        s.required("TXPIPE_STATE_TABLE", "the DynamoDB table for cursor and state")?,
+        requests.clone(),
+    ));
+    let pg = PgSettings::from_settings(s)?.ok_or_else(|| {
+        PgError::Settings(
+            "set TXPIPE_PG_URL (postgres://user:password@host:port/db) or TXPIPE_PG_SECRET_ARN"
+                .into(),
+        )
+    })?;
+    let secrets = aws_sdk_secretsmanager::Client::new(&clients.config);
+    let sink: Arc<dyn ChunkSink> = Arc::new(PgSink::new(pg, secrets, requests.clone()));
+    let detector = Detector::new(
+        objects,
+        table,
+        sink,
+        requests,
+        DetectorSettings::from_settings(s)?,
+    )
+    .await?;
+    if !detector.importance_rejected().is_empty() {
+        tracing::warn!(
+            rejected = detector.importance_rejected().len(),
+            first = %detector.importance_rejected()[0].reason,
+            "CustomerImportance.csv has rejected rows; they are stored in rejected_rows"
+        );
+    }
+    Ok(detector)
+}
+
+/// Logs one applied chunk and emits its metrics.
+pub fn report_applied(a: &AppliedChunk) {
+    tracing::info!(
+        stream = %a.stream,
+        chunk = a.chunk,
+        rows = a.rows,
+        rejected = a.rejected,
+        pat1 = a.detections[0],
+        pat2 = a.detections[1],
+        pat3 = a.detections[2],
+        batches = a.batches,
+        requests = a.requests,
+        behind = a.behind,
+        last = a.last,
+        read_ms = a.millis.read,
+        apply_ms = a.millis.apply,
+        s3_ms = a.millis.s3,
+        sink_ms = a.millis.sink,
+        snapshot_ms = a.millis.snapshot,
+        commit_ms = a.millis.commit,
+        ms = a.millis.total,
+        "chunk applied"
+    );
+    emit(
+        "detector",
+        &[
+            ("ChunksApplied", 1.0, Unit::Count),
+            ("RowsProcessed", a.rows as f64, Unit::Count),
+            ("RowsRejected", a.rejected as f64, Unit::Count),
+            ("DetectionsPatId1", a.detections[0] as f64, Unit::Count),
+            ("DetectionsPatId2", a.detections[1] as f64, Unit::Count),
+            ("DetectionsPatId3", a.detections[2] as f64, Unit::Count),
+            ("ChunkMillis", a.millis.total as f64, Unit::Milliseconds),
+            ("LagChunks", a.behind as f64, Unit::Count),
+        ],
+    );
+}
+
+/// One detector invocation for an S3 event. A malformed event is logged and answered
+/// (retrying it cannot help); a failure to apply a chunk is an error, so Lambda retries
+/// and the on-failure destination keeps what still fails.
+pub async fn handle_detector_event(
+    detector: &mut Detector,
+    event: &Value,
+    mut on_applied: impl FnMut(&AppliedChunk),
+) -> Result<Value, DetectorError> {
+    let targets = match targets_from_event(event) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "malformed event ignored");
+            return Ok(json!({"status": "malformed", "error": e.to_string()}));
+        }
+    };
+    for why in &targets.ignored {
+        tracing::warn!(reason = %why, "event record ignored");
+    }
+    let bucket = detector.settings().bucket.clone();
+    let mut streams = Vec::new();
+    for target in &targets.targets {
+        if target.bucket != bucket {
+            tracing::warn!(event_bucket = %target.bucket, %bucket, "event from another bucket; reading the configured bucket");
+        }
+        let report = detector.catch_up(&target.stream, target.chunk).await?;
+        if let Some(ms) = report.reload_ms {
+            tracing::info!(stream = %target.stream, reload_ms = ms, next_chunk = report.next_chunk, "state loaded");
+        }
+        for a in &report.applied {
+            report_applied(a);
+            on_applied(a);
+        }
+        if report.duplicate {
+            tracing::info!(stream = %target.stream, chunk = target.chunk, "duplicate event: chunk already applied");
+        }
+        if let Some(k) = report.waiting_for {
+            tracing::info!(stream = %target.stream, chunk = k, "chunk not written yet; a later event completes it");
+        }
+        streams.push(json!({
+            "stream": target.stream,
+            "requested": target.chunk,
+            "applied": report.applied.iter().map(|a| a.chunk).collect::<Vec<_>>(),
+            "duplicate": report.duplicate,
+            "waiting_for": report.waiting_for,
+            "next_chunk": report.next_chunk,
+        }));
+    }
+    Ok(json!({"status": "ok", "streams": streams, "ignored": targets.ignored}))
+}

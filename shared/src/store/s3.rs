@@ -1,0 +1,186 @@
+//! [`ObjectStore`] over Amazon S3.
+
+use super::{ObjectInfo, ObjectStore, RequestCounter, StoreError, StoredObject};
+use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+/// S3 through the AWS SDK, counting requests.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    requests: RequestCounter,
+}
+
+impl S3Store {
+    /// Wraps a client; `requests` is incremented once per call.
+    pub fn new(client: aws_sdk_s3::Client, requests: RequestCounter) -> Self {
+        S3Store { client, requests }
+    }
+}
+
+/// The HTTP status of a failed call, when the service answered at all.
+fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// The service's message and code, or the transport error with its causes.
+fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(e) => {
+            let e = e.err();
+            format!(
+                "{} ({})",
+                e.message().unwrap_or("no message"),
+                e.code().unwrap_or("no code")
+            )
+        }
+        other => DisplayErrorContext(other).to_string(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        self.requests.add(1);
+        let out = match self.client.get_object().bucket(bucket).key(key).send().await {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::remote(
+                    format!("GET s3://{bucket}/{key}"),
+                    describe(&e),
+                ))
+            }
+        };
+        let metadata = out.metadata().cloned().unwrap_or_default();
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::remote(format!("reading s3://{bucket}/{key}"), e))?
+            .into_bytes()
+            .to_vec();
+        Ok(Some(StoredObject { bytes, metadata }))
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.requests.add(1);
+        match self.client.head_object().bucket(bucket).key(key).send().await {
+            Ok(out) => Ok(Some(ObjectInfo {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().unwrap_or_default().to_string(),
+            })),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(StoreError::remote(
+                format!("HEAD s3://{bucket}/{key}"),
+                describe(&e),
+            )),
+        }
+    }
+
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        end: u64,
+        etag: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        self.requests.add(1);
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1))
+            .if_match(etag)
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) if matches!(status(&e), Some(412) | Some(404)) => {
+                return Err(StoreError::SourceChanged {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    expected: etag.into(),
+                })
+            }
+            // A range past the end of the object: nothing to read.
+            Err(e) if status(&e) == Some(416) => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StoreError::remote(
+                    format!("ranged GET s3://{bucket}/{key} bytes {start}..{end}"),
+                    describe(&e),
+                ))
+            }
+        };
+        Ok(out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::remote(format!("reading s3://{bucket}/{key}"), e))?
+            .into_bytes()
+            .to_vec())
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, String)],
+    ) -> Result<(), StoreError> {
+        self.requests.add(1);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        for (k, v) in metadata {
+            req = req.metadata(*k, v);
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::remote(format!("PUT s3://{bucket}/{key}"), describe(&e)))
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            self.requests.add(1);
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| {
+                    StoreError::remote(format!("LIST s3://{bucket}/{prefix}"), describe(&e))
+                })?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
