@@ -1,8 +1,7 @@
 //! `txpipe`: the command-line tool for people. Generate data, replay it offline, run
 //! the whole pipeline on local services, and show a deployment's status.
 
-mod generate;
-mod replay_cmd;
+use txpipe_cli::{generate, replay_cmd};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -25,3 +25,4 @@ pub mod detector;
 pub mod postgres;
 pub mod metrics;
 pub mod service;
+pub mod local;

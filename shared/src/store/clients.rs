@@ -22,6 +22,19 @@ impl AwsClients {
         Self::from_config(config)
     }
 
+    /// Clients for a local endpoint (moto) with dummy credentials.
+    pub async fn local(endpoint: &str) -> Self {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "txpipe-local",
+            ))
+            .endpoint_url(endpoint)
+            .load()
+            .await;
+        Self::from_config(config)
+    }
+
     /// Clients from an explicit configuration.
     pub fn from_config(config: SdkConfig) -> Self {
         let local = config.endpoint_url().is_some();

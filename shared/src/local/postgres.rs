@@ -1,0 +1,194 @@
+//! A throwaway Postgres cluster: `initdb` into a temp dir, `pg_ctl start` on a free
+//! port, `pg_ctl stop` and delete on drop. As root, the server runs as `nobody`
+//! (Postgres refuses to run as root).
+
+use super::moto::which;
+use super::{free_port, LocalError};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A running throwaway cluster.
+pub struct LocalPostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_nobody: bool,
+    running: bool,
+}
+
+impl LocalPostgres {
+    /// Finds the server binaries (`TXPIPE_PG_BIN`, PATH, `/usr/lib/postgresql/*/bin`),
+    /// makes a cluster and starts it.
+    pub fn start() -> Result<Self, LocalError> {
+        let bin = find_bin()?;
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("txpipe-pg-{}-{port}", std::process::id()));
+        let as_nobody = is_root();
+        std::fs::create_dir_all(&dir).map_err(|e| failed("creating the cluster dir", e))?;
+        if as_nobody {
+            chown_nobody(&dir)?;
+        }
+        let mut pg = LocalPostgres {
+            bin,
+            dir,
+            port,
+            as_nobody,
+            running: false,
+        };
+        let data = pg.dir.join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                path(&data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ],
+        )?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            path(&pg.dir)
+        );
+        let log = pg.dir.join("server.log");
+        pg.run(
+            "pg_ctl",
+            &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "-t", "60", "start"],
+        )?;
+        pg.running = true;
+        Ok(pg)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (it can be started again with [`LocalPostgres::resume`]).
+    pub fn pause(&mut self) -> Result<(), LocalError> {
+        let data = self.dir.join("data");
+        self.run("pg_ctl", &["-D", path(&data), "-m", "fast", "-w", "stop"])?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Starts a paused server again on the same port.
+    pub fn resume(&mut self) -> Result<(), LocalError> {
+        let data = self.dir.join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            path(&self.dir)
+        );
+        let log = self.dir.join("server.log");
+        self.run(
+            "pg_ctl",
+            &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "start"],
+        )?;
+        self.running = true;
+        Ok(())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<Output, LocalError> {
+        let exe = self.bin.join(program);
+        let mut command = if self.as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+                .arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = command
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .map_err(|e| failed(format!("running {}", exe.display()), e))?;
+        if !out.status.success() {
+            return Err(LocalError::Failed {
+                what: format!("{program} {}", args.join(" ")),
+                why: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.dir.join("data");
+            let _ = self.run("pg_ctl", &["-D", path(&data), "-m", "immediate", "-w", "stop"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+fn failed(what: impl Into<String>, e: impl std::fmt::Display) -> LocalError {
+    LocalError::Failed {
+        what: what.into(),
+        why: e.to_string(),
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn chown_nobody(dir: &Path) -> Result<(), LocalError> {
+    let out = Command::new("chown")
+        .args(["nobody:nogroup", path(dir)])
+        .output()
+        .map_err(|e| failed("chown", e))?;
+    if !out.status.success() {
+        return Err(failed("chown", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+fn find_bin() -> Result<PathBuf, LocalError> {
+    if let Ok(dir) = std::env::var("TXPIPE_PG_BIN") {
+        if Path::new(&dir).join("initdb").is_file() {
+            return Ok(dir.into());
+        }
+    }
+    if let Some(initdb) = which("initdb") {
+        if let Some(dir) = Path::new(&initdb).parent() {
+            if dir.join("pg_ctl").is_file() {
+                return Ok(dir.to_path_buf());
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop().ok_or_else(|| LocalError::Missing {
+        what: "PostgreSQL server binaries (initdb, pg_ctl)",
+        hint: "run `make tools`, or install Debian's `postgresql` package, or set TXPIPE_PG_BIN".into(),
+    })
+}

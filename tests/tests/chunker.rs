@@ -1,0 +1,199 @@
+//! The chunker against S3 and DynamoDB served by moto (SPEC §2, DESIGN invariant 3).
+
+use anyhow::Result;
+use std::time::{Duration, Instant};
+use txpipe::chunk::{chunk_key, split_source};
+use txpipe::chunker::{Chunker, ChunkerError};
+use txpipe::store::StoreError;
+use txpipe_e2e::*;
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(600)
+}
+
+/// A source mixing LF and CRLF rows, quoted fields with embedded newlines, and blanks.
+fn tricky_source(rows: usize) -> Vec<u8> {
+    let mut s = String::from("step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\r\n");
+    for i in 0..rows {
+        let eol = if i % 3 == 0 { "\r\n" } else { "\n" };
+        if i % 11 == 5 {
+            s.push_str(&format!("{i},\"'C{i}\nx'\",'2','F','28007','M{}','28007','es_food',{}.5,0{eol}", i % 4, i % 50));
+        } else {
+            s.push_str(&format!("{i},'C{}','2','M','28007','M{}','28007','es_food',{}.25,0{eol}", i % 17, i % 4, i % 90));
+        }
+        if i % 13 == 0 {
+            s.push_str("\r\n");
+        }
+    }
+    s.into_bytes()
+}
+
+async fn stored_chunks(stack: &Stack) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for key in stack.list(STREAM).await? {
+        out.push(stack.get(&key).await?.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+fn expected(source: &[u8], r: u64) -> Vec<Vec<u8>> {
+    split_source(source, r).unwrap().into_iter().map(|c| c.bytes).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_the_spec_slices_with_boundaries_inside_rows_and_crlf() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let source = tricky_source(103);
+    stack.put(SOURCE_KEY, source.clone()).await?;
+    // Tiny read windows put range boundaries inside rows, quotes and CRLF pairs.
+    for (i, window) in [1u64, 2, 7, 13, 64].into_iter().enumerate() {
+        let key = format!("input/t{i}.csv");
+        stack.put(&key, source.clone()).await?;
+        let ctx = stack.chunker(&[("TXPIPE_SOURCE_KEY", &key), ("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+        let mut settings = ctx.settings.clone();
+        settings.read_window = window;
+        let mut chunker = Chunker::new(&ctx.objects, &ctx.table, settings);
+        let run = chunker.run(far(), None, |_| {}).await?;
+        assert!(run.finished);
+        assert_eq!(run.written.len(), 11, "window {window}");
+        assert_eq!(run.written.last().map(|c| (c.rows, c.last)), Some((3, true)));
+        let stream = format!("chunks/input-t{i}/");
+        let want = expected(&source, 10);
+        for (k, bytes) in want.iter().enumerate() {
+            let got = stack.get(&chunk_key(&stream, k as u64)).await?.unwrap();
+            assert_eq!(&got, bytes, "window {window} chunk {k}");
+        }
+    }
+    // Row by row against the source text: header first, then rows k·R.. in file order.
+    let ctx = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+    ctx.invoke(far(), None, |_| {}).await?;
+    let chunks = stored_chunks(&stack).await?;
+    let text = String::from_utf8(source)?;
+    let mut records: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in text.chars() {
+        cur.push(ch);
+        if ch == '"' {
+            quoted = !quoted;
+        }
+        if ch == '\n' && !quoted {
+            records.push(std::mem::take(&mut cur));
+        }
+    }
+    let header = records.remove(0);
+    let rows: Vec<&String> = records.iter().filter(|r| !r.trim().is_empty()).collect();
+    for (k, chunk) in chunks.iter().enumerate() {
+        let chunk = String::from_utf8(chunk.clone())?;
+        assert!(chunk.starts_with(&header));
+        let body: String = chunk[header.len()..]
+            .split_inclusive('\n')
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let want: String = rows.iter().skip(k * 10).take(10).map(|s| s.as_str()).collect();
+        assert_eq!(body, want, "chunk {k}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_source_gives_no_chunk_and_a_clean_finish() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    stack
+        .put(SOURCE_KEY, b"step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n\n".to_vec())
+        .await?;
+    let run = stack.chunker(&[])?.invoke(far(), None, |_| {}).await?;
+    assert!(run.finished);
+    assert!(run.written.is_empty());
+    assert!(stack.list("chunks/").await?.is_empty());
+    // Again: still finished, still nothing.
+    let run = stack.chunker(&[])?.invoke(far(), None, |_| {}).await?;
+    assert!(run.finished && run.written.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_put_and_cursor_rewrites_the_same_chunk() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let source = tricky_source(45);
+    stack.put(SOURCE_KEY, source.clone()).await?;
+    let ctx = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+    ctx.invoke(far(), Some(2), |_| {}).await?;
+    // Cut and write chunk 2, then "die" before the cursor moves.
+    let mut chunker = Chunker::new(&ctx.objects, &ctx.table, ctx.settings.clone());
+    let cursor = chunker.open().await?;
+    assert_eq!(cursor.next_chunk, 2);
+    let prepared = chunker.prepare(&cursor).await?.unwrap();
+    chunker.put(&prepared).await?;
+    let first = stack.get(&prepared.key).await?.unwrap();
+    // A new container finishes the job.
+    let run = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), None, |_| {}).await?;
+    assert_eq!(run.written.first().map(|c| c.number), Some(2));
+    assert_eq!(stack.get(&prepared.key).await?.unwrap(), first);
+    assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_invocations_are_fenced() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let source = tricky_source(400);
+    stack.put(SOURCE_KEY, source.clone()).await?;
+    let a = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+    let b = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+    let (ra, rb) = tokio::join!(a.invoke(far(), None, |_| {}), b.invoke(far(), None, |_| {}));
+    let (ra, rb) = (ra?, rb?);
+    let mut numbers: Vec<u64> = ra.written.iter().chain(&rb.written).map(|c| c.number).collect();
+    numbers.sort();
+    // Every chunk advanced by exactly one of the two.
+    assert_eq!(numbers, (0..40).collect::<Vec<_>>());
+    assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let source = tricky_source(95);
+    stack.put(SOURCE_KEY, source.clone()).await?;
+    let run = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), Some(4), |_| {}).await?;
+    assert_eq!((run.next_chunk, run.finished), (4, false));
+    let run = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), Some(2), |_| {}).await?;
+    assert_eq!(run.written.iter().map(|c| c.number).collect::<Vec<_>>(), vec![4, 5]);
+
+    // The file changes under the cursor: refused, nothing more written.
+    let mut changed = source.clone();
+    changed.extend_from_slice(b"999,'C1','2','M','1','M1','1','es_food',1.0,0\n");
+    stack.put(SOURCE_KEY, changed).await?;
+    let err = stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
+        .invoke(far(), None, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ChunkerError::Store(StoreError::SourceChanged { .. })), "{err}");
+    assert!(err.to_string().contains("refusing to mix two files"));
+    assert_eq!(stack.list(STREAM).await?.len(), 6);
+
+    // Restored: the run completes exactly.
+    stack.put(SOURCE_KEY, source.clone()).await?;
+    stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), None, |_| {}).await?;
+    assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_mode_emits_one_chunk_per_interval_within_budget() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    stack.put(SOURCE_KEY, tricky_source(1000)).await?;
+    let ctx = stack.chunker(&[
+        ("TXPIPE_ROWS_PER_CHUNK", "10"),
+        ("TXPIPE_CHUNK_INTERVAL_MS", "200"),
+        ("TXPIPE_CHUNKER_BUDGET_SECS", "1"),
+    ])?;
+    let t = Instant::now();
+    let run = ctx.invoke(far(), None, |_| {}).await?;
+    // Ticks at 0, 200, 400, 600, (800 if it fits): never past the 1 s budget.
+    assert!((3..=5).contains(&run.written.len()), "{}", run.written.len());
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    Ok(())
+}
