@@ -1,0 +1,386 @@
+//! The detector against moto and a real Postgres (SPEC §3–§6, DESIGN invariants 1, 2, 4).
+
+use anyhow::Result;
+use chrono::Utc;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use txpipe::chunk::{chunk_key, stream_prefix};
+use txpipe::config::{detections_per_file, rows_per_chunk, PatternConfig};
+use txpipe::detector::{Detector, FaultPoint};
+use txpipe::engine::Engine;
+use txpipe::parse::ImportanceTable;
+use txpipe::replay::{replay, ReplayOutput};
+use txpipe::service::handle_detector_event;
+use txpipe_e2e::*;
+
+/// Thresholds low enough that all three patterns fire on a small file.
+const SMALL: &[(&str, &str)] = &[
+    ("TXPIPE_ROWS_PER_CHUNK", "2000"),
+    ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS", "3000"),
+    ("TXPIPE_DEI_MIN_FEMALE", "20"),
+    ("TXPIPE_SNAPSHOT_EVERY", "7"),
+];
+
+struct Data {
+    transactions: Vec<u8>,
+    importance: Vec<u8>,
+}
+
+fn data() -> Result<Data> {
+    let dir = temp_dir("detector-data")?;
+    let (transactions, importance) = generate(&dir, 41_000, 7, 900)?;
+    Ok(Data {
+        transactions,
+        importance,
+    })
+}
+
+fn with_source<'a>(key: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut v = SMALL.to_vec();
+    v.push(("TXPIPE_SOURCE_KEY", key));
+    v
+}
+
+/// Uploads the data under `key`, chunks it in burst mode, returns the chunk keys.
+async fn chunk(stack: &Stack, key: &str, data: &Data) -> Result<Vec<String>> {
+    stack.put(key, data.transactions.clone()).await?;
+    stack.put(IMPORTANCE_KEY, data.importance.clone()).await?;
+    let far = Instant::now() + Duration::from_secs(600);
+    let run = stack.chunker(&with_source(key))?.invoke(far, None, |_| {}).await?;
+    assert!(run.finished);
+    Ok(run.written.into_iter().map(|c| c.key).collect())
+}
+
+fn reference(stack: &Stack, data: &Data) -> Result<ReplayOutput> {
+    let s = stack.settings(SMALL);
+    let table = ImportanceTable::parse(&data.importance)?.table;
+    let mut engine = Engine::new(PatternConfig::from_settings(&s)?, Arc::new(table));
+    Ok(replay(
+        &data.transactions,
+        &mut engine,
+        rows_per_chunk(&s)?,
+        detections_per_file(&s)?,
+        Utc::now,
+    )?)
+}
+
+/// What a run left in S3 and Postgres, timestamps aside.
+#[derive(Debug, PartialEq, Eq)]
+struct Outputs {
+    /// Batch key → identities, in file order.
+    batches: BTreeMap<String, Vec<(String, String, String)>>,
+    /// (chunk, seq, pattern, merchant, customer) in global order.
+    detections: Vec<(i64, i32, String, String, String)>,
+    /// (chunk, key, rows, rejected, detections).
+    ledger: Vec<(i64, String, i64, i64, i64)>,
+    /// Rejected rows (row, reason).
+    rejected: Vec<(i64, String)>,
+    /// Transactions rows and their total amount.
+    transactions: (i64, String),
+    /// Customer stats rows and total txns.
+    stats: (i64, i64),
+}
+
+async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
+    let stream = stream_prefix("chunks/", source_key);
+    let name = stream.trim_start_matches("chunks/");
+    let mut batches = BTreeMap::new();
+    for key in stack.list(&format!("detections/{name}")).await? {
+        let text = String::from_utf8(stack.get(&key).await?.unwrap_or_default())?;
+        let ids = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let s = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+                (s("patternId"), s("MerchantId"), s("customerName"))
+            })
+            .collect();
+        batches.insert(key.rsplit('/').next().unwrap_or_default().to_string(), ids);
+    }
+    let pg = stack.pg_client().await?;
+    let detections = pg
+        .query(
+            "SELECT chunk, seq_in_chunk, pattern_id, merchant_id, customer_name FROM detections
+             WHERE stream = $1 ORDER BY chunk, seq_in_chunk",
+            &[&stream],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let ledger = pg
+        .query(
+            "SELECT chunk, key, rows, rejected, detections FROM chunks WHERE stream = $1 ORDER BY chunk",
+            &[&stream],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let rejected = pg
+        .query(
+            "SELECT row_number, reason FROM rejected_rows WHERE file = 'transactions' AND source = $1 ORDER BY row_number",
+            &[&stream],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let t = pg
+        .query_one(
+            "SELECT count(*), coalesce(sum(amount), 0)::text FROM transactions WHERE stream = $1",
+            &[&stream],
+        )
+        .await?;
+    let s = pg
+        .query_one(
+            "SELECT count(*), coalesce(sum(txns), 0)::bigint FROM customer_stats WHERE stream = $1",
+            &[&stream],
+        )
+        .await?;
+    Ok(Outputs {
+        batches,
+        detections,
+        ledger,
+        rejected,
+        transactions: (t.get(0), t.get(1)),
+        stats: (s.get(0), s.get(1)),
+    })
+}
+
+async fn deliver(detector: &mut Detector, keys: &[String]) -> Result<serde_json::Value> {
+    Ok(handle_detector_event(detector, &s3_event(keys), |_| {}).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let data = data()?;
+    let clean_key = "input/clean.csv";
+    let keys = chunk(&stack, clean_key, &data).await?;
+    assert_eq!(keys.len(), 21);
+
+    // Clean run: one event per chunk, in order.
+    let mut detector = stack.detector(&with_source(clean_key)).await?;
+    for key in &keys {
+        deliver(&mut detector, std::slice::from_ref(key)).await?;
+    }
+    let clean = outputs(&stack, clean_key).await?;
+
+    // Equal to the offline replay: identity, chunk, order, batch composition.
+    let want = reference(&stack, &data)?;
+    assert!(want.detections.iter().any(|d| d.key.pattern.index() == 0));
+    assert!(want.detections.iter().any(|d| d.key.pattern.index() == 1));
+    assert!(want.detections.iter().any(|d| d.key.pattern.index() == 2));
+    let want_batches: BTreeMap<String, Vec<(String, String, String)>> = want
+        .batches
+        .iter()
+        .map(|b| {
+            (
+                format!("{:08}.jsonl", b.number),
+                b.detections
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.key.pattern.id().to_string(),
+                            d.key.merchant.clone(),
+                            d.key.customer.clone(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(clean.batches, want_batches);
+    let mut seq = BTreeMap::<u64, i32>::new();
+    let want_rows: Vec<(i64, i32, String, String, String)> = want
+        .detections
+        .iter()
+        .map(|d| {
+            let s = seq.entry(d.chunk).or_default();
+            *s += 1;
+            (
+                d.chunk as i64,
+                *s - 1,
+                d.key.pattern.id().to_string(),
+                d.key.merchant.clone(),
+                d.key.customer.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(clean.detections, want_rows);
+    assert_eq!(
+        clean
+            .ledger
+            .iter()
+            .map(|l| (l.0 as u64, l.2 as u64, l.3 as u64, l.4 as u64))
+            .collect::<Vec<_>>(),
+        want.chunks
+            .iter()
+            .map(|c| (c.chunk, c.rows, c.rejected, c.detections))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(clean.rejected.len(), want.rejected.len());
+    assert_eq!(
+        clean.transactions.0 + clean.rejected.len() as i64,
+        41_000,
+        "every row is either processed or rejected"
+    );
+
+    // Every step boundary, at an ordinary chunk, a snapshot chunk and the last chunk.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for (i, point) in FaultPoint::ALL.into_iter().enumerate() {
+        for at in [3u64, 13, 20] {
+            let key = format!("input/fault-{i}-{at}.csv");
+            let chunk_keys = chunk(&stack, &key, &data).await?;
+            let fired = Arc::new(AtomicBool::new(false));
+            let hook_fired = fired.clone();
+            let mut detector = stack
+                .detector(&with_source(&key))
+                .await?
+                .with_fault_hook(Arc::new(move |p, k| {
+                    p == point && k == at && !hook_fired.swap(true, Ordering::SeqCst)
+                }));
+            let mut failures = 0;
+            for k in &chunk_keys {
+                if deliver(&mut detector, std::slice::from_ref(k)).await.is_err() {
+                    failures += 1;
+                }
+            }
+            assert!(fired.load(Ordering::SeqCst));
+            assert_eq!(failures, 1, "{point:?} at {at}");
+            // Redelivery: everything again, duplicated and shuffled, to a fresh container.
+            let mut again: Vec<String> = chunk_keys.iter().chain(&chunk_keys).cloned().collect();
+            again.shuffle(&mut rng);
+            let mut fresh = stack.detector(&with_source(&key)).await?;
+            for batch in again.chunks(3) {
+                deliver(&mut fresh, batch).await?;
+            }
+            let got = outputs(&stack, &key).await?;
+            assert_eq!(got.batches, clean.batches, "{point:?} at {at}");
+            assert_eq!(got.detections, clean.detections, "{point:?} at {at}");
+            assert_eq!(
+                got.ledger.iter().map(|l| (l.0, l.2, l.3, l.4)).collect::<Vec<_>>(),
+                clean.ledger.iter().map(|l| (l.0, l.2, l.3, l.4)).collect::<Vec<_>>()
+            );
+            assert_eq!(got.rejected, clean.rejected);
+            assert_eq!(got.transactions, clean.transactions);
+            assert_eq!(got.stats, clean.stats);
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_event_catches_up_and_cold_start_continues_identically() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let data = data()?;
+    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let mut a = stack.detector(SMALL).await?;
+    // An event for chunk 9 first: chunks 0..=9 are applied in order.
+    let reply = deliver(&mut a, &keys[9..10]).await?;
+    assert_eq!(reply["streams"][0]["applied"].as_array().map(Vec::len), Some(10));
+    // Duplicates are no-ops.
+    let reply = deliver(&mut a, &keys[3..5]).await?;
+    assert_eq!(reply["streams"][0]["duplicate"], true);
+    // A new process rebuilds from snapshot + deltas and finishes.
+    let mut b = stack.detector(SMALL).await?;
+    deliver(&mut b, &keys[keys.len() - 1..]).await?;
+    let head = b.head(STREAM).await?.unwrap();
+    assert!(head.finished);
+    assert_eq!(head.next_chunk, keys.len() as u64);
+
+    // Same outputs as a clean run on another stream.
+    let clean_key = "input/clean.csv";
+    let clean_keys = chunk(&stack, clean_key, &data).await?;
+    let mut c = stack.detector(&with_source(clean_key)).await?;
+    for k in &clean_keys {
+        deliver(&mut c, std::slice::from_ref(k)).await?;
+    }
+    let got = outputs(&stack, SOURCE_KEY).await?;
+    let clean = outputs(&stack, clean_key).await?;
+    assert_eq!(got.batches, clean.batches);
+    assert_eq!(got.detections, clean.detections);
+    assert_eq!(got.stats, clean.stats);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_fails_without_advancing_then_completes() -> Result<()> {
+    let mut stack = Stack::start(true).await?;
+    let data = data()?;
+    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let mut detector = stack.detector(SMALL).await?;
+    deliver(&mut detector, &keys[0..3]).await?;
+    stack.pg.as_mut().unwrap().pause()?;
+    for _ in 0..2 {
+        assert!(deliver(&mut detector, &keys[3..4]).await.is_err());
+        assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 3);
+    }
+    stack.pg.as_mut().unwrap().resume()?;
+    deliver(&mut detector, &keys[keys.len() - 1..]).await?;
+    let head = detector.head(STREAM).await?.unwrap();
+    assert!(head.finished);
+    let ledger = outputs(&stack, SOURCE_KEY).await?.ledger;
+    assert_eq!(ledger.len(), keys.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let header = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+    let good = "0,'C1','2','F','28007','M1','28007','es_food',12.50,0\n";
+    stack
+        .put(IMPORTANCE_KEY, b"Source,Target,Weight,typeTrans,fraud\n'C1','M1',1.5,'es_food',0\n'C2','M1',abc,'es_food',0\n".to_vec())
+        .await?;
+    let objects = stack.objects();
+    use txpipe::store::ObjectStore;
+    let chunk0 = format!("{header}{good}1,'C2','2','M','28007','M1','28007','es_food',1.234,0\n2,'C3','2'\n{good}");
+    let chunk1 = "not,a,header\n1,2,3\n4,5,6\n".to_string();
+    let chunk2 = format!("{header}{good}");
+    for (k, body, first, last) in [(0u64, chunk0, 1, false), (1, chunk1, 5, false), (2, chunk2, 7, true)] {
+        objects
+            .put(
+                BUCKET,
+                &chunk_key(STREAM, k),
+                body.into_bytes(),
+                &[
+                    ("txpipe-first-row", first.to_string()),
+                    ("txpipe-last", last.to_string()),
+                ],
+            )
+            .await?;
+    }
+    let mut detector = stack.detector(&[]).await?;
+    assert_eq!(detector.importance_rejected().len(), 1);
+    detector.record_importance_rejects().await?;
+    let reply = handle_detector_event(&mut detector, &serde_json::json!({"hello": "world"}), |_| {}).await?;
+    assert_eq!(reply["status"], "malformed");
+    assert!(reply["error"].as_str().unwrap().contains("not an S3 event"));
+    deliver(&mut detector, &[chunk_key(STREAM, 2)]).await?;
+    let head = detector.head(STREAM).await?.unwrap();
+    assert!(head.finished);
+    assert_eq!((head.totals.rows, head.totals.rejected), (3, 4));
+    let out = outputs(&stack, SOURCE_KEY).await?;
+    assert_eq!(
+        out.ledger.iter().map(|l| (l.2, l.3)).collect::<Vec<_>>(),
+        vec![(2, 2), (0, 2), (1, 0)]
+    );
+    let reasons: Vec<&str> = out.rejected.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(out.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 3, 5, 6]);
+    assert!(reasons[0].contains("amount"), "{reasons:?}");
+    assert!(reasons[1].contains("fields"), "{reasons:?}");
+    assert!(reasons[2].contains("header is unusable"), "{reasons:?}");
+    let pg = stack.pg_client().await?;
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM rejected_rows WHERE file = 'importance'", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 1);
+    Ok(())
+}
