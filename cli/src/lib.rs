@@ -3,3 +3,5 @@
 
 pub mod generate;
 pub mod replay_cmd;
+pub mod run;
+pub mod status;

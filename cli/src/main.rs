@@ -1,7 +1,8 @@
 //! `txpipe`: the command-line tool for people. Generate data, replay it offline, run
 //! the whole pipeline on local services, and show a deployment's status.
 
-use txpipe_cli::{generate, replay_cmd};
+use txpipe_cli::run::{default_view, Rate, RunOptions};
+use txpipe_cli::{generate, replay_cmd, run, status};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -53,10 +54,79 @@ enum Command {
         #[arg(long, default_value = "out/replay")]
         out: PathBuf,
     },
+    /// Run the whole pipeline locally: moto for S3 and DynamoDB, a throwaway Postgres,
+    /// the real chunker and detector code, S3 events delivered as S3 would.
+    Run {
+        /// Directory with transactions.csv and CustomerImportance.csv.
+        #[arg(long, env = "DATA", default_value = "data")]
+        data: PathBuf,
+        /// `max` (as fast as possible) or chunks per second (default 1, as in production).
+        #[arg(long, env = "RATE", default_value = "1")]
+        rate: String,
+        /// Where to copy the detection files.
+        #[arg(long, default_value = "out/run")]
+        out: PathBuf,
+        /// Keep moto and Postgres running after the run until Ctrl-C.
+        #[arg(long, env = "KEEP", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+        keep: bool,
+    },
+    /// Show where a deployment stands (cursor, detector head, S3 files, Postgres rows),
+    /// from the same environment variables the Lambdas read.
+    Status,
+}
+
+fn parse_rate(rate: &str) -> Result<Rate> {
+    if rate.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    let per_second: f64 = rate
+        .parse()
+        .ok()
+        .filter(|r: &f64| *r > 0.0 && r.is_finite())
+        .ok_or_else(|| anyhow::anyhow!("RATE={rate:?}: expected `max` or chunks per second, like 1 or 5"))?;
+    Ok(Rate::Paced(std::time::Duration::from_secs_f64(1.0 / per_second)))
+}
+
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    // Per-chunk info logs would drown the progress view; RUST_LOG=info shows them.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Run {
+            data,
+            rate,
+            out,
+            keep,
+        } => {
+            init_logs();
+            let options = RunOptions {
+                data,
+                rate: parse_rate(&rate)?,
+                out,
+                keep,
+                view: default_view(),
+                settings: Vec::new(),
+            };
+            let summary = tokio::runtime::Runtime::new()?.block_on(run::run(options))?;
+            if summary.interrupted {
+                std::process::exit(130);
+            }
+        }
+        Command::Status => {
+            init_logs();
+            let view = tokio::runtime::Runtime::new()?.block_on(async {
+                let clients = txpipe::store::clients::AwsClients::from_env().await;
+                status::read_status(&clients, &txpipe::config::Settings::from_env()).await
+            })?;
+            print!("{}", view.render());
+        }
         Command::Generate {
             rows,
             seed,

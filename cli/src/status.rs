@@ -1,0 +1,172 @@
+//! `txpipe status`: where a deployment stands, read from DynamoDB, S3 and Postgres.
+//! Works against local endpoints (`AWS_ENDPOINT_URL`) or real AWS alike.
+
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use txpipe::chunk::stream_prefix;
+use txpipe::chunker::ChunkerSettings;
+use txpipe::config::Settings;
+use txpipe::detector::DetectorSettings;
+use txpipe::postgres::PgSettings;
+use txpipe::store::clients::AwsClients;
+use txpipe::store::dynamo::DynamoTable;
+use txpipe::store::s3::S3Store;
+use txpipe::store::{ChunkCursor, CursorStore, ObjectStore, RequestCounter, StateStore};
+
+/// A deployment's state at one moment.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Source object.
+    pub source: String,
+    /// Chunks written by the chunker.
+    pub chunks_created: u64,
+    /// Source rows cut into chunks.
+    pub rows_chunked: u64,
+    /// Byte offset / size of the source.
+    pub offset: (u64, u64),
+    /// The chunker is done.
+    pub chunker_finished: bool,
+    /// Chunks applied by the detector.
+    pub chunks_applied: u64,
+    /// Valid and rejected rows applied.
+    pub rows: (u64, u64),
+    /// Detections per pattern.
+    pub detections: [u64; 3],
+    /// The detector is done (end-of-stream applied).
+    pub detector_finished: bool,
+    /// Head version and snapshot.
+    pub head: Option<(u64, Option<u64>)>,
+    /// Detection files in S3.
+    pub detection_files: usize,
+    /// Row counts of the Postgres tables, if reachable.
+    pub tables: Vec<(String, i64)>,
+}
+
+impl Status {
+    /// Chunks created but not applied.
+    pub fn lag(&self) -> u64 {
+        self.chunks_created.saturating_sub(self.chunks_applied)
+    }
+
+    /// The view, as lines of text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "source            {}", self.source);
+        let pct = if self.offset.1 > 0 {
+            self.offset.0 as f64 * 100.0 / self.offset.1 as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            s,
+            "mechanism X       {} chunks created, {} rows, {:.1}% of the file{}",
+            self.chunks_created,
+            self.rows_chunked,
+            pct,
+            if self.chunker_finished { ", finished" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "mechanism Y       {} chunks applied, lag {}, {} rows, {} rejected{}",
+            self.chunks_applied,
+            self.lag(),
+            self.rows.0,
+            self.rows.1,
+            if self.detector_finished { ", finished" } else { "" }
+        );
+        if let Some((version, snapshot)) = self.head {
+            let _ = writeln!(
+                s,
+                "state             head version {version}, snapshot {}",
+                snapshot.map_or("none".into(), |k| format!("covers chunks 0..{k}"))
+            );
+        }
+        let _ = writeln!(
+            s,
+            "detections        PatId1 UPGRADE {}, PatId2 CHILD {}, PatId3 DEI-NEEDED {} ({} files in S3)",
+            self.detections[0], self.detections[1], self.detections[2], self.detection_files
+        );
+        if !self.tables.is_empty() {
+            let tables: Vec<String> = self
+                .tables
+                .iter()
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect();
+            let _ = writeln!(s, "postgres          {}", tables.join(", "));
+        }
+        s
+    }
+}
+
+/// Reads the status of the deployment the settings describe.
+pub async fn read_status(clients: &AwsClients, s: &Settings) -> Result<Status> {
+    let requests = RequestCounter::default();
+    let chunker = ChunkerSettings::from_settings(s)?;
+    let detector = DetectorSettings::from_settings(s)?;
+    let table = DynamoTable::new(
+        clients.dynamodb.clone(),
+        s.required("TXPIPE_STATE_TABLE", "the DynamoDB table for cursor and state")?,
+        requests.clone(),
+    );
+    let objects = S3Store::new(clients.s3.clone(), requests);
+    let stream = stream_prefix(&chunker.chunk_prefix, &chunker.source_key);
+    let mut status = Status {
+        source: format!("s3://{}/{}", chunker.source_bucket, chunker.source_key),
+        ..Status::default()
+    };
+    let id = ChunkCursor::source_id(&chunker.source_bucket, &chunker.source_key);
+    if let Some(c) = table.load_cursor(&id).await.context("reading the cursor")? {
+        status.chunks_created = c.next_chunk;
+        status.rows_chunked = c.rows_emitted;
+        status.offset = (c.offset, c.size);
+        status.chunker_finished = c.finished;
+    }
+    if let Some(h) = table.load_head(&stream).await.context("reading the detector head")? {
+        status.chunks_applied = h.next_chunk;
+        status.rows = (h.totals.rows, h.totals.rejected);
+        status.detections = h.totals.detections;
+        status.detector_finished = h.finished;
+        status.head = Some((h.version, h.snapshot_next));
+    }
+    status.detection_files = objects
+        .list(&detector.bucket, &detector.detections_prefix(&stream))
+        .await
+        .context("listing detection files")?
+        .len();
+    if let Some(pg) = PgSettings::from_settings(s)? {
+        let secrets = aws_sdk_secretsmanager::Client::new(&clients.config);
+        match pg_counts(&pg, &secrets, &stream).await {
+            Ok(tables) => status.tables = tables,
+            Err(e) => status.tables = vec![(format!("unreachable: {e}"), 0)],
+        }
+    }
+    Ok(status)
+}
+
+async fn pg_counts(
+    pg: &PgSettings,
+    secrets: &aws_sdk_secretsmanager::Client,
+    stream: &str,
+) -> Result<Vec<(String, i64)>> {
+    let config = pg.resolve(secrets).await?;
+    let client = pg.connect(&config).await?;
+    let mut out = Vec::new();
+    for table in ["detections", "chunks", "transactions", "customer_stats"] {
+        let n: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE stream = $1"),
+                &[&stream],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        out.push((table.to_string(), n));
+    }
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM rejected_rows", &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1);
+    out.push(("rejected_rows".into(), n));
+    Ok(out)
+}
