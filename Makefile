@@ -3,30 +3,53 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 DATA ?= data
+RATE ?= 1
 BIN := $(CARGO_TARGET_DIR)/release/txpipe
+# Installs moto / PostgreSQL if missing and exports where they are.
+TOOLS := eval "$$(tests/ensure-tools.sh)"
 
-.PHONY: test run bench lint fmt build data rust
+.PHONY: test run bench build data rust tools replay fmt lint services
 
-# Checks for a Rust toolchain (installing one automatically is not done yet).
+# Rust cannot be fetched on this network; say so clearly.
 rust:
-	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.85+ (https://rustup.rs)"; exit 1; }
+
+# moto[server] (pip, into .tools/venv) and the PostgreSQL server (apt), if missing.
+tools:
+	@$(TOOLS) && echo "moto: $$TXPIPE_MOTO_CMD; PostgreSQL: $$TXPIPE_PG_BIN"
 
 build: rust
 	$(CARGO) build --release -p txpipe-cli
-
-test: rust
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
 
 $(DATA)/transactions.csv: | build
 	$(BIN) generate --out $(DATA)
 
 data: build $(DATA)/transactions.csv
 
-# Today: the engine over generated data, chunk by chunk, offline (no AWS services yet).
+# The whole pipeline on this machine: moto + throwaway Postgres + the real chunker and
+# detector. RATE=max replays as fast as possible; KEEP=1 keeps the services up after.
 run: data
+	@$(TOOLS) && RATE=$(RATE) $(BIN) run --data $(DATA)
+
+# The engine alone over the data, offline (no services).
+replay: data
 	$(BIN) replay --transactions $(DATA)/transactions.csv --importance $(DATA)/CustomerImportance.csv --out out/replay
 
+fmt:
+	$(CARGO) fmt --all
+
+lint: rust
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: rust lint
+	@$(TOOLS) && $(CARGO) test --workspace
+
 bench: data
-	TXPIPE_BENCH_DATA=$(CURDIR)/$(DATA) taskset -c 0 $(CARGO) bench -p txpipe --bench engine
+	@$(TOOLS) && TXPIPE_BENCH_DATA=$(CURDIR)/$(DATA) taskset -c 0 $(CARGO) bench -p txpipe --bench engine
+
+-include infra/infra.mk
+
+# moto + Postgres with the data uploaded, for `cargo lambda watch` (see README).
+services: data
+	@$(TOOLS) && $(BIN) run --data $(DATA) --services-only

@@ -69,6 +69,9 @@ enum Command {
         /// Keep moto and Postgres running after the run until Ctrl-C.
         #[arg(long, env = "KEEP", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
         keep: bool,
+        /// Only start the services and upload the data (for `cargo lambda watch`).
+        #[arg(long)]
+        services_only: bool,
     },
     /// Show where a deployment stands (cursor, detector head, S3 files, Postgres rows),
     /// from the same environment variables the Lambdas read.
@@ -104,8 +107,12 @@ fn main() -> Result<()> {
             rate,
             out,
             keep,
+            services_only,
         } => {
             init_logs();
+            if services_only {
+                return tokio::runtime::Runtime::new()?.block_on(run::serve(&data));
+            }
             let options = RunOptions {
                 data,
                 rate: parse_rate(&rate)?,

@@ -413,3 +413,28 @@ pub fn default_view() -> View {
         View::Lines
     }
 }
+
+/// `txpipe run --services-only`: starts moto and Postgres, uploads the data, prints the
+/// environment for `cargo lambda watch` / `txpipe status`, and waits for Ctrl-C.
+pub async fn serve(data: &std::path::Path) -> Result<()> {
+    let moto = MotoServer::start()?;
+    let pg = LocalPostgres::start()?;
+    let clients = AwsClients::local(&moto.endpoint()).await;
+    provision(&clients, BUCKET, TABLE).await?;
+    let objects = txpipe::store::s3::S3Store::new(clients.s3.clone(), Default::default());
+    for name in ["transactions.csv", "CustomerImportance.csv"] {
+        let path = data.join(name);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        objects
+            .put(BUCKET, &format!("input/{name}"), bytes, &[])
+            .await?;
+    }
+    println!("export AWS_ENDPOINT_URL={}", moto.endpoint());
+    println!("export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1");
+    println!("export TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE}");
+    println!("export TXPIPE_PG_URL={} TXPIPE_PG_SSLMODE=disable", pg.url());
+    eprintln!("moto and Postgres are up with the data uploaded; Ctrl-C stops them");
+    tokio::signal::ctrl_c().await?;
+    eprintln!("stopping moto and Postgres");
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! The sample events in `events/` do what the README says they do.
+
+use anyhow::Result;
+use std::time::{Duration, Instant};
+use txpipe::service::handle_detector_event;
+use txpipe_e2e::*;
+
+fn event(name: &str) -> Result<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name);
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_events_drive_the_detector() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("events")?;
+    let (transactions, importance) = generate(&dir, 45_000, 3, 800)?;
+    stack.put(SOURCE_KEY, transactions).await?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    // The schedule tick is an EventBridge event; the chunker takes any event as a tick.
+    let tick: aws_lambda_events::eventbridge::EventBridgeEvent = serde_json::from_value(event("schedule-tick.json")?)?;
+    assert_eq!(tick.detail_type, "Scheduled Event");
+    let far = Instant::now() + Duration::from_secs(600);
+    let run = stack.chunker(&[])?.invoke(far, None, |_| {}).await?;
+    assert_eq!(run.written.len(), 5);
+
+    let mut detector = stack.detector(&[]).await?;
+    let reply = handle_detector_event(&mut detector, &event("s3-put-chunk-3-out-of-order.json")?, |_| {}).await?;
+    assert_eq!(reply["streams"][0]["applied"], serde_json::json!([0, 1, 2, 3]));
+    let reply = handle_detector_event(&mut detector, &event("s3-put-chunk-0.json")?, |_| {}).await?;
+    assert_eq!(reply["streams"][0]["duplicate"], true);
+    let reply = handle_detector_event(&mut detector, &event("s3-put-chunk-0-duplicate.json")?, |_| {}).await?;
+    assert_eq!(reply["streams"][0]["applied"], serde_json::json!([]));
+    let reply = handle_detector_event(&mut detector, &event("garbage.json")?, |_| {}).await?;
+    assert_eq!(reply["status"], "malformed");
+    assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 4);
+    Ok(())
+}
