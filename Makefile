@@ -45,8 +45,10 @@ lint: rust
 test: rust lint
 	@$(TOOLS) && $(CARGO) test --workspace
 
+# Engine throughput on one core, then the pipeline's figures against local services.
 bench: data
 	@$(TOOLS) && TXPIPE_BENCH_DATA=$(CURDIR)/$(DATA) taskset -c 0 $(CARGO) bench -p txpipe --bench engine
+	@$(TOOLS) && $(BIN) bench --data $(DATA)
 
 -include infra/infra.mk
 

@@ -1,6 +1,7 @@
 //! The `txpipe` command's library: data generation, offline replay, the local pipeline
 //! and the status view. The end-to-end tests drive the same code.
 
+pub mod bench;
 pub mod generate;
 pub mod replay_cmd;
 pub mod run;

@@ -76,6 +76,16 @@ enum Command {
     /// Show where a deployment stands (cursor, detector head, S3 files, Postgres rows),
     /// from the same environment variables the Lambdas read.
     Status,
+    /// Measure the pipeline against local services: ms and remote requests per chunk
+    /// for both functions, cold-start reload time, peak memory.
+    Bench {
+        /// Directory with transactions.csv and CustomerImportance.csv.
+        #[arg(long, env = "DATA", default_value = "data")]
+        data: PathBuf,
+        /// Internal: the detector phase, in its own process.
+        #[arg(long, hide = true)]
+        detector_phase: bool,
+    },
 }
 
 fn parse_rate(rate: &str) -> Result<Rate> {
@@ -86,8 +96,12 @@ fn parse_rate(rate: &str) -> Result<Rate> {
         .parse()
         .ok()
         .filter(|r: &f64| *r > 0.0 && r.is_finite())
-        .ok_or_else(|| anyhow::anyhow!("RATE={rate:?}: expected `max` or chunks per second, like 1 or 5"))?;
-    Ok(Rate::Paced(std::time::Duration::from_secs_f64(1.0 / per_second)))
+        .ok_or_else(|| {
+            anyhow::anyhow!("RATE={rate:?}: expected `max` or chunks per second, like 1 or 5")
+        })?;
+    Ok(Rate::Paced(std::time::Duration::from_secs_f64(
+        1.0 / per_second,
+    )))
 }
 
 fn init_logs() {
@@ -124,6 +138,18 @@ fn main() -> Result<()> {
             let summary = tokio::runtime::Runtime::new()?.block_on(run::run(options))?;
             if summary.interrupted {
                 std::process::exit(130);
+            }
+        }
+        Command::Bench {
+            data,
+            detector_phase,
+        } => {
+            init_logs();
+            let runtime = tokio::runtime::Runtime::new()?;
+            if detector_phase {
+                runtime.block_on(txpipe_cli::bench::detector_phase())?;
+            } else {
+                runtime.block_on(txpipe_cli::bench::run(&data))?;
             }
         }
         Command::Status => {

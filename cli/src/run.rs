@@ -131,7 +131,10 @@ fn local_settings(opts: &RunOptions, pg_url: &str) -> Settings {
         ("TXPIPE_SOURCE_BUCKET", BUCKET.to_string()),
         ("TXPIPE_STATE_TABLE", TABLE.to_string()),
         ("TXPIPE_SOURCE_KEY", "input/transactions.csv".into()),
-        ("TXPIPE_IMPORTANCE_KEY", "input/CustomerImportance.csv".into()),
+        (
+            "TXPIPE_IMPORTANCE_KEY",
+            "input/CustomerImportance.csv".into(),
+        ),
         ("TXPIPE_PG_URL", pg_url.to_string()),
         ("TXPIPE_PG_SSLMODE", "disable".into()),
         ("TXPIPE_CHUNK_INTERVAL_MS", interval),
@@ -232,7 +235,9 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
                             progress.detections[i].fetch_add(*n, Ordering::Relaxed);
                         }
                         let created = progress.created.load(Ordering::Relaxed);
-                        summary.lag_samples.push(created.saturating_sub(a.chunk + 1));
+                        summary
+                            .lag_samples
+                            .push(created.saturating_sub(a.chunk + 1));
                         summary.chunk_millis.push(a.millis.total);
                         summary.chunk_requests.push(a.requests);
                     })
@@ -245,7 +250,9 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
                             tracing::warn!(error = %e, attempts, "detector invocation failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
-                        Err(e) => return Err(anyhow::Error::from(e).context(format!("applying {key}"))),
+                        Err(e) => {
+                            return Err(anyhow::Error::from(e).context(format!("applying {key}")))
+                        }
                     }
                 }
             }
@@ -275,7 +282,12 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     export_outputs(&objects, &opts.out).await?;
     if opts.view != View::Quiet {
-        print_summary(&summary, &read_status(&clients, &settings).await?.render(), &moto, &pg);
+        print_summary(
+            &summary,
+            &read_status(&clients, &settings).await?.render(),
+            &moto,
+            &pg,
+        );
     }
     if opts.keep && !summary.interrupted {
         eprintln!("services kept running; press Ctrl-C to stop them");
@@ -336,7 +348,9 @@ fn print_summary(s: &RunSummary, status: &str, moto: &MotoServer, pg: &LocalPost
         s.out.display()
     );
     eprintln!("  S3 chunks            s3://{BUCKET}/chunks/input-transactions/NNNNNNNN.csv");
-    eprintln!("  Postgres tables      detections, chunks, rejected_rows, transactions, customer_stats");
+    eprintln!(
+        "  Postgres tables      detections, chunks, rejected_rows, transactions, customer_stats"
+    );
     eprintln!("while the services run (KEEP=1 make run):");
     eprintln!(
         "  psql {} -c 'SELECT pattern_id, count(*) FROM detections GROUP BY 1'",
@@ -380,10 +394,18 @@ fn show_progress(progress: Arc<Progress>, view: View, total: u64) -> tokio::task
                 while !progress.done.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     if started.elapsed().as_millis() % 5000 < 100 {
-                        eprintln!("[{:>5.0}s] {}", started.elapsed().as_secs_f64(), progress.line());
+                        eprintln!(
+                            "[{:>5.0}s] {}",
+                            started.elapsed().as_secs_f64(),
+                            progress.line()
+                        );
                     }
                 }
-                eprintln!("[{:>5.0}s] {}", started.elapsed().as_secs_f64(), progress.line());
+                eprintln!(
+                    "[{:>5.0}s] {}",
+                    started.elapsed().as_secs_f64(),
+                    progress.line()
+                );
             }
         }
     })
@@ -432,7 +454,10 @@ pub async fn serve(data: &std::path::Path) -> Result<()> {
     println!("export AWS_ENDPOINT_URL={}", moto.endpoint());
     println!("export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1");
     println!("export TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE}");
-    println!("export TXPIPE_PG_URL={} TXPIPE_PG_SSLMODE=disable", pg.url());
+    println!(
+        "export TXPIPE_PG_URL={} TXPIPE_PG_SSLMODE=disable",
+        pg.url()
+    );
     eprintln!("moto and Postgres are up with the data uploaded; Ctrl-C stops them");
     tokio::signal::ctrl_c().await?;
     eprintln!("stopping moto and Postgres");

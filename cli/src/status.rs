@@ -63,7 +63,11 @@ impl Status {
             self.chunks_created,
             self.rows_chunked,
             pct,
-            if self.chunker_finished { ", finished" } else { "" }
+            if self.chunker_finished {
+                ", finished"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,
@@ -72,7 +76,11 @@ impl Status {
             self.lag(),
             self.rows.0,
             self.rows.1,
-            if self.detector_finished { ", finished" } else { "" }
+            if self.detector_finished {
+                ", finished"
+            } else {
+                ""
+            }
         );
         if let Some((version, snapshot)) = self.head {
             let _ = writeln!(
@@ -105,7 +113,10 @@ pub async fn read_status(clients: &AwsClients, s: &Settings) -> Result<Status> {
     let detector = DetectorSettings::from_settings(s)?;
     let table = DynamoTable::new(
         clients.dynamodb.clone(),
-        s.required("TXPIPE_STATE_TABLE", "the DynamoDB table for cursor and state")?,
+        s.required(
+            "TXPIPE_STATE_TABLE",
+            "the DynamoDB table for cursor and state",
+        )?,
         requests.clone(),
     );
     let objects = S3Store::new(clients.s3.clone(), requests);
@@ -121,7 +132,11 @@ pub async fn read_status(clients: &AwsClients, s: &Settings) -> Result<Status> {
         status.offset = (c.offset, c.size);
         status.chunker_finished = c.finished;
     }
-    if let Some(h) = table.load_head(&stream).await.context("reading the detector head")? {
+    if let Some(h) = table
+        .load_head(&stream)
+        .await
+        .context("reading the detector head")?
+    {
         status.chunks_applied = h.next_chunk;
         status.rows = (h.totals.rows, h.totals.rejected);
         status.detections = h.totals.detections;

@@ -42,7 +42,10 @@ impl ChunkerSettings {
     /// `TXPIPE_ROWS_PER_CHUNK`, `TXPIPE_CHUNK_INTERVAL_MS` (0 = burst) and
     /// `TXPIPE_CHUNKER_BUDGET_SECS`.
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        let bucket = s.required("TXPIPE_BUCKET", "the pipeline bucket (chunks, detections, state)")?;
+        let bucket = s.required(
+            "TXPIPE_BUCKET",
+            "the pipeline bucket (chunks, detections, state)",
+        )?;
         let interval_ms = s.number(
             "TXPIPE_CHUNK_INTERVAL_MS",
             1000,
@@ -50,7 +53,9 @@ impl ChunkerSettings {
             "milliseconds from 0 (burst) to 600000",
         )?;
         Ok(ChunkerSettings {
-            source_bucket: s.string("TXPIPE_SOURCE_BUCKET").unwrap_or_else(|| bucket.clone()),
+            source_bucket: s
+                .string("TXPIPE_SOURCE_BUCKET")
+                .unwrap_or_else(|| bucket.clone()),
             source_key: s
                 .string("TXPIPE_SOURCE_KEY")
                 .unwrap_or_else(|| "input/transactions.csv".into()),
@@ -317,10 +322,9 @@ impl<'a> Chunker<'a> {
     }
 
     async fn reload(&self, id: &str) -> Result<ChunkCursor, StoreError> {
-        self.cursors
-            .load_cursor(id)
-            .await?
-            .ok_or_else(|| StoreError::corrupt(id, "cursor vanished after a conditional write lost"))
+        self.cursors.load_cursor(id).await?.ok_or_else(|| {
+            StoreError::corrupt(id, "cursor vanished after a conditional write lost")
+        })
     }
 
     fn truncated(&self, at: u64, size: u64) -> ChunkerError {
@@ -341,7 +345,11 @@ impl<'a> Chunker<'a> {
         if prepared.rows > 0 {
             self.put(&prepared).await?;
         }
-        match self.cursors.advance_cursor(&prepared.next, cursor.next_chunk).await? {
+        match self
+            .cursors
+            .advance_cursor(&prepared.next, cursor.next_chunk)
+            .await?
+        {
             Fenced::Written => {
                 let written = WrittenChunk {
                     number: prepared.number,
@@ -366,7 +374,10 @@ impl<'a> Chunker<'a> {
 
     /// Cuts the chunk at `cursor` (None when the cursor is finished). A source with no
     /// data rows gives a 0-row prepared chunk that only finishes the cursor.
-    pub async fn prepare(&mut self, cursor: &ChunkCursor) -> Result<Option<PreparedChunk>, ChunkerError> {
+    pub async fn prepare(
+        &mut self,
+        cursor: &ChunkCursor,
+    ) -> Result<Option<PreparedChunk>, ChunkerError> {
         if cursor.finished {
             return Ok(None);
         }
@@ -381,7 +392,11 @@ impl<'a> Chunker<'a> {
             let end = cursor.offset + self.ahead.bytes.len() as u64;
             let at_eof = end >= cursor.size;
             match cut_rows(&self.ahead.bytes, self.settings.rows_per_chunk, at_eof) {
-                Cut::Done { consumed, rows, last } => break (consumed, rows, last),
+                Cut::Done {
+                    consumed,
+                    rows,
+                    last,
+                } => break (consumed, rows, last),
                 Cut::NeedMore => {
                     let more = self
                         .objects

@@ -50,7 +50,10 @@ impl ChunkerContext {
             objects: S3Store::new(clients.s3.clone(), requests.clone()),
             table: DynamoTable::new(
                 clients.dynamodb.clone(),
-                s.required("TXPIPE_STATE_TABLE", "the DynamoDB table for cursor and state")?,
+                s.required(
+                    "TXPIPE_STATE_TABLE",
+                    "the DynamoDB table for cursor and state",
+                )?,
                 requests.clone(),
             ),
             settings: ChunkerSettings::from_settings(s)?,
@@ -84,7 +87,11 @@ impl ChunkerContext {
                     &[
                         ("ChunksCreated", 1.0, Unit::Count),
                         ("ChunkRows", c.rows as f64, Unit::Count),
-                        ("ChunkerMillis", c.micros as f64 / 1000.0, Unit::Milliseconds),
+                        (
+                            "ChunkerMillis",
+                            c.micros as f64 / 1000.0,
+                            Unit::Milliseconds,
+                        ),
                     ],
                 );
                 on_chunk(c);
@@ -116,7 +123,10 @@ pub async fn detector_from_env(clients: &AwsClients, s: &Settings) -> Result<Det
     let objects = Arc::new(S3Store::new(clients.s3.clone(), requests.clone()));
     let table = Arc::new(DynamoTable::new(
         clients.dynamodb.clone(),
-        s.required("TXPIPE_STATE_TABLE", "the DynamoDB table for cursor and state")?,
+        s.required(
+            "TXPIPE_STATE_TABLE",
+            "the DynamoDB table for cursor and state",
+        )?,
         requests.clone(),
     ));
     let pg = PgSettings::from_settings(s)?.ok_or_else(|| {

@@ -5,7 +5,6 @@
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::Arc;
 use txpipe::config::Settings;
 use txpipe::local::{provision, LocalPostgres, MotoServer};
 use txpipe::service::{detector_from_env, ChunkerContext};
@@ -134,7 +133,7 @@ pub fn s3_event(keys: &[String]) -> Value {
 /// S3's notification encoding of a key.
 pub fn urlencode_key(key: &str) -> String {
     key.split('/')
-        .map(|part| urlencoding_part(part))
+        .map(urlencoding_part)
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -175,6 +174,3 @@ pub fn temp_dir(name: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
-
-/// Shared handle type for tests.
-pub type Shared<T> = Arc<T>;

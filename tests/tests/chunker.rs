@@ -13,13 +13,24 @@ fn far() -> Instant {
 
 /// A source mixing LF and CRLF rows, quoted fields with embedded newlines, and blanks.
 fn tricky_source(rows: usize) -> Vec<u8> {
-    let mut s = String::from("step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\r\n");
+    let mut s = String::from(
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\r\n",
+    );
     for i in 0..rows {
         let eol = if i % 3 == 0 { "\r\n" } else { "\n" };
         if i % 11 == 5 {
-            s.push_str(&format!("{i},\"'C{i}\nx'\",'2','F','28007','M{}','28007','es_food',{}.5,0{eol}", i % 4, i % 50));
+            s.push_str(&format!(
+                "{i},\"'C{i}\nx'\",'2','F','28007','M{}','28007','es_food',{}.5,0{eol}",
+                i % 4,
+                i % 50
+            ));
         } else {
-            s.push_str(&format!("{i},'C{}','2','M','28007','M{}','28007','es_food',{}.25,0{eol}", i % 17, i % 4, i % 90));
+            s.push_str(&format!(
+                "{i},'C{}','2','M','28007','M{}','28007','es_food',{}.25,0{eol}",
+                i % 17,
+                i % 4,
+                i % 90
+            ));
         }
         if i % 13 == 0 {
             s.push_str("\r\n");
@@ -37,7 +48,11 @@ async fn stored_chunks(stack: &Stack) -> Result<Vec<Vec<u8>>> {
 }
 
 fn expected(source: &[u8], r: u64) -> Vec<Vec<u8>> {
-    split_source(source, r).unwrap().into_iter().map(|c| c.bytes).collect()
+    split_source(source, r)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +71,10 @@ async fn chunks_are_the_spec_slices_with_boundaries_inside_rows_and_crlf() -> Re
         let run = chunker.run(far(), None, |_| {}).await?;
         assert!(run.finished);
         assert_eq!(run.written.len(), 11, "window {window}");
-        assert_eq!(run.written.last().map(|c| (c.rows, c.last)), Some((3, true)));
+        assert_eq!(
+            run.written.last().map(|c| (c.rows, c.last)),
+            Some((3, true))
+        );
         let stream = format!("chunks/input-t{i}/");
         let want = expected(&source, 10);
         for (k, bytes) in want.iter().enumerate() {
@@ -90,7 +108,12 @@ async fn chunks_are_the_spec_slices_with_boundaries_inside_rows_and_crlf() -> Re
             .split_inclusive('\n')
             .filter(|l| !l.trim().is_empty())
             .collect();
-        let want: String = rows.iter().skip(k * 10).take(10).map(|s| s.as_str()).collect();
+        let want: String = rows
+            .iter()
+            .skip(k * 10)
+            .take(10)
+            .map(|s| s.as_str())
+            .collect();
         assert_eq!(body, want, "chunk {k}");
     }
     Ok(())
@@ -100,7 +123,11 @@ async fn chunks_are_the_spec_slices_with_boundaries_inside_rows_and_crlf() -> Re
 async fn empty_source_gives_no_chunk_and_a_clean_finish() -> Result<()> {
     let stack = Stack::start(false).await?;
     stack
-        .put(SOURCE_KEY, b"step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n\n".to_vec())
+        .put(
+            SOURCE_KEY,
+            b"step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n\n"
+                .to_vec(),
+        )
         .await?;
     let run = stack.chunker(&[])?.invoke(far(), None, |_| {}).await?;
     assert!(run.finished);
@@ -127,7 +154,10 @@ async fn crash_between_put_and_cursor_rewrites_the_same_chunk() -> Result<()> {
     chunker.put(&prepared).await?;
     let first = stack.get(&prepared.key).await?.unwrap();
     // A new container finishes the job.
-    let run = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), None, |_| {}).await?;
+    let run = stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
+        .invoke(far(), None, |_| {})
+        .await?;
     assert_eq!(run.written.first().map(|c| c.number), Some(2));
     assert_eq!(stack.get(&prepared.key).await?.unwrap(), first);
     assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
@@ -143,7 +173,12 @@ async fn racing_invocations_are_fenced() -> Result<()> {
     let b = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
     let (ra, rb) = tokio::join!(a.invoke(far(), None, |_| {}), b.invoke(far(), None, |_| {}));
     let (ra, rb) = (ra?, rb?);
-    let mut numbers: Vec<u64> = ra.written.iter().chain(&rb.written).map(|c| c.number).collect();
+    let mut numbers: Vec<u64> = ra
+        .written
+        .iter()
+        .chain(&rb.written)
+        .map(|c| c.number)
+        .collect();
     numbers.sort();
     // Every chunk advanced by exactly one of the two.
     assert_eq!(numbers, (0..40).collect::<Vec<_>>());
@@ -156,10 +191,19 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
     let stack = Stack::start(false).await?;
     let source = tricky_source(95);
     stack.put(SOURCE_KEY, source.clone()).await?;
-    let run = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), Some(4), |_| {}).await?;
+    let run = stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
+        .invoke(far(), Some(4), |_| {})
+        .await?;
     assert_eq!((run.next_chunk, run.finished), (4, false));
-    let run = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), Some(2), |_| {}).await?;
-    assert_eq!(run.written.iter().map(|c| c.number).collect::<Vec<_>>(), vec![4, 5]);
+    let run = stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
+        .invoke(far(), Some(2), |_| {})
+        .await?;
+    assert_eq!(
+        run.written.iter().map(|c| c.number).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
 
     // The file changes under the cursor: refused, nothing more written.
     let mut changed = source.clone();
@@ -170,13 +214,19 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
         .invoke(far(), None, |_| {})
         .await
         .unwrap_err();
-    assert!(matches!(err, ChunkerError::Store(StoreError::SourceChanged { .. })), "{err}");
+    assert!(
+        matches!(err, ChunkerError::Store(StoreError::SourceChanged { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("refusing to mix two files"));
     assert_eq!(stack.list(STREAM).await?.len(), 6);
 
     // Restored: the run completes exactly.
     stack.put(SOURCE_KEY, source.clone()).await?;
-    stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?.invoke(far(), None, |_| {}).await?;
+    stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
+        .invoke(far(), None, |_| {})
+        .await?;
     assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
     Ok(())
 }
@@ -193,7 +243,11 @@ async fn paced_mode_emits_one_chunk_per_interval_within_budget() -> Result<()> {
     let t = Instant::now();
     let run = ctx.invoke(far(), None, |_| {}).await?;
     // Ticks at 0, 200, 400, 600, (800 if it fits): never past the 1 s budget.
-    assert!((3..=5).contains(&run.written.len()), "{}", run.written.len());
+    assert!(
+        (3..=5).contains(&run.written.len()),
+        "{}",
+        run.written.len()
+    );
     assert!(t.elapsed() < Duration::from_millis(1500));
     Ok(())
 }

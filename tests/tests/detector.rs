@@ -39,7 +39,7 @@ fn data() -> Result<Data> {
     })
 }
 
-fn with_source<'a>(key: &'a str) -> Vec<(&'a str, &'a str)> {
+fn with_source(key: &str) -> Vec<(&str, &str)> {
     let mut v = SMALL.to_vec();
     v.push(("TXPIPE_SOURCE_KEY", key));
     v
@@ -50,7 +50,10 @@ async fn chunk(stack: &Stack, key: &str, data: &Data) -> Result<Vec<String>> {
     stack.put(key, data.transactions.clone()).await?;
     stack.put(IMPORTANCE_KEY, data.importance.clone()).await?;
     let far = Instant::now() + Duration::from_secs(600);
-    let run = stack.chunker(&with_source(key))?.invoke(far, None, |_| {}).await?;
+    let run = stack
+        .chunker(&with_source(key))?
+        .invoke(far, None, |_| {})
+        .await?;
     assert!(run.finished);
     Ok(run.written.into_iter().map(|c| c.key).collect())
 }
@@ -247,7 +250,10 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
                 }));
             let mut failures = 0;
             for k in &chunk_keys {
-                if deliver(&mut detector, std::slice::from_ref(k)).await.is_err() {
+                if deliver(&mut detector, std::slice::from_ref(k))
+                    .await
+                    .is_err()
+                {
                     failures += 1;
                 }
             }
@@ -264,8 +270,15 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
             assert_eq!(got.batches, clean.batches, "{point:?} at {at}");
             assert_eq!(got.detections, clean.detections, "{point:?} at {at}");
             assert_eq!(
-                got.ledger.iter().map(|l| (l.0, l.2, l.3, l.4)).collect::<Vec<_>>(),
-                clean.ledger.iter().map(|l| (l.0, l.2, l.3, l.4)).collect::<Vec<_>>()
+                got.ledger
+                    .iter()
+                    .map(|l| (l.0, l.2, l.3, l.4))
+                    .collect::<Vec<_>>(),
+                clean
+                    .ledger
+                    .iter()
+                    .map(|l| (l.0, l.2, l.3, l.4))
+                    .collect::<Vec<_>>()
             );
             assert_eq!(got.rejected, clean.rejected);
             assert_eq!(got.transactions, clean.transactions);
@@ -283,7 +296,10 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
     let mut a = stack.detector(SMALL).await?;
     // An event for chunk 9 first: chunks 0..=9 are applied in order.
     let reply = deliver(&mut a, &keys[9..10]).await?;
-    assert_eq!(reply["streams"][0]["applied"].as_array().map(Vec::len), Some(10));
+    assert_eq!(
+        reply["streams"][0]["applied"].as_array().map(Vec::len),
+        Some(10)
+    );
     // Duplicates are no-ops.
     let reply = deliver(&mut a, &keys[3..5]).await?;
     assert_eq!(reply["streams"][0]["duplicate"], true);
@@ -340,10 +356,16 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
         .await?;
     let objects = stack.objects();
     use txpipe::store::ObjectStore;
-    let chunk0 = format!("{header}{good}1,'C2','2','M','28007','M1','28007','es_food',1.234,0\n2,'C3','2'\n{good}");
+    let chunk0 = format!(
+        "{header}{good}1,'C2','2','M','28007','M1','28007','es_food',1.234,0\n2,'C3','2'\n{good}"
+    );
     let chunk1 = "not,a,header\n1,2,3\n4,5,6\n".to_string();
     let chunk2 = format!("{header}{good}");
-    for (k, body, first, last) in [(0u64, chunk0, 1, false), (1, chunk1, 5, false), (2, chunk2, 7, true)] {
+    for (k, body, first, last) in [
+        (0u64, chunk0, 1, false),
+        (1, chunk1, 5, false),
+        (2, chunk2, 7, true),
+    ] {
         objects
             .put(
                 BUCKET,
@@ -359,7 +381,12 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
     let mut detector = stack.detector(&[]).await?;
     assert_eq!(detector.importance_rejected().len(), 1);
     detector.record_importance_rejects().await?;
-    let reply = handle_detector_event(&mut detector, &serde_json::json!({"hello": "world"}), |_| {}).await?;
+    let reply = handle_detector_event(
+        &mut detector,
+        &serde_json::json!({"hello": "world"}),
+        |_| {},
+    )
+    .await?;
     assert_eq!(reply["status"], "malformed");
     assert!(reply["error"].as_str().unwrap().contains("not an S3 event"));
     deliver(&mut detector, &[chunk_key(STREAM, 2)]).await?;
@@ -372,13 +399,19 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
         vec![(2, 2), (0, 2), (1, 0)]
     );
     let reasons: Vec<&str> = out.rejected.iter().map(|r| r.1.as_str()).collect();
-    assert_eq!(out.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 3, 5, 6]);
+    assert_eq!(
+        out.rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![2, 3, 5, 6]
+    );
     assert!(reasons[0].contains("amount"), "{reasons:?}");
     assert!(reasons[1].contains("fields"), "{reasons:?}");
     assert!(reasons[2].contains("header is unusable"), "{reasons:?}");
     let pg = stack.pg_client().await?;
     let n: i64 = pg
-        .query_one("SELECT count(*) FROM rejected_rows WHERE file = 'importance'", &[])
+        .query_one(
+            "SELECT count(*) FROM rejected_rows WHERE file = 'importance'",
+            &[],
+        )
         .await?
         .get(0);
     assert_eq!(n, 1);

@@ -20,18 +20,33 @@ async fn sample_events_drive_the_detector() -> Result<()> {
     stack.put(SOURCE_KEY, transactions).await?;
     stack.put(IMPORTANCE_KEY, importance).await?;
     // The schedule tick is an EventBridge event; the chunker takes any event as a tick.
-    let tick: aws_lambda_events::eventbridge::EventBridgeEvent = serde_json::from_value(event("schedule-tick.json")?)?;
+    let tick: aws_lambda_events::eventbridge::EventBridgeEvent =
+        serde_json::from_value(event("schedule-tick.json")?)?;
     assert_eq!(tick.detail_type, "Scheduled Event");
     let far = Instant::now() + Duration::from_secs(600);
     let run = stack.chunker(&[])?.invoke(far, None, |_| {}).await?;
     assert_eq!(run.written.len(), 5);
 
     let mut detector = stack.detector(&[]).await?;
-    let reply = handle_detector_event(&mut detector, &event("s3-put-chunk-3-out-of-order.json")?, |_| {}).await?;
-    assert_eq!(reply["streams"][0]["applied"], serde_json::json!([0, 1, 2, 3]));
-    let reply = handle_detector_event(&mut detector, &event("s3-put-chunk-0.json")?, |_| {}).await?;
+    let reply = handle_detector_event(
+        &mut detector,
+        &event("s3-put-chunk-3-out-of-order.json")?,
+        |_| {},
+    )
+    .await?;
+    assert_eq!(
+        reply["streams"][0]["applied"],
+        serde_json::json!([0, 1, 2, 3])
+    );
+    let reply =
+        handle_detector_event(&mut detector, &event("s3-put-chunk-0.json")?, |_| {}).await?;
     assert_eq!(reply["streams"][0]["duplicate"], true);
-    let reply = handle_detector_event(&mut detector, &event("s3-put-chunk-0-duplicate.json")?, |_| {}).await?;
+    let reply = handle_detector_event(
+        &mut detector,
+        &event("s3-put-chunk-0-duplicate.json")?,
+        |_| {},
+    )
+    .await?;
     assert_eq!(reply["streams"][0]["applied"], serde_json::json!([]));
     let reply = handle_detector_event(&mut detector, &event("garbage.json")?, |_| {}).await?;
     assert_eq!(reply["status"], "malformed");

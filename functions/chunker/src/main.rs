@@ -16,7 +16,10 @@ async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();
     let clients = AwsClients::from_env().await;
     let context = ChunkerContext::new(&clients, &Settings::from_env())?;
-    run(service_fn(|event: LambdaEvent<Value>| handle(&context, event))).await
+    run(service_fn(|event: LambdaEvent<Value>| {
+        handle(&context, event)
+    }))
+    .await
 }
 
 /// Any event works as a tick (the schedule's payload carries nothing we need).

@@ -15,7 +15,10 @@ async fn main() -> Result<(), Error> {
     let clients = AwsClients::from_env().await;
     // Loads CustomerImportance.csv once per container; state stays warm across events.
     let detector = Mutex::new(detector_from_env(&clients, &Settings::from_env()).await?);
-    run(service_fn(|event: LambdaEvent<Value>| handle(&detector, event))).await
+    run(service_fn(|event: LambdaEvent<Value>| {
+        handle(&detector, event)
+    }))
+    .await
 }
 
 async fn handle(detector: &Mutex<Detector>, event: LambdaEvent<Value>) -> Result<Value, Error> {

@@ -41,7 +41,8 @@ pub fn targets_from_event(event: &serde_json::Value) -> Result<EventTargets, Eve
     for record in &event.records {
         let name = record.event_name.as_deref().unwrap_or("");
         if !name.starts_with("ObjectCreated") {
-            out.ignored.push(format!("event {name:?} is not an object creation"));
+            out.ignored
+                .push(format!("event {name:?} is not an object creation"));
             continue;
         }
         let (Some(bucket), Some(raw_key)) = (&record.s3.bucket.name, &record.s3.object.key) else {
@@ -52,7 +53,8 @@ pub fn targets_from_event(event: &serde_json::Value) -> Result<EventTargets, Eve
         let key = match urlencoding::decode(&raw_key.replace('+', " ")) {
             Ok(key) => key.into_owned(),
             Err(e) => {
-                out.ignored.push(format!("key {raw_key:?} is not valid URL encoding: {e}"));
+                out.ignored
+                    .push(format!("key {raw_key:?} is not valid URL encoding: {e}"));
                 continue;
             }
         };
@@ -108,8 +110,16 @@ mod tests {
         assert_eq!(
             t.targets,
             vec![
-                ChunkTarget { bucket: "b".into(), stream: "chunks/my data/".into(), chunk: 3 },
-                ChunkTarget { bucket: "b".into(), stream: "chunks/my+data/".into(), chunk: 1 },
+                ChunkTarget {
+                    bucket: "b".into(),
+                    stream: "chunks/my data/".into(),
+                    chunk: 3
+                },
+                ChunkTarget {
+                    bucket: "b".into(),
+                    stream: "chunks/my+data/".into(),
+                    chunk: 1
+                },
             ]
         );
         assert_eq!(t.ignored.len(), 2);

@@ -211,10 +211,12 @@ impl Detector {
             key: key.clone(),
             why,
         };
-        let object = objects
-            .get(bucket, key)
-            .await?
-            .ok_or_else(|| importance_error("does not exist; upload CustomerImportance.csv there or set TXPIPE_IMPORTANCE_KEY".into()))?;
+        let object = objects.get(bucket, key).await?.ok_or_else(|| {
+            importance_error(
+                "does not exist; upload CustomerImportance.csv there or set TXPIPE_IMPORTANCE_KEY"
+                    .into(),
+            )
+        })?;
         let load = ImportanceTable::parse(&object.bytes)
             .map_err(|e: HeaderError| importance_error(e.to_string()))?;
         let fingerprint = format!(
@@ -278,7 +280,11 @@ impl Detector {
             attempts += 1;
             match self.try_catch_up(stream, upto).await {
                 Err(DetectorError::Contended { .. }) if attempts < COMMIT_ATTEMPTS => {
-                    tracing::warn!(stream, attempts, "commit lost to another writer; reloading state");
+                    tracing::warn!(
+                        stream,
+                        attempts,
+                        "commit lost to another writer; reloading state"
+                    );
                 }
                 Err(DetectorError::Contended { chunk, .. }) => {
                     return Err(DetectorError::Contended {
@@ -359,7 +365,10 @@ impl Detector {
                 )
                 .map_err(|e: CodecError| bad(format!("{key}: {e}")))?;
                 if engine.next_chunk() != s {
-                    return Err(bad(format!("{key} covers chunks 0..{}, not 0..{s}", engine.next_chunk())));
+                    return Err(bad(format!(
+                        "{key} covers chunks 0..{}, not 0..{s}",
+                        engine.next_chunk()
+                    )));
                 }
                 engine
             }
@@ -371,12 +380,11 @@ impl Detector {
             .await?
         {
             let delta = ChunkDelta::decode(&bytes).map_err(|e| bad(format!("delta {k}: {e}")))?;
-            engine
-                .apply_delta(&delta)
-                .map_err(|e| bad(e.to_string()))?;
+            engine.apply_delta(&delta).map_err(|e| bad(e.to_string()))?;
         }
-        let batcher = DetectionBatcher::restore(self.settings.per_file, head.next_batch, &head.pending)
-            .map_err(|e| bad(e.to_string()))?;
+        let batcher =
+            DetectionBatcher::restore(self.settings.per_file, head.next_batch, &head.pending)
+                .map_err(|e| bad(e.to_string()))?;
         Ok(StreamState {
             engine,
             head,
@@ -426,7 +434,10 @@ impl Detector {
                 tracing::error!(chunk = j, key, error = %source, "chunk header unusable; every row of the chunk is rejected");
                 st.engine
                     .reject_chunk(j, &object.bytes, first_row, &source.to_string())
-                    .map_err(|e| DetectorError::State { stream: stream.into(), why: e.to_string() })?
+                    .map_err(|e| DetectorError::State {
+                        stream: stream.into(),
+                        why: e.to_string(),
+                    })?
             }
             Err(e) => {
                 return Err(DetectorError::State {
@@ -456,7 +467,12 @@ impl Detector {
         let detections_prefix = s.detections_prefix(stream);
         for batch in &batches {
             self.objects
-                .put(&s.bucket, &batch.key(&detections_prefix), batch.to_jsonl(), &[])
+                .put(
+                    &s.bucket,
+                    &batch.key(&detections_prefix),
+                    batch.to_jsonl(),
+                    &[],
+                )
                 .await?;
         }
         millis.s3 = t.elapsed().as_millis() as u64;
@@ -495,7 +511,7 @@ impl Detector {
 
         let t = Instant::now();
         let mut snapshot_next = st.head.snapshot_next;
-        if last || (j + 1) % s.snapshot_every == 0 {
+        if last || (j + 1).is_multiple_of(s.snapshot_every) {
             self.objects
                 .put(
                     &s.bucket,

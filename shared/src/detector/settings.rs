@@ -28,7 +28,10 @@ impl DetectorSettings {
     /// too), `TXPIPE_IMPORTANCE_KEY`, `TXPIPE_ROWS_PER_CHUNK`,
     /// `TXPIPE_DETECTIONS_PER_FILE`, `TXPIPE_SNAPSHOT_EVERY` and the pattern thresholds.
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        let bucket = s.required("TXPIPE_BUCKET", "the pipeline bucket (chunks, detections, state)")?;
+        let bucket = s.required(
+            "TXPIPE_BUCKET",
+            "the pipeline bucket (chunks, detections, state)",
+        )?;
         Ok(DetectorSettings {
             importance_bucket: s
                 .string("TXPIPE_SOURCE_BUCKET")

@@ -79,14 +79,19 @@ pub async fn provision(
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| fail("creating the bucket", aws_sdk_s3::error::DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| {
+                fail(
+                    "creating the bucket",
+                    aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
     }
-    let tables = clients
-        .dynamodb
-        .list_tables()
-        .send()
-        .await
-        .map_err(|e| fail("listing tables", aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+    let tables = clients.dynamodb.list_tables().send().await.map_err(|e| {
+        fail(
+            "listing tables",
+            aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+        )
+    })?;
     if !tables.table_names().iter().any(|t| t == table) {
         let attr = |name: &str, kind| {
             AttributeDefinition::builder()
@@ -94,19 +99,33 @@ pub async fn provision(
                 .attribute_type(kind)
                 .build()
         };
-        let key = |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+        };
         clients
             .dynamodb
             .create_table()
             .table_name(table)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr("pk", ScalarAttributeType::S).map_err(|e| fail("table", e.to_string()))?)
-            .attribute_definitions(attr("sk", ScalarAttributeType::N).map_err(|e| fail("table", e.to_string()))?)
+            .attribute_definitions(
+                attr("pk", ScalarAttributeType::S).map_err(|e| fail("table", e.to_string()))?,
+            )
+            .attribute_definitions(
+                attr("sk", ScalarAttributeType::N).map_err(|e| fail("table", e.to_string()))?,
+            )
             .key_schema(key("pk", KeyType::Hash).map_err(|e| fail("table", e.to_string()))?)
             .key_schema(key("sk", KeyType::Range).map_err(|e| fail("table", e.to_string()))?)
             .send()
             .await
-            .map_err(|e| fail("creating the state table", aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| {
+                fail(
+                    "creating the state table",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
     }
     Ok(())
 }

@@ -56,7 +56,18 @@ impl LocalPostgres {
         let log = pg.dir.join("server.log");
         pg.run(
             "pg_ctl",
-            &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                path(&data),
+                "-o",
+                &options,
+                "-l",
+                path(&log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )?;
         pg.running = true;
         Ok(pg)
@@ -91,7 +102,16 @@ impl LocalPostgres {
         let log = self.dir.join("server.log");
         self.run(
             "pg_ctl",
-            &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "start"],
+            &[
+                "-D",
+                path(&data),
+                "-o",
+                &options,
+                "-l",
+                path(&log),
+                "-w",
+                "start",
+            ],
         )?;
         self.running = true;
         Ok(())
@@ -130,7 +150,10 @@ impl Drop for LocalPostgres {
     fn drop(&mut self) {
         if self.running {
             let data = self.dir.join("data");
-            let _ = self.run("pg_ctl", &["-D", path(&data), "-m", "immediate", "-w", "stop"]);
+            let _ = self.run(
+                "pg_ctl",
+                &["-D", path(&data), "-m", "immediate", "-w", "stop"],
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -189,6 +212,7 @@ fn find_bin() -> Result<PathBuf, LocalError> {
     versions.sort();
     versions.pop().ok_or_else(|| LocalError::Missing {
         what: "PostgreSQL server binaries (initdb, pg_ctl)",
-        hint: "run `make tools`, or install Debian's `postgresql` package, or set TXPIPE_PG_BIN".into(),
+        hint: "run `make tools`, or install Debian's `postgresql` package, or set TXPIPE_PG_BIN"
+            .into(),
     })
 }

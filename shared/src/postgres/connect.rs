@@ -143,7 +143,8 @@ impl PgSettings {
             .map_err(|_| fail("the secret is not JSON with username and password".into()))?;
         let field = |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_string);
         let user = field("username").ok_or_else(|| fail("the secret has no `username`".into()))?;
-        let password = field("password").ok_or_else(|| fail("the secret has no `password`".into()))?;
+        let password =
+            field("password").ok_or_else(|| fail("the secret has no `password`".into()))?;
         config.user(&user);
         config.password(password);
         if config.get_hosts().is_empty() {
@@ -199,7 +200,8 @@ impl PgSettings {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
             for cert in certs {
-                let cert = cert.map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
+                let cert =
+                    cert.map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
                 roots
                     .add(cert)
                     .map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;

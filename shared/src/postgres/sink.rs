@@ -88,16 +88,16 @@ impl ChunkSink for PgSink {
             self.requests.add(1);
             let (numbers, raws, reasons) = rejected_columns(rows);
             client
-                    .execute(
-                        "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, reason)
+                .execute(
+                    "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, reason)
                          SELECT 'importance', $1, r, NULL, w, why
                          FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(r, w, why)
                          ON CONFLICT (file, source, row_number)
                          DO UPDATE SET raw = EXCLUDED.raw, reason = EXCLUDED.reason",
-                        &[&file, &numbers, &raws, &reasons],
-                    )
-                    .await
-                    .map_err(PgError::db("recording rejected importance rows"))?;
+                    &[&file, &numbers, &raws, &reasons],
+                )
+                .await
+                .map_err(PgError::db("recording rejected importance rows"))?;
             Ok(())
         }
         .await;
@@ -123,42 +123,29 @@ async fn write_chunk(
 ) -> Result<(), PgError> {
     let stream = r.stream;
     let chunk = r.chunk as i64;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(PgError::db("BEGIN"))?;
+    let tx = client.transaction().await.map_err(PgError::db("BEGIN"))?;
     requests.add(1);
     tx.execute(
         "DELETE FROM transactions WHERE stream = $1 AND chunk = $2",
         &[&stream, &chunk],
     )
     .await
-    .map_err(PgError::db(format!("clearing transactions of chunk {chunk}")))?;
+    .map_err(PgError::db(format!(
+        "clearing transactions of chunk {chunk}"
+    )))?;
     requests.add(1);
     copy_transactions(&tx, r).await?;
     requests.add(1);
 
     // Independent statements, sent together: tokio-postgres pipelines them.
-    let (pattern, merchant, customer, action, seq, y_start, detected): (
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<i32>,
-        Vec<DateTime<Utc>>,
-        Vec<DateTime<Utc>>,
-    ) = {
-        let d = r.detections;
-        (
-            d.iter().map(|d| d.key.pattern.id()).collect(),
-            d.iter().map(|d| d.key.merchant.as_str()).collect(),
-            d.iter().map(|d| d.key.customer.as_str()).collect(),
-            d.iter().map(|d| d.key.pattern.action()).collect(),
-            (0..d.len() as i32).collect(),
-            d.iter().map(|d| d.y_start).collect(),
-            d.iter().map(|d| d.detected_at).collect(),
-        )
-    };
+    let d = r.detections;
+    let pattern: Vec<&str> = d.iter().map(|d| d.key.pattern.id()).collect();
+    let merchant: Vec<&str> = d.iter().map(|d| d.key.merchant.as_str()).collect();
+    let customer: Vec<&str> = d.iter().map(|d| d.key.customer.as_str()).collect();
+    let action: Vec<&str> = d.iter().map(|d| d.key.pattern.action()).collect();
+    let seq: Vec<i32> = (0..d.len() as i32).collect();
+    let y_start: Vec<DateTime<Utc>> = d.iter().map(|d| d.y_start).collect();
+    let detected: Vec<DateTime<Utc>> = d.iter().map(|d| d.detected_at).collect();
     let detection_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
         &stream, &chunk, &pattern, &merchant, &customer, &action, &seq, &y_start, &detected,
     ];
@@ -186,21 +173,12 @@ async fn write_chunk(
         rejected_params,
     );
     let p = r.pairs;
-    let (pm, pc, txns, amount, gender, weight): (
-        Vec<&str>,
-        Vec<&str>,
-        Vec<i64>,
-        Vec<String>,
-        Vec<&str>,
-        Vec<Option<String>>,
-    ) = (
-        p.iter().map(|p| p.merchant.as_str()).collect(),
-        p.iter().map(|p| p.customer.as_str()).collect(),
-        p.iter().map(|p| p.txns as i64).collect(),
-        p.iter().map(|p| cents_text(p.cents)).collect(),
-        p.iter().map(|p| p.gender.as_str()).collect(),
-        p.iter().map(|p| p.weight.map(weight_text)).collect(),
-    );
+    let pm: Vec<&str> = p.iter().map(|p| p.merchant.as_str()).collect();
+    let pc: Vec<&str> = p.iter().map(|p| p.customer.as_str()).collect();
+    let txns: Vec<i64> = p.iter().map(|p| p.txns as i64).collect();
+    let amount: Vec<String> = p.iter().map(|p| cents_text(p.cents)).collect();
+    let gender: Vec<&str> = p.iter().map(|p| p.gender.as_str()).collect();
+    let weight: Vec<Option<String>> = p.iter().map(|p| p.weight.map(weight_text)).collect();
     let stats_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
         &[&stream, &chunk, &pm, &pc, &txns, &amount, &gender, &weight];
     let stats = tx.execute(

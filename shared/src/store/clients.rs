@@ -27,7 +27,11 @@ impl AwsClients {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test", "test", None, None, "txpipe-local",
+                "test",
+                "test",
+                None,
+                None,
+                "txpipe-local",
             ))
             .endpoint_url(endpoint)
             .load()

@@ -66,7 +66,12 @@ impl DynamoTable {
         Ok(out.item)
     }
 
-    async fn put_if(&self, item: Item, condition: &str, values: Item) -> Result<Fenced, StoreError> {
+    async fn put_if(
+        &self,
+        item: Item,
+        condition: &str,
+        values: Item,
+    ) -> Result<Fenced, StoreError> {
         self.requests.add(1);
         let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned();
         let mut req = self
@@ -126,7 +131,10 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn missing(&self, name: &str, what: &str) -> StoreError {
-        StoreError::corrupt(self.at, format!("attribute `{name}` is missing or not {what}"))
+        StoreError::corrupt(
+            self.at,
+            format!("attribute `{name}` is missing or not {what}"),
+        )
     }
 
     fn u64(&self, name: &str) -> Result<u64, StoreError> {
@@ -194,7 +202,10 @@ fn cursor_item(c: &ChunkCursor) -> Item {
         ("source_key".into(), s(&c.source_key)),
         ("etag".into(), s(&c.etag)),
         ("size".into(), n(c.size)),
-        ("header".into(), AttributeValue::B(Blob::new(c.header.clone()))),
+        (
+            "header".into(),
+            AttributeValue::B(Blob::new(c.header.clone())),
+        ),
         ("next_chunk".into(), n(c.next_chunk)),
         ("offset".into(), n(c.offset)),
         ("rows_emitted".into(), n(c.rows_emitted)),
@@ -234,7 +245,10 @@ impl CursorStore for DynamoTable {
         let Some(item) = self.get_item(&at).await? else {
             return Ok(None);
         };
-        let f = Fields { item: &item, at: &at };
+        let f = Fields {
+            item: &item,
+            at: &at,
+        };
         Ok(Some(ChunkCursor {
             source_bucket: f.string("source_bucket")?,
             source_key: f.string("source_key")?,
@@ -274,7 +288,10 @@ impl StateStore for DynamoTable {
         let Some(item) = self.get_item(&at).await? else {
             return Ok(None);
         };
-        let f = Fields { item: &item, at: &at };
+        let f = Fields {
+            item: &item,
+            at: &at,
+        };
         Ok(Some(DetectorHead {
             stream: f.string("stream")?,
             next_chunk: f.u64("next_chunk")?,
@@ -373,7 +390,10 @@ impl StateStore for DynamoTable {
         if parts.len() as u64 > DELTA_PARTS {
             return Err(StoreError::corrupt(
                 delta_pk(&head.stream),
-                format!("delta of chunk {chunk} is {} bytes, over the limit", delta.len()),
+                format!(
+                    "delta of chunk {chunk} is {} bytes, over the limit",
+                    delta.len()
+                ),
             ));
         }
         let (condition, values) = match expected_version {
@@ -383,7 +403,8 @@ impl StateStore for DynamoTable {
                 Some(HashMap::from([(":v".to_string(), n(v))])),
             ),
         };
-        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::remote("building commit", e);
+        let build =
+            |e: aws_sdk_dynamodb::error::BuildError| StoreError::remote("building commit", e);
         let mut items = vec![TransactWriteItem::builder()
             .put(
                 Put::builder()

@@ -47,7 +47,14 @@ where
 impl ObjectStore for S3Store {
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError> {
         self.requests.add(1);
-        let out = match self.client.get_object().bucket(bucket).key(key).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) if status(&e) == Some(404) => return Ok(None),
             Err(e) => {
@@ -70,7 +77,14 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         self.requests.add(1);
-        match self.client.head_object().bucket(bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(ObjectInfo {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: out.e_tag().unwrap_or_default().to_string(),
