@@ -42,7 +42,7 @@ lint: rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: rust lint
+test: rust lint lint-infra
 	@$(TOOLS) && $(CARGO) test --workspace
 
 # Engine throughput on one core, then the pipeline's figures against local services.
