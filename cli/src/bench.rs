@@ -2,12 +2,11 @@
 //! chunker ms and requests per chunk over the whole file in burst mode, detector ms and
 //! requests per chunk, cold-start reload time, and peak memory.
 
-use crate::run::{BUCKET, TABLE};
-use anyhow::{Context, Result};
+use crate::run::{LocalStack, BUCKET, TABLE};
+use anyhow::Result;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use txpipe::config::Settings;
-use txpipe::local::{provision, LocalPostgres, MotoServer};
 use txpipe::service::{detector_from_env, handle_detector_event, ChunkerContext};
 use txpipe::store::clients::AwsClients;
 use txpipe::store::ObjectStore;
@@ -32,29 +31,20 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(data: &Path) -> Result<()> {
-    let moto = MotoServer::start()?;
-    let pg = LocalPostgres::start()?;
-    let clients = AwsClients::local(&moto.endpoint()).await;
-    provision(&clients, BUCKET, TABLE).await?;
+    let stack = LocalStack::start(data).await?;
+    let (moto, pg, clients) = (&stack.moto, &stack.pg, &stack.clients);
+    let pg_url = pg.url();
     let settings = Settings::from_pairs([
         ("TXPIPE_BUCKET", BUCKET),
         ("TXPIPE_STATE_TABLE", TABLE),
-        ("TXPIPE_PG_URL", pg.url().as_str()),
+        ("TXPIPE_PG_URL", pg_url.as_str()),
         ("TXPIPE_PG_SSLMODE", "disable"),
         ("TXPIPE_CHUNK_INTERVAL_MS", "0"),
         ("TXPIPE_CHUNKER_BUDGET_SECS", "900"),
     ]);
-    let objects = txpipe::store::s3::S3Store::new(clients.s3.clone(), Default::default());
-    for name in ["transactions.csv", "CustomerImportance.csv"] {
-        let path = data.join(name);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        objects
-            .put(BUCKET, &format!("input/{name}"), bytes, &[])
-            .await?;
-    }
 
     // Mechanism X over the whole file, burst mode.
-    let chunker = ChunkerContext::new(&clients, &settings)?;
+    let chunker = ChunkerContext::new(clients, &settings)?;
     let before = chunker.requests.get();
     let started = Instant::now();
     let run = chunker
@@ -92,8 +82,7 @@ pub async fn run(data: &Path) -> Result<()> {
         .env("TXPIPE_PG_SSLMODE", "disable")
         .status()?;
     anyhow::ensure!(status.success(), "detector phase failed: {status}");
-    drop(pg);
-    drop(moto);
+    drop(stack);
     Ok(())
 }
 
@@ -108,6 +97,7 @@ pub async fn detector_phase() -> Result<()> {
     let mut detector = detector_from_env(&clients, &settings).await?;
     let mut millis = Vec::new();
     let mut requests = Vec::new();
+    let mut delta_kib = Vec::new();
     let started = Instant::now();
     let mut reload_mid = None;
     for (i, key) in keys.iter().enumerate() {
@@ -124,10 +114,16 @@ pub async fn detector_phase() -> Result<()> {
         handle_detector_event(&mut detector, &event, |a| {
             millis.push(a.millis.total as f64);
             requests.push(a.requests as f64);
+            delta_kib.push(a.delta_bytes as f64 / 1024.0);
         })
         .await?;
     }
     let detect_wall = started.elapsed();
+    println!(
+        "state     delta per chunk: p50 {:.1} KiB, max {:.1} KiB (DynamoDB item, LZ4)",
+        percentile(&delta_kib, 0.5),
+        percentile(&delta_kib, 1.0)
+    );
     println!(
         "detector  {} chunks in {:.2} s: p50 {:.0} ms/chunk, p99 {:.0} ms, remote requests/chunk p50 {:.0} max {:.0}",
         millis.len(),

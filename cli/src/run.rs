@@ -18,12 +18,52 @@ use txpipe::config::{rows_per_chunk, Settings};
 use txpipe::local::{provision, LocalPostgres, MotoServer};
 use txpipe::service::{detector_from_env, handle_detector_event, ChunkerContext};
 use txpipe::store::clients::AwsClients;
+use txpipe::store::s3::S3Store;
 use txpipe::store::ObjectStore;
 
 /// Bucket of the local run.
 pub const BUCKET: &str = "txpipe-local";
 /// State table of the local run.
 pub const TABLE: &str = "txpipe-local-state";
+
+/// moto and Postgres on loopback, with the bucket, the table and the two input files
+/// in place. Dropping it stops both.
+pub struct LocalStack {
+    /// Clients for moto.
+    pub clients: AwsClients,
+    /// S3 on moto.
+    pub objects: S3Store,
+    /// Postgres (dropped after the clients that use it).
+    pub pg: LocalPostgres,
+    /// moto.
+    pub moto: MotoServer,
+}
+
+impl LocalStack {
+    /// Starts the services and uploads `data/transactions.csv` and
+    /// `data/CustomerImportance.csv` under `input/`.
+    pub async fn start(data: &std::path::Path) -> Result<Self> {
+        let moto = MotoServer::start()?;
+        let pg = LocalPostgres::start()?;
+        let clients = AwsClients::local(&moto.endpoint()).await;
+        provision(&clients, BUCKET, TABLE).await?;
+        let objects = S3Store::new(clients.s3.clone(), Default::default());
+        for name in ["transactions.csv", "CustomerImportance.csv"] {
+            let path = data.join(name);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            objects
+                .put(BUCKET, &format!("input/{name}"), bytes, &[])
+                .await?;
+        }
+        Ok(LocalStack {
+            clients,
+            objects,
+            pg,
+            moto,
+        })
+    }
+}
 
 /// How fast chunks are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,41 +192,30 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         }
     };
     let transactions_path = opts.data.join("transactions.csv");
-    let importance_path = opts.data.join("CustomerImportance.csv");
     let transactions = std::fs::read(&transactions_path)
         .with_context(|| format!("reading {}", transactions_path.display()))?;
-    let importance = std::fs::read(&importance_path)
-        .with_context(|| format!("reading {}", importance_path.display()))?;
 
     say("starting moto (S3 + DynamoDB) and a throwaway Postgres on loopback…");
-    let moto = MotoServer::start()?;
-    let pg = LocalPostgres::start()?;
-    let clients = AwsClients::local(&moto.endpoint()).await;
-    provision(&clients, BUCKET, TABLE).await?;
-    let settings = local_settings(&opts, &pg.url());
+    let stack = LocalStack::start(&opts.data).await?;
+    let settings = local_settings(&opts, &stack.pg.url());
     let expected_chunks = split_source(&transactions, rows_per_chunk(&settings)?)
         .map(|c| c.len() as u64)
         .unwrap_or(0);
-    let objects = txpipe::store::s3::S3Store::new(clients.s3.clone(), Default::default());
-    objects
-        .put(BUCKET, "input/transactions.csv", transactions, &[])
-        .await?;
-    objects
-        .put(BUCKET, "input/CustomerImportance.csv", importance, &[])
-        .await?;
+    drop(transactions);
     say(&format!(
         "moto at {}, Postgres at {}; {} chunks to go ({})",
-        moto.endpoint(),
-        pg.url(),
+        stack.moto.endpoint(),
+        stack.pg.url(),
         expected_chunks,
         match opts.rate {
             Rate::Paced(d) => format!("one every {d:?}"),
             Rate::Max => "as fast as possible".into(),
         }
     ));
+    let clients = &stack.clients;
 
-    let chunker = ChunkerContext::new(&clients, &settings)?;
-    let mut detector = detector_from_env(&clients, &settings).await?;
+    let chunker = ChunkerContext::new(clients, &settings)?;
+    let mut detector = detector_from_env(clients, &settings).await?;
     detector.record_importance_rejects().await?;
     let progress = Arc::new(Progress::default());
     let (events, mut incoming) = mpsc::unbounded_channel::<String>();
@@ -280,14 +309,10 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     for i in 0..3 {
         summary.detections[i] = progress.detections[i].load(Ordering::Relaxed);
     }
-    export_outputs(&objects, &opts.out).await?;
+    export_outputs(&stack.objects, &opts.out).await?;
     if opts.view != View::Quiet {
-        print_summary(
-            &summary,
-            &read_status(&clients, &settings).await?.render(),
-            &moto,
-            &pg,
-        );
+        let status = read_status(clients, &settings).await?.render();
+        print_summary(&summary, &status, &stack.moto, &stack.pg);
     }
     if opts.keep && !summary.interrupted {
         eprintln!("services kept running; press Ctrl-C to stop them");
@@ -295,13 +320,12 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     say("stopping moto and Postgres");
     drop(detector); // closes its Postgres connection before the server goes away
-    drop(pg);
-    drop(moto);
+    drop(stack);
     Ok(summary)
 }
 
 /// Copies the detection files out of moto into `out/detections/`.
-async fn export_outputs(objects: &txpipe::store::s3::S3Store, out: &std::path::Path) -> Result<()> {
+async fn export_outputs(objects: &S3Store, out: &std::path::Path) -> Result<()> {
     let dir = out.join("detections");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -439,18 +463,8 @@ pub fn default_view() -> View {
 /// `txpipe run --services-only`: starts moto and Postgres, uploads the data, prints the
 /// environment for `cargo lambda watch` / `txpipe status`, and waits for Ctrl-C.
 pub async fn serve(data: &std::path::Path) -> Result<()> {
-    let moto = MotoServer::start()?;
-    let pg = LocalPostgres::start()?;
-    let clients = AwsClients::local(&moto.endpoint()).await;
-    provision(&clients, BUCKET, TABLE).await?;
-    let objects = txpipe::store::s3::S3Store::new(clients.s3.clone(), Default::default());
-    for name in ["transactions.csv", "CustomerImportance.csv"] {
-        let path = data.join(name);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        objects
-            .put(BUCKET, &format!("input/{name}"), bytes, &[])
-            .await?;
-    }
+    let stack = LocalStack::start(data).await?;
+    let (moto, pg) = (&stack.moto, &stack.pg);
     println!("export AWS_ENDPOINT_URL={}", moto.endpoint());
     println!("export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1");
     println!("export TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE}");

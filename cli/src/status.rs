@@ -111,14 +111,7 @@ pub async fn read_status(clients: &AwsClients, s: &Settings) -> Result<Status> {
     let requests = RequestCounter::default();
     let chunker = ChunkerSettings::from_settings(s)?;
     let detector = DetectorSettings::from_settings(s)?;
-    let table = DynamoTable::new(
-        clients.dynamodb.clone(),
-        s.required(
-            "TXPIPE_STATE_TABLE",
-            "the DynamoDB table for cursor and state",
-        )?,
-        requests.clone(),
-    );
+    let table = DynamoTable::from_settings(clients.dynamodb.clone(), s, requests.clone())?;
     let objects = S3Store::new(clients.s3.clone(), requests);
     let stream = stream_prefix(&chunker.chunk_prefix, &chunker.source_key);
     let mut status = Status {

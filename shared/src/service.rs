@@ -48,14 +48,7 @@ impl ChunkerContext {
         let requests = RequestCounter::default();
         Ok(ChunkerContext {
             objects: S3Store::new(clients.s3.clone(), requests.clone()),
-            table: DynamoTable::new(
-                clients.dynamodb.clone(),
-                s.required(
-                    "TXPIPE_STATE_TABLE",
-                    "the DynamoDB table for cursor and state",
-                )?,
-                requests.clone(),
-            ),
+            table: DynamoTable::from_settings(clients.dynamodb.clone(), s, requests.clone())?,
             settings: ChunkerSettings::from_settings(s)?,
             requests,
         })
@@ -121,14 +114,11 @@ pub fn deadline_from_epoch_ms(deadline_ms: u64, margin: Duration) -> Instant {
 pub async fn detector_from_env(clients: &AwsClients, s: &Settings) -> Result<Detector, SetupError> {
     let requests = RequestCounter::default();
     let objects = Arc::new(S3Store::new(clients.s3.clone(), requests.clone()));
-    let table = Arc::new(DynamoTable::new(
+    let table = Arc::new(DynamoTable::from_settings(
         clients.dynamodb.clone(),
-        s.required(
-            "TXPIPE_STATE_TABLE",
-            "the DynamoDB table for cursor and state",
-        )?,
+        s,
         requests.clone(),
-    ));
+    )?);
     let pg = PgSettings::from_settings(s)?.ok_or_else(|| {
         PgError::Settings(
             "set TXPIPE_PG_URL (postgres://user:password@host:port/db) or TXPIPE_PG_SECRET_ARN"

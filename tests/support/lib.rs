@@ -174,3 +174,18 @@ pub fn temp_dir(name: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// The identities (patternId, MerchantId, customerName) in a JSON Lines detection file.
+pub fn batch_identities(text: &str) -> Result<Vec<(String, String, String)>> {
+    text.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)?;
+            let field = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+            Ok((
+                field("patternId"),
+                field("MerchantId"),
+                field("customerName"),
+            ))
+        })
+        .collect()
+}

@@ -94,14 +94,7 @@ async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
     let mut batches = BTreeMap::new();
     for key in stack.list(&format!("detections/{name}")).await? {
         let text = String::from_utf8(stack.get(&key).await?.unwrap_or_default())?;
-        let ids = text
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                let s = |f: &str| v[f].as_str().unwrap_or_default().to_string();
-                (s("patternId"), s("MerchantId"), s("customerName"))
-            })
-            .collect();
+        let ids = batch_identities(&text)?;
         batches.insert(key.rsplit('/').next().unwrap_or_default().to_string(), ids);
     }
     let pg = stack.pg_client().await?;

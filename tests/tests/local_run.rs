@@ -8,7 +8,7 @@ use txpipe::engine::Engine;
 use txpipe::parse::ImportanceTable;
 use txpipe::replay::replay;
 use txpipe_cli::run::{run, Rate, RunOptions, View};
-use txpipe_e2e::{generate, temp_dir};
+use txpipe_e2e::{batch_identities, generate, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_run_in_burst_mode_equals_replay() -> Result<()> {
@@ -54,14 +54,7 @@ async fn local_run_in_burst_mode_equals_replay() -> Result<()> {
     files.sort();
     assert_eq!(files.len(), want.batches.len());
     for (path, batch) in files.iter().zip(&want.batches) {
-        let got: Vec<(String, String, String)> = std::fs::read_to_string(path)?
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                let s = |f: &str| v[f].as_str().unwrap_or_default().to_string();
-                (s("patternId"), s("MerchantId"), s("customerName"))
-            })
-            .collect();
+        let got = batch_identities(&std::fs::read_to_string(path)?)?;
         let expect: Vec<(String, String, String)> = batch
             .detections
             .iter()

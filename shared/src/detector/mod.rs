@@ -129,6 +129,8 @@ pub struct AppliedChunk {
     pub batches: u64,
     /// Remote requests made for this chunk (S3, DynamoDB, Postgres round trips).
     pub requests: u64,
+    /// Size of the chunk's stored state delta, in bytes (it drives DynamoDB write cost).
+    pub delta_bytes: u64,
     /// Whether this was the end-of-stream chunk.
     pub last: bool,
     /// Chunks known to exist after this one when it was applied (lag).
@@ -539,11 +541,8 @@ impl Detector {
             updated_ms: Utc::now().timestamp_millis(),
         };
         let expected = (st.head.version > 0).then_some(st.head.version);
-        match self
-            .state
-            .commit(&head, expected, j, &outcome.delta.encode())
-            .await?
-        {
+        let delta = outcome.delta.encode();
+        match self.state.commit(&head, expected, j, &delta).await? {
             Fenced::Written => {}
             Fenced::Lost => {
                 return Err(DetectorError::Contended {
@@ -570,6 +569,7 @@ impl Detector {
             detections: per_pattern,
             batches: batches.len() as u64,
             requests: self.requests.get() - requests_before,
+            delta_bytes: delta.len() as u64,
             last,
             behind: newest.saturating_sub(j),
             millis,

@@ -91,7 +91,7 @@ impl LocalPostgres {
         Ok(())
     }
 
-    /// Starts a paused server again on the same port.
+    /// Starts the server (again, after a pause) on its port.
     pub fn resume(&mut self) -> Result<(), LocalError> {
         let data = self.dir.join("data");
         let options = format!(

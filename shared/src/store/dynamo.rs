@@ -46,6 +46,19 @@ impl DynamoTable {
         }
     }
 
+    /// The table `TXPIPE_STATE_TABLE` names.
+    pub fn from_settings(
+        client: aws_sdk_dynamodb::Client,
+        s: &crate::config::Settings,
+        requests: RequestCounter,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let table = s.required(
+            "TXPIPE_STATE_TABLE",
+            "the DynamoDB table for cursor and state",
+        )?;
+        Ok(DynamoTable::new(client, table, requests))
+    }
+
     /// The table name.
     pub fn table(&self) -> &str {
         &self.table
