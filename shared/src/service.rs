@@ -103,11 +103,18 @@ impl ChunkerContext {
 }
 
 /// The deadline of a Lambda invocation (epoch milliseconds) as an [`Instant`], less a
-/// safety margin.
+/// safety margin of `margin` or a quarter of the time left, whichever is smaller (so a
+/// short timeout still leaves room to work).
 pub fn deadline_from_epoch_ms(deadline_ms: u64, margin: Duration) -> Instant {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
-    Instant::now() + left.saturating_sub(margin)
+    // Lambda sends epoch milliseconds; cargo-lambda's local emulator sends the timeout
+    // itself (e.g. 600000). Anything before 2001 cannot be an epoch deadline.
+    let left = if deadline_ms < 978_307_200_000 {
+        Duration::from_millis(deadline_ms)
+    } else {
+        Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+    };
+    Instant::now() + left - margin.min(left / 4)
 }
 
 /// Builds the detector from the environment: stores, Postgres sink, importance table.
@@ -231,4 +238,32 @@ pub async fn handle_detector_event(
         }));
     }
     Ok(json!({"status": "ok", "streams": streams, "ignored": targets.ignored}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_accepts_epoch_and_emulator_forms() {
+        let now_ms = chrono::Utc::now().timestamp_millis() as u64;
+        let left = |d: Instant| d.saturating_duration_since(Instant::now()).as_millis();
+        // 60 s left on AWS: a 3 s margin.
+        let d = deadline_from_epoch_ms(now_ms + 60_000, Duration::from_secs(3));
+        assert!((56_000..=57_000).contains(&left(d)), "{}", left(d));
+        // 2 s left: a quarter of it is kept back instead.
+        let d = deadline_from_epoch_ms(now_ms + 2_000, Duration::from_secs(3));
+        assert!((1_000..=1_500).contains(&left(d)), "{}", left(d));
+        // cargo-lambda's emulator: the timeout itself.
+        let d = deadline_from_epoch_ms(600_000, Duration::from_secs(3));
+        assert!((596_000..=597_000).contains(&left(d)), "{}", left(d));
+        // Already past: nothing left, no panic.
+        assert_eq!(
+            left(deadline_from_epoch_ms(
+                now_ms - 5_000,
+                Duration::from_secs(3)
+            )),
+            0
+        );
+    }
 }

@@ -25,6 +25,12 @@ async fn main() -> Result<(), Error> {
 /// Any event works as a tick (the schedule's payload carries nothing we need).
 async fn handle(context: &ChunkerContext, event: LambdaEvent<Value>) -> Result<Value, Error> {
     let deadline = deadline_from_epoch_ms(event.context.deadline, MARGIN);
+    tracing::info!(
+        budget_ms = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .as_millis() as u64,
+        "schedule tick"
+    );
     let run = context.invoke(deadline, None, |_| {}).await?;
     Ok(json!({
         "chunks": run.written.iter().map(|c| c.number).collect::<Vec<_>>(),
