@@ -134,14 +134,20 @@ pub async fn detector_from_env(clients: &AwsClients, s: &Settings) -> Result<Det
     })?;
     let secrets = aws_sdk_secretsmanager::Client::new(&clients.config);
     let sink: Arc<dyn ChunkSink> = Arc::new(PgSink::new(pg, secrets, requests.clone()));
+    let chunker = ChunkerSettings::from_settings(s)?;
     let detector = Detector::new(
         objects,
-        table,
+        table.clone(),
         sink,
         requests,
         DetectorSettings::from_settings(s)?,
     )
-    .await?;
+    .await?
+    .with_lag_probe(
+        table,
+        crate::store::ChunkCursor::source_id(&chunker.source_bucket, &chunker.source_key),
+        chunker.stream(),
+    );
     if !detector.importance_rejected().is_empty() {
         tracing::warn!(
             rejected = detector.importance_rejected().len(),

@@ -19,7 +19,9 @@ use crate::chunker::{META_FIRST_ROW, META_LAST};
 use crate::detection::Detection;
 use crate::engine::{ApplyError, ChunkDelta, CodecError, Engine};
 use crate::parse::{HeaderError, ImportanceTable, RejectedRow, TransactionReader};
-use crate::store::{DetectorHead, Fenced, ObjectStore, RequestCounter, StateStore, StoreError};
+use crate::store::{
+    CursorStore, DetectorHead, Fenced, ObjectStore, RequestCounter, StateStore, StoreError,
+};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,7 +135,8 @@ pub struct AppliedChunk {
     pub delta_bytes: u64,
     /// Whether this was the end-of-stream chunk.
     pub last: bool,
-    /// Chunks known to exist after this one when it was applied (lag).
+    /// Chunks the chunker had created beyond this one when the invocation ended
+    /// (lag; from the cursor when a lag probe is set, else from the event).
     pub behind: u64,
     /// Milliseconds per step: read, apply, S3 outputs, sink, snapshot, commit, total.
     pub millis: StepMillis,
@@ -192,6 +195,14 @@ pub struct Detector {
     fingerprint: String,
     warm: HashMap<String, StreamState>,
     fault: Option<FaultHook>,
+    lag_probe: Option<LagProbe>,
+}
+
+/// Where to read how many chunks the chunker has created, to report lag.
+struct LagProbe {
+    cursors: Arc<dyn CursorStore>,
+    source_id: String,
+    stream: String,
 }
 
 /// Commit attempts before giving up on a contended stream.
@@ -237,12 +248,29 @@ impl Detector {
             fingerprint,
             warm: HashMap::new(),
             fault: None,
+            lag_probe: None,
         })
     }
 
     /// Installs a fault hook (tests).
     pub fn with_fault_hook(mut self, hook: FaultHook) -> Self {
         self.fault = Some(hook);
+        self
+    }
+
+    /// Reports lag against the chunker's cursor for `source_id` (one read per
+    /// invocation that applied chunks of `stream`).
+    pub fn with_lag_probe(
+        mut self,
+        cursors: Arc<dyn CursorStore>,
+        source_id: String,
+        stream: String,
+    ) -> Self {
+        self.lag_probe = Some(LagProbe {
+            cursors,
+            source_id,
+            stream,
+        });
         self
     }
 
@@ -328,6 +356,19 @@ impl Detector {
         }
         report.next_chunk = st.head.next_chunk;
         self.warm.insert(stream.to_string(), st);
+        if let Some(probe) = self.lag_probe.as_ref().filter(|p| p.stream == stream) {
+            if !report.applied.is_empty() {
+                // Lag is a report, not a duty: a failed read keeps the event's figure.
+                if let Ok(Some(cursor)) = probe.cursors.load_cursor(&probe.source_id).await {
+                    for a in &mut report.applied {
+                        a.behind = cursor.next_chunk.saturating_sub(a.chunk + 1);
+                    }
+                }
+                if let Some(last) = report.applied.last_mut() {
+                    last.requests += 1; // the cursor read
+                }
+            }
+        }
         Ok(report)
     }
 
