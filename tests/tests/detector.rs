@@ -410,3 +410,40 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
     assert_eq!(n, 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_rolls_the_whole_chunk_back() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let data = data()?;
+    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let mut detector = stack.detector(SMALL).await?;
+    deliver(&mut detector, &keys[0..1]).await?;
+    // Make the last pipelined upsert fail for chunk 1: the COMMIT sent after it must
+    // not keep the transactions copied before it.
+    let pg = stack.pg_client().await?;
+    pg.batch_execute("ALTER TABLE chunks ADD CONSTRAINT no_chunk_1 CHECK (chunk <> 1)")
+        .await?;
+    assert!(deliver(&mut detector, &keys[1..2]).await.is_err());
+    let count = |sql: &'static str| {
+        let pg = &pg;
+        async move { pg.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0)) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM transactions WHERE chunk = 1").await?,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM detections WHERE chunk = 1").await?,
+        0
+    );
+    assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 1);
+    pg.batch_execute("ALTER TABLE chunks DROP CONSTRAINT no_chunk_1")
+        .await?;
+    deliver(&mut detector, &keys[1..2]).await?;
+    assert_eq!(
+        count("SELECT count(*) FROM transactions WHERE chunk = 1").await?,
+        2000
+    );
+    assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 2);
+    Ok(())
+}

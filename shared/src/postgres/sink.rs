@@ -12,15 +12,69 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::SinkExt;
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, Statement};
 
 /// Writes chunks to Postgres.
 pub struct PgSink {
     settings: PgSettings,
     secrets: aws_sdk_secretsmanager::Client,
-    client: Mutex<Option<Client>>,
+    client: Mutex<Option<Connection>>,
     requests: RequestCounter,
 }
+
+/// A migrated connection with the per-chunk statements prepared, so each execution
+/// is sent at once (no prepare round trip) and pipelined statements keep their order.
+struct Connection {
+    client: Client,
+    clear: Statement,
+    copy: Statement,
+    detections: Statement,
+    rejected: Statement,
+    stats: Statement,
+    ledger: Statement,
+}
+
+const CLEAR_SQL: &str = "DELETE FROM transactions WHERE stream = $1 AND chunk = $2";
+
+const COPY_SQL: &str = "COPY transactions (stream, chunk, row_number, customer_name, merchant_id,
+                                           gender, amount, weight, raw) FROM STDIN";
+
+const DETECTIONS_SQL: &str =
+    "INSERT INTO detections (stream, pattern_id, merchant_id, customer_name, action_type,
+                             chunk, seq_in_chunk, y_start_time, detection_time)
+     SELECT $1, p, m, c, a, $2, s, ys, dt
+     FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
+                 $8::timestamptz[], $9::timestamptz[]) AS t(p, m, c, a, s, ys, dt)
+     ON CONFLICT (stream, pattern_id, merchant_id, customer_name) DO UPDATE
+     SET y_start_time = EXCLUDED.y_start_time, detection_time = EXCLUDED.detection_time,
+         seq_in_chunk = EXCLUDED.seq_in_chunk
+     WHERE detections.chunk = EXCLUDED.chunk";
+
+const REJECTED_SQL: &str =
+    "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, reason)
+     SELECT 'transactions', $1, n, $2, w, why
+     FROM unnest($3::bigint[], $4::text[], $5::text[]) AS t(n, w, why)
+     ON CONFLICT (file, source, row_number)
+     DO UPDATE SET chunk = EXCLUDED.chunk, raw = EXCLUDED.raw, reason = EXCLUDED.reason";
+
+const STATS_SQL: &str =
+    "INSERT INTO customer_stats (stream, merchant_id, customer_name, txns, amount,
+                                 avg_amount, gender, weight, last_chunk)
+     SELECT $1, m, c, n, a::numeric, round(a::numeric / n, 6), g, w::numeric, $2
+     FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])
+          AS t(m, c, n, a, g, w)
+     ON CONFLICT (stream, merchant_id, customer_name) DO UPDATE
+     SET txns = EXCLUDED.txns, amount = EXCLUDED.amount, avg_amount = EXCLUDED.avg_amount,
+         gender = EXCLUDED.gender, weight = EXCLUDED.weight, last_chunk = EXCLUDED.last_chunk
+     WHERE customer_stats.last_chunk <= EXCLUDED.last_chunk";
+
+const LEDGER_SQL: &str =
+    "INSERT INTO chunks (stream, chunk, key, rows, rejected, detections, started_at, finished_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+     ON CONFLICT (stream, chunk) DO UPDATE
+     SET key = EXCLUDED.key, rows = EXCLUDED.rows, rejected = EXCLUDED.rejected,
+         detections = EXCLUDED.detections, started_at = EXCLUDED.started_at,
+         finished_at = EXCLUDED.finished_at";
 
 impl PgSink {
     /// A sink that connects on first use. `secrets` is used only if the settings name
@@ -44,8 +98,11 @@ impl PgSink {
         self.ensure(&mut guard).await.map(|_| ())
     }
 
-    async fn ensure<'g>(&self, slot: &'g mut Option<Client>) -> Result<&'g mut Client, PgError> {
-        if slot.as_ref().is_some_and(Client::is_closed) {
+    async fn ensure<'g>(
+        &self,
+        slot: &'g mut Option<Connection>,
+    ) -> Result<&'g mut Connection, PgError> {
+        if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
             *slot = None;
         }
         if slot.is_none() {
@@ -55,7 +112,32 @@ impl PgSink {
             if !applied.is_empty() {
                 tracing::info!(?applied, "applied Postgres migrations");
             }
-            *slot = Some(client);
+            let prepare = |sql: &'static str| {
+                let client = &client;
+                async move {
+                    client
+                        .prepare(sql)
+                        .await
+                        .map_err(PgError::db("preparing statements"))
+                }
+            };
+            let (clear, copy, detections, rejected, stats, ledger) = futures_util::try_join!(
+                prepare(CLEAR_SQL),
+                prepare(COPY_SQL),
+                prepare(DETECTIONS_SQL),
+                prepare(REJECTED_SQL),
+                prepare(STATS_SQL),
+                prepare(LEDGER_SQL)
+            )?;
+            *slot = Some(Connection {
+                client,
+                clear,
+                copy,
+                detections,
+                rejected,
+                stats,
+                ledger,
+            });
         }
         slot.as_mut()
             .ok_or_else(|| PgError::Settings("no connection".into()))
@@ -84,7 +166,7 @@ impl ChunkSink for PgSink {
     ) -> Result<(), SinkError> {
         let mut guard = self.client.lock().await;
         let result = async {
-            let client = self.ensure(&mut guard).await?;
+            let client = &self.ensure(&mut guard).await?.client;
             self.requests.add(1);
             let (numbers, raws, reasons) = rejected_columns(rows);
             client
@@ -117,25 +199,25 @@ fn rejected_columns(rows: &[RejectedRow]) -> (Vec<i64>, Vec<String>, Vec<String>
 }
 
 async fn write_chunk(
-    client: &mut Client,
+    conn: &mut Connection,
     r: &ChunkRecord<'_>,
     requests: &RequestCounter,
 ) -> Result<(), PgError> {
+    // The transaction is driven by hand so statements can be pipelined: BEGIN with the
+    // DELETE, and COMMIT with the upserts (one round trip each). If any statement
+    // fails, Postgres turns the COMMIT into a rollback, and the caller drops the
+    // connection, so nothing partial is ever kept.
+    let tx: &Client = &conn.client;
     let stream = r.stream;
     let chunk = r.chunk as i64;
-    let tx = client.transaction().await.map_err(PgError::db("BEGIN"))?;
-    requests.add(1);
-    tx.execute(
-        "DELETE FROM transactions WHERE stream = $1 AND chunk = $2",
-        &[&stream, &chunk],
-    )
-    .await
-    .map_err(PgError::db(format!(
+    let clear_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&stream, &chunk];
+    let clear = tx.execute(&conn.clear, clear_params);
+    futures_util::try_join!(tx.batch_execute("BEGIN"), clear).map_err(PgError::db(format!(
         "clearing transactions of chunk {chunk}"
     )))?;
     requests.add(1);
-    copy_transactions(&tx, r).await?;
-    requests.add(1);
+    copy_transactions(tx, &conn.copy, r).await?;
+    requests.add(2); // COPY → CopyInResponse, then data → CommandComplete
 
     // Independent statements, sent together: tokio-postgres pipelines them.
     let d = r.detections;
@@ -149,29 +231,11 @@ async fn write_chunk(
     let detection_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
         &stream, &chunk, &pattern, &merchant, &customer, &action, &seq, &y_start, &detected,
     ];
-    let detections = tx.execute(
-        "INSERT INTO detections (stream, pattern_id, merchant_id, customer_name, action_type,
-                                 chunk, seq_in_chunk, y_start_time, detection_time)
-         SELECT $1, p, m, c, a, $2, s, ys, dt
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-                     $8::timestamptz[], $9::timestamptz[]) AS t(p, m, c, a, s, ys, dt)
-         ON CONFLICT (stream, pattern_id, merchant_id, customer_name) DO UPDATE
-         SET y_start_time = EXCLUDED.y_start_time, detection_time = EXCLUDED.detection_time,
-             seq_in_chunk = EXCLUDED.seq_in_chunk
-         WHERE detections.chunk = EXCLUDED.chunk",
-        detection_params,
-    );
+    let detections = tx.execute(&conn.detections, detection_params);
     let (numbers, raws, reasons) = rejected_columns(r.rejected);
     let rejected_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
         &[&stream, &chunk, &numbers, &raws, &reasons];
-    let rejected = tx.execute(
-        "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, reason)
-         SELECT 'transactions', $1, n, $2, w, why
-         FROM unnest($3::bigint[], $4::text[], $5::text[]) AS t(n, w, why)
-         ON CONFLICT (file, source, row_number)
-         DO UPDATE SET chunk = EXCLUDED.chunk, raw = EXCLUDED.raw, reason = EXCLUDED.reason",
-        rejected_params,
-    );
+    let rejected = tx.execute(&conn.rejected, rejected_params);
     let p = r.pairs;
     let pm: Vec<&str> = p.iter().map(|p| p.merchant.as_str()).collect();
     let pc: Vec<&str> = p.iter().map(|p| p.customer.as_str()).collect();
@@ -181,18 +245,7 @@ async fn write_chunk(
     let weight: Vec<Option<String>> = p.iter().map(|p| p.weight.map(weight_text)).collect();
     let stats_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
         &[&stream, &chunk, &pm, &pc, &txns, &amount, &gender, &weight];
-    let stats = tx.execute(
-        "INSERT INTO customer_stats (stream, merchant_id, customer_name, txns, amount,
-                                     avg_amount, gender, weight, last_chunk)
-         SELECT $1, m, c, n, a::numeric, round(a::numeric / n, 6), g, w::numeric, $2
-         FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])
-              AS t(m, c, n, a, g, w)
-         ON CONFLICT (stream, merchant_id, customer_name) DO UPDATE
-         SET txns = EXCLUDED.txns, amount = EXCLUDED.amount, avg_amount = EXCLUDED.avg_amount,
-             gender = EXCLUDED.gender, weight = EXCLUDED.weight, last_chunk = EXCLUDED.last_chunk
-         WHERE customer_stats.last_chunk <= EXCLUDED.last_chunk",
-        stats_params,
-    );
+    let stats = tx.execute(&conn.stats, stats_params);
     let detection_count = r.detections.len() as i64;
     let (rows, rejected_count) = (r.rows as i64, r.rejected_count as i64);
     let ledger_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
@@ -204,27 +257,21 @@ async fn write_chunk(
         &detection_count,
         &r.started,
     ];
-    let ledger = tx.execute(
-        "INSERT INTO chunks (stream, chunk, key, rows, rejected, detections, started_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-         ON CONFLICT (stream, chunk) DO UPDATE
-         SET key = EXCLUDED.key, rows = EXCLUDED.rows, rejected = EXCLUDED.rejected,
-             detections = EXCLUDED.detections, started_at = EXCLUDED.started_at,
-             finished_at = EXCLUDED.finished_at",
-        ledger_params,
-    );
-    futures_util::try_join!(detections, rejected, stats, ledger)
+    let ledger = tx.execute(&conn.ledger, ledger_params);
+    // Polled last, so sent after the four executions above.
+    let commit = tx.batch_execute("COMMIT");
+    futures_util::try_join!(detections, rejected, stats, ledger, commit)
         .map_err(PgError::db(format!("writing chunk {chunk}")))?;
-    requests.add(1);
-    tx.commit()
-        .await
-        .map_err(PgError::db(format!("committing chunk {chunk}")))?;
     requests.add(1);
     Ok(())
 }
 
 /// Bulk-loads the chunk's valid rows with COPY (text format).
-async fn copy_transactions(tx: &Transaction<'_>, r: &ChunkRecord<'_>) -> Result<(), PgError> {
+async fn copy_transactions(
+    tx: &Client,
+    copy: &Statement,
+    r: &ChunkRecord<'_>,
+) -> Result<(), PgError> {
     let mut buf = String::with_capacity(r.transactions.len() * 160);
     for t in r.transactions {
         let fields = [
@@ -242,10 +289,7 @@ async fn copy_transactions(tx: &Transaction<'_>, r: &ChunkRecord<'_>) -> Result<
         buf.push('\n');
     }
     let sink = tx
-        .copy_in(
-            "COPY transactions (stream, chunk, row_number, customer_name, merchant_id, gender,
-                                amount, weight, raw) FROM STDIN",
-        )
+        .copy_in(copy)
         .await
         .map_err(PgError::db("starting COPY transactions"))?;
     futures_util::pin_mut!(sink);
