@@ -64,11 +64,10 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let mut all =
         std::io::BufWriter::new(std::fs::File::create(args.out.join("detections.jsonl"))?);
     for d in &out.detections {
-        let mut line = serde_json::to_value(d.to_json())?;
-        if let Some(obj) = line.as_object_mut() {
-            obj.insert("chunk".into(), d.chunk.into());
-        }
-        writeln!(all, "{line}")?;
+        // SPEC §5's fields in their order, then the chunk that produced the detection.
+        let line = d.to_json_line();
+        let body = line.strip_suffix('}').unwrap_or(&line);
+        writeln!(all, "{body},\"chunk\":{}}}", d.chunk)?;
     }
     all.flush()?;
     for batch in &out.batches {
