@@ -12,7 +12,7 @@ TOOLS := eval "$$(tests/ensure-tools.sh)"
 
 # Rust cannot be fetched on this network; say so clearly.
 rust:
-	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.85+ (https://rustup.rs)"; exit 1; }
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.87+ (https://rustup.rs)"; exit 1; }
 
 # moto[server] (pip, into .tools/venv) and the PostgreSQL server (apt), if missing.
 tools:
