@@ -380,12 +380,16 @@ fn print_summary(s: &RunSummary, status: &str, moto: &MotoServer, pg: &LocalPost
         "  psql {} -c 'SELECT pattern_id, count(*) FROM detections GROUP BY 1'",
         pg.url()
     );
+    let creds = "AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1";
     eprintln!(
-        "  aws --endpoint-url {} s3 ls s3://{BUCKET}/detections/ --recursive",
+        "  {creds} aws --endpoint-url {} s3 ls s3://{BUCKET}/detections/ --recursive",
         moto.endpoint()
     );
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "txpipe".into());
     eprintln!(
-        "  AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_PG_URL={} TXPIPE_PG_SSLMODE=disable txpipe status",
+        "  {creds} AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_PG_URL={} TXPIPE_PG_SSLMODE=disable {me} status",
         moto.endpoint(),
         pg.url()
     );
