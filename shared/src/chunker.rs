@@ -457,3 +457,30 @@ impl<'a> Chunker<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_defaults_and_burst_mode() {
+        let s = ChunkerSettings::from_settings(&Settings::from_pairs([("TXPIPE_BUCKET", "b")]))
+            .unwrap();
+        assert_eq!(
+            (s.source_bucket.as_str(), s.source_key.as_str()),
+            ("b", "input/transactions.csv")
+        );
+        assert_eq!(s.interval, Some(Duration::from_secs(1)));
+        assert_eq!(s.budget, Duration::from_secs(55));
+        assert_eq!(s.rows_per_chunk, 10_000);
+        assert_eq!(s.stream(), "chunks/input-transactions/");
+        let burst = ChunkerSettings::from_settings(&Settings::from_pairs([
+            ("TXPIPE_BUCKET", "b"),
+            ("TXPIPE_CHUNK_INTERVAL_MS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(burst.interval, None);
+        let err = ChunkerSettings::from_settings(&Settings::from_pairs([])).unwrap_err();
+        assert!(err.to_string().contains("TXPIPE_BUCKET"));
+    }
+}

@@ -165,6 +165,37 @@ async fn crash_between_put_and_cursor_rewrites_the_same_chunk() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cursor_condition_fences_a_second_writer() -> Result<()> {
+    // The race made deterministic: two containers read the same cursor, both write
+    // chunk 0 (same key, same bytes), both try to advance; exactly one wins.
+    let stack = Stack::start(false).await?;
+    stack.put(SOURCE_KEY, tricky_source(25)).await?;
+    let a = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+    let b = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+    let mut ca = Chunker::new(&a.objects, &a.table, a.settings.clone());
+    let mut cb = Chunker::new(&b.objects, &b.table, b.settings.clone());
+    let cursor = ca.open().await?;
+    assert_eq!(cb.open().await?, cursor);
+    let first = ca.step(&cursor).await?;
+    assert!(matches!(first, txpipe::chunker::Step::Written(ref c, _) if c.number == 0));
+    match cb.step(&cursor).await? {
+        txpipe::chunker::Step::Lost(stored) => assert_eq!(stored.next_chunk, 1),
+        other => panic!("the second writer must lose the condition, got {other:?}"),
+    }
+    // The loser continues from the stored cursor: no gap, no duplicate.
+    let run = b.invoke(far(), None, |_| {}).await?;
+    assert_eq!(
+        run.written.iter().map(|c| c.number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        stored_chunks(&stack).await?,
+        expected(&tricky_source(25), 10)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_invocations_are_fenced() -> Result<()> {
     let stack = Stack::start(false).await?;
     let source = tricky_source(400);

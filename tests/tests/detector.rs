@@ -315,6 +315,13 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
     assert_eq!(got.batches, clean.batches);
     assert_eq!(got.detections, clean.detections);
     assert_eq!(got.stats, clean.stats);
+
+    // Other thresholds on the same stream are refused, not mixed in.
+    let mut changed = SMALL.to_vec();
+    changed.push(("TXPIPE_CHILD_MIN_TXNS", "81"));
+    let mut other = stack.detector(&changed).await?;
+    let err = other.catch_up(STREAM, 0).await.unwrap_err();
+    assert!(err.to_string().contains("was built with settings"), "{err}");
     Ok(())
 }
 

@@ -49,27 +49,7 @@ impl LocalPostgres {
                 "--no-locale",
             ],
         )?;
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            path(&pg.dir)
-        );
-        let log = pg.dir.join("server.log");
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&data),
-                "-o",
-                &options,
-                "-l",
-                path(&log),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        )?;
-        pg.running = true;
+        pg.resume()?;
         Ok(pg)
     }
 
@@ -94,8 +74,9 @@ impl LocalPostgres {
     /// Starts the server (again, after a pause) on its port.
     pub fn resume(&mut self) -> Result<(), LocalError> {
         let data = self.dir.join("data");
+        // Durability is pointless for a throwaway cluster; speed is not.
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             self.port,
             path(&self.dir)
         );
@@ -110,6 +91,8 @@ impl LocalPostgres {
                 "-l",
                 path(&log),
                 "-w",
+                "-t",
+                "60",
                 "start",
             ],
         )?;

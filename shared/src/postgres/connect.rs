@@ -260,3 +260,65 @@ impl ServerCertVerifier for EncryptOnly {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&'static str, &'static str)]) -> Result<Option<PgSettings>, PgError> {
+        PgSettings::from_settings(&Settings::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn url_secret_and_ssl_modes() {
+        assert!(settings(&[]).unwrap().is_none());
+        let url = settings(&[("TXPIPE_PG_URL", "postgres://u:p@h:5433/d?sslmode=disable")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(url.ssl(), SslMode::Disable);
+        assert_eq!(url.config.get_ports(), &[5433]);
+        let secret = settings(&[
+            (
+                "TXPIPE_PG_SECRET_ARN",
+                "arn:aws:secretsmanager:r:1:secret:x",
+            ),
+            ("TXPIPE_PG_HOST", "db"),
+            ("TXPIPE_PG_SSLMODE", "verify-full"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(secret.ssl(), SslMode::VerifyFull);
+        assert!(secret.tls_config().is_ok());
+        // Debug never shows a password.
+        let with_password = settings(&[("TXPIPE_PG_URL", "postgres://u:hunter2@h/d")])
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{with_password:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_fix() {
+        let err = settings(&[
+            ("TXPIPE_PG_URL", "postgres://h"),
+            ("TXPIPE_PG_SSLMODE", "maybe"),
+        ])
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("TXPIPE_PG_SSLMODE"));
+        let err = settings(&[("TXPIPE_PG_URL", "postgres://h"), ("TXPIPE_PG_PORT", "x")])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("TXPIPE_PG_PORT"));
+        let err = settings(&[
+            ("TXPIPE_PG_URL", "postgres://h"),
+            ("TXPIPE_PG_SSLMODE", "verify-full"),
+            ("TXPIPE_PG_CA_FILE", "/nonexistent.pem"),
+        ])
+        .unwrap()
+        .unwrap()
+        .tls_config()
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("TXPIPE_PG_CA_FILE"));
+    }
+}

@@ -150,20 +150,12 @@ impl Fields<'_> {
         )
     }
 
-    fn u64(&self, name: &str) -> Result<u64, StoreError> {
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T, StoreError> {
         self.item
             .get(name)
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| self.missing(name, "a whole number"))
-    }
-
-    fn i64(&self, name: &str) -> Result<i64, StoreError> {
-        self.item
-            .get(name)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| self.missing(name, "a number"))
+            .ok_or_else(|| self.missing(name, "a number of the expected range"))
     }
 
     fn string(&self, name: &str) -> Result<String, StoreError> {
@@ -266,11 +258,11 @@ impl CursorStore for DynamoTable {
             source_bucket: f.string("source_bucket")?,
             source_key: f.string("source_key")?,
             etag: f.string("etag")?,
-            size: f.u64("size")?,
+            size: f.number("size")?,
             header: f.bytes("header")?,
-            next_chunk: f.u64("next_chunk")?,
-            offset: f.u64("offset")?,
-            rows_emitted: f.u64("rows_emitted")?,
+            next_chunk: f.number("next_chunk")?,
+            offset: f.number("offset")?,
+            rows_emitted: f.number("rows_emitted")?,
             finished: f.flag("finished")?,
         }))
     }
@@ -307,22 +299,22 @@ impl StateStore for DynamoTable {
         };
         Ok(Some(DetectorHead {
             stream: f.string("stream")?,
-            next_chunk: f.u64("next_chunk")?,
-            version: f.u64("version")?,
+            next_chunk: f.number("next_chunk")?,
+            version: f.number("version")?,
             snapshot_next: match item.contains_key("snapshot_next") {
-                true => Some(f.u64("snapshot_next")?),
+                true => Some(f.number("snapshot_next")?),
                 false => None,
             },
-            next_batch: f.u64("next_batch")?,
+            next_batch: f.number("next_batch")?,
             pending: f.string("pending")?,
             finished: f.flag("finished")?,
             fingerprint: f.string("fingerprint")?,
             totals: Totals {
-                rows: f.u64("rows")?,
-                rejected: f.u64("rejected")?,
-                detections: [f.u64("det1")?, f.u64("det2")?, f.u64("det3")?],
+                rows: f.number("rows")?,
+                rejected: f.number("rejected")?,
+                detections: [f.number("det1")?, f.number("det2")?, f.number("det3")?],
             },
-            updated_ms: f.i64("updated_ms")?,
+            updated_ms: f.number("updated_ms")?,
         }))
     }
 
@@ -357,7 +349,7 @@ impl StateStore for DynamoTable {
                 })?;
             for item in out.items() {
                 let f = Fields { item, at: &pk };
-                let sk = f.u64("sk")?;
+                let sk: u64 = f.number("sk")?;
                 let body = f.bytes("body")?;
                 let chunk = sk / DELTA_PARTS;
                 match chunks.last_mut() {
