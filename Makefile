@@ -47,7 +47,7 @@ test: rust lint lint-infra
 
 # Engine throughput on one core, then the pipeline's figures against local services.
 bench: data
-	@$(TOOLS) && TXPIPE_BENCH_DATA=$(CURDIR)/$(DATA) taskset -c 0 $(CARGO) bench -p txpipe --bench engine
+	@$(TOOLS) && TXPIPE_BENCH_DATA=$(CURDIR)/$(DATA) taskset -c 0 $(CARGO) bench -p txpipe-core --bench engine
 	@$(TOOLS) && $(BIN) bench --data $(DATA)
 
 -include infra/infra.mk

@@ -3,10 +3,10 @@
 
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
-use txpipe::chunk::stream_prefix;
 use txpipe::chunker::ChunkerSettings;
 use txpipe::config::Settings;
 use txpipe::detector::DetectorSettings;
+use txpipe::layout::stream_prefix;
 use txpipe::postgres::PgSettings;
 use txpipe::store::clients::AwsClients;
 use txpipe::store::dynamo::DynamoTable;

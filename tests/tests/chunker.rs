@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use std::time::{Duration, Instant};
-use txpipe::chunk::{chunk_key, split_source};
 use txpipe::chunker::{Chunker, ChunkerError};
+use txpipe::cutting::split_source;
+use txpipe::layout::chunk_key;
 use txpipe::store::StoreError;
 use txpipe_e2e::*;
 

@@ -14,10 +14,10 @@ pub use outputs::{ChunkRecord, ChunkSink, PairRow, ProcessedRow, SinkError};
 pub use settings::DetectorSettings;
 
 use crate::batch::DetectionBatcher;
-use crate::chunk::chunk_key;
 use crate::chunker::{META_FIRST_ROW, META_LAST};
 use crate::detection::Detection;
 use crate::engine::{ApplyError, ChunkDelta, CodecError, Engine};
+use crate::layout::chunk_key;
 use crate::parse::{HeaderError, ImportanceTable, RejectedRow, TransactionReader};
 use crate::store::{
     CursorStore, DetectorHead, Fenced, ObjectStore, RequestCounter, StateStore, StoreError,

@@ -1,6 +1,6 @@
 //! From an S3 event to the chunks it names.
 
-use crate::chunk::parse_chunk_key;
+use crate::layout::parse_chunk_key;
 use aws_lambda_events::s3::S3Event;
 use std::collections::BTreeMap;
 

@@ -3,8 +3,9 @@
 //! and the chunk number, so a crash between the two steps rewrites the same object
 //! with the same bytes; two overlapping runs are fenced by the cursor condition.
 
-use crate::chunk::{chunk_key, cut_rows, read_header, stream_prefix, Cut};
 use crate::config::{rows_per_chunk, ConfigError, Settings};
+use crate::cutting::{cut_rows, read_header, Cut};
+use crate::layout::{chunk_key, stream_prefix};
 use crate::parse::HeaderError;
 use crate::store::{ChunkCursor, CursorStore, Fenced, ObjectStore, StoreError};
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
-//! Chunks (SPEC §2): cutting exactly R data rows out of transactions.csv, and naming
-//! chunk objects so the key depends only on the source and the chunk number.
+//! Cutting exactly R data rows out of transactions.csv into chunks, from a byte buffer
+//! that may end anywhere (the chunker's ranged reads) or from a whole file (replay).
 
 use crate::parse::csv_scan::{next_record, strip_bom};
 use crate::parse::header::ColumnMap;
@@ -108,39 +108,6 @@ pub fn cut_rows(buf: &[u8], want: u64, at_eof: bool) -> Cut {
     } else {
         Cut::NeedMore
     }
-}
-
-/// The key of chunk `k` under a stream prefix: `<prefix><k, 8 digits>.csv`.
-pub fn chunk_key(prefix: &str, k: u64) -> String {
-    format!("{prefix}{k:08}.csv")
-}
-
-/// Splits a chunk key into its stream prefix and chunk number.
-pub fn parse_chunk_key(key: &str) -> Option<(&str, u64)> {
-    let slash = key.rfind('/')?;
-    let (prefix, file) = key.split_at(slash + 1);
-    let digits = file.strip_suffix(".csv")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((prefix, digits.parse().ok()?))
-}
-
-/// The stream prefix for a source object: `<chunk_prefix><source key without extension,
-/// '/' replaced by '-'>/`, so two sources never share chunk keys.
-pub fn stream_prefix(chunk_prefix: &str, source_key: &str) -> String {
-    let stem = source_key.strip_suffix(".csv").unwrap_or(source_key);
-    let name: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("{chunk_prefix}{name}/")
 }
 
 /// One chunk cut from an in-memory source, for offline replay and tests.
@@ -308,16 +275,5 @@ mod tests {
         let chunks = split_source(text.as_bytes(), 1).unwrap();
         assert_eq!(chunks.len(), 2);
         assert!(String::from_utf8_lossy(&chunks[0].bytes).contains("\"C\n1\""));
-    }
-
-    #[test]
-    fn keys_round_trip() {
-        let prefix = stream_prefix("chunks/", "input/transactions.csv");
-        assert_eq!(prefix, "chunks/input-transactions/");
-        let key = chunk_key(&prefix, 42);
-        assert_eq!(key, "chunks/input-transactions/00000042.csv");
-        assert_eq!(parse_chunk_key(&key), Some((prefix.as_str(), 42)));
-        assert_eq!(parse_chunk_key("chunks/x/abc.csv"), None);
-        assert_eq!(parse_chunk_key("nochunk"), None);
     }
 }

@@ -1,13 +1,13 @@
 //! Engine throughput: parse + apply + detect over a whole data set, one thread.
 //!
 //! `make bench` generates the default data set first. Run directly with
-//! `TXPIPE_BENCH_DATA=dir cargo bench -p txpipe --bench engine`.
+//! `TXPIPE_BENCH_DATA=dir cargo bench -p txpipe-core --bench engine`.
 //! Reports medians over several full replays (shared machines are noisy).
 
 use std::sync::Arc;
 use std::time::Instant;
-use txpipe::chunk::split_source;
-use txpipe::{Engine, ImportanceTable, PatternConfig};
+use txpipe_core::cutting::split_source;
+use txpipe_core::{Engine, ImportanceTable, PatternConfig};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -3,7 +3,7 @@
 //! command.
 
 use crate::batch::{DetectionBatch, DetectionBatcher};
-use crate::chunk::split_source;
+use crate::cutting::split_source;
 use crate::detection::Detection;
 use crate::engine::{ApplyError, Engine};
 use crate::parse::{HeaderError, RejectedRow};

@@ -12,22 +12,17 @@
 
 #![warn(missing_docs)]
 
-pub mod batch;
-pub mod chunk;
 pub mod chunker;
-pub mod config;
-pub mod detection;
 pub mod detector;
-pub mod engine;
 pub mod local;
 pub mod metrics;
-pub mod parse;
-pub mod percentile;
 pub mod postgres;
-pub mod replay;
 pub mod service;
 pub mod store;
-pub mod weight;
+
+pub use txpipe_core::{
+    batch, config, cutting, detection, engine, layout, parse, percentile, replay, weight,
+};
 
 pub use config::PatternConfig;
 pub use detection::{Detection, DetectionKey, PatternId};

@@ -1,0 +1,30 @@
+//! txpipe-core: the pure, synchronous heart of txpipe. Bytes in, results out; no
+//! network, no clock reads, no async.
+//!
+//! - [`parse`]: reading transactions.csv and CustomerImportance.csv, rejecting bad rows
+//!   with reasons;
+//! - [`cutting`]: cutting exactly R rows out of a source into chunks;
+//! - [`layout`]: the keys chunks and outputs are stored under;
+//! - [`engine`]: the running stats and the three patterns, with its compact state
+//!   codec (deltas and snapshots);
+//! - [`detection`], [`batch`]: detection records and their grouping into S3 files;
+//! - [`config`]: thresholds and settings with their defaults;
+//! - [`replay`]: the whole logic over an in-memory source, the offline reference.
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod config;
+pub mod cutting;
+pub mod detection;
+pub mod engine;
+pub mod layout;
+pub mod parse;
+pub mod percentile;
+pub mod replay;
+pub mod weight;
+
+pub use config::PatternConfig;
+pub use detection::{Detection, DetectionKey, PatternId};
+pub use engine::{ChunkDelta, ChunkOutcome, Engine};
+pub use parse::{ImportanceTable, RejectedRow};
