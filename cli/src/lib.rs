@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod invoke;
 pub mod replay_cmd;
 pub mod run;
 pub mod status;

@@ -76,6 +76,20 @@ enum Command {
     /// Show where a deployment stands (cursor, detector head, S3 files, Postgres rows),
     /// from the same environment variables the Lambdas read.
     Status,
+    /// Run one invocation of a Lambda function here: the same handler code, configured
+    /// from the same environment variables (AWS_*, TXPIPE_*) as the deployed function.
+    /// Prints the function's JSON answer.
+    Invoke {
+        /// The function.
+        #[arg(value_enum)]
+        function: txpipe_cli::invoke::Function,
+        /// The event, as a JSON file (the chunker takes any event; default `{}`).
+        #[arg(long)]
+        event: Option<PathBuf>,
+        /// Seconds the invocation may take, as the function's timeout.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Measure the pipeline against local services: ms and remote requests per chunk
     /// for both functions, cold-start reload time, peak memory.
     Bench {
@@ -151,6 +165,19 @@ fn main() -> Result<()> {
             } else {
                 runtime.block_on(txpipe_cli::bench::run(&data))?;
             }
+        }
+        Command::Invoke {
+            function,
+            event,
+            timeout,
+        } => {
+            init_logs();
+            let answer = tokio::runtime::Runtime::new()?.block_on(txpipe_cli::invoke::invoke(
+                function,
+                event.as_deref(),
+                std::time::Duration::from_secs(timeout),
+            ))?;
+            println!("{answer}");
         }
         Command::Status => {
             init_logs();

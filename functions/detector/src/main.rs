@@ -3,25 +3,23 @@
 
 use lambda_runtime::{run, service_fn, tracing, Error, LambdaEvent};
 use serde_json::Value;
-use tokio::sync::Mutex;
-use txpipe::config::Settings;
-use txpipe::detector::Detector;
-use txpipe::service::{detector_from_env, handle_detector_event};
-use txpipe::store::clients::AwsClients;
+use std::time::Duration;
+use txpipe::service::{deadline_from_epoch_ms, DetectorService};
+
+/// Time kept back from the invocation's deadline to commit the chunk in hand and return.
+const MARGIN: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();
-    let clients = AwsClients::from_env().await;
     // Loads CustomerImportance.csv once per container; state stays warm across events.
-    let detector = Mutex::new(detector_from_env(&clients, &Settings::from_env()).await?);
+    let service = DetectorService::from_env().await?;
     run(service_fn(|event: LambdaEvent<Value>| {
-        handle(&detector, event)
+        let service = &service;
+        async move {
+            let deadline = deadline_from_epoch_ms(event.context.deadline, MARGIN);
+            Ok::<_, Error>(service.handle(&event.payload, deadline).await?)
+        }
     }))
     .await
-}
-
-async fn handle(detector: &Mutex<Detector>, event: LambdaEvent<Value>) -> Result<Value, Error> {
-    let mut detector = detector.lock().await;
-    Ok(handle_detector_event(&mut detector, &event.payload, |_| {}).await?)
 }

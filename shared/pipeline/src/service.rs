@@ -246,6 +246,90 @@ pub async fn handle_detector_event(
     Ok(json!({"status": "ok", "streams": streams, "ignored": targets.ignored}))
 }
 
+/// The chunker as the Lambda runs it: built once per container from the environment,
+/// then one [`ChunkerService::handle`] per schedule tick.
+pub struct ChunkerService {
+    context: ChunkerContext,
+}
+
+/// What one chunker invocation answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChunkerResponse {
+    /// Chunks this invocation wrote, in order.
+    pub chunks: Vec<u64>,
+    /// The cursor's next chunk afterwards.
+    pub next_chunk: u64,
+    /// Whether the source is fully chunked.
+    pub finished: bool,
+    /// Times another invocation moved the cursor first.
+    pub lost_races: u64,
+}
+
+impl ChunkerService {
+    /// Reads the process environment and AWS configuration, as the Lambda does.
+    pub async fn from_env() -> Result<Self, SetupError> {
+        let clients = AwsClients::from_env().await;
+        Self::new(&clients, &Settings::from_env())
+    }
+
+    /// A chunker over explicit clients and settings.
+    pub fn new(clients: &AwsClients, settings: &Settings) -> Result<Self, SetupError> {
+        Ok(ChunkerService {
+            context: ChunkerContext::new(clients, settings)?,
+        })
+    }
+
+    /// One tick: any event works (the schedule's payload carries nothing we need).
+    /// Emits chunks until `deadline`.
+    pub async fn handle(
+        &self,
+        _event: &Value,
+        deadline: Instant,
+    ) -> Result<ChunkerResponse, ChunkerError> {
+        tracing::info!(
+            budget_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+            "schedule tick"
+        );
+        let run = self.context.invoke(deadline, None, |_| {}).await?;
+        Ok(ChunkerResponse {
+            chunks: run.written.iter().map(|c| c.number).collect(),
+            next_chunk: run.next_chunk,
+            finished: run.finished,
+            lost_races: run.lost_races,
+        })
+    }
+}
+
+/// The detector as the Lambda runs it: built once per container (importance table
+/// loaded, warm state kept between events), then one [`DetectorService::handle`] per
+/// S3 event.
+pub struct DetectorService {
+    detector: tokio::sync::Mutex<Detector>,
+}
+
+impl DetectorService {
+    /// Reads the process environment and AWS configuration, as the Lambda does.
+    pub async fn from_env() -> Result<Self, SetupError> {
+        let clients = AwsClients::from_env().await;
+        Self::new(&clients, &Settings::from_env()).await
+    }
+
+    /// A detector over explicit clients and settings.
+    pub async fn new(clients: &AwsClients, settings: &Settings) -> Result<Self, SetupError> {
+        Ok(DetectorService {
+            detector: tokio::sync::Mutex::new(detector_from_env(clients, settings).await?),
+        })
+    }
+
+    /// One S3 event: applies the chunks it names (and any before them) in order.
+    pub async fn handle(&self, event: &Value, _deadline: Instant) -> Result<Value, DetectorError> {
+        let mut detector = self.detector.lock().await;
+        handle_detector_event(&mut detector, event, |_| {}).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
