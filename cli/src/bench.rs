@@ -2,14 +2,18 @@
 //! chunker ms and requests per chunk over the whole file in burst mode, detector ms and
 //! requests per chunk, cold-start reload time, and peak memory.
 
-use crate::run::{LocalStack, BUCKET, TABLE};
+use crate::run::start_stack;
 use anyhow::Result;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use txpipe::config::Settings;
-use txpipe::service::{detector_from_env, handle_detector_event, ChunkerContext};
-use txpipe::store::clients::AwsClients;
-use txpipe::store::ObjectStore;
+use txpipe::aws::AwsClients;
+use txpipe::chunker::ChunkerService;
+use txpipe::config::{Config, EnvVars};
+use txpipe::detector::DetectorService;
+use txpipe::layout::stream_for_source;
+use txpipe::setup::Stores;
+use txpipe_testkit::events::object_created;
+use txpipe_testkit::stack::BUCKET;
 
 fn percentile(values: &[f64], q: f64) -> f64 {
     let mut v = values.to_vec();
@@ -31,24 +35,19 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(data: &Path) -> Result<()> {
-    let stack = LocalStack::start(data).await?;
-    let (moto, pg, clients) = (&stack.moto, &stack.pg, &stack.clients);
-    let pg_url = pg.url();
-    let settings = Settings::from_pairs([
-        ("TXPIPE_BUCKET", BUCKET),
-        ("TXPIPE_STATE_TABLE", TABLE),
-        ("TXPIPE_PG_URL", pg_url.as_str()),
-        ("TXPIPE_PG_SSLMODE", "disable"),
-        ("TXPIPE_CHUNK_INTERVAL_MS", "0"),
-        ("TXPIPE_CHUNKER_BUDGET_SECS", "900"),
-    ]);
+    let stack = start_stack(data).await?;
+    let mut env = stack.env();
+    env.set("TXPIPE_CHUNK_INTERVAL_MS", "0");
+    env.set("TXPIPE_CHUNKER_BUDGET_SECS", "900");
+    let config = Config::from_vars(&env)?;
 
-    // Mechanism X over the whole file, burst mode.
-    let chunker = ChunkerContext::new(clients, &settings)?;
-    let before = chunker.requests.get();
+    // The chunker over the whole file, burst mode.
+    let stores = Stores::aws(&stack.clients, &config);
+    let chunker = ChunkerService::new(stores.clone(), &config);
+    let before = stores.requests.get();
     let started = Instant::now();
     let run = chunker
-        .invoke(Instant::now() + Duration::from_secs(900), None, |_| {})
+        .run(Instant::now() + Duration::from_secs(900), None)
         .await?;
     let chunk_wall = started.elapsed();
     let chunk_ms: Vec<f64> = run
@@ -57,7 +56,7 @@ pub async fn run(data: &Path) -> Result<()> {
         .map(|c| c.micros as f64 / 1000.0)
         .collect();
     let chunker_requests =
-        (chunker.requests.get() - before) as f64 / run.written.len().max(1) as f64;
+        (stores.requests.get() - before) as f64 / run.written.len().max(1) as f64;
     println!(
         "chunker   {} chunks in {:.2} s: p50 {:.1} ms/chunk, p99 {:.1} ms, {:.2} remote requests/chunk (incl. cursor load)",
         run.written.len(),
@@ -67,21 +66,22 @@ pub async fn run(data: &Path) -> Result<()> {
         chunker_requests
     );
 
-    // Mechanism Y in a child process, as a Lambda container would run it alone, so its
-    // peak memory is the detector's own.
+    // The detector in a child process, as a Lambda container would run it alone, so
+    // its peak memory is the detector's own.
     let exe = std::env::current_exe()?;
-    let status = std::process::Command::new(exe)
-        .args(["bench", "--detector-phase"])
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("TXPIPE_BUCKET", BUCKET)
-        .env("TXPIPE_STATE_TABLE", TABLE)
-        .env("TXPIPE_PG_URL", pg.url())
-        .env("TXPIPE_PG_SSLMODE", "disable")
-        .status()?;
+    let mut child = std::process::Command::new(exe);
+    child.args(["bench", "--detector-phase"]);
+    for line in stack.exports() {
+        for pair in line.trim_start_matches("export ").split(' ') {
+            if let Some((k, v)) = pair.split_once('=') {
+                child.env(k, v);
+            }
+        }
+    }
+    let status = child.status()?;
     anyhow::ensure!(status.success(), "detector phase failed: {status}");
+    drop(stores);
+    drop(chunker);
     drop(stack);
     Ok(())
 }
@@ -90,11 +90,12 @@ pub async fn run(data: &Path) -> Result<()> {
 /// environment, chunks already in S3).
 pub async fn detector_phase() -> Result<()> {
     let clients = AwsClients::from_env().await;
-    let settings = Settings::from_env();
-    let stream = txpipe::chunker::ChunkerSettings::from_settings(&settings)?.stream();
-    let objects = txpipe::store::s3::S3Store::new(clients.s3.clone(), Default::default());
-    let keys = objects.list(BUCKET, &stream).await?;
-    let mut detector = detector_from_env(&clients, &settings).await?;
+    let config = Config::from_vars(&EnvVars::from_env())?;
+    let stream = stream_for_source(&config.source.transactions_key);
+    let stores = Stores::aws(&clients, &config);
+    let keys = stores.objects.list(BUCKET, &stream.chunks_prefix()).await?;
+    let service =
+        DetectorService::new(stores.clone(), stores.postgres(&clients, &config)?, &config).await?;
     let mut millis = Vec::new();
     let mut requests = Vec::new();
     let mut delta_kib = Vec::new();
@@ -105,18 +106,21 @@ pub async fn detector_phase() -> Result<()> {
             // Worst case for a cold start: the last snapshot plus every delta since.
             // Forgetting warm state makes the next call rebuild from storage, as a new
             // container would (without a second importance table inflating memory).
+            let mut detector = service.detector().await;
             detector.forget();
             let t = Instant::now();
             let report = detector.catch_up(&stream, 0).await?;
             reload_mid = Some((t.elapsed(), report.next_chunk));
         }
-        let event = crate::run::s3_event(BUCKET, key);
-        handle_detector_event(&mut detector, &event, |a| {
+        let event = object_created(BUCKET, std::slice::from_ref(key));
+        let response = service
+            .handle(&event, Instant::now() + Duration::from_secs(60))
+            .await?;
+        for a in &response.applied {
             millis.push(a.millis.total as f64);
             requests.push(a.requests as f64);
             delta_kib.push(a.delta_bytes as f64 / 1024.0);
-        })
-        .await?;
+        }
     }
     let detect_wall = started.elapsed();
     println!(
@@ -139,6 +143,7 @@ pub async fn detector_phase() -> Result<()> {
             t.as_secs_f64() * 1000.0
         );
     }
+    let mut detector = service.detector().await;
     detector.forget();
     let t = Instant::now();
     detector.catch_up(&stream, 0).await?;

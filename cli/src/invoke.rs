@@ -4,7 +4,8 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use txpipe::service::{ChunkerService, DetectorService};
+use txpipe::chunker::ChunkerService;
+use txpipe::detector::DetectorService;
 
 /// Which function to invoke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,7 +40,7 @@ pub async fn invoke(
         }
         Function::Detector => {
             let service = DetectorService::from_env().await?;
-            service.handle(&event, deadline).await?
+            serde_json::to_value(service.handle(&event, deadline).await?)?
         }
     })
 }

@@ -7,6 +7,10 @@ use txpipe_cli::{generate, replay_cmd, run, status};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use txpipe::config::{
+    DEFAULT_DETECTIONS_PER_FILE, DEFAULT_ROWS_PER_CHUNK, MAX_DETECTIONS_PER_FILE,
+    MAX_ROWS_PER_CHUNK,
+};
 
 #[derive(Parser)]
 #[command(
@@ -44,11 +48,13 @@ enum Command {
         /// CustomerImportance.csv.
         #[arg(long, default_value = "data/CustomerImportance.csv")]
         importance: PathBuf,
-        /// Rows per chunk.
-        #[arg(long, env = "TXPIPE_ROWS_PER_CHUNK", default_value_t = 10_000)]
+        /// Rows per chunk (R).
+        #[arg(long, env = "TXPIPE_ROWS_PER_CHUNK", default_value_t = DEFAULT_ROWS_PER_CHUNK,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_ROWS_PER_CHUNK))]
         rows_per_chunk: u64,
         /// Detections per output file.
-        #[arg(long, env = "TXPIPE_DETECTIONS_PER_FILE", default_value_t = 50)]
+        #[arg(long, env = "TXPIPE_DETECTIONS_PER_FILE", default_value_t = DEFAULT_DETECTIONS_PER_FILE,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_DETECTIONS_PER_FILE))]
         per_file: u64,
         /// Output directory.
         #[arg(long, default_value = "out/replay")]
@@ -181,9 +187,10 @@ fn main() -> Result<()> {
         }
         Command::Status => {
             init_logs();
+            let config = txpipe::config::Config::from_env()?;
             let view = tokio::runtime::Runtime::new()?.block_on(async {
-                let clients = txpipe::store::clients::AwsClients::from_env().await;
-                status::read_status(&clients, &txpipe::config::Settings::from_env()).await
+                let clients = txpipe::aws::AwsClients::from_env().await;
+                status::read_status(&clients, &config).await
             })?;
             print!("{}", view.render());
         }

@@ -4,10 +4,11 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use txpipe::config::{PatternConfig, Settings};
+use txpipe::config::{patterns, EnvVars};
 use txpipe::detection::PatternId;
+use txpipe::engine::Engine;
+use txpipe::parse::ImportanceTable;
 use txpipe::replay::replay;
-use txpipe::{Engine, ImportanceTable};
 
 /// Arguments of `txpipe replay`.
 pub struct ReplayArgs {
@@ -42,7 +43,7 @@ pub fn load_importance(path: &Path) -> Result<Arc<ImportanceTable>> {
 
 /// Runs the replay and writes its outputs.
 pub fn run(args: ReplayArgs) -> Result<()> {
-    let config = PatternConfig::from_settings(&Settings::from_env())?;
+    let config = patterns(&EnvVars::from_env())?;
     let weights = load_importance(&args.importance)?;
     let source = std::fs::read(&args.transactions)
         .with_context(|| format!("reading {}", args.transactions.display()))?;

@@ -6,63 +6,33 @@
 use crate::status::read_status;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use txpipe::config::{rows_per_chunk, Settings};
+use txpipe::chunker::ChunkerService;
+use txpipe::config::{stream_shape, Config, EnvVars};
 use txpipe::cutting::split_source;
-use txpipe::local::{provision, LocalPostgres, MotoServer};
-use txpipe::service::{detector_from_env, handle_detector_event, ChunkerContext};
-use txpipe::store::clients::AwsClients;
-use txpipe::store::s3::S3Store;
+use txpipe::detector::DetectorService;
+use txpipe::layout::stream_for_source;
+use txpipe::setup::Stores;
 use txpipe::store::ObjectStore;
+use txpipe_testkit::events::{object_created, Notifying};
+use txpipe_testkit::stack::{BUCKET, TABLE};
+use txpipe_testkit::LocalStack;
 
-/// Bucket of the local run.
-pub const BUCKET: &str = "txpipe-local";
-/// State table of the local run.
-pub const TABLE: &str = "txpipe-local-state";
-
-/// moto and Postgres on loopback, with the bucket, the table and the two input files
-/// in place. Dropping it stops both.
-pub struct LocalStack {
-    /// Clients for moto.
-    pub clients: AwsClients,
-    /// S3 on moto.
-    pub objects: S3Store,
-    /// Postgres (dropped after the clients that use it).
-    pub pg: LocalPostgres,
-    /// moto.
-    pub moto: MotoServer,
-}
-
-impl LocalStack {
-    /// Starts the services and uploads `data/transactions.csv` and
-    /// `data/CustomerImportance.csv` under `input/`.
-    pub async fn start(data: &std::path::Path) -> Result<Self> {
-        let moto = MotoServer::start()?;
-        let pg = LocalPostgres::start()?;
-        let clients = AwsClients::local(&moto.endpoint()).await;
-        provision(&clients, BUCKET, TABLE).await?;
-        let objects = S3Store::new(clients.s3.clone(), Default::default());
-        for name in ["transactions.csv", "CustomerImportance.csv"] {
-            let path = data.join(name);
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            objects
-                .put(BUCKET, &format!("input/{name}"), bytes, &[])
-                .await?;
-        }
-        Ok(LocalStack {
-            clients,
-            objects,
-            pg,
-            moto,
-        })
+/// Starts moto and Postgres and uploads `data/transactions.csv` and
+/// `data/CustomerImportance.csv` under `input/`.
+pub async fn start_stack(data: &Path) -> Result<LocalStack> {
+    let stack = LocalStack::start(true).await?;
+    for name in ["transactions.csv", "CustomerImportance.csv"] {
+        let path = data.join(name);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        stack.put(&format!("input/{name}"), bytes).await?;
     }
+    Ok(stack)
 }
 
 /// How fast chunks are cut.
@@ -155,33 +125,29 @@ impl Progress {
     }
 }
 
-/// The settings of a local run: the environment's `TXPIPE_*` thresholds plus the
-/// local stack's endpoints.
-fn local_settings(opts: &RunOptions, pg_url: &str) -> Settings {
-    let mut pairs: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("TXPIPE_"))
-        .collect();
-    pairs.extend(opts.settings.iter().cloned());
+/// The environment of a local run: the stack's, the `TXPIPE_*` thresholds of this
+/// process's environment, the run's own overrides, and the pacing.
+fn local_env(opts: &RunOptions, stack: &LocalStack) -> EnvVars {
+    let mut env = EnvVars::from_pairs(std::env::vars().filter(|(k, _)| k.starts_with("TXPIPE_")));
+    for line in [
+        ("TXPIPE_BUCKET", BUCKET.to_string()),
+        ("TXPIPE_STATE_TABLE", TABLE.to_string()),
+    ] {
+        env.set(line.0, line.1);
+    }
+    if let Some(pg) = &stack.pg {
+        env.set("TXPIPE_PG_URL", pg.url());
+        env.set("TXPIPE_PG_SSLMODE", "disable");
+    }
+    for (k, v) in &opts.settings {
+        env.set(k, v.clone());
+    }
     let interval = match opts.rate {
         Rate::Paced(d) => d.as_millis().to_string(),
         Rate::Max => "0".into(),
     };
-    for (k, v) in [
-        ("TXPIPE_BUCKET", BUCKET.to_string()),
-        ("TXPIPE_SOURCE_BUCKET", BUCKET.to_string()),
-        ("TXPIPE_STATE_TABLE", TABLE.to_string()),
-        ("TXPIPE_SOURCE_KEY", "input/transactions.csv".into()),
-        (
-            "TXPIPE_IMPORTANCE_KEY",
-            "input/CustomerImportance.csv".into(),
-        ),
-        ("TXPIPE_PG_URL", pg_url.to_string()),
-        ("TXPIPE_PG_SSLMODE", "disable".into()),
-        ("TXPIPE_CHUNK_INTERVAL_MS", interval),
-    ] {
-        pairs.push((k.into(), v));
-    }
-    Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    env.set("TXPIPE_CHUNK_INTERVAL_MS", interval);
+    env
 }
 
 /// Runs the pipeline end to end on local services.
@@ -196,16 +162,17 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         .with_context(|| format!("reading {}", transactions_path.display()))?;
 
     say("starting moto (S3 + DynamoDB) and a throwaway Postgres on loopback…");
-    let stack = LocalStack::start(&opts.data).await?;
-    let settings = local_settings(&opts, &stack.pg.url());
-    let expected_chunks = split_source(&transactions, rows_per_chunk(&settings)?)
+    let stack = start_stack(&opts.data).await?;
+    let env = local_env(&opts, &stack);
+    let config = Config::from_vars(&env)?;
+    let expected_chunks = split_source(&transactions, stream_shape(&env)?.rows_per_chunk)
         .map(|c| c.len() as u64)
         .unwrap_or(0);
     drop(transactions);
+    let pg_url = stack.pg.as_ref().map(|p| p.url()).unwrap_or_default();
     say(&format!(
-        "moto at {}, Postgres at {}; {} chunks to go ({})",
+        "moto at {}, Postgres at {pg_url}; {} chunks to go ({})",
         stack.moto.endpoint(),
-        stack.pg.url(),
         expected_chunks,
         match opts.rate {
             Rate::Paced(d) => format!("one every {d:?}"),
@@ -214,11 +181,21 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     ));
     let clients = &stack.clients;
 
-    let chunker = ChunkerContext::new(clients, &settings)?;
-    let mut detector = detector_from_env(clients, &settings).await?;
-    detector.record_importance_rejects().await?;
-    let progress = Arc::new(Progress::default());
+    // The chunker writes through a store that announces each new chunk object, as S3's
+    // event notification does; each announcement becomes one detector invocation.
     let (events, mut incoming) = mpsc::unbounded_channel::<String>();
+    let stores = Stores::aws(clients, &config);
+    let chunker_stores = Stores {
+        objects: Arc::new(Notifying {
+            inner: stores.objects.clone(),
+            events,
+        }),
+        ..stores.clone()
+    };
+    let chunker = ChunkerService::new(chunker_stores, &config);
+    let detector =
+        DetectorService::new(stores.clone(), stores.postgres(clients, &config)?, &config).await?;
+    let progress = Arc::new(Progress::default());
     let started = Instant::now();
     let mut summary = RunSummary {
         out: opts.out.clone(),
@@ -227,53 +204,58 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
 
     let chunk_task = {
         let progress = progress.clone();
-        let chunker = &chunker;
         async move {
             loop {
                 // One scheduled invocation: a minute's budget, as on AWS.
                 let deadline = Instant::now() + Duration::from_secs(60);
-                let run = chunker
-                    .invoke(deadline, None, |c| {
-                        progress.created.fetch_add(1, Ordering::Relaxed);
-                        let _ = events.send(c.key.clone());
-                    })
-                    .await?;
-                if run.finished {
+                let response = chunker.handle(&serde_json::json!({}), deadline).await?;
+                progress
+                    .created
+                    .store(response.next_chunk, Ordering::Relaxed);
+                if response.finished {
                     break;
                 }
             }
-            drop(events);
+            // Dropping the chunker's store closes the event channel: the detector task
+            // ends once it has handled every announced chunk.
+            drop(chunker);
             anyhow::Ok(())
         }
     };
     let detect_task = {
         let progress = progress.clone();
         let summary = &mut summary;
-        let detector = &mut detector;
+        let detector = &detector;
         async move {
             while let Some(key) = incoming.recv().await {
-                let event = s3_event(BUCKET, &key);
+                progress.created.fetch_max(
+                    txpipe::layout::parse_chunk_key(&key).map_or(0, |(_, k)| k + 1),
+                    Ordering::Relaxed,
+                );
+                let event = object_created(BUCKET, std::slice::from_ref(&key));
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    let result = handle_detector_event(detector, &event, |a| {
-                        progress.applied.fetch_add(1, Ordering::Relaxed);
-                        progress.rows.fetch_add(a.rows, Ordering::Relaxed);
-                        progress.rejected.fetch_add(a.rejected, Ordering::Relaxed);
-                        for (i, n) in a.detections.iter().enumerate() {
-                            progress.detections[i].fetch_add(*n, Ordering::Relaxed);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    match detector.handle(&event, deadline).await {
+                        Ok(response) => {
+                            for a in &response.applied {
+                                progress.applied.fetch_add(1, Ordering::Relaxed);
+                                progress.rows.fetch_add(a.rows, Ordering::Relaxed);
+                                progress.rejected.fetch_add(a.rejected, Ordering::Relaxed);
+                                for (i, n) in a.detections.iter().enumerate() {
+                                    progress.detections[i].fetch_add(*n, Ordering::Relaxed);
+                                }
+                                let created = progress.created.load(Ordering::Relaxed);
+                                summary
+                                    .lag_samples
+                                    .push(created.saturating_sub(a.chunk + 1));
+                                summary.chunk_millis.push(a.millis.total);
+                                summary.chunk_requests.push(a.requests);
+                            }
+                            break;
                         }
-                        let created = progress.created.load(Ordering::Relaxed);
-                        summary
-                            .lag_samples
-                            .push(created.saturating_sub(a.chunk + 1));
-                        summary.chunk_millis.push(a.millis.total);
-                        summary.chunk_requests.push(a.requests);
-                    })
-                    .await;
-                    match result {
-                        Ok(_) => break,
-                        // As Lambda's async retries would: try again, then move on (a
+                        // As Lambda's async retries would: try again, then give up (a
                         // later event catches up).
                         Err(e) if attempts < 3 => {
                             tracing::warn!(error = %e, attempts, "detector invocation failed; retrying");
@@ -309,10 +291,10 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     for i in 0..3 {
         summary.detections[i] = progress.detections[i].load(Ordering::Relaxed);
     }
-    export_outputs(&stack.objects, &opts.out).await?;
+    export_outputs(stores.objects.as_ref(), &opts.out).await?;
     if opts.view != View::Quiet {
-        let status = read_status(clients, &settings).await?.render();
-        print_summary(&summary, &status, &stack.moto, &stack.pg);
+        let status = read_status(clients, &config).await?.render();
+        print_summary(&summary, &status, &stack, &config);
     }
     if opts.keep && !summary.interrupted {
         eprintln!("services kept running; press Ctrl-C to stop them");
@@ -320,12 +302,13 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     say("stopping moto and Postgres");
     drop(detector); // closes its Postgres connection before the server goes away
+    drop(stores);
     drop(stack);
     Ok(summary)
 }
 
 /// Copies the detection files out of moto into `out/detections/`.
-async fn export_outputs(objects: &S3Store, out: &std::path::Path) -> Result<()> {
+async fn export_outputs(objects: &dyn ObjectStore, out: &Path) -> Result<()> {
     let dir = out.join("detections");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -338,7 +321,9 @@ async fn export_outputs(objects: &S3Store, out: &std::path::Path) -> Result<()> 
     Ok(())
 }
 
-fn print_summary(s: &RunSummary, status: &str, moto: &MotoServer, pg: &LocalPostgres) {
+fn print_summary(s: &RunSummary, status: &str, stack: &LocalStack, config: &Config) {
+    let stream = stream_for_source(&config.source.transactions_key);
+    let pg_url = stack.pg.as_ref().map(|p| p.url()).unwrap_or_default();
     let median = |v: &[u64]| {
         let mut v = v.to_vec();
         v.sort_unstable();
@@ -371,27 +356,26 @@ fn print_summary(s: &RunSummary, status: &str, moto: &MotoServer, pg: &LocalPost
         "  S3 detection files   s3://{BUCKET}/detections/…/NNNNNNNN.jsonl (copied to {}/detections/)",
         s.out.display()
     );
-    eprintln!("  S3 chunks            s3://{BUCKET}/chunks/input-transactions/NNNNNNNN.csv");
+    eprintln!(
+        "  S3 chunks            s3://{BUCKET}/{}NNNNNNNN.csv",
+        stream.chunks_prefix()
+    );
     eprintln!(
         "  Postgres tables      detections, chunks, rejected_rows, transactions, customer_stats"
     );
     eprintln!("while the services run (KEEP=1 make run):");
-    eprintln!(
-        "  psql {} -c 'SELECT pattern_id, count(*) FROM detections GROUP BY 1'",
-        pg.url()
-    );
+    eprintln!("  psql {pg_url} -c 'SELECT pattern_id, count(*) FROM detections GROUP BY 1'");
     let creds = "AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1";
     eprintln!(
         "  {creds} aws --endpoint-url {} s3 ls s3://{BUCKET}/detections/ --recursive",
-        moto.endpoint()
+        stack.moto.endpoint()
     );
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "txpipe".into());
     eprintln!(
-        "  {creds} AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_PG_URL={} TXPIPE_PG_SSLMODE=disable {me} status",
-        moto.endpoint(),
-        pg.url()
+        "  {creds} AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_PG_URL={pg_url} TXPIPE_PG_SSLMODE=disable {me} status",
+        stack.moto.endpoint()
     );
 }
 
@@ -439,22 +423,6 @@ fn show_progress(progress: Arc<Progress>, view: View, total: u64) -> tokio::task
     })
 }
 
-/// The S3 notification for one new chunk object.
-pub fn s3_event(bucket: &str, key: &str) -> serde_json::Value {
-    json!({"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-        "eventTime": chrono::Utc::now().to_rfc3339(), "eventName": "ObjectCreated:Put",
-        "userIdentity": {"principalId": "local"},
-        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-        "responseElements": {},
-        "s3": {
-            "s3SchemaVersion": "1.0", "configurationId": "chunks",
-            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "local"}, "arn": format!("arn:aws:s3:::{bucket}")},
-            "object": {"key": key, "size": 0, "eTag": "", "sequencer": "0"}
-        }
-    }]})
-}
-
 /// The progress view that fits stderr: a bar on a terminal, lines otherwise.
 pub fn default_view() -> View {
     if std::io::stderr().is_terminal() {
@@ -466,16 +434,11 @@ pub fn default_view() -> View {
 
 /// `txpipe run --services-only`: starts moto and Postgres, uploads the data, prints the
 /// environment for `cargo lambda watch` / `txpipe status`, and waits for Ctrl-C.
-pub async fn serve(data: &std::path::Path) -> Result<()> {
-    let stack = LocalStack::start(data).await?;
-    let (moto, pg) = (&stack.moto, &stack.pg);
-    println!("export AWS_ENDPOINT_URL={}", moto.endpoint());
-    println!("export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1");
-    println!("export TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE}");
-    println!(
-        "export TXPIPE_PG_URL={} TXPIPE_PG_SSLMODE=disable",
-        pg.url()
-    );
+pub async fn serve(data: &Path) -> Result<()> {
+    let stack = start_stack(data).await?;
+    for line in stack.exports() {
+        println!("{line}");
+    }
     eprintln!("moto and Postgres are up with the data uploaded; Ctrl-C stops them");
     tokio::signal::ctrl_c().await?;
     eprintln!("stopping moto and Postgres");

@@ -3,15 +3,12 @@
 
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
-use txpipe::chunker::ChunkerSettings;
-use txpipe::config::Settings;
-use txpipe::detector::DetectorSettings;
-use txpipe::layout::stream_prefix;
+use txpipe::aws::AwsClients;
+use txpipe::config::Config;
+use txpipe::layout::stream_for_source;
 use txpipe::postgres::PgSettings;
-use txpipe::store::clients::AwsClients;
-use txpipe::store::dynamo::DynamoTable;
-use txpipe::store::s3::S3Store;
-use txpipe::store::{ChunkCursor, CursorStore, ObjectStore, RequestCounter, StateStore};
+use txpipe::setup::Stores;
+use txpipe::store::ChunkCursor;
 
 /// A deployment's state at one moment.
 #[derive(Debug, Default)]
@@ -59,7 +56,7 @@ impl Status {
         };
         let _ = writeln!(
             s,
-            "mechanism X       {} chunks created, {} rows, {:.1}% of the file{}",
+            "chunker (X)       {} chunks created, {} rows, {:.1}% of the file{}",
             self.chunks_created,
             self.rows_chunked,
             pct,
@@ -71,7 +68,7 @@ impl Status {
         );
         let _ = writeln!(
             s,
-            "mechanism Y       {} chunks applied, lag {}, {} rows, {} rejected{}",
+            "detector (Y)      {} chunks applied, lag {}, {} rows, {} rejected{}",
             self.chunks_applied,
             self.lag(),
             self.rows.0,
@@ -106,26 +103,29 @@ impl Status {
     }
 }
 
-/// Reads the status of the deployment the settings describe.
-pub async fn read_status(clients: &AwsClients, s: &Settings) -> Result<Status> {
-    let requests = RequestCounter::default();
-    let chunker = ChunkerSettings::from_settings(s)?;
-    let detector = DetectorSettings::from_settings(s)?;
-    let table = DynamoTable::from_settings(clients.dynamodb.clone(), s, requests.clone())?;
-    let objects = S3Store::new(clients.s3.clone(), requests);
-    let stream = stream_prefix(&chunker.chunk_prefix, &chunker.source_key);
+/// Reads the status of the deployment the configuration describes.
+pub async fn read_status(clients: &AwsClients, config: &Config) -> Result<Status> {
+    let stores = Stores::aws(clients, config);
+    let source = &config.source;
+    let stream = stream_for_source(&source.transactions_key);
     let mut status = Status {
-        source: format!("s3://{}/{}", chunker.source_bucket, chunker.source_key),
+        source: format!("s3://{}/{}", source.bucket, source.transactions_key),
         ..Status::default()
     };
-    let id = ChunkCursor::source_id(&chunker.source_bucket, &chunker.source_key);
-    if let Some(c) = table.load_cursor(&id).await.context("reading the cursor")? {
+    let id = ChunkCursor::source_id(&source.bucket, &source.transactions_key);
+    if let Some(c) = stores
+        .cursors
+        .load_cursor(&id)
+        .await
+        .context("reading the cursor")?
+    {
         status.chunks_created = c.next_chunk;
         status.rows_chunked = c.rows_emitted;
         status.offset = (c.offset, c.size);
         status.chunker_finished = c.finished;
     }
-    if let Some(h) = table
+    if let Some(h) = stores
+        .state
         .load_head(&stream)
         .await
         .context("reading the detector head")?
@@ -136,14 +136,15 @@ pub async fn read_status(clients: &AwsClients, s: &Settings) -> Result<Status> {
         status.detector_finished = h.finished;
         status.head = Some((h.version, h.snapshot_next));
     }
-    status.detection_files = objects
-        .list(&detector.bucket, &detector.detections_prefix(&stream))
+    status.detection_files = stores
+        .objects
+        .list(&config.bucket, &stream.detections_prefix())
         .await
         .context("listing detection files")?
         .len();
-    if let Some(pg) = PgSettings::from_settings(s)? {
+    if let Some(pg) = &config.postgres {
         let secrets = aws_sdk_secretsmanager::Client::new(&clients.config);
-        match pg_counts(&pg, &secrets, &stream).await {
+        match pg_counts(pg, &secrets, stream.as_str()).await {
             Ok(tables) => status.tables = tables,
             Err(e) => status.tables = vec![(format!("unreachable: {e}"), 0)],
         }

@@ -1,153 +1,170 @@
 //! End-to-end test support: a local stack (moto for S3 and DynamoDB, a throwaway
-//! Postgres) started by the tests themselves, and helpers to drive the real chunker and
-//! detector against it.
+//! Postgres) started by each test itself, and helpers to drive the real chunker and
+//! detector services against it.
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
-use txpipe::config::Settings;
-use txpipe::local::{provision, LocalPostgres, MotoServer};
-use txpipe::service::{detector_from_env, ChunkerContext};
-use txpipe::store::clients::AwsClients;
-use txpipe::store::s3::S3Store;
-use txpipe::store::{ObjectStore, RequestCounter};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use txpipe::chunker::{Chunker, ChunkerService};
+use txpipe::config::{Config, EnvVars};
+use txpipe::detector::{DetectorResponse, DetectorService};
+use txpipe::layout::StreamName;
+use txpipe::setup::Stores;
+use txpipe::store::ObjectStore;
+use txpipe_testkit::faults::{FaultPlan, FaultyObjects, FaultySink, FaultyState};
+use txpipe_testkit::LocalStack;
 
-/// Pipeline bucket used by the tests.
-pub const BUCKET: &str = "txpipe-test";
-/// State table used by the tests.
-pub const TABLE: &str = "txpipe-test-state";
+pub use txpipe_testkit::events::object_created;
+pub use txpipe_testkit::stack::{BUCKET, TABLE};
+
 /// Source key.
 pub const SOURCE_KEY: &str = "input/transactions.csv";
 /// Importance key.
 pub const IMPORTANCE_KEY: &str = "input/CustomerImportance.csv";
-/// The stream prefix of [`SOURCE_KEY`].
-pub const STREAM: &str = "chunks/input-transactions/";
 
-/// Local services plus clients pointing at them.
+/// The stream of [`SOURCE_KEY`].
+pub fn stream() -> StreamName {
+    txpipe::layout::stream_for_source(SOURCE_KEY)
+}
+
+/// The stream of any source key.
+pub fn stream_of(source_key: &str) -> StreamName {
+    txpipe::layout::stream_for_source(source_key)
+}
+
+/// A deadline far enough away not to matter.
+pub fn far() -> Instant {
+    Instant::now() + Duration::from_secs(600)
+}
+
+/// Local services plus helpers.
 pub struct Stack {
-    /// moto (S3 + DynamoDB).
-    pub moto: MotoServer,
-    /// Postgres (None for chunker-only tests).
-    pub pg: Option<LocalPostgres>,
-    /// Clients for moto.
-    pub clients: AwsClients,
+    /// The services.
+    pub local: LocalStack,
 }
 
 impl Stack {
     /// Starts moto (and Postgres when `with_pg`), creates the bucket and table.
     pub async fn start(with_pg: bool) -> Result<Stack> {
-        let moto = MotoServer::start().context("starting moto (run `make tools`)")?;
-        let pg = match with_pg {
-            true => Some(LocalPostgres::start().context("starting Postgres (run `make tools`)")?),
-            false => None,
-        };
-        let clients = AwsClients::local(&moto.endpoint()).await;
-        provision(&clients, BUCKET, TABLE).await?;
-        Ok(Stack { moto, pg, clients })
+        let local = LocalStack::start(with_pg)
+            .await
+            .context("starting the local stack (run `make tools`)")?;
+        Ok(Stack { local })
     }
 
-    /// The pipeline's settings for this stack, with overrides.
-    pub fn settings(&self, extra: &[(&str, &str)]) -> Settings {
-        let pg_url = self.pg.as_ref().map(|p| p.url()).unwrap_or_default();
-        let mut pairs: Vec<(&str, &str)> = vec![
-            ("TXPIPE_BUCKET", BUCKET),
-            ("TXPIPE_STATE_TABLE", TABLE),
-            ("TXPIPE_SOURCE_KEY", SOURCE_KEY),
-            ("TXPIPE_IMPORTANCE_KEY", IMPORTANCE_KEY),
-            ("TXPIPE_PG_URL", &pg_url),
-            ("TXPIPE_PG_SSLMODE", "disable"),
-            ("TXPIPE_CHUNK_INTERVAL_MS", "0"),
-        ];
-        pairs.extend_from_slice(extra);
-        // Later pairs override earlier ones.
-        let mut map = std::collections::BTreeMap::new();
-        for (k, v) in pairs {
-            map.insert(k, v);
+    /// The pipeline's environment on this stack, burst mode, with overrides.
+    pub fn env(&self, extra: &[(&str, &str)]) -> EnvVars {
+        let mut env = self.local.env();
+        env.set("TXPIPE_SOURCE_KEY", SOURCE_KEY);
+        env.set("TXPIPE_IMPORTANCE_KEY", IMPORTANCE_KEY);
+        env.set("TXPIPE_CHUNK_INTERVAL_MS", "0");
+        for (k, v) in extra {
+            env.set(k, *v);
         }
-        Settings::from_pairs(map)
+        env
     }
 
-    /// An S3 store on this stack.
-    pub fn objects(&self) -> S3Store {
-        S3Store::new(self.clients.s3.clone(), RequestCounter::default())
+    /// The configuration of [`Stack::env`].
+    pub fn config(&self, extra: &[(&str, &str)]) -> Result<Config> {
+        Ok(Config::from_vars(&self.env(extra))?)
+    }
+
+    /// Stores on this stack for a configuration.
+    pub fn stores(&self, config: &Config) -> Stores {
+        Stores::aws(&self.local.clients, config)
+    }
+
+    /// A chunker service (a fresh "container") with overrides.
+    pub fn chunker(&self, extra: &[(&str, &str)]) -> Result<ChunkerService> {
+        let config = self.config(extra)?;
+        Ok(ChunkerService::new(self.stores(&config), &config))
+    }
+
+    /// A detector service (a fresh "container") with overrides.
+    pub async fn detector(&self, extra: &[(&str, &str)]) -> Result<DetectorService> {
+        let config = self.config(extra)?;
+        let stores = self.stores(&config);
+        let sink = stores.postgres(&self.local.clients, &config)?;
+        Ok(DetectorService::new(stores, sink, &config).await?)
+    }
+
+    /// A detector whose stores fail as `plan` says.
+    pub async fn faulty_detector(
+        &self,
+        extra: &[(&str, &str)],
+        plan: &Arc<FaultPlan>,
+    ) -> Result<DetectorService> {
+        let config = self.config(extra)?;
+        let real = self.stores(&config);
+        let sink = real.postgres(&self.local.clients, &config)?;
+        let stores = Stores {
+            objects: Arc::new(FaultyObjects {
+                inner: real.objects.clone(),
+                plan: plan.clone(),
+            }),
+            state: Arc::new(FaultyState {
+                inner: real.state.clone(),
+                plan: plan.clone(),
+            }),
+            ..real
+        };
+        let sink = Arc::new(FaultySink {
+            inner: sink,
+            plan: plan.clone(),
+        });
+        Ok(DetectorService::new(stores, sink, &config).await?)
     }
 
     /// Uploads an object.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
-        self.objects().put(BUCKET, key, bytes, &[]).await?;
-        Ok(())
+        Ok(self.local.put(key, bytes).await?)
     }
 
     /// Reads an object (None if missing).
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.objects().get(BUCKET, key).await?.map(|o| o.bytes))
+        Ok(self
+            .local
+            .objects()
+            .get(BUCKET, key)
+            .await?
+            .map(|o| o.bytes))
     }
 
     /// Keys under a prefix, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self.objects().list(BUCKET, prefix).await?)
-    }
-
-    /// A chunker context (a fresh "container") with overrides.
-    pub fn chunker(&self, extra: &[(&str, &str)]) -> Result<ChunkerContext> {
-        Ok(ChunkerContext::new(&self.clients, &self.settings(extra))?)
-    }
-
-    /// A detector (a fresh "container") with overrides.
-    pub async fn detector(&self, extra: &[(&str, &str)]) -> Result<txpipe::detector::Detector> {
-        Ok(detector_from_env(&self.clients, &self.settings(extra)).await?)
+        Ok(self.local.objects().list(BUCKET, prefix).await?)
     }
 
     /// A Postgres client.
     pub async fn pg_client(&self) -> Result<tokio_postgres::Client> {
-        let pg = self.pg.as_ref().context("no Postgres in this stack")?;
+        let pg = self
+            .local
+            .pg
+            .as_ref()
+            .context("no Postgres in this stack")?;
         let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
     }
 }
 
-/// An S3 ObjectCreated event for `keys` (URL-encoded as S3 sends them).
-pub fn s3_event(keys: &[String]) -> Value {
-    let records: Vec<Value> = keys
-        .iter()
-        .map(|key| {
-            json!({
-                "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-                "eventTime": "2026-11-24T00:00:00.000Z", "eventName": "ObjectCreated:Put",
-                "userIdentity": {"principalId": "local"},
-                "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-                "responseElements": {},
-                "s3": {
-                    "s3SchemaVersion": "1.0", "configurationId": "chunks",
-                    "bucket": {"name": BUCKET, "ownerIdentity": {"principalId": "local"},
-                               "arn": format!("arn:aws:s3:::{BUCKET}")},
-                    "object": {"key": urlencode_key(key), "size": 1, "eTag": "0", "sequencer": "0"}
-                }
-            })
-        })
-        .collect();
-    json!({ "Records": records })
+/// The chunker's inner engine over a service's stores and settings, for step-by-step
+/// tests.
+pub fn raw_chunker(service: &ChunkerService) -> Chunker<'_> {
+    Chunker::new(
+        service.stores().objects.as_ref(),
+        service.stores().cursors.as_ref(),
+        service.settings().clone(),
+    )
 }
 
-/// S3's notification encoding of a key.
-pub fn urlencode_key(key: &str) -> String {
-    key.split('/')
-        .map(urlencoding_part)
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-fn urlencoding_part(part: &str) -> String {
-    part.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Delivers an S3 event for `keys` to a detector, as S3 would.
+pub async fn deliver(detector: &DetectorService, keys: &[String]) -> Result<DetectorResponse> {
+    Ok(detector
+        .handle(&object_created(BUCKET, keys), far())
+        .await?)
 }
 
 /// Generates a BankSim-shaped data set with the project's generator into `dir` and

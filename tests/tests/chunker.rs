@@ -1,16 +1,12 @@
-//! The chunker against S3 and DynamoDB served by moto (SPEC §2, DESIGN invariant 3).
+//! The chunker against S3 and DynamoDB served by moto: chunks are exact slices of the
+//! source (`docs/behaviour.md#chunks`) and overlapping runs are fenced.
 
 use anyhow::Result;
 use std::time::{Duration, Instant};
 use txpipe::chunker::{Chunker, ChunkerError};
 use txpipe::cutting::split_source;
-use txpipe::layout::chunk_key;
 use txpipe::store::StoreError;
 use txpipe_e2e::*;
-
-fn far() -> Instant {
-    Instant::now() + Duration::from_secs(600)
-}
 
 /// A source mixing LF and CRLF rows, quoted fields with embedded newlines, and blanks.
 fn tricky_source(rows: usize) -> Vec<u8> {
@@ -42,7 +38,7 @@ fn tricky_source(rows: usize) -> Vec<u8> {
 
 async fn stored_chunks(stack: &Stack) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
-    for key in stack.list(STREAM).await? {
+    for key in stack.list(&stream().chunks_prefix()).await? {
         out.push(stack.get(&key).await?.unwrap_or_default());
     }
     Ok(out)
@@ -66,9 +62,13 @@ async fn chunks_are_the_spec_slices_with_boundaries_inside_rows_and_crlf() -> Re
         let key = format!("input/t{i}.csv");
         stack.put(&key, source.clone()).await?;
         let ctx = stack.chunker(&[("TXPIPE_SOURCE_KEY", &key), ("TXPIPE_ROWS_PER_CHUNK", "10")])?;
-        let mut settings = ctx.settings.clone();
+        let mut settings = ctx.settings().clone();
         settings.read_window = window;
-        let mut chunker = Chunker::new(&ctx.objects, &ctx.table, settings);
+        let mut chunker = Chunker::new(
+            ctx.stores().objects.as_ref(),
+            ctx.stores().cursors.as_ref(),
+            settings,
+        );
         let run = chunker.run(far(), None, |_| {}).await?;
         assert!(run.finished);
         assert_eq!(run.written.len(), 11, "window {window}");
@@ -76,16 +76,16 @@ async fn chunks_are_the_spec_slices_with_boundaries_inside_rows_and_crlf() -> Re
             run.written.last().map(|c| (c.rows, c.last)),
             Some((3, true))
         );
-        let stream = format!("chunks/input-t{i}/");
+        let stream = stream_of(&key);
         let want = expected(&source, 10);
         for (k, bytes) in want.iter().enumerate() {
-            let got = stack.get(&chunk_key(&stream, k as u64)).await?.unwrap();
+            let got = stack.get(&stream.chunk_key(k as u64)).await?.unwrap();
             assert_eq!(&got, bytes, "window {window} chunk {k}");
         }
     }
     // Row by row against the source text: header first, then rows k·R.. in file order.
     let ctx = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
-    ctx.invoke(far(), None, |_| {}).await?;
+    ctx.run(far(), None).await?;
     let chunks = stored_chunks(&stack).await?;
     let text = String::from_utf8(source)?;
     let mut records: Vec<String> = Vec::new();
@@ -130,12 +130,12 @@ async fn empty_source_gives_no_chunk_and_a_clean_finish() -> Result<()> {
                 .to_vec(),
         )
         .await?;
-    let run = stack.chunker(&[])?.invoke(far(), None, |_| {}).await?;
+    let run = stack.chunker(&[])?.run(far(), None).await?;
     assert!(run.finished);
     assert!(run.written.is_empty());
     assert!(stack.list("chunks/").await?.is_empty());
     // Again: still finished, still nothing.
-    let run = stack.chunker(&[])?.invoke(far(), None, |_| {}).await?;
+    let run = stack.chunker(&[])?.run(far(), None).await?;
     assert!(run.finished && run.written.is_empty());
     Ok(())
 }
@@ -146,9 +146,9 @@ async fn crash_between_put_and_cursor_rewrites_the_same_chunk() -> Result<()> {
     let source = tricky_source(45);
     stack.put(SOURCE_KEY, source.clone()).await?;
     let ctx = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
-    ctx.invoke(far(), Some(2), |_| {}).await?;
+    ctx.run(far(), Some(2)).await?;
     // Cut and write chunk 2, then "die" before the cursor moves.
-    let mut chunker = Chunker::new(&ctx.objects, &ctx.table, ctx.settings.clone());
+    let mut chunker = raw_chunker(&ctx);
     let cursor = chunker.open().await?;
     assert_eq!(cursor.next_chunk, 2);
     let prepared = chunker.prepare(&cursor).await?.unwrap();
@@ -157,7 +157,7 @@ async fn crash_between_put_and_cursor_rewrites_the_same_chunk() -> Result<()> {
     // A new container finishes the job.
     let run = stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
-        .invoke(far(), None, |_| {})
+        .run(far(), None)
         .await?;
     assert_eq!(run.written.first().map(|c| c.number), Some(2));
     assert_eq!(stack.get(&prepared.key).await?.unwrap(), first);
@@ -173,8 +173,8 @@ async fn the_cursor_condition_fences_a_second_writer() -> Result<()> {
     stack.put(SOURCE_KEY, tricky_source(25)).await?;
     let a = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
     let b = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
-    let mut ca = Chunker::new(&a.objects, &a.table, a.settings.clone());
-    let mut cb = Chunker::new(&b.objects, &b.table, b.settings.clone());
+    let mut ca = raw_chunker(&a);
+    let mut cb = raw_chunker(&b);
     let cursor = ca.open().await?;
     assert_eq!(cb.open().await?, cursor);
     let first = ca.step(&cursor).await?;
@@ -184,7 +184,7 @@ async fn the_cursor_condition_fences_a_second_writer() -> Result<()> {
         other => panic!("the second writer must lose the condition, got {other:?}"),
     }
     // The loser continues from the stored cursor: no gap, no duplicate.
-    let run = b.invoke(far(), None, |_| {}).await?;
+    let run = b.run(far(), None).await?;
     assert_eq!(
         run.written.iter().map(|c| c.number).collect::<Vec<_>>(),
         vec![1, 2]
@@ -203,7 +203,7 @@ async fn racing_invocations_are_fenced() -> Result<()> {
     stack.put(SOURCE_KEY, source.clone()).await?;
     let a = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
     let b = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
-    let (ra, rb) = tokio::join!(a.invoke(far(), None, |_| {}), b.invoke(far(), None, |_| {}));
+    let (ra, rb) = tokio::join!(a.run(far(), None), b.run(far(), None));
     let (ra, rb) = (ra?, rb?);
     let mut numbers: Vec<u64> = ra
         .written
@@ -225,12 +225,12 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
     stack.put(SOURCE_KEY, source.clone()).await?;
     let run = stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
-        .invoke(far(), Some(4), |_| {})
+        .run(far(), Some(4))
         .await?;
     assert_eq!((run.next_chunk, run.finished), (4, false));
     let run = stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
-        .invoke(far(), Some(2), |_| {})
+        .run(far(), Some(2))
         .await?;
     assert_eq!(
         run.written.iter().map(|c| c.number).collect::<Vec<_>>(),
@@ -243,7 +243,7 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
     stack.put(SOURCE_KEY, changed).await?;
     let err = stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
-        .invoke(far(), None, |_| {})
+        .run(far(), None)
         .await
         .unwrap_err();
     assert!(
@@ -251,13 +251,13 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
         "{err}"
     );
     assert!(err.to_string().contains("refusing to mix two files"));
-    assert_eq!(stack.list(STREAM).await?.len(), 6);
+    assert_eq!(stack.list(&stream().chunks_prefix()).await?.len(), 6);
 
     // Restored: the run completes exactly.
     stack.put(SOURCE_KEY, source.clone()).await?;
     stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
-        .invoke(far(), None, |_| {})
+        .run(far(), None)
         .await?;
     assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
     Ok(())
@@ -273,7 +273,7 @@ async fn paced_mode_emits_one_chunk_per_interval_within_budget() -> Result<()> {
         ("TXPIPE_CHUNKER_BUDGET_SECS", "1"),
     ])?;
     let t = Instant::now();
-    let run = ctx.invoke(far(), None, |_| {}).await?;
+    let run = ctx.run(far(), None).await?;
     // Ticks at 0, 200, 400, 600, (800 if it fits): never past the 1 s budget.
     assert!(
         (3..=5).contains(&run.written.len()),

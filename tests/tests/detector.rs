@@ -1,21 +1,20 @@
-//! The detector against moto and a real Postgres (SPEC §3–§6, DESIGN invariants 1, 2, 4).
+//! The detector against moto and a real Postgres: outputs equal the offline replay,
+//! and stay equal under faults at every step, duplicated and reordered events, cold
+//! starts and a database outage (`docs/architecture.md#exactly-once`).
 
 use anyhow::Result;
 use chrono::Utc;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use txpipe::config::{detections_per_file, rows_per_chunk, PatternConfig};
-use txpipe::detector::{Detector, FaultPoint};
+use txpipe::detector::DetectorService;
 use txpipe::engine::Engine;
-use txpipe::layout::{chunk_key, stream_prefix};
 use txpipe::parse::ImportanceTable;
 use txpipe::replay::{replay, ReplayOutput};
-use txpipe::service::handle_detector_event;
+use txpipe::store::ObjectStore;
 use txpipe_e2e::*;
+use txpipe_testkit::faults::{FaultPlan, FaultPoint};
 
 /// Thresholds low enough that all three patterns fire on a small file.
 const SMALL: &[(&str, &str)] = &[
@@ -49,24 +48,20 @@ fn with_source(key: &str) -> Vec<(&str, &str)> {
 async fn chunk(stack: &Stack, key: &str, data: &Data) -> Result<Vec<String>> {
     stack.put(key, data.transactions.clone()).await?;
     stack.put(IMPORTANCE_KEY, data.importance.clone()).await?;
-    let far = Instant::now() + Duration::from_secs(600);
-    let run = stack
-        .chunker(&with_source(key))?
-        .invoke(far, None, |_| {})
-        .await?;
+    let run = stack.chunker(&with_source(key))?.run(far(), None).await?;
     assert!(run.finished);
     Ok(run.written.into_iter().map(|c| c.key).collect())
 }
 
 fn reference(stack: &Stack, data: &Data) -> Result<ReplayOutput> {
-    let s = stack.settings(SMALL);
+    let config = stack.config(SMALL)?;
     let table = ImportanceTable::parse(&data.importance)?.table;
-    let mut engine = Engine::new(PatternConfig::from_settings(&s)?, Arc::new(table));
+    let mut engine = Engine::new(config.patterns, Arc::new(table));
     Ok(replay(
         &data.transactions,
         &mut engine,
-        rows_per_chunk(&s)?,
-        detections_per_file(&s)?,
+        config.shape.rows_per_chunk,
+        config.shape.detections_per_file,
         Utc::now,
     )?)
 }
@@ -89,10 +84,9 @@ struct Outputs {
 }
 
 async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
-    let stream = stream_prefix("chunks/", source_key);
-    let name = stream.trim_start_matches("chunks/");
+    let stream = stream_of(source_key);
     let mut batches = BTreeMap::new();
-    for key in stack.list(&format!("detections/{name}")).await? {
+    for key in stack.list(&stream.detections_prefix()).await? {
         let text = String::from_utf8(stack.get(&key).await?.unwrap_or_default())?;
         let ids = batch_identities(&text)?;
         batches.insert(key.rsplit('/').next().unwrap_or_default().to_string(), ids);
@@ -102,7 +96,7 @@ async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
         .query(
             "SELECT chunk, seq_in_chunk, pattern_id, merchant_id, customer_name FROM detections
              WHERE stream = $1 ORDER BY chunk, seq_in_chunk",
-            &[&stream],
+            &[&stream.as_str()],
         )
         .await?
         .iter()
@@ -111,7 +105,7 @@ async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
     let ledger = pg
         .query(
             "SELECT chunk, key, rows, rejected, detections FROM chunks WHERE stream = $1 ORDER BY chunk",
-            &[&stream],
+            &[&stream.as_str()],
         )
         .await?
         .iter()
@@ -120,7 +114,7 @@ async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
     let rejected = pg
         .query(
             "SELECT row_number, reason FROM rejected_rows WHERE file = 'transactions' AND source = $1 ORDER BY row_number",
-            &[&stream],
+            &[&stream.as_str()],
         )
         .await?
         .iter()
@@ -129,13 +123,13 @@ async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
     let t = pg
         .query_one(
             "SELECT count(*), coalesce(sum(amount), 0)::text FROM transactions WHERE stream = $1",
-            &[&stream],
+            &[&stream.as_str()],
         )
         .await?;
     let s = pg
         .query_one(
             "SELECT count(*), coalesce(sum(txns), 0)::bigint FROM customer_stats WHERE stream = $1",
-            &[&stream],
+            &[&stream.as_str()],
         )
         .await?;
     Ok(Outputs {
@@ -148,8 +142,16 @@ async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
     })
 }
 
-async fn deliver(detector: &mut Detector, keys: &[String]) -> Result<serde_json::Value> {
-    Ok(handle_detector_event(detector, &s3_event(keys), |_| {}).await?)
+async fn head(
+    detector: &DetectorService,
+    stream: &txpipe::layout::StreamName,
+) -> Result<txpipe::store::DetectorHead> {
+    detector
+        .detector()
+        .await
+        .head(stream)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no head for {stream}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,9 +163,17 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
     assert_eq!(keys.len(), 21);
 
     // Clean run: one event per chunk, in order.
-    let mut detector = stack.detector(&with_source(clean_key)).await?;
+    let detector = stack.detector(&with_source(clean_key)).await?;
+    let mut file_chunks = Vec::new();
     for key in &keys {
-        deliver(&mut detector, std::slice::from_ref(key)).await?;
+        let response = deliver(&detector, std::slice::from_ref(key)).await?;
+        file_chunks.extend(
+            response
+                .applied
+                .iter()
+                .filter(|a| a.batches > 0)
+                .map(|a| a.chunk),
+        );
     }
     let clean = outputs(&stack, clean_key).await?;
 
@@ -227,37 +237,49 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
         "every row is either processed or rejected"
     );
 
-    // Every step boundary, at an ordinary chunk, a snapshot chunk and the last chunk.
+    // A fault at every step of a chunk: at an ordinary chunk, a snapshot chunk (every
+    // 7th) and the last chunk, where that step happens at all.
+    let last = keys.len() as u64 - 1;
+    let snapshot_chunks = [13u64, last];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut cases = 0;
     for (i, point) in FaultPoint::ALL.into_iter().enumerate() {
-        for at in [3u64, 13, 20] {
+        let chunks: Vec<u64> = match point {
+            FaultPoint::WriteSnapshot => snapshot_chunks.to_vec(),
+            // The first and the last chunk that complete a detection file.
+            FaultPoint::WriteDetections => {
+                let mut v: Vec<u64> = file_chunks
+                    .first()
+                    .into_iter()
+                    .chain(file_chunks.last())
+                    .copied()
+                    .collect();
+                v.dedup();
+                v
+            }
+            _ => vec![3, 13, last],
+        };
+        for at in chunks {
+            cases += 1;
             let key = format!("input/fault-{i}-{at}.csv");
             let chunk_keys = chunk(&stack, &key, &data).await?;
-            let fired = Arc::new(AtomicBool::new(false));
-            let hook_fired = fired.clone();
-            let mut detector = stack
-                .detector(&with_source(&key))
-                .await?
-                .with_fault_hook(Arc::new(move |p, k| {
-                    p == point && k == at && !hook_fired.swap(true, Ordering::SeqCst)
-                }));
+            let plan = FaultPlan::new();
+            plan.arm(point, at);
+            let detector = stack.faulty_detector(&with_source(&key), &plan).await?;
             let mut failures = 0;
             for k in &chunk_keys {
-                if deliver(&mut detector, std::slice::from_ref(k))
-                    .await
-                    .is_err()
-                {
+                if deliver(&detector, std::slice::from_ref(k)).await.is_err() {
                     failures += 1;
                 }
             }
-            assert!(fired.load(Ordering::SeqCst));
+            assert_eq!(plan.fired(), vec![(point, at)], "{point:?} at {at}");
             assert_eq!(failures, 1, "{point:?} at {at}");
             // Redelivery: everything again, duplicated and shuffled, to a fresh container.
             let mut again: Vec<String> = chunk_keys.iter().chain(&chunk_keys).cloned().collect();
             again.shuffle(&mut rng);
-            let mut fresh = stack.detector(&with_source(&key)).await?;
+            let fresh = stack.detector(&with_source(&key)).await?;
             for batch in again.chunks(3) {
-                deliver(&mut fresh, batch).await?;
+                deliver(&fresh, batch).await?;
             }
             let got = outputs(&stack, &key).await?;
             assert_eq!(got.batches, clean.batches, "{point:?} at {at}");
@@ -278,6 +300,7 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
             assert_eq!(got.stats, clean.stats);
         }
     }
+    assert!(cases >= 15, "{cases}");
     Ok(())
 }
 
@@ -286,29 +309,26 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
     let stack = Stack::start(true).await?;
     let data = data()?;
     let keys = chunk(&stack, SOURCE_KEY, &data).await?;
-    let mut a = stack.detector(SMALL).await?;
+    let a = stack.detector(SMALL).await?;
     // An event for chunk 9 first: chunks 0..=9 are applied in order.
-    let reply = deliver(&mut a, &keys[9..10]).await?;
-    assert_eq!(
-        reply["streams"][0]["applied"].as_array().map(Vec::len),
-        Some(10)
-    );
+    let reply = deliver(&a, &keys[9..10]).await?;
+    assert_eq!(reply.streams[0].applied.len(), 10);
     // Duplicates are no-ops.
-    let reply = deliver(&mut a, &keys[3..5]).await?;
-    assert_eq!(reply["streams"][0]["duplicate"], true);
+    let reply = deliver(&a, &keys[3..5]).await?;
+    assert!(reply.streams[0].duplicate);
     // A new process rebuilds from snapshot + deltas and finishes.
-    let mut b = stack.detector(SMALL).await?;
-    deliver(&mut b, &keys[keys.len() - 1..]).await?;
-    let head = b.head(STREAM).await?.unwrap();
+    let b = stack.detector(SMALL).await?;
+    deliver(&b, &keys[keys.len() - 1..]).await?;
+    let head = head(&b, &stream()).await?;
     assert!(head.finished);
     assert_eq!(head.next_chunk, keys.len() as u64);
 
     // Same outputs as a clean run on another stream.
     let clean_key = "input/clean.csv";
     let clean_keys = chunk(&stack, clean_key, &data).await?;
-    let mut c = stack.detector(&with_source(clean_key)).await?;
+    let c = stack.detector(&with_source(clean_key)).await?;
     for k in &clean_keys {
-        deliver(&mut c, std::slice::from_ref(k)).await?;
+        deliver(&c, std::slice::from_ref(k)).await?;
     }
     let got = outputs(&stack, SOURCE_KEY).await?;
     let clean = outputs(&stack, clean_key).await?;
@@ -319,8 +339,13 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
     // Other thresholds on the same stream are refused, not mixed in.
     let mut changed = SMALL.to_vec();
     changed.push(("TXPIPE_CHILD_MIN_TXNS", "81"));
-    let mut other = stack.detector(&changed).await?;
-    let err = other.catch_up(STREAM, 0).await.unwrap_err();
+    let other = stack.detector(&changed).await?;
+    let err = other
+        .detector()
+        .await
+        .catch_up(&stream(), 0)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("was built with settings"), "{err}");
     Ok(())
 }
@@ -330,16 +355,16 @@ async fn postgres_down_fails_without_advancing_then_completes() -> Result<()> {
     let mut stack = Stack::start(true).await?;
     let data = data()?;
     let keys = chunk(&stack, SOURCE_KEY, &data).await?;
-    let mut detector = stack.detector(SMALL).await?;
-    deliver(&mut detector, &keys[0..3]).await?;
-    stack.pg.as_mut().unwrap().pause()?;
+    let detector = stack.detector(SMALL).await?;
+    deliver(&detector, &keys[0..3]).await?;
+    stack.local.pg.as_mut().unwrap().pause()?;
     for _ in 0..2 {
-        assert!(deliver(&mut detector, &keys[3..4]).await.is_err());
-        assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 3);
+        assert!(deliver(&detector, &keys[3..4]).await.is_err());
+        assert_eq!(head(&detector, &stream()).await?.next_chunk, 3);
     }
-    stack.pg.as_mut().unwrap().resume()?;
-    deliver(&mut detector, &keys[keys.len() - 1..]).await?;
-    let head = detector.head(STREAM).await?.unwrap();
+    stack.local.pg.as_mut().unwrap().resume()?;
+    deliver(&detector, &keys[keys.len() - 1..]).await?;
+    let head = head(&detector, &stream()).await?;
     assert!(head.finished);
     let ledger = outputs(&stack, SOURCE_KEY).await?.ledger;
     assert_eq!(ledger.len(), keys.len());
@@ -354,8 +379,7 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
     stack
         .put(IMPORTANCE_KEY, b"Source,Target,Weight,typeTrans,fraud\n'C1','M1',1.5,'es_food',0\n'C2','M1',abc,'es_food',0\n".to_vec())
         .await?;
-    let objects = stack.objects();
-    use txpipe::store::ObjectStore;
+    let objects = stack.local.objects();
     let chunk0 = format!(
         "{header}{good}1,'C2','2','M','28007','M1','28007','es_food',1.234,0\n2,'C3','2'\n{good}"
     );
@@ -369,7 +393,7 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
         objects
             .put(
                 BUCKET,
-                &chunk_key(STREAM, k),
+                &stream().chunk_key(k),
                 body.into_bytes(),
                 &[
                     ("txpipe-first-row", first.to_string()),
@@ -378,19 +402,16 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
             )
             .await?;
     }
-    let mut detector = stack.detector(&[]).await?;
-    assert_eq!(detector.importance_rejected().len(), 1);
-    detector.record_importance_rejects().await?;
-    let reply = handle_detector_event(
-        &mut detector,
-        &serde_json::json!({"hello": "world"}),
-        |_| {},
-    )
-    .await?;
-    assert_eq!(reply["status"], "malformed");
-    assert!(reply["error"].as_str().unwrap().contains("not an S3 event"));
-    deliver(&mut detector, &[chunk_key(STREAM, 2)]).await?;
-    let head = detector.head(STREAM).await?.unwrap();
+    let detector = stack.detector(&[]).await?;
+    assert_eq!(detector.detector().await.importance_rejected().len(), 1);
+    let reply = detector
+        .handle(&serde_json::json!({"hello": "world"}), far())
+        .await?;
+    assert_eq!(reply.status, "malformed");
+    assert!(reply.error.unwrap().contains("not an S3 event"));
+    // The first event with a chunk also stores the importance file's rejected rows.
+    deliver(&detector, &[stream().chunk_key(2)]).await?;
+    let head = head(&detector, &stream()).await?;
     assert!(head.finished);
     assert_eq!((head.totals.rows, head.totals.rejected), (3, 4));
     let out = outputs(&stack, SOURCE_KEY).await?;
@@ -423,14 +444,14 @@ async fn a_failing_statement_rolls_the_whole_chunk_back() -> Result<()> {
     let stack = Stack::start(true).await?;
     let data = data()?;
     let keys = chunk(&stack, SOURCE_KEY, &data).await?;
-    let mut detector = stack.detector(SMALL).await?;
-    deliver(&mut detector, &keys[0..1]).await?;
+    let detector = stack.detector(SMALL).await?;
+    deliver(&detector, &keys[0..1]).await?;
     // Make the last pipelined upsert fail for chunk 1: the COMMIT sent after it must
     // not keep the transactions copied before it.
     let pg = stack.pg_client().await?;
     pg.batch_execute("ALTER TABLE chunks ADD CONSTRAINT no_chunk_1 CHECK (chunk <> 1)")
         .await?;
-    assert!(deliver(&mut detector, &keys[1..2]).await.is_err());
+    assert!(deliver(&detector, &keys[1..2]).await.is_err());
     let count = |sql: &'static str| {
         let pg = &pg;
         async move { pg.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0)) }
@@ -443,14 +464,14 @@ async fn a_failing_statement_rolls_the_whole_chunk_back() -> Result<()> {
         count("SELECT count(*) FROM detections WHERE chunk = 1").await?,
         0
     );
-    assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 1);
+    assert_eq!(head(&detector, &stream()).await?.next_chunk, 1);
     pg.batch_execute("ALTER TABLE chunks DROP CONSTRAINT no_chunk_1")
         .await?;
-    deliver(&mut detector, &keys[1..2]).await?;
+    deliver(&detector, &keys[1..2]).await?;
     assert_eq!(
         count("SELECT count(*) FROM transactions WHERE chunk = 1").await?,
         2000
     );
-    assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 2);
+    assert_eq!(head(&detector, &stream()).await?.next_chunk, 2);
     Ok(())
 }

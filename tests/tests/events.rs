@@ -1,8 +1,6 @@
 //! The sample events in `events/` do what the README says they do.
 
 use anyhow::Result;
-use std::time::{Duration, Instant};
-use txpipe::service::handle_detector_event;
 use txpipe_e2e::*;
 
 fn event(name: &str) -> Result<serde_json::Value> {
@@ -23,33 +21,32 @@ async fn sample_events_drive_the_detector() -> Result<()> {
     let tick: aws_lambda_events::eventbridge::EventBridgeEvent =
         serde_json::from_value(event("schedule-tick.json")?)?;
     assert_eq!(tick.detail_type, "Scheduled Event");
-    let far = Instant::now() + Duration::from_secs(600);
-    let run = stack.chunker(&[])?.invoke(far, None, |_| {}).await?;
+    let run = stack.chunker(&[])?.run(far(), None).await?;
     assert_eq!(run.written.len(), 5);
 
-    let mut detector = stack.detector(&[]).await?;
-    let reply = handle_detector_event(
-        &mut detector,
-        &event("s3-put-chunk-3-out-of-order.json")?,
-        |_| {},
-    )
-    .await?;
-    assert_eq!(
-        reply["streams"][0]["applied"],
-        serde_json::json!([0, 1, 2, 3])
-    );
-    let reply =
-        handle_detector_event(&mut detector, &event("s3-put-chunk-0.json")?, |_| {}).await?;
-    assert_eq!(reply["streams"][0]["duplicate"], true);
-    let reply = handle_detector_event(
-        &mut detector,
-        &event("s3-put-chunk-0-duplicate.json")?,
-        |_| {},
-    )
-    .await?;
-    assert_eq!(reply["streams"][0]["applied"], serde_json::json!([]));
-    let reply = handle_detector_event(&mut detector, &event("garbage.json")?, |_| {}).await?;
-    assert_eq!(reply["status"], "malformed");
-    assert_eq!(detector.head(STREAM).await?.unwrap().next_chunk, 4);
+    let detector = stack.detector(&[]).await?;
+    let reply = |r: txpipe::detector::DetectorResponse| serde_json::to_value(r);
+    let r = reply(
+        detector
+            .handle(&event("s3-put-chunk-3-out-of-order.json")?, far())
+            .await?,
+    )?;
+    assert_eq!(r["streams"][0]["applied"], serde_json::json!([0, 1, 2, 3]));
+    let r = reply(
+        detector
+            .handle(&event("s3-put-chunk-0.json")?, far())
+            .await?,
+    )?;
+    assert_eq!(r["streams"][0]["duplicate"], true);
+    let r = reply(
+        detector
+            .handle(&event("s3-put-chunk-0-duplicate.json")?, far())
+            .await?,
+    )?;
+    assert_eq!(r["streams"][0]["applied"], serde_json::json!([]));
+    let r = reply(detector.handle(&event("garbage.json")?, far()).await?)?;
+    assert_eq!(r["status"], "malformed");
+    let head = detector.detector().await.head(&stream()).await?;
+    assert_eq!(head.map(|h| h.next_chunk), Some(4));
     Ok(())
 }

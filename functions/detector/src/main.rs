@@ -4,7 +4,8 @@
 use lambda_runtime::{run, service_fn, tracing, Error, LambdaEvent};
 use serde_json::Value;
 use std::time::Duration;
-use txpipe::service::{deadline_from_epoch_ms, DetectorService};
+use txpipe::detector::DetectorService;
+use txpipe::timing::deadline_from_epoch_ms;
 
 /// Time kept back from the invocation's deadline to commit the chunk in hand and return.
 const MARGIN: Duration = Duration::from_secs(5);

@@ -1,32 +1,38 @@
-//! Configuration: every threshold and setting of SPEC §7, with its default, overridable
-//! from the environment.
+//! Thresholds and per-stream settings, with their defaults in one place (see
+//! `docs/behaviour.md#defaults`). Reading them from the environment is the edge's job
+//! (the pipeline crate's `config` module); the core only holds the values.
 
-use std::collections::HashMap;
+/// R, data rows per chunk, by default.
+pub const DEFAULT_ROWS_PER_CHUNK: u64 = 10_000;
+/// The largest R a stream may use.
+pub const MAX_ROWS_PER_CHUNK: u64 = 1_000_000;
+/// Detections per S3 file, by default.
+pub const DEFAULT_DETECTIONS_PER_FILE: u64 = 50;
+/// The largest number of detections per S3 file. It bounds what the detector's head
+/// carries between chunks (fewer than one file's worth of pending detections).
+pub const MAX_DETECTIONS_PER_FILE: u64 = 10_000;
 
-/// A setting in the environment could not be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    /// The value does not parse as the setting's type.
-    #[error("{var}={value:?} is not valid: expected {expected}")]
-    Invalid {
-        /// Environment variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-        /// What would be valid.
-        expected: &'static str,
-    },
-    /// A required setting is missing.
-    #[error("{var} is not set: {what}")]
-    Missing {
-        /// Environment variable.
-        var: &'static str,
-        /// What it names.
-        what: &'static str,
-    },
+/// The settings that fix how a stream is cut and batched. They are pinned for the life
+/// of a stream: changing them mid-stream would change which rows form a chunk or which
+/// detections share a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamShape {
+    /// R, data rows per chunk.
+    pub rows_per_chunk: u64,
+    /// Detections per S3 file.
+    pub detections_per_file: u64,
 }
 
-/// The thresholds of the three patterns (SPEC §4).
+impl Default for StreamShape {
+    fn default() -> Self {
+        StreamShape {
+            rows_per_chunk: DEFAULT_ROWS_PER_CHUNK,
+            detections_per_file: DEFAULT_DETECTIONS_PER_FILE,
+        }
+    }
+}
+
+/// The thresholds of the three patterns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternConfig {
     /// UPGRADE fires only once the merchant has strictly more transactions than this.
@@ -56,127 +62,8 @@ impl Default for PatternConfig {
     }
 }
 
-/// Reads settings from a map of variables (the process environment, or a test's map).
-pub struct Settings {
-    vars: HashMap<String, String>,
-}
-
-impl Settings {
-    /// The process environment.
-    pub fn from_env() -> Self {
-        Settings {
-            vars: std::env::vars().collect(),
-        }
-    }
-
-    /// An explicit set of variables.
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Settings {
-            vars: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    /// A string setting, if set and non-empty.
-    pub fn string(&self, var: &'static str) -> Option<String> {
-        self.vars
-            .get(var)
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| v.trim().to_string())
-    }
-
-    /// A required string setting.
-    pub fn required(&self, var: &'static str, what: &'static str) -> Result<String, ConfigError> {
-        self.string(var).ok_or(ConfigError::Missing { var, what })
-    }
-
-    /// An unsigned integer setting within `range`, or its default.
-    pub fn number(
-        &self,
-        var: &'static str,
-        default: u64,
-        range: std::ops::RangeInclusive<u64>,
-        expected: &'static str,
-    ) -> Result<u64, ConfigError> {
-        let Some(value) = self.string(var) else {
-            return Ok(default);
-        };
-        value
-            .replace('_', "")
-            .parse::<u64>()
-            .ok()
-            .filter(|v| range.contains(v))
-            .ok_or(ConfigError::Invalid {
-                var,
-                value,
-                expected,
-            })
-    }
-
-    /// A boolean setting (`1/true/yes/on` or `0/false/no/off`), or its default.
-    pub fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
-        let Some(value) = self.string(var) else {
-            return Ok(default);
-        };
-        match value.to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError::Invalid {
-                var,
-                value,
-                expected: "true or false",
-            }),
-        }
-    }
-}
-
 impl PatternConfig {
-    /// Reads the thresholds, each defaulting per SPEC §7.
-    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        let d = PatternConfig::default();
-        Ok(PatternConfig {
-            upgrade_min_merchant_txns: s.number(
-                "TXPIPE_UPGRADE_MIN_MERCHANT_TXNS",
-                d.upgrade_min_merchant_txns,
-                0..=u64::MAX,
-                "a whole number",
-            )?,
-            upgrade_top_bp: s.number(
-                "TXPIPE_UPGRADE_TOP_BP",
-                d.upgrade_top_bp,
-                0..=9_999,
-                "basis points from 0 to 9999",
-            )?,
-            upgrade_bottom_bp: s.number(
-                "TXPIPE_UPGRADE_BOTTOM_BP",
-                d.upgrade_bottom_bp,
-                1..=10_000,
-                "basis points from 1 to 10000",
-            )?,
-            child_min_txns: s.number(
-                "TXPIPE_CHILD_MIN_TXNS",
-                d.child_min_txns,
-                0..=u64::MAX,
-                "a whole number",
-            )?,
-            child_avg_below_cents: s.number(
-                "TXPIPE_CHILD_AVG_BELOW_CENTS",
-                d.child_avg_below_cents,
-                0..=u64::MAX,
-                "cents, e.g. 2300 for Rs 23.00",
-            )?,
-            dei_min_female: s.number(
-                "TXPIPE_DEI_MIN_FEMALE",
-                d.dei_min_female,
-                0..=u64::MAX,
-                "a whole number",
-            )?,
-        })
-    }
-
-    /// A short stable text of the settings, stored with the state so a restart with
+    /// A short stable text of the thresholds, stored with the state so a restart with
     /// different thresholds is refused instead of mixing two definitions.
     pub fn fingerprint(&self) -> String {
         format!(
@@ -191,24 +78,14 @@ impl PatternConfig {
     }
 }
 
-/// Rows per chunk (SPEC §2), `TXPIPE_ROWS_PER_CHUNK`.
-pub fn rows_per_chunk(s: &Settings) -> Result<u64, ConfigError> {
-    s.number(
-        "TXPIPE_ROWS_PER_CHUNK",
-        10_000,
-        1..=1_000_000,
-        "rows from 1 to 1000000",
-    )
-}
-
-/// Detections per S3 file (SPEC §6), `TXPIPE_DETECTIONS_PER_FILE`.
-pub fn detections_per_file(s: &Settings) -> Result<u64, ConfigError> {
-    s.number(
-        "TXPIPE_DETECTIONS_PER_FILE",
-        50,
-        1..=100_000,
-        "a count from 1 to 100000",
-    )
+impl StreamShape {
+    /// A short stable text of the shape, for the stream's settings fingerprint.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "rows_per_chunk={};per_file={}",
+            self.rows_per_chunk, self.detections_per_file
+        )
+    }
 }
 
 #[cfg(test)]
@@ -216,32 +93,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_spec() {
-        let c = PatternConfig::from_settings(&Settings::from_pairs([])).unwrap();
-        assert_eq!(c, PatternConfig::default());
+    fn defaults_are_the_documented_ones() {
+        let c = PatternConfig::default();
         assert_eq!(c.upgrade_min_merchant_txns, 50_000);
         assert_eq!((c.upgrade_top_bp, c.upgrade_bottom_bp), (100, 100));
         assert_eq!(
             (c.child_min_txns, c.child_avg_below_cents, c.dei_min_female),
             (80, 2300, 100)
         );
-        assert_eq!(rows_per_chunk(&Settings::from_pairs([])).unwrap(), 10_000);
-        assert_eq!(detections_per_file(&Settings::from_pairs([])).unwrap(), 50);
+        let s = StreamShape::default();
+        assert_eq!((s.rows_per_chunk, s.detections_per_file), (10_000, 50));
     }
 
     #[test]
-    fn overrides_and_errors() {
-        let s = Settings::from_pairs([
-            ("TXPIPE_UPGRADE_TOP_BP", "1000"),
-            ("TXPIPE_CHILD_MIN_TXNS", "1_000"),
-        ]);
-        let c = PatternConfig::from_settings(&s).unwrap();
-        assert_eq!((c.upgrade_top_bp, c.child_min_txns), (1000, 1000));
-        let bad = Settings::from_pairs([("TXPIPE_UPGRADE_BOTTOM_BP", "0")]);
-        let err = PatternConfig::from_settings(&bad).unwrap_err();
-        assert!(err.to_string().contains("TXPIPE_UPGRADE_BOTTOM_BP"));
-        assert!(Settings::from_pairs([("X", "maybe")])
-            .flag("X", false)
-            .is_err());
+    fn fingerprints_change_with_every_setting() {
+        let base = PatternConfig::default().fingerprint();
+        let other = PatternConfig {
+            child_min_txns: 81,
+            ..PatternConfig::default()
+        };
+        assert_ne!(base, other.fingerprint());
+        let shape = StreamShape::default().fingerprint();
+        let other = StreamShape {
+            detections_per_file: 51,
+            ..StreamShape::default()
+        };
+        assert_ne!(shape, other.fingerprint());
     }
 }

@@ -1,38 +1,113 @@
-//! Where things are stored: object keys and stream names. Every key is a function of
-//! the source and a number only, never of the clock, so writing something twice writes
-//! the same object.
+//! Where things are stored: the key of every object and the name of every stream, in
+//! one place. Every key is a function of the stream and a number only, never of the
+//! clock, so writing something twice writes the same object.
+//!
+//! ```text
+//! chunks/<stream>/<k:08>.csv           chunk k: the header, then R source rows
+//! detections/<stream>/<b:08>.jsonl     detection file b
+//! state/<stream>/…                     the detector's snapshots and deltas
+//! ```
 
-/// The key of chunk `k` under a stream prefix: `<prefix><k, 8 digits>.csv`.
-pub fn chunk_key(prefix: &str, k: u64) -> String {
-    format!("{prefix}{k:08}.csv")
+use std::fmt;
+
+/// Prefix of every chunk object.
+pub const CHUNKS_PREFIX: &str = "chunks/";
+/// Prefix of every detection file.
+pub const DETECTIONS_PREFIX: &str = "detections/";
+/// Prefix of the detector's stored state.
+pub const STATE_PREFIX: &str = "state/";
+
+/// The name of one stream: the chunks of one version of one source file and
+/// everything derived from them. It is one path segment (letters, digits, `-`, `_`,
+/// `.`), so it can name a folder under each prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamName(String);
+
+impl StreamName {
+    /// A stream name from any text: characters outside `[A-Za-z0-9._-]` become `-`.
+    pub fn sanitized(text: &str) -> Self {
+        let name: String = text
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        StreamName(name)
+    }
+
+    /// Reads a stream name that must already be one valid path segment.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid = !text.is_empty()
+            && text != "."
+            && text != ".."
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        valid.then(|| StreamName(text.to_string()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `chunks/<stream>/`: where the stream's chunks are.
+    pub fn chunks_prefix(&self) -> String {
+        format!("{CHUNKS_PREFIX}{self}/")
+    }
+
+    /// The key of chunk `k`: `chunks/<stream>/<k:08>.csv`.
+    pub fn chunk_key(&self, k: u64) -> String {
+        format!("{CHUNKS_PREFIX}{self}/{k:08}.csv")
+    }
+
+    /// `detections/<stream>/`: where the stream's detection files are.
+    pub fn detections_prefix(&self) -> String {
+        format!("{DETECTIONS_PREFIX}{self}/")
+    }
+
+    /// The key of detection file `b`: `detections/<stream>/<b:08>.jsonl`.
+    pub fn detections_key(&self, b: u64) -> String {
+        format!("{DETECTIONS_PREFIX}{self}/{b:08}.jsonl")
+    }
+
+    /// `state/<stream>/`: where the detector keeps the stream's state.
+    pub fn state_prefix(&self) -> String {
+        format!("{STATE_PREFIX}{self}/")
+    }
+
+    /// The snapshot covering chunks `0..next`: `state/<stream>/snapshot-<next:08>.bin`.
+    pub fn snapshot_key(&self, next: u64) -> String {
+        format!("{STATE_PREFIX}{self}/snapshot-{next:08}.bin")
+    }
 }
 
-/// Splits a chunk key into its stream prefix and chunk number.
-pub fn parse_chunk_key(key: &str) -> Option<(&str, u64)> {
-    let slash = key.rfind('/')?;
-    let (prefix, file) = key.split_at(slash + 1);
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The stream name of a source object: its key without `.csv`, `/` (and anything else
+/// outside a path segment) turned into `-` — `input/transactions.csv` is
+/// `input-transactions`.
+pub fn stream_for_source(source_key: &str) -> StreamName {
+    StreamName::sanitized(source_key.strip_suffix(".csv").unwrap_or(source_key))
+}
+
+/// Splits a chunk key `chunks/<stream>/<digits>.csv` into its stream and number.
+pub fn parse_chunk_key(key: &str) -> Option<(StreamName, u64)> {
+    let rest = key.strip_prefix(CHUNKS_PREFIX)?;
+    let (stream, file) = rest.split_once('/')?;
     let digits = file.strip_suffix(".csv")?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((prefix, digits.parse().ok()?))
-}
-
-/// The stream prefix for a source object: `<chunk_prefix><source key without extension,
-/// '/' replaced by '-'>/`, so two sources never share chunk keys.
-pub fn stream_prefix(chunk_prefix: &str, source_key: &str) -> String {
-    let stem = source_key.strip_suffix(".csv").unwrap_or(source_key);
-    let name: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("{chunk_prefix}{name}/")
+    Some((StreamName::parse(stream)?, digits.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -41,12 +116,41 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let prefix = stream_prefix("chunks/", "input/transactions.csv");
-        assert_eq!(prefix, "chunks/input-transactions/");
-        let key = chunk_key(&prefix, 42);
+        let stream = stream_for_source("input/transactions.csv");
+        assert_eq!(stream.as_str(), "input-transactions");
+        let key = stream.chunk_key(42);
         assert_eq!(key, "chunks/input-transactions/00000042.csv");
-        assert_eq!(parse_chunk_key(&key), Some((prefix.as_str(), 42)));
-        assert_eq!(parse_chunk_key("chunks/x/abc.csv"), None);
-        assert_eq!(parse_chunk_key("nochunk"), None);
+        assert_eq!(parse_chunk_key(&key), Some((stream.clone(), 42)));
+        assert_eq!(
+            stream.detections_key(3),
+            "detections/input-transactions/00000003.jsonl"
+        );
+        assert_eq!(
+            stream.snapshot_key(20),
+            "state/input-transactions/snapshot-00000020.bin"
+        );
+    }
+
+    #[test]
+    fn only_chunk_keys_parse() {
+        for key in [
+            "chunks/x/abc.csv",
+            "nochunk",
+            "chunks/00000001.csv",
+            "chunks/a/b/00000001.csv",
+            "detections/x/00000001.csv",
+            "chunks/../00000001.csv",
+            "chunks/x/.csv",
+        ] {
+            assert_eq!(parse_chunk_key(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn stream_names_are_one_path_segment() {
+        assert_eq!(StreamName::sanitized("a b/c").as_str(), "a-b-c");
+        assert_eq!(StreamName::parse("a/b"), None);
+        assert_eq!(StreamName::parse(".."), None);
+        assert!(StreamName::parse("input-transactions.3f9a").is_some());
     }
 }

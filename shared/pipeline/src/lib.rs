@@ -1,30 +1,32 @@
-//! txpipe: real-time transaction pattern detection.
+//! txpipe: the pipeline around the pure core ([`txpipe_core`]).
 //!
-//! The library holds everything the Lambdas and the CLI share:
-//! - the pure, synchronous core: input parsing ([`parse`]), the pattern engine
-//!   ([`engine`]), chunk cutting and naming ([`chunk`]), detection records and S3
-//!   batching ([`detection`], [`batch`]), settings ([`config`]), offline [`replay`];
-//! - the two mechanisms as services over small I/O traits: [`chunker`] and
-//!   [`detector`];
-//! - the edges: S3 and DynamoDB adapters ([`store`]), the Postgres sink ([`postgres`]),
-//!   metrics ([`metrics`]), the Lambda/CLI wiring ([`service`]) and local stand-ins for
-//!   the cloud ([`local`]).
+//! - [`chunker`] and [`detector`]: the two services, each with a `…Service` that the
+//!   Lambda `main`s and the CLI build from the environment and call once per event;
+//! - [`store`]: the small traits they need from S3 and DynamoDB, and one adapter for
+//!   each; [`postgres`]: the output database;
+//! - [`config`]: the environment, read once at the edge into typed values;
+//!   [`setup`]: clients and stores built at cold start; [`aws`]: AWS clients;
+//! - [`metrics`]: CloudWatch Embedded Metric Format; [`timing`]: durations and
+//!   deadlines.
+//!
+//! The core's modules are re-exported under their own names (`txpipe::engine`, …).
 
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod chunker;
+pub mod config;
 pub mod detector;
-pub mod local;
 pub mod metrics;
 pub mod postgres;
-pub mod service;
+pub mod setup;
 pub mod store;
+pub mod timing;
 
 pub use txpipe_core::{
-    batch, config, cutting, detection, engine, layout, parse, percentile, replay, weight,
+    batch, cutting, detection, engine, layout, parse, percentile, replay, weight,
 };
-
-pub use config::PatternConfig;
-pub use detection::{Detection, DetectionKey, PatternId};
-pub use engine::{ChunkDelta, ChunkOutcome, Engine};
-pub use parse::{ImportanceTable, RejectedRow};
+pub use txpipe_core::{
+    ChunkDelta, ChunkOutcome, Detection, DetectionKey, Engine, ImportanceTable, PatternConfig,
+    PatternId, RejectedRow,
+};

@@ -1,16 +1,16 @@
 //! From an S3 event to the chunks it names.
 
-use crate::layout::parse_chunk_key;
 use aws_lambda_events::s3::S3Event;
 use std::collections::BTreeMap;
+use txpipe_core::layout::{parse_chunk_key, StreamName};
 
 /// The newest chunk an event names in one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkTarget {
     /// Bucket the event came from.
     pub bucket: String,
-    /// Stream prefix.
-    pub stream: String,
+    /// The stream.
+    pub stream: StreamName,
     /// Chunk number.
     pub chunk: u64,
 }
@@ -37,7 +37,7 @@ pub fn targets_from_event(event: &serde_json::Value) -> Result<EventTargets, Eve
         return Err(EventError("no records".into()));
     }
     let mut out = EventTargets::default();
-    let mut newest: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut newest: BTreeMap<StreamName, (String, u64)> = BTreeMap::new();
     for record in &event.records {
         let name = record.event_name.as_deref().unwrap_or("");
         if !name.starts_with("ObjectCreated") {
@@ -60,13 +60,11 @@ pub fn targets_from_event(event: &serde_json::Value) -> Result<EventTargets, Eve
         };
         match parse_chunk_key(&key) {
             Some((stream, k)) => {
-                let entry = newest
-                    .entry(stream.to_string())
-                    .or_insert_with(|| (bucket.clone(), k));
+                let entry = newest.entry(stream).or_insert_with(|| (bucket.clone(), k));
                 entry.1 = entry.1.max(k);
             }
             None => out.ignored.push(format!(
-                "key {key:?} is not a chunk (expected <prefix>/<8 digits>.csv)"
+                "key {key:?} is not a chunk (expected chunks/<stream>/<digits>.csv)"
             )),
         }
     }
@@ -100,8 +98,9 @@ mod tests {
     #[test]
     fn several_records_decoded_and_reduced_to_the_newest() {
         let event = serde_json::json!({"Records": [
-            record("ObjectCreated:Put", "chunks/my+data/00000003.csv"),
-            record("ObjectCreated:Put", "chunks/my%2Bdata/00000001.csv"),
+            record("ObjectCreated:Put", "chunks/my-data/00000003.csv"),
+            record("ObjectCreated:Put", "chunks/my%2Ddata/00000001.csv"),
+            record("ObjectCreated:Put", "chunks/my_data/00000001.csv"),
             record("ObjectCreated:Put", "chunks/my+data/00000001.csv"),
             record("ObjectRemoved:Delete", "chunks/x/00000009.csv"),
             record("ObjectCreated:Put", "detections/x/00000000.jsonl"),
@@ -112,17 +111,19 @@ mod tests {
             vec![
                 ChunkTarget {
                     bucket: "b".into(),
-                    stream: "chunks/my data/".into(),
+                    stream: StreamName::parse("my-data").unwrap(),
                     chunk: 3
                 },
                 ChunkTarget {
                     bucket: "b".into(),
-                    stream: "chunks/my+data/".into(),
+                    stream: StreamName::parse("my_data").unwrap(),
                     chunk: 1
                 },
             ]
         );
-        assert_eq!(t.ignored.len(), 2);
+        // A space is not part of any stream name; deletions and detection files are
+        // not chunks.
+        assert_eq!(t.ignored.len(), 3, "{:?}", t.ignored);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! plus `TXPIPE_PG_CA_FILE` (for RDS, Amazon's `global-bundle.pem`).
 
 use super::PgError;
-use crate::config::Settings;
+use crate::config::{ConfigError, EnvVars};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -53,7 +53,7 @@ impl PgSettings {
     /// Reads `TXPIPE_PG_URL` or `TXPIPE_PG_SECRET_ARN` (+ `TXPIPE_PG_HOST`,
     /// `TXPIPE_PG_PORT`, `TXPIPE_PG_DBNAME`, `TXPIPE_PG_USER`), `TXPIPE_PG_SSLMODE` and
     /// `TXPIPE_PG_CA_FILE`. `None` when neither a URL nor a secret is set.
-    pub fn from_settings(s: &Settings) -> Result<Option<Self>, PgError> {
+    pub fn from_vars(s: &EnvVars) -> Result<Option<Self>, ConfigError> {
         let url = s.string("TXPIPE_PG_URL");
         let secret_arn = s.string("TXPIPE_PG_SECRET_ARN");
         if url.is_none() && secret_arn.is_none() {
@@ -61,9 +61,12 @@ impl PgSettings {
         }
         let mut config = match &url {
             Some(url) => url.parse::<tokio_postgres::Config>().map_err(|e| {
-                PgError::Settings(format!(
-                    "TXPIPE_PG_URL is not a valid connection string ({e}); expected postgres://user:password@host:port/dbname"
-                ))
+                ConfigError::Unusable {
+                    var: "TXPIPE_PG_URL",
+                    why: format!(
+                        "not a valid connection string ({e}); expected postgres://user:password@host:port/dbname"
+                    ),
+                }
             })?,
             None => tokio_postgres::Config::new(),
         };
@@ -71,8 +74,10 @@ impl PgSettings {
             config.host(&host);
         }
         if let Some(port) = s.string("TXPIPE_PG_PORT") {
-            config.port(port.parse().map_err(|_| {
-                PgError::Settings(format!("TXPIPE_PG_PORT={port:?} is not a port number"))
+            config.port(port.parse().map_err(|_| ConfigError::Invalid {
+                var: "TXPIPE_PG_PORT",
+                value: port.clone(),
+                expected: "a port number",
             })?);
         }
         if let Some(db) = s.string("TXPIPE_PG_DBNAME") {
@@ -92,9 +97,11 @@ impl PgSettings {
             Some("require") => SslMode::Require,
             Some("verify-full") => SslMode::VerifyFull,
             Some(other) => {
-                return Err(PgError::Settings(format!(
-                    "TXPIPE_PG_SSLMODE={other:?}; expected disable, prefer, require or verify-full"
-                )))
+                return Err(ConfigError::Invalid {
+                    var: "TXPIPE_PG_SSLMODE",
+                    value: other.to_string(),
+                    expected: "disable, prefer, require or verify-full",
+                })
             }
         };
         config.ssl_mode(match ssl {
@@ -265,8 +272,8 @@ impl ServerCertVerifier for EncryptOnly {
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&'static str, &'static str)]) -> Result<Option<PgSettings>, PgError> {
-        PgSettings::from_settings(&Settings::from_pairs(pairs.iter().copied()))
+    fn settings(pairs: &[(&'static str, &'static str)]) -> Result<Option<PgSettings>, ConfigError> {
+        PgSettings::from_vars(&EnvVars::from_pairs(pairs.iter().copied()))
     }
 
     #[test]

@@ -4,15 +4,15 @@
 
 use super::{migrate, PgError, PgSettings};
 use crate::detector::{ChunkRecord, ChunkSink, SinkError};
-use crate::parse::RejectedRow;
 use crate::store::RequestCounter;
-use crate::weight::Weight;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::SinkExt;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Statement};
+use txpipe_core::parse::RejectedRow;
+use txpipe_core::weight::Weight;
 
 /// Writes chunks to Postgres.
 pub struct PgSink {
@@ -208,7 +208,7 @@ async fn write_chunk(
     // fails, Postgres turns the COMMIT into a rollback, and the caller drops the
     // connection, so nothing partial is ever kept.
     let tx: &Client = &conn.client;
-    let stream = r.stream;
+    let stream = r.stream.as_str();
     let chunk = r.chunk as i64;
     let clear_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&stream, &chunk];
     let clear = tx.execute(&conn.clear, clear_params);
@@ -275,7 +275,7 @@ async fn copy_transactions(
     let mut buf = String::with_capacity(r.transactions.len() * 160);
     for t in r.transactions {
         let fields = [
-            copy_escape(r.stream),
+            copy_escape(r.stream.as_str()),
             r.chunk.to_string(),
             t.row.to_string(),
             copy_escape(&t.customer),

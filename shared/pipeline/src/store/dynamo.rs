@@ -7,13 +7,14 @@
 use super::{
     ChunkCursor, CursorStore, DetectorHead, Fenced, RequestCounter, StateStore, StoreError,
 };
-use crate::engine::Totals;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use std::collections::HashMap;
+use txpipe_core::engine::Totals;
+use txpipe_core::layout::StreamName;
 
 /// Parts a delta may be split into; `sk = chunk * DELTA_PARTS + part`.
 const DELTA_PARTS: u64 = 64;
@@ -44,19 +45,6 @@ impl DynamoTable {
             table: table.into(),
             requests,
         }
-    }
-
-    /// The table `TXPIPE_STATE_TABLE` names.
-    pub fn from_settings(
-        client: aws_sdk_dynamodb::Client,
-        s: &crate::config::Settings,
-        requests: RequestCounter,
-    ) -> Result<Self, crate::config::ConfigError> {
-        let table = s.required(
-            "TXPIPE_STATE_TABLE",
-            "the DynamoDB table for cursor and state",
-        )?;
-        Ok(DynamoTable::new(client, table, requests))
     }
 
     /// The table name.
@@ -187,11 +175,11 @@ fn cursor_pk(source_id: &str) -> String {
     format!("cursor#{source_id}")
 }
 
-fn head_pk(stream: &str) -> String {
+fn head_pk(stream: &StreamName) -> String {
     format!("head#{stream}")
 }
 
-fn delta_pk(stream: &str) -> String {
+fn delta_pk(stream: &StreamName) -> String {
     format!("delta#{stream}")
 }
 
@@ -223,7 +211,7 @@ fn head_item(h: &DetectorHead) -> Item {
     let mut item = HashMap::from([
         ("pk".into(), s(head_pk(&h.stream))),
         ("sk".into(), n(0)),
-        ("stream".into(), s(&h.stream)),
+        ("stream".into(), s(h.stream.as_str())),
         ("next_chunk".into(), n(h.next_chunk)),
         ("version".into(), n(h.version)),
         ("next_batch".into(), n(h.next_batch)),
@@ -288,7 +276,7 @@ impl CursorStore for DynamoTable {
 
 #[async_trait]
 impl StateStore for DynamoTable {
-    async fn load_head(&self, stream: &str) -> Result<Option<DetectorHead>, StoreError> {
+    async fn load_head(&self, stream: &StreamName) -> Result<Option<DetectorHead>, StoreError> {
         let at = head_pk(stream);
         let Some(item) = self.get_item(&at).await? else {
             return Ok(None);
@@ -297,8 +285,11 @@ impl StateStore for DynamoTable {
             item: &item,
             at: &at,
         };
+        let stream_text = f.string("stream")?;
         Ok(Some(DetectorHead {
-            stream: f.string("stream")?,
+            stream: StreamName::parse(&stream_text).ok_or_else(|| {
+                StoreError::corrupt(&at, format!("bad stream name {stream_text:?}"))
+            })?,
             next_chunk: f.number("next_chunk")?,
             version: f.number("version")?,
             snapshot_next: match item.contains_key("snapshot_next") {
@@ -320,7 +311,7 @@ impl StateStore for DynamoTable {
 
     async fn load_deltas(
         &self,
-        stream: &str,
+        stream: &StreamName,
         from: u64,
         to: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {

@@ -1,12 +1,13 @@
 //! The detector's head item: the one record whose conditional update commits a chunk.
 
-use crate::engine::Totals;
+use txpipe_core::engine::Totals;
+use txpipe_core::layout::StreamName;
 
 /// Everything needed to know where a stream's detector stands and to rebuild it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectorHead {
-    /// Stream prefix (`chunks/<source>/`).
-    pub stream: String,
+    /// The stream.
+    pub stream: StreamName,
     /// Chunks `0..next_chunk` are applied.
     pub next_chunk: u64,
     /// Incremented by every commit; the commit condition.
@@ -29,9 +30,9 @@ pub struct DetectorHead {
 
 impl DetectorHead {
     /// The head of a stream nothing has been applied to.
-    pub fn empty(stream: &str, fingerprint: &str) -> Self {
+    pub fn empty(stream: &StreamName, fingerprint: &str) -> Self {
         DetectorHead {
-            stream: stream.to_string(),
+            stream: stream.clone(),
             next_chunk: 0,
             version: 0,
             snapshot_next: None,

@@ -2,7 +2,6 @@
 //! DynamoDB, and one adapter for each ([`s3`], [`dynamo`]). The services above them are
 //! plain async code over these traits.
 
-pub mod clients;
 pub mod cursor;
 pub mod dynamo;
 pub mod head;
@@ -12,6 +11,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use txpipe_core::layout::StreamName;
 
 pub use cursor::ChunkCursor;
 pub use head::DetectorHead;
@@ -140,11 +140,11 @@ pub trait CursorStore: Send + Sync {
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// The head item of a stream, read consistently.
-    async fn load_head(&self, stream: &str) -> Result<Option<DetectorHead>, StoreError>;
+    async fn load_head(&self, stream: &StreamName) -> Result<Option<DetectorHead>, StoreError>;
     /// Encoded deltas of chunks `from..to`, in chunk order.
     async fn load_deltas(
         &self,
-        stream: &str,
+        stream: &StreamName,
         from: u64,
         to: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;

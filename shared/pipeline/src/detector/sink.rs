@@ -1,10 +1,12 @@
-//! What the detector hands to the output database for each chunk.
+//! What the detector hands to the output database for each chunk, and the trait the
+//! database adapter implements.
 
-use crate::detection::Detection;
-use crate::parse::{Gender, RejectedRow};
-use crate::weight::Weight;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use txpipe_core::detection::Detection;
+use txpipe_core::layout::StreamName;
+use txpipe_core::parse::{Gender, RejectedRow};
+use txpipe_core::weight::Weight;
 
 /// The output database failed; the chunk is not committed and will be retried.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +52,8 @@ pub struct PairRow {
 /// Everything one chunk writes to the database, in one transaction.
 #[derive(Debug)]
 pub struct ChunkRecord<'a> {
-    /// Stream prefix.
-    pub stream: &'a str,
+    /// The stream.
+    pub stream: &'a StreamName,
     /// Chunk object key.
     pub key: &'a str,
     /// Chunk number.

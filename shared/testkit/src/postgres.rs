@@ -1,9 +1,14 @@
 //! A throwaway Postgres cluster: `initdb` into a temp dir, `pg_ctl start` on a free
 //! port, `pg_ctl stop` and delete on drop. As root, the server runs as `nobody`
 //! (Postgres refuses to run as root).
+//!
+//! Postgres cannot be told to pick its own port, so a free one is chosen first; if
+//! another process takes it before the server binds, the server fails to start and
+//! another port is tried. Once started, the port is the server's: `pg_ctl -w` waits
+//! for this cluster's own postmaster, never for whatever else listens there.
 
-use super::moto::which;
-use super::{free_port, LocalError};
+use super::{which, LocalError};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -22,7 +27,11 @@ impl LocalPostgres {
     pub fn start() -> Result<Self, LocalError> {
         let bin = find_bin()?;
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("txpipe-pg-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "txpipe-pg-{}-{port}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
         let as_nobody = is_root();
         std::fs::create_dir_all(&dir).map_err(|e| failed("creating the cluster dir", e))?;
         if as_nobody {
@@ -49,8 +58,26 @@ impl LocalPostgres {
                 "--no-locale",
             ],
         )?;
-        pg.resume()?;
-        Ok(pg)
+        // A port taken between choosing and binding makes the start fail: try others.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match pg.resume() {
+                Ok(()) => return Ok(pg),
+                Err(e) if attempts < 5 && pg.port_was_taken() => {
+                    let _ = e;
+                    pg.port = free_port()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the last start failed because the port was in use.
+    fn port_was_taken(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("server.log"))
+            .map(|log| log.contains("could not bind") || log.contains("already in use"))
+            .unwrap_or(false)
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -147,10 +174,15 @@ fn path(p: &Path) -> &str {
 }
 
 fn failed(what: impl Into<String>, e: impl std::fmt::Display) -> LocalError {
-    LocalError::Failed {
-        what: what.into(),
-        why: e.to_string(),
-    }
+    LocalError::failed(what, e)
+}
+
+/// A TCP port that was free a moment ago.
+fn free_port() -> Result<u16, LocalError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| failed("finding a free port", e))
 }
 
 fn is_root() -> bool {

@@ -1,14 +1,18 @@
-//! Mechanism X (SPEC §2): cut the next R rows of the source into a chunk object, then
+//! The chunker (mechanism X): cut the next R rows of the source into a chunk object, then
 //! move the cursor with a conditional write. The chunk key depends only on the source
 //! and the chunk number, so a crash between the two steps rewrites the same object
 //! with the same bytes; two overlapping runs are fenced by the cursor condition.
 
-use crate::config::{rows_per_chunk, ConfigError, Settings};
-use crate::cutting::{cut_rows, read_header, Cut};
-use crate::layout::{chunk_key, stream_prefix};
-use crate::parse::HeaderError;
+mod service;
+
+pub use service::{ChunkerResponse, ChunkerService};
+
+use crate::config::Config;
 use crate::store::{ChunkCursor, CursorStore, Fenced, ObjectStore, StoreError};
 use std::time::{Duration, Instant};
+use txpipe_core::cutting::{cut_rows, read_header, Cut};
+use txpipe_core::layout::{stream_for_source, StreamName};
+use txpipe_core::parse::HeaderError;
 
 /// Object metadata on every chunk: 1-based source row number of its first data row.
 pub const META_FIRST_ROW: &str = "txpipe-first-row";
@@ -17,7 +21,8 @@ pub const META_ROWS: &str = "txpipe-rows";
 /// Object metadata: `true` on the end-of-stream chunk.
 pub const META_LAST: &str = "txpipe-last";
 
-/// What the chunker reads and writes, and how fast.
+/// What the chunker reads and writes, and how fast: the plain values it takes from
+/// the [`Config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkerSettings {
     /// Bucket of transactions.csv.
@@ -26,8 +31,6 @@ pub struct ChunkerSettings {
     pub source_key: String,
     /// Bucket the chunks go to.
     pub bucket: String,
-    /// Prefix under which each source gets its stream prefix.
-    pub chunk_prefix: String,
     /// Data rows per chunk (R).
     pub rows_per_chunk: u64,
     /// Time between chunks; `None` is burst mode (no pacing).
@@ -39,44 +42,22 @@ pub struct ChunkerSettings {
 }
 
 impl ChunkerSettings {
-    /// Reads `TXPIPE_BUCKET`, `TXPIPE_SOURCE_BUCKET`, `TXPIPE_SOURCE_KEY`,
-    /// `TXPIPE_ROWS_PER_CHUNK`, `TXPIPE_CHUNK_INTERVAL_MS` (0 = burst) and
-    /// `TXPIPE_CHUNKER_BUDGET_SECS`.
-    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        let bucket = s.required(
-            "TXPIPE_BUCKET",
-            "the pipeline bucket (chunks, detections, state)",
-        )?;
-        let interval_ms = s.number(
-            "TXPIPE_CHUNK_INTERVAL_MS",
-            1000,
-            0..=600_000,
-            "milliseconds from 0 (burst) to 600000",
-        )?;
-        Ok(ChunkerSettings {
-            source_bucket: s
-                .string("TXPIPE_SOURCE_BUCKET")
-                .unwrap_or_else(|| bucket.clone()),
-            source_key: s
-                .string("TXPIPE_SOURCE_KEY")
-                .unwrap_or_else(|| "input/transactions.csv".into()),
-            bucket,
-            chunk_prefix: "chunks/".into(),
-            rows_per_chunk: rows_per_chunk(s)?,
-            interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
-            budget: Duration::from_secs(s.number(
-                "TXPIPE_CHUNKER_BUDGET_SECS",
-                55,
-                1..=900,
-                "seconds from 1 to 900",
-            )?),
-            read_window: 4 << 20,
-        })
+    /// The chunker's part of the configuration.
+    pub fn from_config(c: &Config) -> Self {
+        ChunkerSettings {
+            source_bucket: c.source.bucket.clone(),
+            source_key: c.source.transactions_key.clone(),
+            bucket: c.bucket.clone(),
+            rows_per_chunk: c.shape.rows_per_chunk,
+            interval: c.chunker.interval,
+            budget: c.chunker.budget,
+            read_window: c.chunker.read_window,
+        }
     }
 
-    /// The stream prefix chunks of this source are written under.
-    pub fn stream(&self) -> String {
-        stream_prefix(&self.chunk_prefix, &self.source_key)
+    /// The stream this source's chunks belong to.
+    pub fn stream(&self) -> StreamName {
+        stream_for_source(&self.source_key)
     }
 }
 
@@ -422,7 +403,7 @@ impl<'a> Chunker<'a> {
         bytes.extend_from_slice(&self.ahead.bytes[..consumed]);
         self.ahead.bytes.drain(..consumed);
         self.ahead.offset += consumed as u64;
-        let stream = stream_prefix(&self.settings.chunk_prefix, &cursor.source_key);
+        let stream = stream_for_source(&cursor.source_key);
         let next = ChunkCursor {
             next_chunk: cursor.next_chunk + u64::from(rows > 0),
             offset: cursor.offset + consumed as u64,
@@ -432,7 +413,7 @@ impl<'a> Chunker<'a> {
         };
         Ok(Some(PreparedChunk {
             number: cursor.next_chunk,
-            key: chunk_key(&stream, cursor.next_chunk),
+            key: stream.chunk_key(cursor.next_chunk),
             bytes,
             rows,
             first_row: cursor.rows_emitted + 1,
@@ -456,32 +437,5 @@ impl<'a> Chunker<'a> {
             )
             .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_defaults_and_burst_mode() {
-        let s = ChunkerSettings::from_settings(&Settings::from_pairs([("TXPIPE_BUCKET", "b")]))
-            .unwrap();
-        assert_eq!(
-            (s.source_bucket.as_str(), s.source_key.as_str()),
-            ("b", "input/transactions.csv")
-        );
-        assert_eq!(s.interval, Some(Duration::from_secs(1)));
-        assert_eq!(s.budget, Duration::from_secs(55));
-        assert_eq!(s.rows_per_chunk, 10_000);
-        assert_eq!(s.stream(), "chunks/input-transactions/");
-        let burst = ChunkerSettings::from_settings(&Settings::from_pairs([
-            ("TXPIPE_BUCKET", "b"),
-            ("TXPIPE_CHUNK_INTERVAL_MS", "0"),
-        ]))
-        .unwrap();
-        assert_eq!(burst.interval, None);
-        let err = ChunkerSettings::from_settings(&Settings::from_pairs([])).unwrap_err();
-        assert!(err.to_string().contains("TXPIPE_BUCKET"));
     }
 }

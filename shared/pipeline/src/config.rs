@@ -1,0 +1,419 @@
+//! The pipeline's configuration, read once from the environment at the edge (a Lambda's
+//! cold start, a CLI command) into plain typed values. Every part below the edge gets
+//! only the values it needs; nothing else reads the environment.
+//!
+//! Every variable, its default and its range is listed in the README's configuration
+//! table; the defaults are the constants below and in [`txpipe_core::config`].
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+pub use txpipe_core::config::{
+    PatternConfig, StreamShape, DEFAULT_DETECTIONS_PER_FILE, DEFAULT_ROWS_PER_CHUNK,
+    MAX_DETECTIONS_PER_FILE, MAX_ROWS_PER_CHUNK,
+};
+
+use crate::postgres::PgSettings;
+
+/// Default key of transactions.csv in the source bucket.
+pub const DEFAULT_SOURCE_KEY: &str = "input/transactions.csv";
+/// Default key of CustomerImportance.csv in the source bucket.
+pub const DEFAULT_IMPORTANCE_KEY: &str = "input/CustomerImportance.csv";
+/// Default time between chunks inside one chunker invocation.
+pub const DEFAULT_CHUNK_INTERVAL_MS: u64 = 1_000;
+/// Default time one chunker invocation keeps emitting.
+pub const DEFAULT_CHUNKER_BUDGET_SECS: u64 = 55;
+/// Default backpressure: the chunker stops cutting while the detector is this many
+/// chunks behind.
+pub const DEFAULT_MAX_LAG_CHUNKS: u64 = 600;
+/// Default time without detector progress (while it lags) after which the chunker's
+/// tick invokes the detector.
+pub const DEFAULT_DETECTOR_STALL_SECS: u64 = 90;
+/// Default number of failed attempts at a chunk, for a reason that repeats, before the
+/// detector parks it.
+pub const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 3;
+/// Default number of chunks between detector snapshots.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20;
+
+/// A setting in the environment could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The value does not parse as the setting's type or is out of range.
+    #[error("{var}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        /// Environment variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What would be valid.
+        expected: &'static str,
+    },
+    /// The value is well-formed but cannot be used, for the reason given.
+    #[error("{var} cannot be used: {why}")]
+    Unusable {
+        /// Environment variable.
+        var: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// A required setting is missing.
+    #[error("{var} is not set: {what}")]
+    Missing {
+        /// Environment variable.
+        var: &'static str,
+        /// What it names.
+        what: &'static str,
+    },
+}
+
+/// A snapshot of environment variables, read through typed accessors that name the
+/// variable in every error.
+#[derive(Debug, Clone, Default)]
+pub struct EnvVars {
+    vars: HashMap<String, String>,
+}
+
+impl EnvVars {
+    /// The process environment.
+    pub fn from_env() -> Self {
+        EnvVars {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// An explicit set of variables (later pairs override earlier ones).
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        EnvVars {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+                .collect(),
+        }
+    }
+
+    /// Sets one variable (tests and local runs).
+    pub fn set(&mut self, var: &str, value: impl Into<String>) {
+        self.vars.insert(var.to_string(), value.into());
+    }
+
+    /// A string setting, if set and non-empty.
+    pub fn string(&self, var: &'static str) -> Option<String> {
+        self.vars
+            .get(var)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_string())
+    }
+
+    /// A required string setting.
+    pub fn required(&self, var: &'static str, what: &'static str) -> Result<String, ConfigError> {
+        self.string(var).ok_or(ConfigError::Missing { var, what })
+    }
+
+    /// An unsigned integer setting within `range`, or its default.
+    pub fn number(
+        &self,
+        var: &'static str,
+        default: u64,
+        range: RangeInclusive<u64>,
+        expected: &'static str,
+    ) -> Result<u64, ConfigError> {
+        let Some(value) = self.string(var) else {
+            return Ok(default);
+        };
+        value
+            .replace('_', "")
+            .parse::<u64>()
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or(ConfigError::Invalid {
+                var,
+                value,
+                expected,
+            })
+    }
+
+    /// A boolean setting (`1/true/yes/on` or `0/false/no/off`), or its default.
+    pub fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        let Some(value) = self.string(var) else {
+            return Ok(default);
+        };
+        match value.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::Invalid {
+                var,
+                value,
+                expected: "on or off",
+            }),
+        }
+    }
+}
+
+/// Where the two input files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// Bucket of both input files.
+    pub bucket: String,
+    /// Key of transactions.csv.
+    pub transactions_key: String,
+    /// Key of CustomerImportance.csv.
+    pub importance_key: String,
+}
+
+/// How the chunker paces itself and watches the detector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkerConfig {
+    /// Time between chunks; `None` is burst mode (no pacing).
+    pub interval: Option<Duration>,
+    /// How long one invocation keeps emitting.
+    pub budget: Duration,
+    /// Bytes fetched per ranged GET (grows when a chunk needs more).
+    pub read_window: u64,
+    /// Backpressure: no chunk is cut while the detector is this many chunks behind.
+    pub max_lag_chunks: u64,
+    /// A lagging detector that made no progress for this long is invoked by the tick.
+    pub detector_stall: Duration,
+    /// The detector function the tick invokes (none: nothing is invoked, e.g. locally).
+    pub detector_function: Option<String>,
+}
+
+/// How the detector keeps its state and when it gives up on a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// A snapshot every this many chunks (and at the end of the stream).
+    pub snapshot_every: u64,
+    /// Failed attempts at one chunk, for a reason that repeats, before it is parked.
+    pub park_after_attempts: u64,
+}
+
+/// Everything the pipeline reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The pipeline bucket: chunks, detections, state.
+    pub bucket: String,
+    /// The DynamoDB table of cursors and detector heads.
+    pub state_table: String,
+    /// The input files.
+    pub source: SourceConfig,
+    /// R and detections per file.
+    pub shape: StreamShape,
+    /// Pattern thresholds.
+    pub patterns: PatternConfig,
+    /// The chunker's pacing and watch.
+    pub chunker: ChunkerConfig,
+    /// The detector's state and parking.
+    pub detector: DetectorConfig,
+    /// The output database, if configured.
+    pub postgres: Option<PgSettings>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&EnvVars::from_env())
+    }
+
+    /// Reads a set of variables.
+    pub fn from_vars(env: &EnvVars) -> Result<Self, ConfigError> {
+        let bucket = env.required(
+            "TXPIPE_BUCKET",
+            "the pipeline bucket (chunks, detections, state)",
+        )?;
+        let interval_ms = env.number(
+            "TXPIPE_CHUNK_INTERVAL_MS",
+            DEFAULT_CHUNK_INTERVAL_MS,
+            0..=600_000,
+            "milliseconds from 0 (burst) to 600000",
+        )?;
+        Ok(Config {
+            state_table: env.required(
+                "TXPIPE_STATE_TABLE",
+                "the DynamoDB table for cursors and detector state",
+            )?,
+            source: SourceConfig {
+                bucket: env
+                    .string("TXPIPE_SOURCE_BUCKET")
+                    .unwrap_or_else(|| bucket.clone()),
+                transactions_key: env
+                    .string("TXPIPE_SOURCE_KEY")
+                    .unwrap_or_else(|| DEFAULT_SOURCE_KEY.into()),
+                importance_key: env
+                    .string("TXPIPE_IMPORTANCE_KEY")
+                    .unwrap_or_else(|| DEFAULT_IMPORTANCE_KEY.into()),
+            },
+            bucket,
+            shape: stream_shape(env)?,
+            patterns: patterns(env)?,
+            chunker: ChunkerConfig {
+                interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
+                budget: Duration::from_secs(env.number(
+                    "TXPIPE_CHUNKER_BUDGET_SECS",
+                    DEFAULT_CHUNKER_BUDGET_SECS,
+                    1..=900,
+                    "seconds from 1 to 900",
+                )?),
+                read_window: 4 << 20,
+                max_lag_chunks: env.number(
+                    "TXPIPE_MAX_LAG_CHUNKS",
+                    DEFAULT_MAX_LAG_CHUNKS,
+                    1..=1_000_000,
+                    "chunks from 1 to 1000000",
+                )?,
+                detector_stall: Duration::from_secs(env.number(
+                    "TXPIPE_DETECTOR_STALL_SECS",
+                    DEFAULT_DETECTOR_STALL_SECS,
+                    1..=86_400,
+                    "seconds from 1 to 86400",
+                )?),
+                detector_function: env.string("TXPIPE_DETECTOR_FUNCTION"),
+            },
+            detector: DetectorConfig {
+                snapshot_every: env.number(
+                    "TXPIPE_SNAPSHOT_EVERY",
+                    DEFAULT_SNAPSHOT_EVERY,
+                    1..=100_000,
+                    "chunks from 1 to 100000",
+                )?,
+                park_after_attempts: env.number(
+                    "TXPIPE_PARK_AFTER_ATTEMPTS",
+                    DEFAULT_PARK_AFTER_ATTEMPTS,
+                    1..=100,
+                    "attempts from 1 to 100",
+                )?,
+            },
+            postgres: PgSettings::from_vars(env)?,
+        })
+    }
+}
+
+/// R and detections per file (`TXPIPE_ROWS_PER_CHUNK`, `TXPIPE_DETECTIONS_PER_FILE`).
+pub fn stream_shape(env: &EnvVars) -> Result<StreamShape, ConfigError> {
+    Ok(StreamShape {
+        rows_per_chunk: env.number(
+            "TXPIPE_ROWS_PER_CHUNK",
+            DEFAULT_ROWS_PER_CHUNK,
+            1..=MAX_ROWS_PER_CHUNK,
+            "rows from 1 to 1000000",
+        )?,
+        detections_per_file: env.number(
+            "TXPIPE_DETECTIONS_PER_FILE",
+            DEFAULT_DETECTIONS_PER_FILE,
+            1..=MAX_DETECTIONS_PER_FILE,
+            "a count from 1 to 10000",
+        )?,
+    })
+}
+
+/// The pattern thresholds (`TXPIPE_UPGRADE_*`, `TXPIPE_CHILD_*`, `TXPIPE_DEI_*`).
+pub fn patterns(env: &EnvVars) -> Result<PatternConfig, ConfigError> {
+    let d = PatternConfig::default();
+    Ok(PatternConfig {
+        upgrade_min_merchant_txns: env.number(
+            "TXPIPE_UPGRADE_MIN_MERCHANT_TXNS",
+            d.upgrade_min_merchant_txns,
+            0..=u64::MAX,
+            "a whole number",
+        )?,
+        upgrade_top_bp: env.number(
+            "TXPIPE_UPGRADE_TOP_BP",
+            d.upgrade_top_bp,
+            0..=9_999,
+            "basis points from 0 to 9999",
+        )?,
+        upgrade_bottom_bp: env.number(
+            "TXPIPE_UPGRADE_BOTTOM_BP",
+            d.upgrade_bottom_bp,
+            1..=10_000,
+            "basis points from 1 to 10000",
+        )?,
+        child_min_txns: env.number(
+            "TXPIPE_CHILD_MIN_TXNS",
+            d.child_min_txns,
+            0..=u64::MAX,
+            "a whole number",
+        )?,
+        child_avg_below_cents: env.number(
+            "TXPIPE_CHILD_AVG_BELOW_CENTS",
+            d.child_avg_below_cents,
+            0..=u64::MAX,
+            "cents, e.g. 2300 for Rs 23.00",
+        )?,
+        dei_min_female: env.number(
+            "TXPIPE_DEI_MIN_FEMALE",
+            d.dei_min_female,
+            0..=u64::MAX,
+            "a whole number",
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> EnvVars {
+        EnvVars::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn defaults_and_required_settings() {
+        let err = Config::from_vars(&vars(&[])).unwrap_err();
+        assert!(err.to_string().contains("TXPIPE_BUCKET"), "{err}");
+        let err = Config::from_vars(&vars(&[("TXPIPE_BUCKET", "b")])).unwrap_err();
+        assert!(err.to_string().contains("TXPIPE_STATE_TABLE"), "{err}");
+        let c = Config::from_vars(&vars(&[
+            ("TXPIPE_BUCKET", "b"),
+            ("TXPIPE_STATE_TABLE", "t"),
+        ]))
+        .unwrap();
+        assert_eq!(c.source.bucket, "b");
+        assert_eq!(c.source.transactions_key, DEFAULT_SOURCE_KEY);
+        assert_eq!(c.source.importance_key, DEFAULT_IMPORTANCE_KEY);
+        assert_eq!(c.shape, StreamShape::default());
+        assert_eq!(c.patterns, PatternConfig::default());
+        assert_eq!(c.chunker.interval, Some(Duration::from_secs(1)));
+        assert_eq!(c.chunker.budget, Duration::from_secs(55));
+        assert_eq!(c.chunker.max_lag_chunks, DEFAULT_MAX_LAG_CHUNKS);
+        assert_eq!(c.chunker.detector_function, None);
+        assert_eq!(c.detector.snapshot_every, DEFAULT_SNAPSHOT_EVERY);
+        assert!(c.postgres.is_none());
+    }
+
+    #[test]
+    fn overrides_ranges_and_burst_mode() {
+        let c = Config::from_vars(&vars(&[
+            ("TXPIPE_BUCKET", "b"),
+            ("TXPIPE_STATE_TABLE", "t"),
+            ("TXPIPE_SOURCE_BUCKET", "src"),
+            ("TXPIPE_CHUNK_INTERVAL_MS", "0"),
+            ("TXPIPE_UPGRADE_TOP_BP", "1000"),
+            ("TXPIPE_CHILD_MIN_TXNS", "1_000"),
+            ("TXPIPE_ROWS_PER_CHUNK", "2000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.source.bucket, "src");
+        assert_eq!(c.chunker.interval, None);
+        assert_eq!(
+            (c.patterns.upgrade_top_bp, c.patterns.child_min_txns),
+            (1000, 1000)
+        );
+        assert_eq!(c.shape.rows_per_chunk, 2000);
+        for (var, value) in [
+            ("TXPIPE_UPGRADE_BOTTOM_BP", "0"),
+            ("TXPIPE_ROWS_PER_CHUNK", "1000001"),
+            ("TXPIPE_DETECTIONS_PER_FILE", "10001"),
+            ("TXPIPE_CHUNK_INTERVAL_MS", "soon"),
+        ] {
+            let err = Config::from_vars(&vars(&[
+                ("TXPIPE_BUCKET", "b"),
+                ("TXPIPE_STATE_TABLE", "t"),
+                (var, value),
+            ]))
+            .unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        assert!(vars(&[("X", "maybe")]).flag("X", false).is_err());
+    }
+}

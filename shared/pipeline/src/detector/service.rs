@@ -1,0 +1,217 @@
+//! The detector as the Lambda runs it: built once per container (importance table
+//! loaded, warm state kept between events), then one [`DetectorService::handle`] per
+//! S3 event, with its logs and metrics.
+
+use super::{
+    targets_from_event, AppliedChunk, ChunkSink, Detector, DetectorError, DetectorSettings,
+};
+use crate::aws::AwsClients;
+use crate::config::Config;
+use crate::metrics::{emit, Unit};
+use crate::setup::{SetupError, Stores};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Mutex, MutexGuard};
+use txpipe_core::layout::StreamName;
+
+/// The detector service.
+pub struct DetectorService {
+    detector: Mutex<Detector>,
+    /// Whether the importance file's rejected rows are in the sink yet (tried on every
+    /// event until it succeeds, so a database outage at cold start loses nothing).
+    importance_rejects_recorded: std::sync::atomic::AtomicBool,
+}
+
+/// What one detector invocation answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DetectorResponse {
+    /// `ok`, or `malformed` for an event that is not an S3 notification (it is
+    /// answered, not retried: retrying cannot help).
+    pub status: &'static str,
+    /// Why the event is malformed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// One entry per stream the event named.
+    pub streams: Vec<StreamReply>,
+    /// Records that named no chunk, each with the reason.
+    pub ignored: Vec<String>,
+    /// Every chunk applied, with its figures (for in-process callers; not serialized).
+    #[serde(skip)]
+    pub applied: Vec<AppliedChunk>,
+}
+
+/// What happened to one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamReply {
+    /// The stream.
+    pub stream: String,
+    /// The newest chunk the event named.
+    pub requested: u64,
+    /// Chunks applied, in order.
+    pub applied: Vec<u64>,
+    /// The requested chunk was already applied.
+    pub duplicate: bool,
+    /// A chunk not written yet stopped the catch-up here.
+    pub waiting_for: Option<u64>,
+    /// Chunks applied so far in the stream.
+    pub next_chunk: u64,
+}
+
+impl DetectorService {
+    /// Reads the process environment and AWS configuration, as the Lambda does.
+    pub async fn from_env() -> Result<Self, SetupError> {
+        let config = Config::from_env()?;
+        let clients = AwsClients::from_env().await;
+        let stores = Stores::aws(&clients, &config);
+        let sink = stores.postgres(&clients, &config)?;
+        Self::new(stores, sink, &config).await
+    }
+
+    /// A detector over given stores and sink.
+    pub async fn new(
+        stores: Stores,
+        sink: Arc<dyn ChunkSink>,
+        config: &Config,
+    ) -> Result<Self, SetupError> {
+        let detector = Detector::load(stores, sink, DetectorSettings::from_config(config)).await?;
+        if let Some(first) = detector.importance_rejected().first() {
+            tracing::warn!(
+                rejected = detector.importance_rejected().len(),
+                first = %first.reason,
+                "CustomerImportance.csv has rejected rows; they are stored in rejected_rows"
+            );
+        }
+        Ok(DetectorService {
+            detector: Mutex::new(detector),
+            importance_rejects_recorded: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The detector itself (status, tests).
+    pub async fn detector(&self) -> MutexGuard<'_, Detector> {
+        self.detector.lock().await
+    }
+
+    /// One S3 event: applies the chunks it names (and any before them) in order. A
+    /// malformed event is logged and answered; a failure to apply a chunk is an error,
+    /// so Lambda retries and the on-failure destination keeps what still fails.
+    pub async fn handle(
+        &self,
+        event: &Value,
+        _deadline: Instant,
+    ) -> Result<DetectorResponse, DetectorError> {
+        let mut detector = self.detector.lock().await;
+        let targets = match targets_from_event(event) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "malformed event ignored");
+                return Ok(DetectorResponse {
+                    status: "malformed",
+                    error: Some(e.to_string()),
+                    streams: Vec::new(),
+                    ignored: Vec::new(),
+                    applied: Vec::new(),
+                });
+            }
+        };
+        for why in &targets.ignored {
+            tracing::warn!(reason = %why, "event record ignored");
+        }
+        if !targets.targets.is_empty() {
+            self.record_importance_rejects(&detector).await?;
+        }
+        let bucket = detector.settings().bucket.clone();
+        let mut response = DetectorResponse {
+            status: "ok",
+            error: None,
+            streams: Vec::new(),
+            ignored: targets.ignored,
+            applied: Vec::new(),
+        };
+        for target in &targets.targets {
+            if target.bucket != bucket {
+                tracing::warn!(event_bucket = %target.bucket, %bucket, "event from another bucket; reading the configured bucket");
+            }
+            let report = detector.catch_up(&target.stream, target.chunk).await?;
+            log_catch_up(&target.stream, target.chunk, &report);
+            response.streams.push(StreamReply {
+                stream: target.stream.to_string(),
+                requested: target.chunk,
+                applied: report.applied.iter().map(|a| a.chunk).collect(),
+                duplicate: report.duplicate,
+                waiting_for: report.waiting_for,
+                next_chunk: report.next_chunk,
+            });
+            response.applied.extend(report.applied);
+        }
+        Ok(response)
+    }
+}
+
+impl DetectorService {
+    async fn record_importance_rejects(&self, detector: &Detector) -> Result<(), DetectorError> {
+        use std::sync::atomic::Ordering;
+        if self.importance_rejects_recorded.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        detector.record_importance_rejects().await?;
+        self.importance_rejects_recorded
+            .store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn log_catch_up(stream: &StreamName, requested: u64, report: &super::CatchUp) {
+    if let Some(ms) = report.reload_ms {
+        tracing::info!(%stream, reload_ms = ms, next_chunk = report.next_chunk, "state loaded");
+    }
+    for a in &report.applied {
+        report_applied(a);
+    }
+    if report.duplicate {
+        tracing::info!(%stream, chunk = requested, "duplicate event: chunk already applied");
+    }
+    if let Some(k) = report.waiting_for {
+        tracing::info!(%stream, chunk = k, "chunk not written yet; a later event completes it");
+    }
+}
+
+/// Logs one applied chunk and emits its metrics.
+fn report_applied(a: &AppliedChunk) {
+    tracing::info!(
+        stream = %a.stream,
+        chunk = a.chunk,
+        rows = a.rows,
+        rejected = a.rejected,
+        pat1 = a.detections[0],
+        pat2 = a.detections[1],
+        pat3 = a.detections[2],
+        batches = a.batches,
+        requests = a.requests,
+        behind = a.behind,
+        last = a.last,
+        read_ms = a.millis.read,
+        apply_ms = a.millis.apply,
+        s3_ms = a.millis.s3,
+        sink_ms = a.millis.sink,
+        snapshot_ms = a.millis.snapshot,
+        commit_ms = a.millis.commit,
+        ms = a.millis.total,
+        "chunk applied"
+    );
+    emit(
+        "detector",
+        &[
+            ("ChunksApplied", 1.0, Unit::Count),
+            ("RowsProcessed", a.rows as f64, Unit::Count),
+            ("RowsRejected", a.rejected as f64, Unit::Count),
+            ("DetectionsPatId1", a.detections[0] as f64, Unit::Count),
+            ("DetectionsPatId2", a.detections[1] as f64, Unit::Count),
+            ("DetectionsPatId3", a.detections[2] as f64, Unit::Count),
+            ("ChunkMillis", a.millis.total as f64, Unit::Milliseconds),
+            ("LagChunks", a.behind as f64, Unit::Count),
+        ],
+    );
+}

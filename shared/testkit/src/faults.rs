@@ -1,0 +1,215 @@
+//! Stores that fail on command, to stop the detector (or chunker) at any step of a
+//! chunk as if its process died there. They wrap the real adapters, so everything not
+//! failed goes to moto and Postgres as usual, and production code carries no test
+//! seam.
+//!
+//! A [`FaultPlan`] holds armed faults: "the next call at this point while chunk k is
+//! in hand fails". The chunk in hand is the last chunk object read.
+
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use txpipe::detector::{ChunkRecord, ChunkSink, SinkError};
+use txpipe::layout::StreamName;
+use txpipe::layout::{parse_chunk_key, DETECTIONS_PREFIX, STATE_PREFIX};
+use txpipe::parse::RejectedRow;
+use txpipe::store::{
+    DetectorHead, Fenced, ObjectInfo, ObjectStore, StateStore, StoreError, StoredObject,
+};
+
+/// A call where a fault can strike, in the order the detector makes them for a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultPoint {
+    /// Reading the chunk object.
+    ReadChunk,
+    /// Writing a detection file.
+    WriteDetections,
+    /// Writing the chunk's rows to Postgres.
+    WriteSink,
+    /// Writing a snapshot.
+    WriteSnapshot,
+    /// The commit, before it is made.
+    Commit,
+    /// The commit is made, but its answer is lost (the caller sees an error).
+    CommitAnswer,
+}
+
+impl FaultPoint {
+    /// Every point, in processing order.
+    pub const ALL: [FaultPoint; 6] = [
+        FaultPoint::ReadChunk,
+        FaultPoint::WriteDetections,
+        FaultPoint::WriteSink,
+        FaultPoint::WriteSnapshot,
+        FaultPoint::Commit,
+        FaultPoint::CommitAnswer,
+    ];
+}
+
+/// Faults armed for the stores that share this plan.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    armed: Mutex<HashMap<(FaultPoint, u64), u32>>,
+    fired: Mutex<Vec<(FaultPoint, u64)>>,
+    in_hand: Mutex<Option<u64>>,
+}
+
+impl FaultPlan {
+    /// A plan with nothing armed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultPlan::default())
+    }
+
+    /// Arms one failure at `point` while chunk `chunk` is in hand.
+    pub fn arm(&self, point: FaultPoint, chunk: u64) {
+        if let Ok(mut armed) = self.armed.lock() {
+            *armed.entry((point, chunk)).or_default() += 1;
+        }
+    }
+
+    /// The faults that struck, in order.
+    pub fn fired(&self) -> Vec<(FaultPoint, u64)> {
+        self.fired.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    fn set_in_hand(&self, chunk: u64) {
+        if let Ok(mut in_hand) = self.in_hand.lock() {
+            *in_hand = Some(chunk);
+        }
+    }
+
+    /// Fails if a fault is armed at `point` for `chunk` (or the chunk in hand).
+    fn check(&self, point: FaultPoint, chunk: Option<u64>) -> Result<(), StoreError> {
+        let Some(chunk) = chunk.or_else(|| self.in_hand.lock().ok().and_then(|c| *c)) else {
+            return Ok(());
+        };
+        let Ok(mut armed) = self.armed.lock() else {
+            return Ok(());
+        };
+        match armed.get_mut(&(point, chunk)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                if let Ok(mut fired) = self.fired.lock() {
+                    fired.push((point, chunk));
+                }
+                Err(StoreError::remote(
+                    format!("{point:?} of chunk {chunk}"),
+                    "injected fault",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An [`ObjectStore`] that fails chunk reads, detection files and snapshots on command.
+pub struct FaultyObjects {
+    /// The real store.
+    pub inner: Arc<dyn ObjectStore>,
+    /// The plan.
+    pub plan: Arc<FaultPlan>,
+}
+
+#[async_trait]
+impl ObjectStore for FaultyObjects {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        if let Some((_, k)) = parse_chunk_key(key) {
+            self.plan.set_in_hand(k);
+            self.plan.check(FaultPoint::ReadChunk, Some(k))?;
+        }
+        self.inner.get(bucket, key).await
+    }
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(bucket, key).await
+    }
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        end: u64,
+        etag: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(bucket, key, start, end, etag).await
+    }
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, String)],
+    ) -> Result<(), StoreError> {
+        if key.starts_with(DETECTIONS_PREFIX) {
+            self.plan.check(FaultPoint::WriteDetections, None)?;
+        } else if key.starts_with(STATE_PREFIX) {
+            self.plan.check(FaultPoint::WriteSnapshot, None)?;
+        }
+        self.inner.put(bucket, key, body, metadata).await
+    }
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(bucket, prefix).await
+    }
+}
+
+/// A [`StateStore`] whose commit fails, or loses its answer, on command.
+pub struct FaultyState {
+    /// The real store.
+    pub inner: Arc<dyn StateStore>,
+    /// The plan.
+    pub plan: Arc<FaultPlan>,
+}
+
+#[async_trait]
+impl StateStore for FaultyState {
+    async fn load_head(&self, stream: &StreamName) -> Result<Option<DetectorHead>, StoreError> {
+        self.inner.load_head(stream).await
+    }
+    async fn load_deltas(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.load_deltas(stream, from, to).await
+    }
+    async fn commit(
+        &self,
+        head: &DetectorHead,
+        expected_version: Option<u64>,
+        chunk: u64,
+        delta: &[u8],
+    ) -> Result<Fenced, StoreError> {
+        self.plan.check(FaultPoint::Commit, Some(chunk))?;
+        let written = self
+            .inner
+            .commit(head, expected_version, chunk, delta)
+            .await?;
+        self.plan.check(FaultPoint::CommitAnswer, Some(chunk))?;
+        Ok(written)
+    }
+}
+
+/// A [`ChunkSink`] that fails a chunk's write on command.
+pub struct FaultySink {
+    /// The real sink.
+    pub inner: Arc<dyn ChunkSink>,
+    /// The plan.
+    pub plan: Arc<FaultPlan>,
+}
+
+#[async_trait]
+impl ChunkSink for FaultySink {
+    async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError> {
+        self.plan
+            .check(FaultPoint::WriteSink, Some(record.chunk))
+            .map_err(|e| SinkError(e.to_string()))?;
+        self.inner.record_chunk(record).await
+    }
+    async fn record_importance_rejects(
+        &self,
+        file: &str,
+        rows: &[RejectedRow],
+    ) -> Result<(), SinkError> {
+        self.inner.record_importance_rejects(file, rows).await
+    }
+}
