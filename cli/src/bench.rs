@@ -10,7 +10,6 @@ use txpipe::aws::AwsClients;
 use txpipe::chunker::ChunkerService;
 use txpipe::config::{Config, EnvVars};
 use txpipe::detector::DetectorService;
-use txpipe::layout::stream_for_source;
 use txpipe::setup::Stores;
 use txpipe_testkit::events::object_created;
 use txpipe_testkit::stack::BUCKET;
@@ -91,8 +90,13 @@ pub async fn run(data: &Path) -> Result<()> {
 pub async fn detector_phase() -> Result<()> {
     let clients = AwsClients::from_env().await;
     let config = Config::from_vars(&EnvVars::from_env())?;
-    let stream = stream_for_source(&config.source.transactions_key);
     let stores = Stores::aws(&clients, &config);
+    let stream = stores
+        .cursors
+        .load_cursor(&txpipe::chunker::ChunkerSettings::from_config(&config).source_id())
+        .await?
+        .map(|c| c.stream)
+        .ok_or_else(|| anyhow::anyhow!("no cursor: the chunker phase did not run"))?;
     let keys = stores.objects.list(BUCKET, &stream.chunks_prefix()).await?;
     let service =
         DetectorService::new(stores.clone(), stores.postgres(&clients, &config)?, &config).await?;
@@ -109,8 +113,8 @@ pub async fn detector_phase() -> Result<()> {
             let mut detector = service.detector().await;
             detector.forget();
             let t = Instant::now();
-            let report = detector.catch_up(&stream, 0).await?;
-            reload_mid = Some((t.elapsed(), report.next_chunk));
+            let next = detector.load_stream(&stream).await?;
+            reload_mid = Some((t.elapsed(), next));
         }
         let event = object_created(BUCKET, std::slice::from_ref(key));
         let response = service
@@ -146,7 +150,7 @@ pub async fn detector_phase() -> Result<()> {
     let mut detector = service.detector().await;
     detector.forget();
     let t = Instant::now();
-    detector.catch_up(&stream, 0).await?;
+    detector.load_stream(&stream).await?;
     println!(
         "reload    cold start after the full run: {:.0} ms",
         t.elapsed().as_secs_f64() * 1000.0

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod generate;
 pub mod invoke;
+pub mod operate;
 pub mod replay_cmd;
 pub mod run;
 pub mod status;

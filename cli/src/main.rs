@@ -79,9 +79,27 @@ enum Command {
         #[arg(long)]
         services_only: bool,
     },
-    /// Show where a deployment stands (cursor, detector head, S3 files, Postgres rows),
-    /// from the same environment variables the Lambdas read.
-    Status,
+    /// Show where a deployment stands (cursor, detector head, a parked chunk and how
+    /// to resume it, S3 files, Postgres rows), from the same environment variables the
+    /// Lambdas read.
+    Status {
+        /// A stream other than the configured source's current one.
+        #[arg(long)]
+        stream: Option<String>,
+    },
+    /// Resume a parked stream once the cause is fixed: clear the parked chunk and get
+    /// it applied (by writing it again, which notifies the deployed detector).
+    Resume {
+        /// The stream (default: the configured source's current stream).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Apply the stream in this process instead (needs the database reachable).
+        #[arg(long)]
+        here: bool,
+    },
+    /// Start a replaced source file as a new stream, abandoning the old stream where it
+    /// stands (the chunker refuses to mix two versions of a file).
+    RestartSource,
     /// Run one invocation of a Lambda function here: the same handler code, configured
     /// from the same environment variables (AWS_*, TXPIPE_*) as the deployed function.
     /// Prints the function's JSON answer.
@@ -122,6 +140,14 @@ fn parse_rate(rate: &str) -> Result<Rate> {
     Ok(Rate::Paced(std::time::Duration::from_secs_f64(
         1.0 / per_second,
     )))
+}
+
+fn parse_stream(text: &str) -> Result<txpipe::layout::StreamName> {
+    txpipe::layout::StreamName::parse(text).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{text:?} is not a stream name (one path segment, like input-transactions.3f9a1c2e)"
+        )
+    })
 }
 
 fn init_logs() {
@@ -185,14 +211,34 @@ fn main() -> Result<()> {
             ))?;
             println!("{answer}");
         }
-        Command::Status => {
+        Command::Status { stream } => {
             init_logs();
             let config = txpipe::config::Config::from_env()?;
+            let stream = stream.map(|s| parse_stream(&s)).transpose()?;
             let view = tokio::runtime::Runtime::new()?.block_on(async {
                 let clients = txpipe::aws::AwsClients::from_env().await;
-                status::read_status(&clients, &config).await
+                status::read_status(&clients, &config, stream).await
             })?;
             print!("{}", view.render());
+        }
+        Command::Resume { stream, here } => {
+            init_logs();
+            let config = txpipe::config::Config::from_env()?;
+            let stream = stream.map(|s| parse_stream(&s)).transpose()?;
+            let said = tokio::runtime::Runtime::new()?.block_on(async {
+                let clients = txpipe::aws::AwsClients::from_env().await;
+                txpipe_cli::operate::resume(&clients, &config, stream, here).await
+            })?;
+            print!("{said}");
+        }
+        Command::RestartSource => {
+            init_logs();
+            let config = txpipe::config::Config::from_env()?;
+            let said = tokio::runtime::Runtime::new()?.block_on(async {
+                let clients = txpipe::aws::AwsClients::from_env().await;
+                txpipe_cli::operate::restart_source(&clients, &config).await
+            })?;
+            print!("{said}");
         }
         Command::Generate {
             rows,

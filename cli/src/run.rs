@@ -16,7 +16,6 @@ use txpipe::chunker::ChunkerService;
 use txpipe::config::{stream_shape, Config, EnvVars};
 use txpipe::cutting::split_source;
 use txpipe::detector::DetectorService;
-use txpipe::layout::stream_for_source;
 use txpipe::setup::Stores;
 use txpipe::store::ObjectStore;
 use txpipe_testkit::events::{object_created, Notifying};
@@ -293,8 +292,8 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     export_outputs(stores.objects.as_ref(), &opts.out).await?;
     if opts.view != View::Quiet {
-        let status = read_status(clients, &config).await?.render();
-        print_summary(&summary, &status, &stack, &config);
+        let status = read_status(clients, &config, None).await?;
+        print_summary(&summary, &status, &stack);
     }
     if opts.keep && !summary.interrupted {
         eprintln!("services kept running; press Ctrl-C to stop them");
@@ -321,8 +320,11 @@ async fn export_outputs(objects: &dyn ObjectStore, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(s: &RunSummary, status: &str, stack: &LocalStack, config: &Config) {
-    let stream = stream_for_source(&config.source.transactions_key);
+fn print_summary(s: &RunSummary, status: &crate::status::Status, stack: &LocalStack) {
+    let stream = status
+        .stream
+        .as_ref()
+        .map_or("<stream>".to_string(), |s| s.to_string());
     let pg_url = stack.pg.as_ref().map(|p| p.url()).unwrap_or_default();
     let median = |v: &[u64]| {
         let mut v = v.to_vec();
@@ -349,17 +351,14 @@ fn print_summary(s: &RunSummary, status: &str, stack: &LocalStack, config: &Conf
         s.lag_samples.iter().max().copied().unwrap_or(0)
     );
     eprintln!();
-    eprint!("{status}");
+    eprint!("{}", status.render());
     eprintln!();
     eprintln!("outputs");
     eprintln!(
         "  S3 detection files   s3://{BUCKET}/detections/…/NNNNNNNN.jsonl (copied to {}/detections/)",
         s.out.display()
     );
-    eprintln!(
-        "  S3 chunks            s3://{BUCKET}/{}NNNNNNNN.csv",
-        stream.chunks_prefix()
-    );
+    eprintln!("  S3 chunks            s3://{BUCKET}/chunks/{stream}/NNNNNNNN.csv");
     eprintln!(
         "  Postgres tables      detections, chunks, rejected_rows, transactions, customer_stats"
     );

@@ -5,16 +5,20 @@ use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use txpipe::aws::AwsClients;
 use txpipe::config::Config;
-use txpipe::layout::stream_for_source;
+use txpipe::layout::StreamName;
 use txpipe::postgres::PgSettings;
 use txpipe::setup::Stores;
-use txpipe::store::ChunkCursor;
+use txpipe::store::{ChunkCursor, ChunkFailure, SnapshotRef};
 
 /// A deployment's state at one moment.
 #[derive(Debug, Default)]
 pub struct Status {
     /// Source object.
     pub source: String,
+    /// The stream the source's current version feeds, if the chunker has started.
+    pub stream: Option<StreamName>,
+    /// R of the stream.
+    pub rows_per_chunk: u64,
     /// Chunks written by the chunker.
     pub chunks_created: u64,
     /// Source rows cut into chunks.
@@ -23,6 +27,8 @@ pub struct Status {
     pub offset: (u64, u64),
     /// The chunker is done.
     pub chunker_finished: bool,
+    /// The source file is not uploaded yet.
+    pub waiting_for_input: bool,
     /// Chunks applied by the detector.
     pub chunks_applied: u64,
     /// Valid and rejected rows applied.
@@ -32,7 +38,9 @@ pub struct Status {
     /// The detector is done (end-of-stream applied).
     pub detector_finished: bool,
     /// Head version and snapshot.
-    pub head: Option<(u64, Option<u64>)>,
+    pub head: Option<(u64, Option<SnapshotRef>)>,
+    /// The next chunk's failed attempts, parked or not.
+    pub failure: Option<ChunkFailure>,
     /// Detection files in S3.
     pub detection_files: usize,
     /// Row counts of the Postgres tables, if reachable.
@@ -49,6 +57,19 @@ impl Status {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "source            {}", self.source);
+        if self.waiting_for_input {
+            let _ = writeln!(
+                s,
+                "                  waiting for input: the file is not uploaded yet"
+            );
+        }
+        if let Some(stream) = &self.stream {
+            let _ = writeln!(
+                s,
+                "stream            {stream} (R = {} rows per chunk)",
+                self.rows_per_chunk
+            );
+        }
         let pct = if self.offset.1 > 0 {
             self.offset.0 as f64 * 100.0 / self.offset.1 as f64
         } else {
@@ -83,8 +104,39 @@ impl Status {
             let _ = writeln!(
                 s,
                 "state             head version {version}, snapshot {}",
-                snapshot.map_or("none".into(), |k| format!("covers chunks 0..{k}"))
+                snapshot.map_or("none".into(), |k| format!(
+                    "covers chunks 0..{} ({} part{}, {} bytes)",
+                    k.next,
+                    k.parts,
+                    if k.parts == 1 { "" } else { "s" },
+                    k.bytes
+                ))
             );
+        }
+        if let Some(f) = &self.failure {
+            let when = |ms: i64| {
+                chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+                    .map_or(ms.to_string(), |t| t.to_rfc3339())
+            };
+            let label = if f.parked { "PARKED" } else { "failing" };
+            let _ = writeln!(
+                s,
+                "{label:<18}chunk {} after {} attempt{} (first {}, last {})",
+                f.chunk,
+                f.attempts,
+                if f.attempts == 1 { "" } else { "s" },
+                when(f.first_ms),
+                when(f.last_ms)
+            );
+            let _ = writeln!(s, "                  {}", f.reason);
+            if f.parked {
+                if let Some(stream) = &self.stream {
+                    let _ = writeln!(
+                        s,
+                        "                  fix the cause, then: txpipe resume --stream {stream}"
+                    );
+                }
+            }
         }
         let _ = writeln!(
             s,
@@ -103,27 +155,47 @@ impl Status {
     }
 }
 
-/// Reads the status of the deployment the configuration describes.
-pub async fn read_status(clients: &AwsClients, config: &Config) -> Result<Status> {
+/// Reads the status of the deployment the configuration describes: the configured
+/// source's current stream, or `stream` if given.
+pub async fn read_status(
+    clients: &AwsClients,
+    config: &Config,
+    stream: Option<StreamName>,
+) -> Result<Status> {
     let stores = Stores::aws(clients, config);
     let source = &config.source;
-    let stream = stream_for_source(&source.transactions_key);
     let mut status = Status {
         source: format!("s3://{}/{}", source.bucket, source.transactions_key),
         ..Status::default()
     };
     let id = ChunkCursor::source_id(&source.bucket, &source.transactions_key);
-    if let Some(c) = stores
+    let cursor = stores
         .cursors
         .load_cursor(&id)
         .await
-        .context("reading the cursor")?
+        .context("reading the cursor")?;
+    if let Some(c) = cursor
+        .as_ref()
+        .filter(|c| stream.is_none() || stream.as_ref() == Some(&c.stream))
     {
         status.chunks_created = c.next_chunk;
         status.rows_chunked = c.rows_emitted;
         status.offset = (c.offset, c.size);
         status.chunker_finished = c.finished;
+        status.rows_per_chunk = c.rows_per_chunk;
     }
+    if cursor.is_none() {
+        status.waiting_for_input = stores
+            .objects
+            .head(&source.bucket, &source.transactions_key)
+            .await
+            .context("looking for the source file")?
+            .is_none();
+    }
+    status.stream = stream.or(cursor.map(|c| c.stream));
+    let Some(stream) = status.stream.clone() else {
+        return Ok(status);
+    };
     if let Some(h) = stores
         .state
         .load_head(&stream)
@@ -134,7 +206,8 @@ pub async fn read_status(clients: &AwsClients, config: &Config) -> Result<Status
         status.rows = (h.totals.rows, h.totals.rejected);
         status.detections = h.totals.detections;
         status.detector_finished = h.finished;
-        status.head = Some((h.version, h.snapshot_next));
+        status.head = Some((h.version, h.snapshot));
+        status.failure = h.failure;
     }
     status.detection_files = stores
         .objects

@@ -24,16 +24,6 @@ pub const SOURCE_KEY: &str = "input/transactions.csv";
 /// Importance key.
 pub const IMPORTANCE_KEY: &str = "input/CustomerImportance.csv";
 
-/// The stream of [`SOURCE_KEY`].
-pub fn stream() -> StreamName {
-    txpipe::layout::stream_for_source(SOURCE_KEY)
-}
-
-/// The stream of any source key.
-pub fn stream_of(source_key: &str) -> StreamName {
-    txpipe::layout::stream_for_source(source_key)
-}
-
 /// A deadline far enough away not to matter.
 pub fn far() -> Instant {
     Instant::now() + Duration::from_secs(600)
@@ -115,6 +105,25 @@ impl Stack {
             plan: plan.clone(),
         });
         Ok(DetectorService::new(stores, sink, &config).await?)
+    }
+
+    /// The stream of the source object now at `source_key` (its name includes the
+    /// object's version).
+    pub async fn stream_of(&self, source_key: &str) -> Result<StreamName> {
+        let info = self
+            .local
+            .objects()
+            .head(BUCKET, source_key)
+            .await?
+            .with_context(|| format!("no source object {source_key}"))?;
+        Ok(txpipe::layout::stream_for_source_version(
+            BUCKET, source_key, &info.etag,
+        ))
+    }
+
+    /// The stream of [`SOURCE_KEY`].
+    pub async fn stream(&self) -> Result<StreamName> {
+        self.stream_of(SOURCE_KEY).await
     }
 
     /// Uploads an object.

@@ -38,7 +38,7 @@ fn tricky_source(rows: usize) -> Vec<u8> {
 
 async fn stored_chunks(stack: &Stack) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
-    for key in stack.list(&stream().chunks_prefix()).await? {
+    for key in stack.list(&stack.stream().await?.chunks_prefix()).await? {
         out.push(stack.get(&key).await?.unwrap_or_default());
     }
     Ok(out)
@@ -76,7 +76,7 @@ async fn chunks_are_the_spec_slices_with_boundaries_inside_rows_and_crlf() -> Re
             run.written.last().map(|c| (c.rows, c.last)),
             Some((3, true))
         );
-        let stream = stream_of(&key);
+        let stream = stack.stream_of(&key).await?;
         let want = expected(&source, 10);
         for (k, bytes) in want.iter().enumerate() {
             let got = stack.get(&stream.chunk_key(k as u64)).await?.unwrap();
@@ -149,7 +149,7 @@ async fn crash_between_put_and_cursor_rewrites_the_same_chunk() -> Result<()> {
     ctx.run(far(), Some(2)).await?;
     // Cut and write chunk 2, then "die" before the cursor moves.
     let mut chunker = raw_chunker(&ctx);
-    let cursor = chunker.open().await?;
+    let cursor = chunker.open().await?.into_cursor().unwrap();
     assert_eq!(cursor.next_chunk, 2);
     let prepared = chunker.prepare(&cursor).await?.unwrap();
     chunker.put(&prepared).await?;
@@ -175,8 +175,8 @@ async fn the_cursor_condition_fences_a_second_writer() -> Result<()> {
     let b = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
     let mut ca = raw_chunker(&a);
     let mut cb = raw_chunker(&b);
-    let cursor = ca.open().await?;
-    assert_eq!(cb.open().await?, cursor);
+    let cursor = ca.open().await?.into_cursor().unwrap();
+    assert_eq!(cb.open().await?.into_cursor(), Some(cursor.clone()));
     let first = ca.step(&cursor).await?;
     assert!(matches!(first, txpipe::chunker::Step::Written(ref c, _) if c.number == 0));
     match cb.step(&cursor).await? {
@@ -238,9 +238,10 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
     );
 
     // The file changes under the cursor: refused, nothing more written.
+    let first_stream = stack.stream().await?;
     let mut changed = source.clone();
     changed.extend_from_slice(b"999,'C1','2','M','1','M1','1','es_food',1.0,0\n");
-    stack.put(SOURCE_KEY, changed).await?;
+    stack.put(SOURCE_KEY, changed.clone()).await?;
     let err = stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
         .run(far(), None)
@@ -251,15 +252,80 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
         "{err}"
     );
     assert!(err.to_string().contains("refusing to mix two files"));
-    assert_eq!(stack.list(&stream().chunks_prefix()).await?.len(), 6);
+    assert!(err.to_string().contains("txpipe restart-source"));
+    assert_eq!(stack.list(&first_stream.chunks_prefix()).await?.len(), 6);
 
-    // Restored: the run completes exactly.
+    // Restored: the run completes exactly, in the same stream.
     stack.put(SOURCE_KEY, source.clone()).await?;
-    stack
+    assert_eq!(stack.stream().await?, first_stream);
+    // R is pinned for the stream: another R is refused, with what to do.
+    let err = stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "11")])?
+        .run(far(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ChunkerError::RowsPerChunkChanged {
+                pinned: 10,
+                configured: 11,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let run = stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
         .run(far(), None)
         .await?;
+    assert!(run.finished);
     assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
+
+    // Replaced after its stream finished: a new stream, the old one untouched.
+    stack.put(SOURCE_KEY, changed.clone()).await?;
+    let run = stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
+        .run(far(), None)
+        .await?;
+    let second_stream = stack.stream().await?;
+    assert_ne!(second_stream, first_stream);
+    assert_eq!(run.stream.as_ref(), Some(&second_stream));
+    assert!(run.finished);
+    let chunk_bytes = |stream: txpipe::layout::StreamName| {
+        let stack = &stack;
+        async move {
+            let mut out = Vec::new();
+            for key in stack.list(&stream.chunks_prefix()).await? {
+                out.push(stack.get(&key).await?.unwrap_or_default());
+            }
+            anyhow::Ok(out)
+        }
+    };
+    assert_eq!(chunk_bytes(first_stream).await?, expected(&source, 10));
+    assert_eq!(chunk_bytes(second_stream).await?, expected(&changed, 10));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_whose_keys_read_alike_never_share_a_stream() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let (a, b) = (tricky_source(12), tricky_source(23));
+    stack.put("input/a-b.csv", a.clone()).await?;
+    stack.put("input/a/b.csv", b.clone()).await?;
+    for key in ["input/a-b.csv", "input/a/b.csv"] {
+        stack
+            .chunker(&[("TXPIPE_SOURCE_KEY", key), ("TXPIPE_ROWS_PER_CHUNK", "10")])?
+            .run(far(), None)
+            .await?;
+    }
+    let (sa, sb) = (
+        stack.stream_of("input/a-b.csv").await?,
+        stack.stream_of("input/a/b.csv").await?,
+    );
+    assert_ne!(sa, sb);
+    assert_eq!(stack.list(&sa.chunks_prefix()).await?.len(), 2);
+    assert_eq!(stack.list(&sb.chunks_prefix()).await?.len(), 3);
     Ok(())
 }
 

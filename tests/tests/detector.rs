@@ -21,7 +21,8 @@ const SMALL: &[(&str, &str)] = &[
     ("TXPIPE_ROWS_PER_CHUNK", "2000"),
     ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS", "3000"),
     ("TXPIPE_DEI_MIN_FEMALE", "20"),
-    ("TXPIPE_SNAPSHOT_EVERY", "7"),
+    ("TXPIPE_SNAPSHOT_MAX_DELTAS", "7"),
+    ("TXPIPE_PG_TRANSACTIONS", "on"),
 ];
 
 struct Data {
@@ -46,10 +47,20 @@ fn with_source(key: &str) -> Vec<(&str, &str)> {
 
 /// Uploads the data under `key`, chunks it in burst mode, returns the chunk keys.
 async fn chunk(stack: &Stack, key: &str, data: &Data) -> Result<Vec<String>> {
-    stack.put(key, data.transactions.clone()).await?;
-    stack.put(IMPORTANCE_KEY, data.importance.clone()).await?;
-    let run = stack.chunker(&with_source(key))?.run(far(), None).await?;
-    assert!(run.finished);
+    let keys = chunk_some(stack, key, data, None).await?;
+    Ok(keys)
+}
+
+/// Uploads the data under `key` (if not there yet) and cuts `n` more chunks (all when
+/// `None`), returning their keys. The detector catches up to the chunker's cursor, so
+/// a test that wants it part of the way cuts part of the way.
+async fn chunk_some(stack: &Stack, key: &str, data: &Data, n: Option<u64>) -> Result<Vec<String>> {
+    if stack.get(key).await?.is_none() {
+        stack.put(key, data.transactions.clone()).await?;
+        stack.put(IMPORTANCE_KEY, data.importance.clone()).await?;
+    }
+    let run = stack.chunker(&with_source(key))?.run(far(), n).await?;
+    assert!(run.finished || n.is_some());
     Ok(run.written.into_iter().map(|c| c.key).collect())
 }
 
@@ -84,7 +95,10 @@ struct Outputs {
 }
 
 async fn outputs(stack: &Stack, source_key: &str) -> Result<Outputs> {
-    let stream = stream_of(source_key);
+    outputs_of(stack, &stack.stream_of(source_key).await?).await
+}
+
+async fn outputs_of(stack: &Stack, stream: &txpipe::layout::StreamName) -> Result<Outputs> {
     let mut batches = BTreeMap::new();
     for key in stack.list(&stream.detections_prefix()).await? {
         let text = String::from_utf8(stack.get(&key).await?.unwrap_or_default())?;
@@ -164,17 +178,20 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
 
     // Clean run: one event per chunk, in order.
     let detector = stack.detector(&with_source(clean_key)).await?;
-    let mut file_chunks = Vec::new();
+    let (mut file_chunks, mut snapshot_chunks) = (Vec::new(), Vec::new());
     for key in &keys {
         let response = deliver(&detector, std::slice::from_ref(key)).await?;
-        file_chunks.extend(
-            response
-                .applied
-                .iter()
-                .filter(|a| a.batches > 0)
-                .map(|a| a.chunk),
-        );
+        for a in &response.applied {
+            if a.batches > 0 {
+                file_chunks.push(a.chunk);
+            }
+            if a.snapshot {
+                snapshot_chunks.push(a.chunk);
+            }
+        }
     }
+    // A snapshot mid-stream and at the end, or the test proves less than it says.
+    assert!(snapshot_chunks.len() >= 2, "{snapshot_chunks:?}");
     let clean = outputs(&stack, clean_key).await?;
 
     // Equal to the offline replay: identity, chunk, order, batch composition.
@@ -237,15 +254,18 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
         "every row is either processed or rejected"
     );
 
-    // A fault at every step of a chunk: at an ordinary chunk, a snapshot chunk (every
-    // 7th) and the last chunk, where that step happens at all.
+    // A fault at every step of a chunk: at an ordinary chunk, a snapshot chunk and the
+    // last chunk, where that step happens at all.
     let last = keys.len() as u64 - 1;
-    let snapshot_chunks = [13u64, last];
+    let ordinary = (1..last)
+        .find(|k| !snapshot_chunks.contains(k))
+        .unwrap_or(3);
+    let mid_snapshot = snapshot_chunks[0];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut cases = 0;
     for (i, point) in FaultPoint::ALL.into_iter().enumerate() {
         let chunks: Vec<u64> = match point {
-            FaultPoint::WriteSnapshot => snapshot_chunks.to_vec(),
+            FaultPoint::WriteSnapshot => vec![mid_snapshot, last],
             // The first and the last chunk that complete a detection file.
             FaultPoint::WriteDetections => {
                 let mut v: Vec<u64> = file_chunks
@@ -257,7 +277,7 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
                 v.dedup();
                 v
             }
-            _ => vec![3, 13, last],
+            _ => vec![ordinary, mid_snapshot, last],
         };
         for at in chunks {
             cases += 1;
@@ -308,18 +328,19 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
 async fn early_event_catches_up_and_cold_start_continues_identically() -> Result<()> {
     let stack = Stack::start(true).await?;
     let data = data()?;
-    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let mut keys = chunk_some(&stack, SOURCE_KEY, &data, Some(10)).await?;
     let a = stack.detector(SMALL).await?;
     // An event for chunk 9 first: chunks 0..=9 are applied in order.
     let reply = deliver(&a, &keys[9..10]).await?;
-    assert_eq!(reply.streams[0].applied.len(), 10);
+    assert_eq!(reply.streams[0].applied, (0..10).collect::<Vec<u64>>());
+    keys.extend(chunk_some(&stack, SOURCE_KEY, &data, None).await?);
     // Duplicates are no-ops.
     let reply = deliver(&a, &keys[3..5]).await?;
     assert!(reply.streams[0].duplicate);
     // A new process rebuilds from snapshot + deltas and finishes.
     let b = stack.detector(SMALL).await?;
     deliver(&b, &keys[keys.len() - 1..]).await?;
-    let head = head(&b, &stream()).await?;
+    let head = head(&b, &stack.stream().await?).await?;
     assert!(head.finished);
     assert_eq!(head.next_chunk, keys.len() as u64);
 
@@ -343,7 +364,7 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
     let err = other
         .detector()
         .await
-        .catch_up(&stream(), 0)
+        .catch_up(&stack.stream().await?, 0, far())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("was built with settings"), "{err}");
@@ -354,17 +375,18 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
 async fn postgres_down_fails_without_advancing_then_completes() -> Result<()> {
     let mut stack = Stack::start(true).await?;
     let data = data()?;
-    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let mut keys = chunk_some(&stack, SOURCE_KEY, &data, Some(3)).await?;
     let detector = stack.detector(SMALL).await?;
     deliver(&detector, &keys[0..3]).await?;
+    keys.extend(chunk_some(&stack, SOURCE_KEY, &data, None).await?);
     stack.local.pg.as_mut().unwrap().pause()?;
     for _ in 0..2 {
         assert!(deliver(&detector, &keys[3..4]).await.is_err());
-        assert_eq!(head(&detector, &stream()).await?.next_chunk, 3);
+        assert_eq!(head(&detector, &stack.stream().await?).await?.next_chunk, 3);
     }
     stack.local.pg.as_mut().unwrap().resume()?;
     deliver(&detector, &keys[keys.len() - 1..]).await?;
-    let head = head(&detector, &stream()).await?;
+    let head = head(&detector, &stack.stream().await?).await?;
     assert!(head.finished);
     let ledger = outputs(&stack, SOURCE_KEY).await?.ledger;
     assert_eq!(ledger.len(), keys.len());
@@ -374,6 +396,7 @@ async fn postgres_down_fails_without_advancing_then_completes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result<()> {
     let stack = Stack::start(true).await?;
+    let stream = txpipe::layout::StreamName::parse("input-handmade").unwrap();
     let header = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
     let good = "0,'C1','2','F','28007','M1','28007','es_food',12.50,0\n";
     stack
@@ -393,7 +416,7 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
         objects
             .put(
                 BUCKET,
-                &stream().chunk_key(k),
+                &stream.chunk_key(k),
                 body.into_bytes(),
                 &[
                     ("txpipe-first-row", first.to_string()),
@@ -410,11 +433,11 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
     assert_eq!(reply.status, "malformed");
     assert!(reply.error.unwrap().contains("not an S3 event"));
     // The first event with a chunk also stores the importance file's rejected rows.
-    deliver(&detector, &[stream().chunk_key(2)]).await?;
-    let head = head(&detector, &stream()).await?;
+    deliver(&detector, &[stream.chunk_key(2)]).await?;
+    let head = head(&detector, &stream).await?;
     assert!(head.finished);
     assert_eq!((head.totals.rows, head.totals.rejected), (3, 4));
-    let out = outputs(&stack, SOURCE_KEY).await?;
+    let out = outputs_of(&stack, &stream).await?;
     assert_eq!(
         out.ledger.iter().map(|l| (l.2, l.3)).collect::<Vec<_>>(),
         vec![(2, 2), (0, 2), (1, 0)]
@@ -443,9 +466,10 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
 async fn a_failing_statement_rolls_the_whole_chunk_back() -> Result<()> {
     let stack = Stack::start(true).await?;
     let data = data()?;
-    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let mut keys = chunk_some(&stack, SOURCE_KEY, &data, Some(1)).await?;
     let detector = stack.detector(SMALL).await?;
     deliver(&detector, &keys[0..1]).await?;
+    keys.extend(chunk_some(&stack, SOURCE_KEY, &data, Some(1)).await?);
     // Make the last pipelined upsert fail for chunk 1: the COMMIT sent after it must
     // not keep the transactions copied before it.
     let pg = stack.pg_client().await?;
@@ -464,7 +488,7 @@ async fn a_failing_statement_rolls_the_whole_chunk_back() -> Result<()> {
         count("SELECT count(*) FROM detections WHERE chunk = 1").await?,
         0
     );
-    assert_eq!(head(&detector, &stream()).await?.next_chunk, 1);
+    assert_eq!(head(&detector, &stack.stream().await?).await?.next_chunk, 1);
     pg.batch_execute("ALTER TABLE chunks DROP CONSTRAINT no_chunk_1")
         .await?;
     deliver(&detector, &keys[1..2]).await?;
@@ -472,6 +496,6 @@ async fn a_failing_statement_rolls_the_whole_chunk_back() -> Result<()> {
         count("SELECT count(*) FROM transactions WHERE chunk = 1").await?,
         2000
     );
-    assert_eq!(head(&detector, &stream()).await?.next_chunk, 2);
+    assert_eq!(head(&detector, &stack.stream().await?).await?.next_chunk, 2);
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! S3 output batching (SPEC §6): detections in global order, exactly `per_file` to a
 //! file, the remainder carried to the next chunk, a short final file only at the end.
 
-use crate::detection::{Detection, DetectionKey, PatternId};
+use crate::detection::{Detection, PatternId};
+use crate::engine::Engine;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 /// One output file's worth of detections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,17 +42,6 @@ pub struct DetectionBatcher {
     per_file: usize,
     next_batch: u64,
     pending: Vec<Detection>,
-}
-
-/// Stored form of a pending detection (times as Unix milliseconds).
-#[derive(Serialize, Deserialize)]
-struct PendingJson {
-    p: String,
-    m: String,
-    c: String,
-    k: u64,
-    ys: i64,
-    dt: i64,
 }
 
 /// Stored batcher state could not be read.
@@ -110,62 +99,125 @@ impl DetectionBatcher {
         Some(batch)
     }
 
-    /// Encodes the pending detections for the state store.
-    pub fn encode_pending(&self) -> String {
-        let items: Vec<PendingJson> = self
-            .pending
-            .iter()
-            .map(|d| PendingJson {
-                p: d.key.pattern.id().into(),
-                m: d.key.merchant.clone(),
-                c: d.key.customer.clone(),
-                k: d.chunk,
-                ys: d.y_start.timestamp_millis(),
-                dt: d.detected_at.timestamp_millis(),
-            })
-            .collect();
-        serde_json::to_string(&items).unwrap_or_else(|_| "[]".into())
+    /// The pending detections in their compact stored form: identities as the engine's
+    /// name indices (names are at most 128 bytes, indices a few), chunks and times as
+    /// differences — so a full file's worth stays far below a DynamoDB item's limit.
+    pub fn encode_pending(&self, engine: &Engine) -> Result<Vec<u8>, BatcherStateError> {
+        let mut out = Vec::with_capacity(self.pending.len() * 8 + 4);
+        varint(&mut out, self.pending.len() as u64);
+        let (mut chunk, mut ys, mut dt) = (0u64, 0i64, 0i64);
+        for d in &self.pending {
+            let (m, c) = engine.detection_indices(&d.key).ok_or_else(|| {
+                BatcherStateError(format!("pending detection {:?} names no known id", d.key))
+            })?;
+            varint(&mut out, d.key.pattern.index() as u64);
+            varint(&mut out, u64::from(m));
+            varint(&mut out, u64::from(c));
+            varint(&mut out, d.chunk.wrapping_sub(chunk));
+            varint(
+                &mut out,
+                zigzag(d.y_start.timestamp_millis().wrapping_sub(ys)),
+            );
+            varint(
+                &mut out,
+                zigzag(d.detected_at.timestamp_millis().wrapping_sub(dt)),
+            );
+            chunk = d.chunk;
+            ys = d.y_start.timestamp_millis();
+            dt = d.detected_at.timestamp_millis();
+        }
+        Ok(out)
     }
 
-    /// Restores a batcher from its stored parts.
+    /// Restores a batcher from its stored parts, resolving names through `engine`.
     pub fn restore(
         per_file: u64,
         next_batch: u64,
-        pending: &str,
+        pending: &[u8],
+        engine: &Engine,
     ) -> Result<Self, BatcherStateError> {
-        let items: Vec<PendingJson> =
-            serde_json::from_str(pending).map_err(|e| BatcherStateError(e.to_string()))?;
-        let time = |ms: i64| {
-            DateTime::<Utc>::from_timestamp_millis(ms)
-                .ok_or_else(|| BatcherStateError(format!("bad time {ms}")))
-        };
-        let pending = items
-            .into_iter()
-            .map(|j| {
-                Ok(Detection {
-                    key: DetectionKey {
-                        pattern: PatternId::from_id(&j.p)
-                            .ok_or_else(|| BatcherStateError(format!("bad pattern {}", j.p)))?,
-                        merchant: j.m,
-                        customer: j.c,
-                    },
-                    chunk: j.k,
-                    y_start: time(j.ys)?,
-                    detected_at: time(j.dt)?,
-                })
-            })
-            .collect::<Result<_, BatcherStateError>>()?;
+        let bad = |why: &str| BatcherStateError(why.to_string());
+        let mut pos = 0;
+        let mut next = || read_varint(pending, &mut pos).ok_or_else(|| bad("truncated"));
+        let mut restored = Vec::new();
+        if !pending.is_empty() {
+            let n = next()?;
+            if n >= per_file.max(1) {
+                return Err(bad("more pending detections than one file holds"));
+            }
+            let (mut chunk, mut ys, mut dt) = (0u64, 0i64, 0i64);
+            for _ in 0..n {
+                let pattern = PatternId::ALL
+                    .get(next()? as usize)
+                    .copied()
+                    .ok_or_else(|| bad("unknown pattern"))?;
+                let m = u32::try_from(next()?).map_err(|_| bad("merchant index too large"))?;
+                let c = u32::try_from(next()?).map_err(|_| bad("customer index too large"))?;
+                chunk = chunk.wrapping_add(next()?);
+                ys = ys.wrapping_add(unzigzag(next()?));
+                dt = dt.wrapping_add(unzigzag(next()?));
+                let time = |ms: i64| {
+                    DateTime::<Utc>::from_timestamp_millis(ms)
+                        .ok_or_else(|| BatcherStateError(format!("bad time {ms}")))
+                };
+                restored.push(Detection {
+                    key: engine
+                        .detection_key(pattern, m, c)
+                        .ok_or_else(|| bad("pending detection names an unknown index"))?,
+                    chunk,
+                    y_start: time(ys)?,
+                    detected_at: time(dt)?,
+                });
+            }
+        }
+        if pos != pending.len() {
+            return Err(bad("trailing bytes"));
+        }
         Ok(DetectionBatcher {
             per_file: per_file.max(1) as usize,
             next_batch,
-            pending,
+            pending: restored,
         })
     }
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn read_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detection::DetectionKey;
 
     fn d(i: u64) -> Detection {
         let t = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_123).unwrap();
@@ -199,13 +251,38 @@ mod tests {
         assert_eq!(b.flush(), None);
     }
 
+    /// An engine that knows merchant `M` and customers `C0…C{n-1}`.
+    fn engine_knowing(n: u64) -> Engine {
+        use std::fmt::Write as _;
+        let mut text = String::from(
+            "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+        );
+        for i in 0..n {
+            let _ = writeln!(text, "0,'C{i}','1','F','1','M','1','c',1.00,0");
+        }
+        let mut e = Engine::new(Default::default(), Default::default());
+        e.apply_chunk(0, text.as_bytes(), 1).unwrap();
+        e
+    }
+
     #[test]
-    fn pending_state_round_trips() {
+    fn pending_state_round_trips_compactly() {
+        let engine = engine_knowing(120);
         let mut b = DetectionBatcher::new(50);
-        b.push((0..60).map(d));
-        let restored = DetectionBatcher::restore(50, b.next_batch(), &b.encode_pending()).unwrap();
+        b.push((0..99).map(d));
+        let bytes = b.encode_pending(&engine).unwrap();
+        assert!(bytes.len() < 49 * 8, "{}", bytes.len());
+        let restored = DetectionBatcher::restore(50, b.next_batch(), &bytes, &engine).unwrap();
         assert_eq!(restored, b);
-        assert!(DetectionBatcher::restore(50, 0, "{").is_err());
+        assert!(DetectionBatcher::restore(50, 0, &[0xff], &engine).is_err());
+        assert!(DetectionBatcher::restore(50, 0, &bytes[..bytes.len() - 1], &engine).is_err());
+        // An empty store is an empty batcher.
+        let empty = DetectionBatcher::restore(50, 3, &[], &engine).unwrap();
+        assert_eq!((empty.next_batch(), empty.pending().len()), (3, 0));
+        // A name the engine does not know cannot be stored.
+        let mut unknown = DetectionBatcher::new(50);
+        unknown.push([d(500)]);
+        assert!(unknown.encode_pending(&engine).is_err());
     }
 
     #[test]

@@ -80,9 +80,15 @@ impl StreamName {
         format!("{STATE_PREFIX}{self}/")
     }
 
-    /// The snapshot covering chunks `0..next`: `state/<stream>/snapshot-<next:08>.bin`.
-    pub fn snapshot_key(&self, next: u64) -> String {
-        format!("{STATE_PREFIX}{self}/snapshot-{next:08}.bin")
+    /// Part `i` of the snapshot covering chunks `0..next`:
+    /// `state/<stream>/snapshot-<next:08>/part-<i:04>.bin`.
+    pub fn snapshot_part_key(&self, next: u64, i: u32) -> String {
+        format!("{STATE_PREFIX}{self}/snapshot-{next:08}/part-{i:04}.bin")
+    }
+
+    /// The state change chunk `k` made: `state/<stream>/delta-<k:08>.bin`.
+    pub fn delta_key(&self, k: u64) -> String {
+        format!("{STATE_PREFIX}{self}/delta-{k:08}.bin")
     }
 }
 
@@ -97,6 +103,22 @@ impl fmt::Display for StreamName {
 /// `input-transactions`.
 pub fn stream_for_source(source_key: &str) -> StreamName {
     StreamName::sanitized(source_key.strip_suffix(".csv").unwrap_or(source_key))
+}
+
+/// The stream name of one version of a source object: the key's stream name, a dot,
+/// and 8 hex digits identifying (bucket, key, ETag) — `input/transactions.csv` at some
+/// ETag is `input-transactions.3f9a1c2e`. A replaced file (new ETag) is a new stream,
+/// and two sources whose keys read alike (`a/b.csv`, `a-b.csv`) never share one.
+pub fn stream_for_source_version(bucket: &str, key: &str, etag: &str) -> StreamName {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in [bucket, key, etag].join("\0").bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    StreamName(format!(
+        "{}.{:08x}",
+        stream_for_source(key),
+        (hash ^ (hash >> 32)) as u32
+    ))
 }
 
 /// Splits a chunk key `chunks/<stream>/<digits>.csv` into its stream and number.
@@ -126,8 +148,12 @@ mod tests {
             "detections/input-transactions/00000003.jsonl"
         );
         assert_eq!(
-            stream.snapshot_key(20),
-            "state/input-transactions/snapshot-00000020.bin"
+            stream.snapshot_part_key(20, 1),
+            "state/input-transactions/snapshot-00000020/part-0001.bin"
+        );
+        assert_eq!(
+            stream.delta_key(7),
+            "state/input-transactions/delta-00000007.bin"
         );
     }
 
@@ -144,6 +170,26 @@ mod tests {
         ] {
             assert_eq!(parse_chunk_key(key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn a_source_version_is_its_own_stream() {
+        let a = stream_for_source_version("b", "input/transactions.csv", "\"e1\"");
+        assert!(a.as_str().starts_with("input-transactions."), "{a}");
+        assert_eq!(a.as_str().len(), "input-transactions.".len() + 8);
+        assert_eq!(
+            a,
+            stream_for_source_version("b", "input/transactions.csv", "\"e1\"")
+        );
+        assert_ne!(
+            a,
+            stream_for_source_version("b", "input/transactions.csv", "\"e2\"")
+        );
+        assert_ne!(
+            stream_for_source_version("b", "a/b.csv", "e"),
+            stream_for_source_version("b", "a-b.csv", "e")
+        );
+        assert!(StreamName::parse(a.as_str()).is_some());
     }
 
     #[test]

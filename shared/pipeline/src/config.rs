@@ -32,8 +32,9 @@ pub const DEFAULT_DETECTOR_STALL_SECS: u64 = 90;
 /// Default number of failed attempts at a chunk, for a reason that repeats, before the
 /// detector parks it.
 pub const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 3;
-/// Default number of chunks between detector snapshots.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20;
+/// Default number of deltas after which the detector writes a snapshot (sooner when
+/// their bytes reach the last snapshot's size).
+pub const DEFAULT_SNAPSHOT_MAX_DELTAS: u64 = 200;
 
 /// A setting in the environment could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -182,8 +183,9 @@ pub struct ChunkerConfig {
 /// How the detector keeps its state and when it gives up on a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectorConfig {
-    /// A snapshot every this many chunks (and at the end of the stream).
-    pub snapshot_every: u64,
+    /// A snapshot once this many deltas follow the last one (or their bytes reach its
+    /// size, or the stream ends).
+    pub snapshot_max_deltas: u64,
     /// Failed attempts at one chunk, for a reason that repeats, before it is parked.
     pub park_after_attempts: u64,
 }
@@ -258,8 +260,8 @@ impl Config {
                 max_lag_chunks: env.number(
                     "TXPIPE_MAX_LAG_CHUNKS",
                     DEFAULT_MAX_LAG_CHUNKS,
-                    1..=1_000_000,
-                    "chunks from 1 to 1000000",
+                    1..=crate::store::cursor::RECENT_CHUNK_STARTS as u64 - 16,
+                    "chunks from 1 to 10224",
                 )?,
                 detector_stall: Duration::from_secs(env.number(
                     "TXPIPE_DETECTOR_STALL_SECS",
@@ -270,11 +272,11 @@ impl Config {
                 detector_function: env.string("TXPIPE_DETECTOR_FUNCTION"),
             },
             detector: DetectorConfig {
-                snapshot_every: env.number(
-                    "TXPIPE_SNAPSHOT_EVERY",
-                    DEFAULT_SNAPSHOT_EVERY,
+                snapshot_max_deltas: env.number(
+                    "TXPIPE_SNAPSHOT_MAX_DELTAS",
+                    DEFAULT_SNAPSHOT_MAX_DELTAS,
                     1..=100_000,
-                    "chunks from 1 to 100000",
+                    "deltas from 1 to 100000",
                 )?,
                 park_after_attempts: env.number(
                     "TXPIPE_PARK_AFTER_ATTEMPTS",
@@ -377,7 +379,7 @@ mod tests {
         assert_eq!(c.chunker.budget, Duration::from_secs(55));
         assert_eq!(c.chunker.max_lag_chunks, DEFAULT_MAX_LAG_CHUNKS);
         assert_eq!(c.chunker.detector_function, None);
-        assert_eq!(c.detector.snapshot_every, DEFAULT_SNAPSHOT_EVERY);
+        assert_eq!(c.detector.snapshot_max_deltas, DEFAULT_SNAPSHOT_MAX_DELTAS);
         assert!(c.postgres.is_none());
     }
 

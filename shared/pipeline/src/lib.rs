@@ -15,6 +15,7 @@
 
 pub mod aws;
 pub mod chunker;
+pub mod clock;
 pub mod config;
 pub mod detector;
 pub mod metrics;

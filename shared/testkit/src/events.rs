@@ -94,6 +94,9 @@ impl txpipe::store::ObjectStore for Notifying {
         }
         Ok(())
     }
+    async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), txpipe::store::StoreError> {
+        self.inner.delete(bucket, keys).await
+    }
     async fn list(
         &self,
         bucket: &str,

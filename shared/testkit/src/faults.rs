@@ -26,6 +26,8 @@ pub enum FaultPoint {
     WriteDetections,
     /// Writing the chunk's rows to Postgres.
     WriteSink,
+    /// Writing the chunk's state delta.
+    WriteDelta,
     /// Writing a snapshot.
     WriteSnapshot,
     /// The commit, before it is made.
@@ -36,10 +38,11 @@ pub enum FaultPoint {
 
 impl FaultPoint {
     /// Every point, in processing order.
-    pub const ALL: [FaultPoint; 6] = [
+    pub const ALL: [FaultPoint; 7] = [
         FaultPoint::ReadChunk,
         FaultPoint::WriteDetections,
         FaultPoint::WriteSink,
+        FaultPoint::WriteDelta,
         FaultPoint::WriteSnapshot,
         FaultPoint::Commit,
         FaultPoint::CommitAnswer,
@@ -141,10 +144,15 @@ impl ObjectStore for FaultyObjects {
     ) -> Result<(), StoreError> {
         if key.starts_with(DETECTIONS_PREFIX) {
             self.plan.check(FaultPoint::WriteDetections, None)?;
+        } else if key.starts_with(STATE_PREFIX) && key.contains("/delta-") {
+            self.plan.check(FaultPoint::WriteDelta, None)?;
         } else if key.starts_with(STATE_PREFIX) {
             self.plan.check(FaultPoint::WriteSnapshot, None)?;
         }
         self.inner.put(bucket, key, body, metadata).await
+    }
+    async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete(bucket, keys).await
     }
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.inner.list(bucket, prefix).await
@@ -164,28 +172,36 @@ impl StateStore for FaultyState {
     async fn load_head(&self, stream: &StreamName) -> Result<Option<DetectorHead>, StoreError> {
         self.inner.load_head(stream).await
     }
-    async fn load_deltas(
-        &self,
-        stream: &StreamName,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.load_deltas(stream, from, to).await
-    }
-    async fn commit(
+    async fn put_head(
         &self,
         head: &DetectorHead,
         expected_version: Option<u64>,
-        chunk: u64,
-        delta: &[u8],
     ) -> Result<Fenced, StoreError> {
-        self.plan.check(FaultPoint::Commit, Some(chunk))?;
-        let written = self
-            .inner
-            .commit(head, expected_version, chunk, delta)
-            .await?;
-        self.plan.check(FaultPoint::CommitAnswer, Some(chunk))?;
+        // A commit moves the version by one; recording a failed attempt does not.
+        let commit = head.version == expected_version.unwrap_or(0) + 1;
+        let chunk = head.next_chunk.checked_sub(1);
+        if commit {
+            self.plan.check(FaultPoint::Commit, chunk)?;
+        }
+        let written = self.inner.put_head(head, expected_version).await?;
+        if commit {
+            self.plan.check(FaultPoint::CommitAnswer, chunk)?;
+        }
         Ok(written)
+    }
+    async fn acquire_lease(
+        &self,
+        stream: &StreamName,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Fenced, StoreError> {
+        self.inner
+            .acquire_lease(stream, owner, now_ms, until_ms)
+            .await
+    }
+    async fn release_lease(&self, stream: &StreamName, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(stream, owner).await
     }
 }
 
@@ -199,10 +215,14 @@ pub struct FaultySink {
 
 #[async_trait]
 impl ChunkSink for FaultySink {
+    fn wants_transactions(&self) -> bool {
+        self.inner.wants_transactions()
+    }
+
     async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError> {
         self.plan
             .check(FaultPoint::WriteSink, Some(record.chunk))
-            .map_err(|e| SinkError(e.to_string()))?;
+            .map_err(|e| SinkError::transient(e.to_string()))?;
         self.inner.record_chunk(record).await
     }
     async fn record_importance_rejects(

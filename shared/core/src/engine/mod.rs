@@ -241,7 +241,7 @@ impl Engine {
                     .unwrap_or(crate::parse::RejectReason::NotUtf8 { column: "customer" });
                 rejected.push(RejectedRow {
                     row: tx.row,
-                    raw: String::from_utf8_lossy(tx.raw).into_owned(),
+                    raw: tx.raw.to_vec(),
                     reason,
                 });
                 continue;
@@ -339,7 +339,7 @@ impl Engine {
             }
             rejected.push(RejectedRow {
                 row: first_row + rejected.len() as u64,
-                raw: String::from_utf8_lossy(&data[span.start..span.end]).into_owned(),
+                raw: data[span.start..span.end].to_vec(),
                 reason: crate::parse::RejectReason::UnreadableChunk { why: why.into() },
             });
         }
@@ -604,6 +604,33 @@ impl Engine {
                 female: s.female,
                 male: s.male,
             })
+    }
+
+    /// The (merchant, customer) indices of a detection's identity, as deltas store them
+    /// (customer `u32::MAX` for merchant-only patterns); `None` if a name is unknown.
+    pub fn detection_indices(&self, key: &DetectionKey) -> Option<(u32, u32)> {
+        let m = self.merchants.get(&key.merchant)?;
+        let c = match key.pattern {
+            PatternId::DeiNeeded => u32::MAX,
+            _ => self.customers.get(&key.customer)?,
+        };
+        Some((m, c))
+    }
+
+    /// The detection identity for stored indices (the inverse of
+    /// [`Engine::detection_indices`]); `None` if an index is unknown.
+    pub fn detection_key(&self, pattern: PatternId, m: u32, c: u32) -> Option<DetectionKey> {
+        let merchant = (m as usize) < self.merchants.len();
+        let customer = c == u32::MAX || (c as usize) < self.customers.len();
+        (merchant && customer).then(|| DetectionKey {
+            pattern,
+            merchant: self.merchants.name(m).to_string(),
+            customer: if c == u32::MAX {
+                String::new()
+            } else {
+                self.customers.name(c).to_string()
+            },
+        })
     }
 
     /// The weight table the engine reads.

@@ -84,7 +84,7 @@ impl ImportanceTable {
                 }
                 Err(reason) => rejected.push(RejectedRow {
                     row,
-                    raw: String::from_utf8_lossy(raw).into_owned(),
+                    raw: raw.to_vec(),
                     reason,
                 }),
             }

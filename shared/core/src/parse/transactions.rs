@@ -300,7 +300,7 @@ impl<'a> Iterator for TransactionReader<'a> {
         self.next_row += 1;
         Some(self.parse(raw, row).map_err(|reason| RejectedRow {
             row,
-            raw: String::from_utf8_lossy(raw).into_owned(),
+            raw: raw.to_vec(),
             reason,
         }))
     }
@@ -358,7 +358,7 @@ mod tests {
         let text = format!("{HEADER}{line}\n");
         let rows = read(&text);
         let rejected = rows.into_iter().next().unwrap().unwrap_err();
-        assert_eq!(rejected.raw, line);
+        assert_eq!(rejected.raw_text(), line);
         assert_eq!(rejected.row, 1);
         rejected.reason
     }

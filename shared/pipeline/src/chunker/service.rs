@@ -1,32 +1,50 @@
 //! The chunker as the Lambda runs it: built once per container, then one
-//! [`ChunkerService::handle`] per schedule tick, with its logs and metrics.
+//! [`ChunkerService::handle`] per schedule tick — cut chunks, then watch the stream —
+//! with its logs and metrics.
 
+use super::watch::{StreamWatch, Watch};
 use super::{Chunker, ChunkerError, ChunkerRun, ChunkerSettings, WrittenChunk};
 use crate::aws::AwsClients;
+use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::metrics::{emit, Unit};
 use crate::setup::{SetupError, Stores};
 use crate::timing::millis;
 use serde_json::Value;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The chunker service: stores and settings, made once per container.
 pub struct ChunkerService {
     stores: Stores,
     settings: ChunkerSettings,
+    stall: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 /// What one chunker invocation answers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChunkerResponse {
+    /// The stream (none while waiting for the source file).
+    pub stream: Option<String>,
     /// Chunks this invocation wrote, in order.
     pub chunks: Vec<u64>,
     /// The cursor's next chunk afterwards.
     pub next_chunk: u64,
     /// Whether the source is fully chunked.
     pub finished: bool,
+    /// The source file is not uploaded yet.
+    pub waiting_for_input: bool,
     /// Times another invocation moved the cursor first.
     pub lost_races: u64,
+    /// Chunk slots skipped because the detector was too far behind.
+    pub backpressure_waits: u64,
+    /// Chunks cut but not yet applied by the detector, after this tick.
+    pub lag: u64,
+    /// The chunk the detector has parked, if any: resume with `txpipe resume`.
+    pub parked: Option<u64>,
+    /// The chunk written again to wake a detector that made no progress, if any.
+    pub kicked: Option<u64>,
 }
 
 impl ChunkerService {
@@ -42,7 +60,15 @@ impl ChunkerService {
         ChunkerService {
             stores,
             settings: ChunkerSettings::from_config(config),
+            stall: config.chunker.detector_stall,
+            clock: clock::system(),
         }
+    }
+
+    /// The same, reading time from `clock` (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The settings in use.
@@ -55,8 +81,8 @@ impl ChunkerService {
         &self.stores
     }
 
-    /// One tick: any event works (the schedule's payload carries nothing we need).
-    /// Emits chunks until `deadline`.
+    /// One tick: cut chunks until `deadline`, then watch the stream. Any event works
+    /// (the schedule's payload carries nothing we need).
     pub async fn handle(
         &self,
         _event: &Value,
@@ -66,12 +92,37 @@ impl ChunkerService {
             budget_ms = millis(deadline.saturating_duration_since(Instant::now())),
             "schedule tick"
         );
-        let run = self.run(deadline, None).await?;
+        let mut chunker = self.chunker();
+        let cut_before = chunker
+            .cursors
+            .load_cursor(&self.settings.source_id())
+            .await?
+            .map_or(0, |c| c.next_chunk);
+        let run = self.run_with(&mut chunker, deadline, None).await?;
+        let watch = match run.waiting_for_input {
+            true => Watch::default(),
+            false => {
+                StreamWatch {
+                    heads: self.stores.state.as_ref(),
+                    stall: self.stall,
+                    clock: self.clock.as_ref(),
+                }
+                .check(&mut chunker, cut_before)
+                .await?
+            }
+        };
+        report_tick(&self.settings, &run, &watch);
         Ok(ChunkerResponse {
+            stream: run.stream.as_ref().map(|s| s.to_string()),
             chunks: run.written.iter().map(|c| c.number).collect(),
             next_chunk: run.next_chunk,
             finished: run.finished,
+            waiting_for_input: run.waiting_for_input,
             lost_races: run.lost_races,
+            backpressure_waits: run.backpressure_waits,
+            lag: watch.lag,
+            parked: watch.parked.map(|p| p.chunk),
+            kicked: watch.kicked,
         })
     }
 
@@ -81,11 +132,26 @@ impl ChunkerService {
         deadline: Instant,
         max_chunks: Option<u64>,
     ) -> Result<ChunkerRun, ChunkerError> {
-        let mut chunker = Chunker::new(
+        let mut chunker = self.chunker();
+        self.run_with(&mut chunker, deadline, max_chunks).await
+    }
+
+    /// The chunker over this service's stores, with backpressure.
+    pub fn chunker(&self) -> Chunker<'_> {
+        Chunker::new(
             self.stores.objects.as_ref(),
             self.stores.cursors.as_ref(),
             self.settings.clone(),
-        );
+        )
+        .with_backpressure(self.stores.state.as_ref())
+    }
+
+    async fn run_with(
+        &self,
+        chunker: &mut Chunker<'_>,
+        deadline: Instant,
+        max_chunks: Option<u64>,
+    ) -> Result<ChunkerRun, ChunkerError> {
         let before = self.stores.requests.get();
         let run = chunker.run(deadline, max_chunks, report_written).await?;
         tracing::info!(
@@ -93,6 +159,7 @@ impl ChunkerService {
             next_chunk = run.next_chunk,
             finished = run.finished,
             lost_races = run.lost_races,
+            backpressure_waits = run.backpressure_waits,
             requests = self.stores.requests.get() - before,
             "chunker invocation done"
         );
@@ -121,6 +188,42 @@ fn report_written(c: &WrittenChunk) {
                 c.micros as f64 / 1000.0,
                 Unit::Milliseconds,
             ),
+        ],
+    );
+}
+
+/// Logs what the tick saw and emits the metrics that must arrive every minute, so
+/// their alarms hear silence as trouble.
+fn report_tick(settings: &ChunkerSettings, run: &ChunkerRun, watch: &Watch) {
+    if run.waiting_for_input {
+        tracing::info!(
+            source = %format!("s3://{}/{}", settings.source_bucket, settings.source_key),
+            "waiting for input: the source file is not uploaded yet"
+        );
+    }
+    if let Some(p) = &watch.parked {
+        tracing::error!(
+            stream = ?watch.stream.as_ref().map(|s| s.to_string()),
+            chunk = p.chunk,
+            attempts = p.attempts,
+            reason = %p.reason,
+            "the detector has parked a chunk; fix the cause, then run `txpipe resume`"
+        );
+    }
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    emit(
+        "chunker",
+        &[
+            ("Ticks", 1.0, Unit::Count),
+            ("LagChunks", watch.lag as f64, Unit::Count),
+            ("ParkedChunks", flag(watch.parked.is_some()), Unit::Count),
+            ("WaitingForInput", flag(run.waiting_for_input), Unit::Count),
+            (
+                "BackpressureWaits",
+                run.backpressure_waits as f64,
+                Unit::Count,
+            ),
+            ("DetectorKicks", flag(watch.kicked.is_some()), Unit::Count),
         ],
     );
 }

@@ -5,8 +5,8 @@
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, Detector, DetectorError, StepMillis, StreamState};
-use crate::chunker::{META_FIRST_ROW, META_LAST};
-use crate::store::{DetectorHead, Fenced, StoredObject};
+use crate::chunker::{META_FIRST_ROW, META_LAST, META_ROWS_PER_CHUNK, META_SOURCE};
+use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
 use chrono::{DateTime, Utc};
 use txpipe_core::batch::DetectionBatch;
@@ -22,7 +22,13 @@ struct ChunkInput {
     object: StoredObject,
     first_row: u64,
     last: bool,
+    /// The chunker's cursor the chunk came from.
+    source: Option<String>,
 }
+
+/// A stream needs no snapshot before its deltas reach this many bytes (a small state
+/// is rebuilt from its deltas faster than a snapshot is written).
+const FIRST_SNAPSHOT_AFTER_BYTES: u64 = 4 << 20;
 
 /// The chunk applied to the engine, not yet committed.
 struct Applied {
@@ -44,7 +50,7 @@ impl Detector {
         let requests_before = self.stores.requests.get();
         let mut laps = Laps::start();
         let mut millis = StepMillis::default();
-        let started = Utc::now();
+        let started = self.clock.now();
 
         let Some(input) = self.read_chunk(stream, j).await? else {
             return Ok(None);
@@ -58,14 +64,21 @@ impl Detector {
         millis.s3 = laps.lap();
         self.write_sink(st, stream, &input, &applied).await?;
         millis.sink = laps.lap();
-        let snapshot_next = self
-            .write_snapshot_if_due(st, stream, j, input.last)
+        let delta = applied.outcome.delta.encode();
+        let delta_bytes = delta.len() as u64;
+        self.archive().put_delta(stream, j, delta).await?;
+        let snapshot = self
+            .write_snapshot_if_due(st, stream, j, delta_bytes, input.last)
             .await?;
         millis.snapshot = laps.lap();
-        let delta_bytes = self
-            .commit(st, stream, &applied, snapshot_next, input.last)
+        let previous_snapshot = st.head.snapshot;
+        self.commit(st, stream, &applied, &input, snapshot, delta_bytes)
             .await?;
         millis.commit = laps.lap();
+        let new_snapshot = snapshot.filter(|s| Some(*s) != previous_snapshot);
+        if let Some(snapshot) = new_snapshot {
+            self.prune(stream, snapshot).await;
+        }
         millis.total = laps.total();
 
         let mut per_pattern = [0u64; 3];
@@ -81,6 +94,7 @@ impl Detector {
             batches: batches as u64,
             requests: self.stores.requests.get() - requests_before,
             delta_bytes,
+            snapshot: new_snapshot.is_some(),
             last: input.last,
             behind: newest.saturating_sub(j),
             millis,
@@ -98,16 +112,28 @@ impl Detector {
             return Ok(None);
         };
         let meta = |name: &str| object.metadata.get(name).map(String::as_str);
+        let rows_per_chunk = self.settings.shape.rows_per_chunk;
+        if let Some(r) = meta(META_ROWS_PER_CHUNK).and_then(|v| v.parse::<u64>().ok()) {
+            if r != rows_per_chunk {
+                return Err(DetectorError::SettingsChanged {
+                    stream: stream.clone(),
+                    stored: format!("rows_per_chunk={r} (chunk {key})"),
+                    current: format!("rows_per_chunk={rows_per_chunk}"),
+                });
+            }
+        }
         let first_row = meta(META_FIRST_ROW)
             .and_then(|v| v.parse().ok())
-            .unwrap_or(j * self.settings.shape.rows_per_chunk + 1);
+            .unwrap_or(j * rows_per_chunk + 1);
         let last = meta(META_LAST) == Some("true");
+        let source = meta(META_SOURCE).map(str::to_string);
         Ok(Some(ChunkInput {
             number: j,
             key,
             object,
             first_row,
             last,
+            source,
         }))
     }
 
@@ -136,7 +162,7 @@ impl Detector {
             }
             Err(e) => return Err(bad(e)),
         };
-        let detected_at = Utc::now();
+        let detected_at = self.clock.now();
         let detections = outcome
             .detections
             .iter()
@@ -190,7 +216,10 @@ impl Detector {
         applied: &Applied,
     ) -> Result<(), DetectorError> {
         let delta = &applied.outcome.delta;
-        let transactions = processed_rows(&input.object.bytes, input.first_row, &self.importance);
+        let transactions = match self.sink.wants_transactions() {
+            true => processed_rows(&input.object.bytes, input.first_row, &self.importance),
+            false => Vec::new(),
+        };
         let pairs: Vec<PairRow> = st
             .engine
             .pairs_of(delta)
@@ -220,66 +249,99 @@ impl Detector {
         Ok(())
     }
 
-    /// Step 5: a snapshot of the whole state when one is due (every `snapshot_every`
-    /// chunks and at the end). Returns what the head's snapshot pointer becomes.
+    /// Step 5: the chunk's delta is in S3 (written by the caller); a snapshot of the
+    /// whole state when one is due — at the end of the stream, once
+    /// `snapshot_max_deltas` deltas follow the last one, or once their bytes reach the
+    /// last snapshot's size (so a rebuild never reads much more than two snapshots'
+    /// worth). Returns what the head's snapshot becomes.
     async fn write_snapshot_if_due(
         &self,
         st: &StreamState,
         stream: &StreamName,
         j: u64,
+        delta_bytes: u64,
         last: bool,
-    ) -> Result<Option<u64>, DetectorError> {
-        if !(last || (j + 1).is_multiple_of(self.settings.snapshot_every)) {
-            return Ok(st.head.snapshot_next);
+    ) -> Result<Option<SnapshotRef>, DetectorError> {
+        let since = st.head.snapshot.map_or(0, |s| s.next);
+        let deltas = j + 1 - since;
+        let bytes = st.head.delta_bytes_since_snapshot + delta_bytes;
+        let enough_bytes = match st.head.snapshot {
+            Some(s) => bytes >= s.bytes,
+            None => bytes >= FIRST_SNAPSHOT_AFTER_BYTES,
+        };
+        if !(last || deltas >= self.settings.snapshot_max_deltas || enough_bytes) {
+            return Ok(st.head.snapshot);
         }
-        self.stores
-            .objects
-            .put(
-                &self.settings.bucket,
-                &stream.snapshot_key(j + 1),
-                st.engine.encode_snapshot(),
-                &[],
-            )
-            .await?;
-        Ok(Some(j + 1))
+        let parts = vec![st.engine.encode_snapshot()];
+        Ok(Some(
+            self.archive().put_snapshot(stream, j + 1, parts).await?,
+        ))
     }
 
-    /// Step 6: the single commit point — the head moves from version v to v + 1 with
-    /// the chunk's delta, only if no other writer moved it first. Returns the delta's
-    /// size.
+    /// Step 6: the single commit point — the head moves from version v to v + 1,
+    /// only if no other writer moved it first.
     async fn commit(
         &self,
         st: &mut StreamState,
         stream: &StreamName,
         applied: &Applied,
-        snapshot_next: Option<u64>,
-        last: bool,
-    ) -> Result<u64, DetectorError> {
+        input: &ChunkInput,
+        snapshot: Option<SnapshotRef>,
+        delta_bytes: u64,
+    ) -> Result<(), DetectorError> {
         let j = applied.outcome.delta.chunk;
+        let bad = |why: String| DetectorError::State {
+            stream: stream.clone(),
+            why,
+        };
+        let delta_bytes_since_snapshot = match snapshot {
+            Some(s) if s.next == j + 1 => 0,
+            _ => st.head.delta_bytes_since_snapshot + delta_bytes,
+        };
         let head = DetectorHead {
             stream: stream.clone(),
             next_chunk: j + 1,
             version: st.head.version + 1,
-            snapshot_next,
+            snapshot,
+            delta_bytes_since_snapshot,
             next_batch: st.batcher.next_batch(),
-            pending: st.batcher.encode_pending(),
-            finished: last,
+            pending: st
+                .batcher
+                .encode_pending(&st.engine)
+                .map_err(|e| bad(e.to_string()))?,
+            finished: input.last,
             fingerprint: self.fingerprint.clone(),
+            source: input.source.clone().or_else(|| st.head.source.clone()),
             totals: st.engine.totals(),
-            updated_ms: Utc::now().timestamp_millis(),
+            updated_ms: self.clock.now_ms(),
+            failure: None,
         };
-        let expected = (st.head.version > 0).then_some(st.head.version);
-        let delta = applied.outcome.delta.encode();
-        match self.stores.state.commit(&head, expected, j, &delta).await? {
+        match self
+            .stores
+            .state
+            .put_head(&head, Some(st.head.version))
+            .await?
+        {
             Fenced::Written => {
                 st.head = head;
-                Ok(delta.len() as u64)
+                Ok(())
             }
             Fenced::Lost => Err(DetectorError::Contended {
                 stream: stream.clone(),
                 chunk: j,
                 attempts: 1,
             }),
+        }
+    }
+
+    /// After a new snapshot is committed: deletes the snapshots and deltas it makes
+    /// unnecessary. Best effort: what is left is caught by the next prune.
+    async fn prune(&self, stream: &StreamName, keep: SnapshotRef) {
+        match self.archive().prune(stream, keep).await {
+            Ok(n) => tracing::info!(%stream, snapshot = keep.next, deleted = n, "old state pruned"),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "could not prune old state; the next snapshot tries again")
+            }
         }
     }
 }
@@ -300,7 +362,7 @@ fn processed_rows(bytes: &[u8], first_row: u64, importance: &ImportanceTable) ->
                 merchant: merchant.to_string(),
                 gender: tx.gender,
                 cents: tx.cents,
-                raw: String::from_utf8_lossy(tx.raw).into_owned(),
+                raw: tx.raw.to_vec(),
             })
         })
         .collect()

@@ -7,7 +7,9 @@
 //! (`docs/architecture.md#exactly-once`).
 
 mod apply;
+mod archive;
 mod event;
+mod failure;
 mod rebuild;
 mod service;
 mod settings;
@@ -18,12 +20,13 @@ pub use service::{DetectorResponse, DetectorService, StreamReply};
 pub use settings::DetectorSettings;
 pub use sink::{ChunkRecord, ChunkSink, PairRow, ProcessedRow, SinkError};
 
+use crate::clock::Clock;
 use crate::setup::Stores;
-use crate::store::{DetectorHead, StoreError};
+use crate::store::{ChunkCursor, ChunkFailure, DetectorHead, Fenced, Retry, StoreError};
 use crate::timing::millis;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use txpipe_core::batch::DetectionBatcher;
 use txpipe_core::engine::Engine;
 use txpipe_core::layout::StreamName;
@@ -78,6 +81,20 @@ pub enum DetectorError {
     },
 }
 
+impl DetectorError {
+    /// Whether trying the same chunk again can succeed.
+    pub fn retry(&self) -> Retry {
+        match self {
+            DetectorError::Store(e) => e.retry(),
+            DetectorError::Sink(e) => e.retry,
+            DetectorError::Contended { .. } => Retry::Transient,
+            DetectorError::Importance { .. }
+            | DetectorError::SettingsChanged { .. }
+            | DetectorError::State { .. } => Retry::Permanent,
+        }
+    }
+}
+
 /// One applied chunk, with its figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedChunk {
@@ -95,8 +112,10 @@ pub struct AppliedChunk {
     pub batches: u64,
     /// Remote requests made for this chunk (S3, DynamoDB, Postgres round trips).
     pub requests: u64,
-    /// Size of the chunk's stored state delta, in bytes (it drives write cost).
+    /// Size of the chunk's stored state delta, in bytes.
     pub delta_bytes: u64,
+    /// Whether a snapshot of the whole state was written after this chunk.
+    pub snapshot: bool,
     /// Whether this was the end-of-stream chunk.
     pub last: bool,
     /// Chunks the chunker had created beyond this one when the invocation ended
@@ -134,6 +153,16 @@ pub struct CatchUp {
     pub duplicate: bool,
     /// A chunk up to the target does not exist yet: a later event completes it.
     pub waiting_for: Option<u64>,
+    /// A chunk the chunker has cut is gone (expired or deleted): the chunker re-cuts
+    /// it on its next tick.
+    pub missing: Option<u64>,
+    /// The stream is parked at this chunk: nothing is applied until it is resumed.
+    pub parked: Option<ChunkFailure>,
+    /// Another invocation holds the stream's lease and applies it.
+    pub busy: bool,
+    /// The invocation's deadline came before the chunks it could see were applied;
+    /// the next invocation (or the chunker's watch) goes on.
+    pub deferred: bool,
     /// State was rebuilt from storage first, taking this many milliseconds.
     pub reload_ms: Option<u64>,
     /// Chunks applied so far in the stream.
@@ -156,10 +185,17 @@ pub struct Detector {
     importance_rejected: Vec<RejectedRow>,
     fingerprint: String,
     warm: HashMap<StreamName, StreamState>,
+    clock: Arc<dyn Clock>,
+    /// This container's name on stream leases.
+    owner: String,
 }
 
 /// Commit attempts before giving up on a contended stream.
 const COMMIT_ATTEMPTS: u32 = 3;
+
+/// Time kept back before the deadline: a chunk is not started without this much left
+/// on top of the slowest chunk seen so far.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 impl Detector {
     /// Loads CustomerImportance.csv and makes a detector over `stores` and `sink`.
@@ -167,6 +203,7 @@ impl Detector {
         stores: Stores,
         sink: Arc<dyn ChunkSink>,
         settings: DetectorSettings,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, DetectorError> {
         let (bucket, key) = (&settings.importance_bucket, &settings.importance_key);
         let importance_error = |why: String| DetectorError::Importance {
@@ -196,6 +233,8 @@ impl Detector {
             importance_rejected: load.rejected,
             fingerprint,
             warm: HashMap::new(),
+            owner: format!("detector-{:016x}", clock.now_ms() as u64 ^ lease_nonce()),
+            clock,
         })
     }
 
@@ -232,17 +271,73 @@ impl Detector {
         Ok(self.stores.state.load_head(stream).await?)
     }
 
-    /// Applies every chunk of `stream` up to and including `upto` that is not applied
-    /// yet, in order, stopping cleanly at the first chunk that does not exist.
+    /// Rebuilds a stream's state from storage and keeps it warm, applying nothing (as a
+    /// cold container would before its first chunk). Returns the next chunk.
+    pub async fn load_stream(&mut self, stream: &StreamName) -> Result<u64, DetectorError> {
+        let st = self.rebuild(stream).await?;
+        let next = st.head.next_chunk;
+        self.warm.insert(stream.clone(), st);
+        Ok(next)
+    }
+
+    /// Applies every chunk of `stream` up to `upto` — or up to the chunker's cursor,
+    /// if that is further — that is not applied yet, in order, while one more chunk
+    /// fits before `deadline`. Stops cleanly at a chunk that does not exist yet, at a
+    /// parked chunk, or when another invocation holds the stream.
     pub async fn catch_up(
         &mut self,
         stream: &StreamName,
         upto: u64,
+        deadline: Instant,
     ) -> Result<CatchUp, DetectorError> {
+        let mut report = CatchUp::default();
+        let mut target = upto;
+        loop {
+            let lease_ms = millis(deadline.saturating_duration_since(Instant::now())) as i64;
+            let now_ms = self.clock.now_ms();
+            let leased = self
+                .stores
+                .state
+                .acquire_lease(stream, &self.owner, now_ms, now_ms + lease_ms + 5_000)
+                .await?;
+            if leased == Fenced::Lost {
+                // The holder re-checks the cursor after giving the lease back, so the
+                // chunk of this event is not left behind.
+                report.busy = true;
+                return Ok(report);
+            }
+            let result = self
+                .catch_up_with_retries(stream, target, deadline, &mut report)
+                .await;
+            if let Err(e) = self.stores.state.release_lease(stream, &self.owner).await {
+                tracing::warn!(%stream, error = %e, "could not give the stream's lease back; it expires by itself");
+            }
+            result?;
+            let stopped = report.deferred
+                || report.waiting_for.is_some()
+                || report.missing.is_some()
+                || report.parked.is_some();
+            // Chunks cut while the lease was held may have found it taken: look again.
+            match self.cursor_of(stream).await {
+                Some(cursor) if !stopped && cursor.next_chunk > report.next_chunk => {
+                    target = cursor.next_chunk - 1;
+                }
+                _ => return Ok(report),
+            }
+        }
+    }
+
+    async fn catch_up_with_retries(
+        &mut self,
+        stream: &StreamName,
+        upto: u64,
+        deadline: Instant,
+        report: &mut CatchUp,
+    ) -> Result<(), DetectorError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.try_catch_up(stream, upto).await {
+            match self.try_catch_up(stream, upto, deadline, report).await {
                 Err(DetectorError::Contended { .. }) if attempts < COMMIT_ATTEMPTS => {
                     tracing::warn!(
                         %stream,
@@ -266,8 +361,9 @@ impl Detector {
         &mut self,
         stream: &StreamName,
         upto: u64,
-    ) -> Result<CatchUp, DetectorError> {
-        let mut report = CatchUp::default();
+        deadline: Instant,
+        report: &mut CatchUp,
+    ) -> Result<(), DetectorError> {
         // Taken out of the map while in use: an error leaves it out, so the next
         // invocation rebuilds from storage instead of trusting half-applied memory.
         let mut st = match self.warm.remove(stream) {
@@ -279,46 +375,99 @@ impl Detector {
                 st
             }
         };
+        if st.head.parked().is_some() {
+            // Maybe resumed since: the stored head says.
+            if let Some(head) = self.stores.state.load_head(stream).await? {
+                st.head.failure = head.failure;
+                st.head.version = head.version;
+            }
+            if let Some(parked) = st.head.parked() {
+                report.parked = Some(parked.clone());
+                report.next_chunk = st.head.next_chunk;
+                self.warm.insert(stream.clone(), st);
+                return Ok(());
+            }
+        }
+        let cursor = match &st.head.source {
+            Some(source) => self.load_cursor(source, stream).await,
+            None => None,
+        };
+        let target = cursor
+            .as_ref()
+            .map_or(upto, |c| upto.max(c.next_chunk.saturating_sub(1)));
         if st.head.next_chunk > upto {
             report.duplicate = true;
         }
-        while st.head.next_chunk <= upto {
+        let mut slowest = Duration::ZERO;
+        while st.head.next_chunk <= target {
             let j = st.head.next_chunk;
-            match self.apply_next(&mut st, stream, upto).await? {
-                Some(applied) => report.applied.push(applied),
-                None => {
+            if Instant::now() + slowest + DEADLINE_MARGIN > deadline {
+                report.deferred = true;
+                break;
+            }
+            let started = Instant::now();
+            match self.apply_next(&mut st, stream, target).await {
+                Ok(Some(mut applied)) => {
+                    if let Some(c) = &cursor {
+                        applied.behind = c.next_chunk.saturating_sub(j + 1);
+                    }
+                    report.applied.push(applied);
+                    slowest = slowest.max(started.elapsed());
+                }
+                Ok(None) if cursor.as_ref().is_some_and(|c| c.next_chunk > j) => {
+                    let reason = format!(
+                        "chunk object {} is missing although the chunker has cut it (expired or deleted); the chunker re-cuts it on its next tick",
+                        stream.chunk_key(j)
+                    );
+                    tracing::error!(%stream, chunk = j, "{reason}");
+                    self.record_failure(&mut st, j, reason, Retry::Transient)
+                        .await;
+                    report.missing = Some(j);
+                    break;
+                }
+                Ok(None) => {
                     report.waiting_for = Some(j);
                     break;
+                }
+                Err(e @ DetectorError::Contended { .. }) => return Err(e),
+                Err(e) => {
+                    self.record_failure(&mut st, j, e.to_string(), e.retry())
+                        .await;
+                    return Err(e);
                 }
             }
         }
         report.next_chunk = st.head.next_chunk;
         self.warm.insert(stream.clone(), st);
-        self.measure_lag(stream, &mut report).await;
-        Ok(report)
+        Ok(())
     }
 
-    /// Replaces each applied chunk's lag with the chunker's cursor, when the stream is
-    /// the configured source's (one read per invocation).
-    async fn measure_lag(&self, stream: &StreamName, report: &mut CatchUp) {
-        if report.applied.is_empty() || *stream != self.settings.source_stream {
-            return;
-        }
-        // Lag is a report, not a duty: a failed read keeps the event's figure.
-        if let Ok(Some(cursor)) = self
-            .stores
-            .cursors
-            .load_cursor(&self.settings.source_id)
-            .await
-        {
-            for a in &mut report.applied {
-                a.behind = cursor.next_chunk.saturating_sub(a.chunk + 1);
+    /// The chunker's cursor of `source`, if it describes `stream` (a report, not a
+    /// duty: a failed read is logged and treated as unknown).
+    async fn load_cursor(&self, source: &str, stream: &StreamName) -> Option<ChunkCursor> {
+        match self.stores.cursors.load_cursor(source).await {
+            Ok(cursor) => cursor.filter(|c| c.stream == *stream),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "could not read the chunker's cursor");
+                None
             }
         }
-        if let Some(last) = report.applied.last_mut() {
-            last.requests += 1; // the cursor read
-        }
     }
+
+    /// The cursor of the stream, from the warm head's source.
+    async fn cursor_of(&self, stream: &StreamName) -> Option<ChunkCursor> {
+        let source = self.warm.get(stream)?.head.source.clone()?;
+        self.load_cursor(&source, stream).await
+    }
+}
+
+/// A little entropy for lease owner names, without a random number generator.
+fn lease_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    t ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// FNV-1a over the importance file: identifies its content in the state fingerprint

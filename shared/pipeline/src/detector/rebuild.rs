@@ -1,6 +1,7 @@
 //! Rebuilding a stream's state from storage: the head, the snapshot it names, then the
 //! deltas after that snapshot.
 
+use super::archive::StateArchive;
 use super::{Detector, DetectorError, StreamState};
 use crate::store::DetectorHead;
 use txpipe_core::batch::DetectionBatcher;
@@ -29,24 +30,16 @@ impl Detector {
                 current: self.fingerprint.clone(),
             });
         }
-        let mut engine = match head.snapshot_next {
-            Some(s) => {
-                let key = stream.snapshot_key(s);
-                let object = self
-                    .stores
-                    .objects
-                    .get(&self.settings.bucket, &key)
-                    .await?
-                    .ok_or_else(|| bad(format!("snapshot {key} named by the head is missing")))?;
-                let engine = Engine::decode_snapshot(
-                    &object.bytes,
-                    self.settings.patterns.clone(),
-                    self.importance.clone(),
-                )
-                .map_err(|e: CodecError| bad(format!("{key}: {e}")))?;
-                if engine.next_chunk() != s {
+        let archive = self.archive();
+        let mut engine = match head.snapshot {
+            Some(snapshot) => {
+                let parts = archive.snapshot(stream, snapshot).await?;
+                let engine = decode_parts(&parts, self)
+                    .map_err(|e| bad(format!("snapshot {}: {e}", snapshot.next)))?;
+                if engine.next_chunk() != snapshot.next {
                     return Err(bad(format!(
-                        "{key} covers chunks 0..{}, not 0..{s}",
+                        "snapshot {} covers chunks 0..{}",
+                        snapshot.next,
                         engine.next_chunk()
                     )));
                 }
@@ -54,16 +47,14 @@ impl Detector {
             }
             None => self.new_engine(),
         };
-        for (k, bytes) in self
-            .stores
-            .state
-            .load_deltas(stream, engine.next_chunk(), head.next_chunk)
+        for (k, bytes) in archive
+            .deltas(stream, engine.next_chunk(), head.next_chunk)
             .await?
         {
             let delta = ChunkDelta::decode(&bytes).map_err(|e| bad(format!("delta {k}: {e}")))?;
             engine.apply_delta(&delta).map_err(|e| bad(e.to_string()))?;
         }
-        let batcher = DetectionBatcher::restore(per_file, head.next_batch, &head.pending)
+        let batcher = DetectionBatcher::restore(per_file, head.next_batch, &head.pending, &engine)
             .map_err(|e| bad(e.to_string()))?;
         Ok(StreamState {
             engine,
@@ -74,5 +65,27 @@ impl Detector {
 
     pub(super) fn new_engine(&self) -> Engine {
         Engine::new(self.settings.patterns.clone(), self.importance.clone())
+    }
+
+    pub(super) fn archive(&self) -> StateArchive<'_> {
+        StateArchive {
+            objects: self.stores.objects.as_ref(),
+            bucket: &self.settings.bucket,
+        }
+    }
+}
+
+/// An engine from a snapshot's parts.
+fn decode_parts(parts: &[Vec<u8>], detector: &Detector) -> Result<Engine, CodecError> {
+    match parts {
+        [one] => Engine::decode_snapshot(
+            one,
+            detector.settings.patterns.clone(),
+            detector.importance.clone(),
+        ),
+        _ => Err(CodecError::Corrupt {
+            what: "snapshot",
+            why: format!("{} parts; this build writes and reads one", parts.len()),
+        }),
     }
 }

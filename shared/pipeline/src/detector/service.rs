@@ -55,6 +55,14 @@ pub struct StreamReply {
     pub duplicate: bool,
     /// A chunk not written yet stopped the catch-up here.
     pub waiting_for: Option<u64>,
+    /// A chunk the chunker has cut is gone; the chunker re-cuts it.
+    pub missing: Option<u64>,
+    /// The stream is parked at this chunk: `txpipe resume` once the cause is fixed.
+    pub parked: Option<u64>,
+    /// Another invocation is applying this stream.
+    pub busy: bool,
+    /// The deadline came first; the next invocation goes on.
+    pub deferred: bool,
     /// Chunks applied so far in the stream.
     pub next_chunk: u64,
 }
@@ -75,7 +83,18 @@ impl DetectorService {
         sink: Arc<dyn ChunkSink>,
         config: &Config,
     ) -> Result<Self, SetupError> {
-        let detector = Detector::load(stores, sink, DetectorSettings::from_config(config)).await?;
+        Self::with_clock(stores, sink, config, crate::clock::system()).await
+    }
+
+    /// The same, reading time from `clock` (tests).
+    pub async fn with_clock(
+        stores: Stores,
+        sink: Arc<dyn ChunkSink>,
+        config: &Config,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Self, SetupError> {
+        let detector =
+            Detector::load(stores, sink, DetectorSettings::from_config(config), clock).await?;
         if let Some(first) = detector.importance_rejected().first() {
             tracing::warn!(
                 rejected = detector.importance_rejected().len(),
@@ -100,7 +119,7 @@ impl DetectorService {
     pub async fn handle(
         &self,
         event: &Value,
-        _deadline: Instant,
+        deadline: Instant,
     ) -> Result<DetectorResponse, DetectorError> {
         let mut detector = self.detector.lock().await;
         let targets = match targets_from_event(event) {
@@ -134,7 +153,9 @@ impl DetectorService {
             if target.bucket != bucket {
                 tracing::warn!(event_bucket = %target.bucket, %bucket, "event from another bucket; reading the configured bucket");
             }
-            let report = detector.catch_up(&target.stream, target.chunk).await?;
+            let report = detector
+                .catch_up(&target.stream, target.chunk, deadline)
+                .await?;
             log_catch_up(&target.stream, target.chunk, &report);
             response.streams.push(StreamReply {
                 stream: target.stream.to_string(),
@@ -142,6 +163,10 @@ impl DetectorService {
                 applied: report.applied.iter().map(|a| a.chunk).collect(),
                 duplicate: report.duplicate,
                 waiting_for: report.waiting_for,
+                missing: report.missing,
+                parked: report.parked.as_ref().map(|p| p.chunk),
+                busy: report.busy,
+                deferred: report.deferred,
                 next_chunk: report.next_chunk,
             });
             response.applied.extend(report.applied);
@@ -175,6 +200,26 @@ fn log_catch_up(stream: &StreamName, requested: u64, report: &super::CatchUp) {
     }
     if let Some(k) = report.waiting_for {
         tracing::info!(%stream, chunk = k, "chunk not written yet; a later event completes it");
+    }
+    if report.missing.is_some() {
+        emit("detector", &[("MissingChunks", 1.0, Unit::Count)]);
+    }
+    if let Some(p) = &report.parked {
+        tracing::error!(
+            %stream,
+            chunk = p.chunk,
+            attempts = p.attempts,
+            reason = %p.reason,
+            resume = %format!("txpipe resume --stream {stream}"),
+            "stream parked: nothing is applied until the cause is fixed and it is resumed"
+        );
+        emit("detector", &[("ChunksParked", 1.0, Unit::Count)]);
+    }
+    if report.busy {
+        tracing::info!(%stream, "another invocation is applying this stream; it picks this chunk up");
+    }
+    if report.deferred {
+        tracing::warn!(%stream, next_chunk = report.next_chunk, "deadline reached with chunks left; the next invocation goes on");
     }
 }
 

@@ -1,9 +1,7 @@
 //! The detector's part of the configuration.
 
 use crate::config::Config;
-use crate::store::ChunkCursor;
 use txpipe_core::config::{PatternConfig, StreamShape};
-use txpipe_core::layout::{stream_for_source, StreamName};
 
 /// Where the detector reads and writes, and its thresholds: the plain values it takes
 /// from the [`Config`].
@@ -17,14 +15,13 @@ pub struct DetectorSettings {
     pub importance_key: String,
     /// R and detections per file.
     pub shape: StreamShape,
-    /// A snapshot every this many chunks (and at the end of the stream).
-    pub snapshot_every: u64,
+    /// A snapshot is written once this many deltas follow the last one (or their bytes
+    /// reach its size, or the stream ends).
+    pub snapshot_max_deltas: u64,
+    /// Failed attempts at one chunk, for a reason that repeats, before it is parked.
+    pub park_after_attempts: u64,
     /// Pattern thresholds.
     pub patterns: PatternConfig,
-    /// The chunker's cursor of the configured source, read to report lag.
-    pub source_id: String,
-    /// The configured source's stream (the one the cursor describes).
-    pub source_stream: StreamName,
 }
 
 impl DetectorSettings {
@@ -35,10 +32,9 @@ impl DetectorSettings {
             importance_bucket: c.source.bucket.clone(),
             importance_key: c.source.importance_key.clone(),
             shape: c.shape,
-            snapshot_every: c.detector.snapshot_every,
+            snapshot_max_deltas: c.detector.snapshot_max_deltas,
+            park_after_attempts: c.detector.park_after_attempts,
             patterns: c.patterns.clone(),
-            source_id: ChunkCursor::source_id(&c.source.bucket, &c.source.transactions_key),
-            source_stream: stream_for_source(&c.source.transactions_key),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the detector hands to the output database for each chunk, and the trait the
 //! database adapter implements.
 
+use crate::store::Retry;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use txpipe_core::detection::Detection;
@@ -8,10 +9,26 @@ use txpipe_core::layout::StreamName;
 use txpipe_core::parse::{Gender, RejectedRow};
 use txpipe_core::weight::Weight;
 
-/// The output database failed; the chunk is not committed and will be retried.
+/// The output database failed; the chunk is not committed.
 #[derive(Debug, thiserror::Error)]
-#[error("output database: {0}")]
-pub struct SinkError(pub String);
+#[error("output database: {message}")]
+pub struct SinkError {
+    /// What failed, with the server's own words and SQLSTATE when it answered.
+    pub message: String,
+    /// Whether trying again can help (the database down or busy) or not (it refuses
+    /// this chunk's data).
+    pub retry: Retry,
+}
+
+impl SinkError {
+    /// A failure that trying again can cure.
+    pub fn transient(message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            retry: Retry::Transient,
+        }
+    }
+}
 
 /// One valid transaction row with its weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +45,8 @@ pub struct ProcessedRow {
     pub cents: u64,
     /// w(m,c), if the pair has importance rows.
     pub weight: Option<Weight>,
-    /// The original line.
-    pub raw: String,
+    /// The original line, byte for byte.
+    pub raw: Vec<u8>,
 }
 
 /// Current stats of a (merchant, customer) pair the chunk touched.
@@ -77,6 +94,9 @@ pub struct ChunkRecord<'a> {
 /// The output database (Postgres), written idempotently per chunk.
 #[async_trait]
 pub trait ChunkSink: Send + Sync {
+    /// Whether the sink stores every valid transaction (then the detector hands them
+    /// over in [`ChunkRecord::transactions`]; otherwise that list stays empty).
+    fn wants_transactions(&self) -> bool;
     /// Writes one chunk's rows, all or nothing; writing the same chunk again leaves
     /// the same rows.
     async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError>;

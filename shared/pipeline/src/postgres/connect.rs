@@ -35,7 +35,18 @@ pub struct PgSettings {
     ssl: SslMode,
     ca_file: Option<String>,
     secret_arn: Option<String>,
+    /// Whether every valid transaction is copied into the `transactions` table.
+    pub transactions: bool,
+    /// Days of `transactions` partitions kept.
+    pub transactions_retention_days: u32,
+    /// Statement timeout of the connection.
+    pub statement_timeout: std::time::Duration,
 }
+
+/// Default days of per-transaction rows kept, when the copy is on.
+pub const DEFAULT_TRANSACTIONS_RETENTION_DAYS: u64 = 7;
+/// Default statement timeout.
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 30_000;
 
 impl std::fmt::Debug for PgSettings {
     // The driver's Debug redacts the password; say where the credentials come from.
@@ -45,6 +56,7 @@ impl std::fmt::Debug for PgSettings {
             .field("dbname", &self.config.get_dbname())
             .field("ssl", &self.ssl)
             .field("secret_arn", &self.secret_arn)
+            .field("transactions", &self.transactions)
             .finish()
     }
 }
@@ -116,6 +128,19 @@ impl PgSettings {
             ssl,
             ca_file: s.string("TXPIPE_PG_CA_FILE"),
             secret_arn,
+            transactions: s.flag("TXPIPE_PG_TRANSACTIONS", false)?,
+            transactions_retention_days: s.number(
+                "TXPIPE_PG_TRANSACTIONS_RETENTION_DAYS",
+                DEFAULT_TRANSACTIONS_RETENTION_DAYS,
+                1..=3_650,
+                "days from 1 to 3650",
+            )? as u32,
+            statement_timeout: std::time::Duration::from_millis(s.number(
+                "TXPIPE_PG_STATEMENT_TIMEOUT_MS",
+                DEFAULT_STATEMENT_TIMEOUT_MS,
+                100..=3_600_000,
+                "milliseconds from 100 to 3600000",
+            )?),
         }))
     }
 

@@ -4,11 +4,18 @@ use super::PgError;
 use tokio_postgres::Client;
 
 /// (version, name, SQL) of every migration, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "outputs",
-    include_str!("../../migrations/0001_outputs.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "outputs",
+        include_str!("../../migrations/0001_outputs.sql"),
+    ),
+    (
+        2,
+        "lossless rejects, bounded transactions",
+        include_str!("../../migrations/0002_lossless_and_bounded.sql"),
+    ),
+];
 
 /// Applies the migrations not applied yet. Safe to run from several processes at
 /// once: an advisory lock serializes them.

@@ -1,15 +1,16 @@
 //! [`ChunkSink`] over Postgres: one transaction per chunk, every write keyed so a
-//! retry leaves the same rows. The connection is made lazily, migrated once, reused
-//! across warm invocations, and dropped on any error so the next call reconnects.
+//! retry leaves the same rows, sent as one pipeline (one round trip). The connection is
+//! made lazily, migrated once, reused across warm invocations, and dropped on any error
+//! so the next call reconnects.
 
-use super::{migrate, PgError, PgSettings};
+use super::{migrate, partitions, PgError, PgSettings};
 use crate::detector::{ChunkRecord, ChunkSink, SinkError};
 use crate::store::RequestCounter;
 use async_trait::async_trait;
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use futures_util::SinkExt;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::future::Either;
 use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 use txpipe_core::parse::RejectedRow;
 use txpipe_core::weight::Weight;
@@ -27,17 +28,25 @@ pub struct PgSink {
 struct Connection {
     client: Client,
     clear: Statement,
-    copy: Statement,
+    transactions: Statement,
     detections: Statement,
     rejected: Statement,
     stats: Statement,
     ledger: Statement,
+    /// The day whose `transactions` partitions are known to exist.
+    partitions_for: Option<NaiveDate>,
 }
+
+type Param<'a> = &'a (dyn ToSql + Sync);
 
 const CLEAR_SQL: &str = "DELETE FROM transactions WHERE stream = $1 AND chunk = $2";
 
-const COPY_SQL: &str = "COPY transactions (stream, chunk, row_number, customer_name, merchant_id,
-                                           gender, amount, weight, raw) FROM STDIN";
+const TRANSACTIONS_SQL: &str =
+    "INSERT INTO transactions (stream, chunk, row_number, customer_name, merchant_id, gender,
+                               amount, weight, raw, loaded_on)
+     SELECT $1, $2, n, c, m, g, a::numeric, w::numeric, r, $3
+     FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                 $10::bytea[]) AS t(n, c, m, g, a, w, r)";
 
 const DETECTIONS_SQL: &str =
     "INSERT INTO detections (stream, pattern_id, merchant_id, customer_name, action_type,
@@ -51,11 +60,12 @@ const DETECTIONS_SQL: &str =
      WHERE detections.chunk = EXCLUDED.chunk";
 
 const REJECTED_SQL: &str =
-    "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, reason)
-     SELECT 'transactions', $1, n, $2, w, why
-     FROM unnest($3::bigint[], $4::text[], $5::text[]) AS t(n, w, why)
+    "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, raw_text, reason)
+     SELECT $1, $2, n, $3, r, t, why
+     FROM unnest($4::bigint[], $5::bytea[], $6::text[], $7::text[]) AS x(n, r, t, why)
      ON CONFLICT (file, source, row_number)
-     DO UPDATE SET chunk = EXCLUDED.chunk, raw = EXCLUDED.raw, reason = EXCLUDED.reason";
+     DO UPDATE SET chunk = EXCLUDED.chunk, raw = EXCLUDED.raw, raw_text = EXCLUDED.raw_text,
+                   reason = EXCLUDED.reason";
 
 const STATS_SQL: &str =
     "INSERT INTO customer_stats (stream, merchant_id, customer_name, txns, amount,
@@ -105,58 +115,100 @@ impl PgSink {
         if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
             *slot = None;
         }
-        if slot.is_none() {
-            let config = self.settings.resolve(&self.secrets).await?;
-            let mut client = self.settings.connect(&config).await?;
-            let applied = migrate(&mut client).await?;
-            if !applied.is_empty() {
-                tracing::info!(?applied, "applied Postgres migrations");
+        let connection = match slot {
+            Some(connection) => connection,
+            None => slot.insert(self.open().await?),
+        };
+        // Today's partitions, once per day per connection (a chunk's rows carry the
+        // day they were loaded).
+        let today = Utc::now().date_naive();
+        if self.settings.transactions && connection.partitions_for != Some(today) {
+            let dropped = partitions::maintain(
+                &mut connection.client,
+                today,
+                self.settings.transactions_retention_days,
+            )
+            .await?;
+            if !dropped.is_empty() {
+                tracing::info!(
+                    ?dropped,
+                    "dropped transaction partitions past the retention"
+                );
             }
-            let prepare = |sql: &'static str| {
-                let client = &client;
-                async move {
-                    client
-                        .prepare(sql)
-                        .await
-                        .map_err(PgError::db("preparing statements"))
-                }
-            };
-            let (clear, copy, detections, rejected, stats, ledger) = futures_util::try_join!(
-                prepare(CLEAR_SQL),
-                prepare(COPY_SQL),
-                prepare(DETECTIONS_SQL),
-                prepare(REJECTED_SQL),
-                prepare(STATS_SQL),
-                prepare(LEDGER_SQL)
-            )?;
-            *slot = Some(Connection {
-                client,
-                clear,
-                copy,
-                detections,
-                rejected,
-                stats,
-                ledger,
-            });
+            connection.partitions_for = Some(today);
         }
-        slot.as_mut()
-            .ok_or_else(|| PgError::Settings("no connection".into()))
+        Ok(connection)
+    }
+
+    async fn open(&self) -> Result<Connection, PgError> {
+        let config = self.settings.resolve(&self.secrets).await?;
+        let mut client = self.settings.connect(&config).await?;
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                self.settings.statement_timeout.as_millis()
+            ))
+            .await
+            .map_err(PgError::db("setting the statement timeout"))?;
+        let applied = migrate(&mut client).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied Postgres migrations");
+        }
+        let prepare = |sql: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(sql)
+                    .await
+                    .map_err(PgError::db("preparing statements"))
+            }
+        };
+        let (clear, transactions, detections, rejected, stats, ledger) = futures_util::try_join!(
+            prepare(CLEAR_SQL),
+            prepare(TRANSACTIONS_SQL),
+            prepare(DETECTIONS_SQL),
+            prepare(REJECTED_SQL),
+            prepare(STATS_SQL),
+            prepare(LEDGER_SQL)
+        )?;
+        Ok(Connection {
+            client,
+            clear,
+            transactions,
+            detections,
+            rejected,
+            stats,
+            ledger,
+            partitions_for: None,
+        })
+    }
+}
+
+fn sink_error(e: PgError) -> SinkError {
+    SinkError {
+        retry: e.retry(),
+        message: e.to_string(),
     }
 }
 
 #[async_trait]
 impl ChunkSink for PgSink {
+    fn wants_transactions(&self) -> bool {
+        self.settings.transactions
+    }
+
     async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError> {
         let mut guard = self.client.lock().await;
         let result = async {
-            let client = self.ensure(&mut guard).await?;
-            write_chunk(client, record, &self.requests).await
+            let connection = self.ensure(&mut guard).await?;
+            write_chunk(connection, record, self.settings.transactions).await
         }
         .await;
+        self.requests.add(1);
         if result.is_err() {
             *guard = None; // reconnect next time
         }
-        result.map_err(|e| SinkError(e.to_string()))
+        result.map_err(sink_error)
     }
 
     async fn record_importance_rejects(
@@ -166,18 +218,22 @@ impl ChunkSink for PgSink {
     ) -> Result<(), SinkError> {
         let mut guard = self.client.lock().await;
         let result = async {
-            let client = &self.ensure(&mut guard).await?.client;
+            let connection = self.ensure(&mut guard).await?;
             self.requests.add(1);
-            let (numbers, raws, reasons) = rejected_columns(rows);
-            client
-                .execute(
-                    "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, reason)
-                         SELECT 'importance', $1, r, NULL, w, why
-                         FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(r, w, why)
-                         ON CONFLICT (file, source, row_number)
-                         DO UPDATE SET raw = EXCLUDED.raw, reason = EXCLUDED.reason",
-                    &[&file, &numbers, &raws, &reasons],
-                )
+            let (numbers, raws, texts, reasons) = rejected_columns(rows);
+            let chunk: Option<i64> = None;
+            let params: &[Param] = &[
+                &"importance",
+                &file,
+                &chunk,
+                &numbers,
+                &raws,
+                &texts,
+                &reasons,
+            ];
+            connection
+                .client
+                .execute(&connection.rejected, params)
                 .await
                 .map_err(PgError::db("recording rejected importance rows"))?;
             Ok(())
@@ -186,14 +242,17 @@ impl ChunkSink for PgSink {
         if result.is_err() {
             *guard = None;
         }
-        result.map_err(|e: PgError| SinkError(e.to_string()))
+        result.map_err(sink_error)
     }
 }
 
-fn rejected_columns(rows: &[RejectedRow]) -> (Vec<i64>, Vec<String>, Vec<String>) {
+/// Rejected rows as the statement's columns: numbers, raw bytes, readable text,
+/// reasons.
+fn rejected_columns(rows: &[RejectedRow]) -> (Vec<i64>, Vec<Vec<u8>>, Vec<String>, Vec<String>) {
     (
         rows.iter().map(|r| r.row as i64).collect(),
         rows.iter().map(|r| r.raw.clone()).collect(),
+        rows.iter().map(|r| r.raw_text()).collect(),
         rows.iter().map(|r| r.reason.to_string()).collect(),
     )
 }
@@ -201,25 +260,43 @@ fn rejected_columns(rows: &[RejectedRow]) -> (Vec<i64>, Vec<String>, Vec<String>
 async fn write_chunk(
     conn: &mut Connection,
     r: &ChunkRecord<'_>,
-    requests: &RequestCounter,
+    with_transactions: bool,
 ) -> Result<(), PgError> {
-    // The transaction is driven by hand so statements can be pipelined: BEGIN with the
-    // DELETE, and COMMIT with the upserts (one round trip each). If any statement
-    // fails, Postgres turns the COMMIT into a rollback, and the caller drops the
-    // connection, so nothing partial is ever kept.
-    let tx: &Client = &conn.client;
+    // The whole transaction is sent as one pipeline: BEGIN, every statement, COMMIT.
+    // If any statement fails, Postgres turns the COMMIT into a rollback, and the caller
+    // drops the connection, so nothing partial is ever kept.
+    let client: &Client = &conn.client;
     let stream = r.stream.as_str();
     let chunk = r.chunk as i64;
-    let clear_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&stream, &chunk];
-    let clear = tx.execute(&conn.clear, clear_params);
-    futures_util::try_join!(tx.batch_execute("BEGIN"), clear).map_err(PgError::db(format!(
-        "clearing transactions of chunk {chunk}"
-    )))?;
-    requests.add(1);
-    copy_transactions(tx, &conn.copy, r).await?;
-    requests.add(2); // COPY → CopyInResponse, then data → CommandComplete
 
-    // Independent statements, sent together: tokio-postgres pipelines them.
+    let begin = client.batch_execute("BEGIN");
+
+    let clear_params: &[Param] = &[&stream, &chunk];
+    let t = r.transactions;
+    let loaded_on = Utc::now().date_naive();
+    let numbers: Vec<i64> = t.iter().map(|t| t.row as i64).collect();
+    let customers: Vec<&str> = t.iter().map(|t| t.customer.as_str()).collect();
+    let merchants: Vec<&str> = t.iter().map(|t| t.merchant.as_str()).collect();
+    let genders: Vec<&str> = t.iter().map(|t| t.gender.as_str()).collect();
+    let amounts: Vec<String> = t.iter().map(|t| cents_text(u128::from(t.cents))).collect();
+    let weights: Vec<Option<String>> = t.iter().map(|t| t.weight.map(weight_text)).collect();
+    let raws: Vec<&[u8]> = t.iter().map(|t| t.raw.as_slice()).collect();
+    let transaction_params: &[Param] = &[
+        &stream, &chunk, &loaded_on, &numbers, &customers, &merchants, &genders, &amounts,
+        &weights, &raws,
+    ];
+    // Each execution is sent when first polled, and `try_join!` polls in order: the
+    // optional statements are futures of their own (not one async block that would
+    // send its second statement only after the first one's answer, after COMMIT).
+    let skipped = || Either::Right(std::future::ready(Ok(0)));
+    let (clear, copy) = match with_transactions {
+        true => (
+            Either::Left(client.execute(&conn.clear, clear_params)),
+            Either::Left(client.execute(&conn.transactions, transaction_params)),
+        ),
+        false => (skipped(), skipped()),
+    };
+
     let d = r.detections;
     let pattern: Vec<&str> = d.iter().map(|d| d.key.pattern.id()).collect();
     let merchant: Vec<&str> = d.iter().map(|d| d.key.merchant.as_str()).collect();
@@ -228,14 +305,24 @@ async fn write_chunk(
     let seq: Vec<i32> = (0..d.len() as i32).collect();
     let y_start: Vec<DateTime<Utc>> = d.iter().map(|d| d.y_start).collect();
     let detected: Vec<DateTime<Utc>> = d.iter().map(|d| d.detected_at).collect();
-    let detection_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
+    let detection_params: &[Param] = &[
         &stream, &chunk, &pattern, &merchant, &customer, &action, &seq, &y_start, &detected,
     ];
-    let detections = tx.execute(&conn.detections, detection_params);
-    let (numbers, raws, reasons) = rejected_columns(r.rejected);
-    let rejected_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-        &[&stream, &chunk, &numbers, &raws, &reasons];
-    let rejected = tx.execute(&conn.rejected, rejected_params);
+    let detections = client.execute(&conn.detections, detection_params);
+
+    let (numbers, raws, texts, reasons) = rejected_columns(r.rejected);
+    let chunk_ref: Option<i64> = Some(chunk);
+    let rejected_params: &[Param] = &[
+        &"transactions",
+        &stream,
+        &chunk_ref,
+        &numbers,
+        &raws,
+        &texts,
+        &reasons,
+    ];
+    let rejected = client.execute(&conn.rejected, rejected_params);
+
     let p = r.pairs;
     let pm: Vec<&str> = p.iter().map(|p| p.merchant.as_str()).collect();
     let pc: Vec<&str> = p.iter().map(|p| p.customer.as_str()).collect();
@@ -243,12 +330,12 @@ async fn write_chunk(
     let amount: Vec<String> = p.iter().map(|p| cents_text(p.cents)).collect();
     let gender: Vec<&str> = p.iter().map(|p| p.gender.as_str()).collect();
     let weight: Vec<Option<String>> = p.iter().map(|p| p.weight.map(weight_text)).collect();
-    let stats_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-        &[&stream, &chunk, &pm, &pc, &txns, &amount, &gender, &weight];
-    let stats = tx.execute(&conn.stats, stats_params);
+    let stats_params: &[Param] = &[&stream, &chunk, &pm, &pc, &txns, &amount, &gender, &weight];
+    let stats = client.execute(&conn.stats, stats_params);
+
     let detection_count = r.detections.len() as i64;
     let (rows, rejected_count) = (r.rows as i64, r.rejected_count as i64);
-    let ledger_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
+    let ledger_params: &[Param] = &[
         &stream,
         &chunk,
         &r.key,
@@ -257,64 +344,12 @@ async fn write_chunk(
         &detection_count,
         &r.started,
     ];
-    let ledger = tx.execute(&conn.ledger, ledger_params);
-    // Polled last, so sent after the four executions above.
-    let commit = tx.batch_execute("COMMIT");
-    futures_util::try_join!(detections, rejected, stats, ledger, commit)
+    let ledger = client.execute(&conn.ledger, ledger_params);
+    // Futures are polled in order, so the statements go out in this order, COMMIT last.
+    let commit = client.batch_execute("COMMIT");
+    futures_util::try_join!(begin, clear, copy, detections, rejected, stats, ledger, commit)
         .map_err(PgError::db(format!("writing chunk {chunk}")))?;
-    requests.add(1);
     Ok(())
-}
-
-/// Bulk-loads the chunk's valid rows with COPY (text format).
-async fn copy_transactions(
-    tx: &Client,
-    copy: &Statement,
-    r: &ChunkRecord<'_>,
-) -> Result<(), PgError> {
-    let mut buf = String::with_capacity(r.transactions.len() * 160);
-    for t in r.transactions {
-        let fields = [
-            copy_escape(r.stream.as_str()),
-            r.chunk.to_string(),
-            t.row.to_string(),
-            copy_escape(&t.customer),
-            copy_escape(&t.merchant),
-            copy_escape(t.gender.as_str()),
-            cents_text(u128::from(t.cents)),
-            t.weight.map(weight_text).unwrap_or_else(|| "\\N".into()),
-            copy_escape(&t.raw),
-        ];
-        buf.push_str(&fields.join("\t"));
-        buf.push('\n');
-    }
-    let sink = tx
-        .copy_in(copy)
-        .await
-        .map_err(PgError::db("starting COPY transactions"))?;
-    futures_util::pin_mut!(sink);
-    sink.send(Bytes::from(buf))
-        .await
-        .map_err(PgError::db("sending COPY data"))?;
-    sink.finish()
-        .await
-        .map_err(PgError::db("finishing COPY transactions"))?;
-    Ok(())
-}
-
-/// Escapes a value for COPY's text format.
-fn copy_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for ch in value.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Cents as an exact decimal: `12345` → `123.45`.
@@ -349,10 +384,5 @@ mod tests {
         assert_eq!(weight_text(Weight::new(1_000_000, 3)), "0.333333333");
         assert_eq!(weight_text(Weight::new(2_000_000, 3)), "0.666666667");
         assert_eq!(weight_text(Weight::new(-35_130_000, 1)), "-35.130000000");
-    }
-
-    #[test]
-    fn copy_text_is_escaped() {
-        assert_eq!(copy_escape("a\tb\\c\nd\re"), "a\\tb\\\\c\\nd\\re");
     }
 }

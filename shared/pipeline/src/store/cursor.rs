@@ -1,4 +1,7 @@
-//! The chunker's cursor: where in which source file the next chunk starts.
+//! The chunker's cursor: where in which version of which source file the next chunk
+//! starts, and where the recent chunks started (to re-cut one that went missing).
+
+use txpipe_core::layout::StreamName;
 
 /// Position of the chunker in one source object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -7,8 +10,12 @@ pub struct ChunkCursor {
     pub source_bucket: String,
     /// Key of the source.
     pub source_key: String,
-    /// ETag of the source when the cursor was made; a different ETag is refused.
+    /// ETag of the source when the cursor was made; a different ETag is another file.
     pub etag: String,
+    /// The stream this version of the source feeds (its name includes the version).
+    pub stream: StreamName,
+    /// R, pinned for the life of the stream.
+    pub rows_per_chunk: u64,
     /// Size of the source in bytes.
     pub size: u64,
     /// The header line chunks repeat.
@@ -21,6 +28,24 @@ pub struct ChunkCursor {
     pub rows_emitted: u64,
     /// Whether the end-of-stream chunk has been written (or the source had no rows).
     pub finished: bool,
+    /// Where the most recent chunks started, oldest first (at most
+    /// [`RECENT_CHUNK_STARTS`]): enough to re-cut any chunk the detector has not
+    /// applied yet, since backpressure keeps it within that window.
+    pub recent: Vec<ChunkStart>,
+}
+
+/// How many chunk starts a cursor remembers.
+pub const RECENT_CHUNK_STARTS: usize = 10_240;
+
+/// Where one chunk started in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkStart {
+    /// The chunk.
+    pub chunk: u64,
+    /// Byte offset of its first data row.
+    pub offset: u64,
+    /// 1-based source row number of its first data row.
+    pub first_row: u64,
 }
 
 impl ChunkCursor {
@@ -32,5 +57,132 @@ impl ChunkCursor {
     /// This cursor's id.
     pub fn id(&self) -> String {
         Self::source_id(&self.source_bucket, &self.source_key)
+    }
+
+    /// Where chunk `k` started, if it is recent enough to be remembered.
+    pub fn start_of(&self, k: u64) -> Option<ChunkStart> {
+        self.recent.iter().find(|s| s.chunk == k).copied()
+    }
+
+    /// Remembers where a chunk started, forgetting the oldest beyond the window.
+    pub fn remember(&mut self, start: ChunkStart) {
+        self.recent.retain(|s| s.chunk != start.chunk);
+        self.recent.push(start);
+        if self.recent.len() > RECENT_CHUNK_STARTS {
+            let excess = self.recent.len() - RECENT_CHUNK_STARTS;
+            self.recent.drain(..excess);
+        }
+    }
+
+    /// The remembered starts in their stored form: LEB128 varints, each field as the
+    /// difference from the previous entry.
+    pub fn encode_recent(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.recent.len() * 8);
+        let mut prev = ChunkStart {
+            chunk: 0,
+            offset: 0,
+            first_row: 0,
+        };
+        varint(&mut out, self.recent.len() as u64);
+        for s in &self.recent {
+            varint(&mut out, s.chunk.wrapping_sub(prev.chunk));
+            varint(&mut out, s.offset.wrapping_sub(prev.offset));
+            varint(&mut out, s.first_row.wrapping_sub(prev.first_row));
+            prev = *s;
+        }
+        out
+    }
+
+    /// Reads [`ChunkCursor::encode_recent`]'s form; `None` if it is damaged.
+    pub fn decode_recent(bytes: &[u8]) -> Option<Vec<ChunkStart>> {
+        let mut pos = 0;
+        let n = read_varint(bytes, &mut pos)? as usize;
+        if n > RECENT_CHUNK_STARTS {
+            return None;
+        }
+        let mut prev = ChunkStart {
+            chunk: 0,
+            offset: 0,
+            first_row: 0,
+        };
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = ChunkStart {
+                chunk: prev.chunk.wrapping_add(read_varint(bytes, &mut pos)?),
+                offset: prev.offset.wrapping_add(read_varint(bytes, &mut pos)?),
+                first_row: prev.first_row.wrapping_add(read_varint(bytes, &mut pos)?),
+            };
+            out.push(s);
+            prev = s;
+        }
+        (pos == bytes.len()).then_some(out)
+    }
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn read_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> ChunkCursor {
+        ChunkCursor {
+            source_bucket: "b".into(),
+            source_key: "k.csv".into(),
+            etag: "\"e\"".into(),
+            stream: StreamName::parse("k.00000000").unwrap(),
+            rows_per_chunk: 10,
+            size: 100,
+            header: b"h\n".to_vec(),
+            next_chunk: 0,
+            offset: 2,
+            rows_emitted: 0,
+            finished: false,
+            recent: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn recent_starts_round_trip_and_stay_bounded() {
+        let mut c = cursor();
+        for k in 0..(RECENT_CHUNK_STARTS as u64 + 5) {
+            c.remember(ChunkStart {
+                chunk: k,
+                offset: 1_000 * k + 2,
+                first_row: 10 * k + 1,
+            });
+        }
+        assert_eq!(c.recent.len(), RECENT_CHUNK_STARTS);
+        assert_eq!(c.recent[0].chunk, 5);
+        assert_eq!(c.start_of(4), None);
+        assert_eq!(c.start_of(7).map(|s| s.first_row), Some(71));
+        let bytes = c.encode_recent();
+        assert!(bytes.len() < 100 * 1024, "{}", bytes.len());
+        assert_eq!(ChunkCursor::decode_recent(&bytes), Some(c.recent.clone()));
+        assert_eq!(ChunkCursor::decode_recent(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(ChunkCursor::decode_recent(&[0xff]), None);
     }
 }

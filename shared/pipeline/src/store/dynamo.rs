@@ -1,31 +1,30 @@
-//! [`CursorStore`] and [`StateStore`] over one DynamoDB table (`pk` string, `sk` number).
+//! [`CursorStore`] and [`StateStore`] over one DynamoDB table (`pk` string, `sk`
+//! number, always 0).
 //!
 //! Items: `cursor#s3://bucket/key` (the chunker's cursor), `head#<stream>` (the
-//! detector's commit point) and `delta#<stream>` with `sk = chunk·64 + part` (one
-//! chunk's state change, split into parts below the 400 KB item limit).
+//! detector's commit point) and `lease#<stream>` (which invocation applies the stream).
+//! Every item is small and bounded; the adapter refuses one over DynamoDB's 400 KB
+//! limit before sending it.
 
+use super::cursor::ChunkStart;
+use super::head::{ChunkFailure, SnapshotRef};
 use super::{
-    ChunkCursor, CursorStore, DetectorHead, Fenced, RequestCounter, StateStore, StoreError,
+    ChunkCursor, CursorStore, DetectorHead, Fenced, RequestCounter, Retry, StateStore, StoreError,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 use txpipe_core::engine::Totals;
 use txpipe_core::layout::StreamName;
 
-/// Parts a delta may be split into; `sk = chunk * DELTA_PARTS + part`.
-const DELTA_PARTS: u64 = 64;
-/// Bytes per delta part, well under DynamoDB's 400 KB item limit.
-const DELTA_PART_BYTES: usize = 350 * 1024;
-/// Deltas are only needed until a later snapshot covers them; TTL removes them after.
-const DELTA_TTL_SECS: i64 = 14 * 24 * 3600;
+/// DynamoDB's limit on one item, attribute names and values together.
+pub const ITEM_LIMIT_BYTES: u64 = 400 * 1024;
 
 type Item = HashMap<String, AttributeValue>;
 
-/// One DynamoDB table holding cursors, heads and deltas.
+/// One DynamoDB table holding cursors, heads and leases.
 #[derive(Clone, Debug)]
 pub struct DynamoTable {
     client: aws_sdk_dynamodb::Client,
@@ -58,12 +57,12 @@ impl DynamoTable {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", AttributeValue::S(pk.into()))
-            .key("sk", AttributeValue::N("0".into()))
+            .key("pk", s(pk))
+            .key("sk", n(0))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError::remote(format!("GetItem {pk}"), describe(&e)))?;
+            .map_err(|e| remote(format!("GetItem {pk}"), &e))?;
         Ok(out.item)
     }
 
@@ -73,8 +72,20 @@ impl DynamoTable {
         condition: &str,
         values: Item,
     ) -> Result<Fenced, StoreError> {
+        let pk = item
+            .get("pk")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default();
+        let size = item_size(&item);
+        if size > ITEM_LIMIT_BYTES {
+            return Err(StoreError::Limit {
+                what: format!("DynamoDB item {pk}"),
+                size,
+                limit: ITEM_LIMIT_BYTES,
+            });
+        }
         self.requests.add(1);
-        let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned();
         let mut req = self
             .client
             .put_item()
@@ -84,6 +95,12 @@ impl DynamoTable {
         if !values.is_empty() {
             req = req.set_expression_attribute_values(Some(values));
         }
+        // Attribute names that are DynamoDB reserved words go through placeholders.
+        for name in ["stream", "owner"] {
+            if condition.contains(&format!("#{name}")) {
+                req = req.expression_attribute_names(format!("#{name}"), name);
+            }
+        }
         match req.send().await {
             Ok(_) => Ok(Fenced::Written),
             Err(e)
@@ -92,27 +109,59 @@ impl DynamoTable {
             {
                 Ok(Fenced::Lost)
             }
-            Err(e) => Err(StoreError::remote(
-                format!("conditional PutItem {}", pk.unwrap_or_default()),
-                describe(&e),
-            )),
+            Err(e) => Err(remote(format!("conditional PutItem {pk}"), &e)),
         }
     }
 }
 
-/// The service's message and code, or the transport error with its causes.
-fn describe<E, R>(err: &SdkError<E, R>) -> String
+/// A failed call as a [`StoreError`]: the service's message and code, or the transport
+/// error with its causes, and whether retrying can help.
+fn remote<E, R>(op: String, err: &SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    match err {
-        SdkError::ServiceError(e) => format!(
-            "{} ({})",
-            e.err().message().unwrap_or("no message"),
-            e.err().code().unwrap_or("no code")
-        ),
-        other => DisplayErrorContext(other).to_string(),
+    let (message, retry) = match err {
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or("no code");
+            let retry = match code {
+                "ValidationException"
+                | "AccessDeniedException"
+                | "ResourceNotFoundException"
+                | "UnrecognizedClientException"
+                | "ItemCollectionSizeLimitExceededException" => Retry::Permanent,
+                _ => Retry::Transient,
+            };
+            (
+                format!("{} ({code})", e.err().message().unwrap_or("no message")),
+                retry,
+            )
+        }
+        other => (DisplayErrorContext(other).to_string(), Retry::Transient),
+    };
+    StoreError::Remote { op, message, retry }
+}
+
+/// An item's size as DynamoDB counts it: attribute names plus values (strings and
+/// binaries by their bytes, numbers by about one byte per two digits plus one).
+pub fn item_size(item: &Item) -> u64 {
+    item.iter()
+        .map(|(name, value)| name.len() as u64 + value_size(value))
+        .sum()
+}
+
+fn value_size(v: &AttributeValue) -> u64 {
+    match v {
+        AttributeValue::S(s) => s.len() as u64,
+        AttributeValue::N(n) => (n.len() as u64).div_ceil(2) + 1,
+        AttributeValue::B(b) => b.as_ref().len() as u64,
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<u64>(),
+        AttributeValue::M(m) => 3 + item_size(m) + m.len() as u64,
+        AttributeValue::Ss(v) => v.iter().map(|s| s.len() as u64).sum(),
+        AttributeValue::Ns(v) => v.iter().map(|n| (n.len() as u64).div_ceil(2) + 1).sum(),
+        AttributeValue::Bs(v) => v.iter().map(|b| b.as_ref().len() as u64).sum(),
+        _ => 0,
     }
 }
 
@@ -122,6 +171,10 @@ fn n(v: impl ToString) -> AttributeValue {
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
+}
+
+fn b(v: Vec<u8>) -> AttributeValue {
+    AttributeValue::B(Blob::new(v))
 }
 
 /// Typed reads of an item's attributes, each failing with the attribute's name.
@@ -136,6 +189,10 @@ impl Fields<'_> {
             self.at,
             format!("attribute `{name}` is missing or not {what}"),
         )
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.item.contains_key(name)
     }
 
     fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T, StoreError> {
@@ -169,6 +226,11 @@ impl Fields<'_> {
             .copied()
             .ok_or_else(|| self.missing(name, "a boolean"))
     }
+
+    fn stream(&self, name: &str) -> Result<StreamName, StoreError> {
+        let text = self.string(name)?;
+        StreamName::parse(&text).ok_or_else(|| self.missing(name, "a stream name"))
+    }
 }
 
 fn cursor_pk(source_id: &str) -> String {
@@ -179,8 +241,8 @@ fn head_pk(stream: &StreamName) -> String {
     format!("head#{stream}")
 }
 
-fn delta_pk(stream: &StreamName) -> String {
-    format!("delta#{stream}")
+fn lease_pk(stream: &StreamName) -> String {
+    format!("lease#{stream}")
 }
 
 fn now_ms() -> i64 {
@@ -194,15 +256,15 @@ fn cursor_item(c: &ChunkCursor) -> Item {
         ("source_bucket".into(), s(&c.source_bucket)),
         ("source_key".into(), s(&c.source_key)),
         ("etag".into(), s(&c.etag)),
+        ("stream".into(), s(c.stream.as_str())),
+        ("rows_per_chunk".into(), n(c.rows_per_chunk)),
         ("size".into(), n(c.size)),
-        (
-            "header".into(),
-            AttributeValue::B(Blob::new(c.header.clone())),
-        ),
+        ("header".into(), b(c.header.clone())),
         ("next_chunk".into(), n(c.next_chunk)),
         ("offset".into(), n(c.offset)),
         ("rows_emitted".into(), n(c.rows_emitted)),
         ("finished".into(), AttributeValue::Bool(c.finished)),
+        ("recent".into(), b(c.encode_recent())),
         ("updated_ms".into(), n(now_ms())),
     ])
 }
@@ -214,8 +276,9 @@ fn head_item(h: &DetectorHead) -> Item {
         ("stream".into(), s(h.stream.as_str())),
         ("next_chunk".into(), n(h.next_chunk)),
         ("version".into(), n(h.version)),
+        ("delta_bytes".into(), n(h.delta_bytes_since_snapshot)),
         ("next_batch".into(), n(h.next_batch)),
-        ("pending".into(), s(&h.pending)),
+        ("pending".into(), b(h.pending.clone())),
         ("finished".into(), AttributeValue::Bool(h.finished)),
         ("fingerprint".into(), s(&h.fingerprint)),
         ("rows".into(), n(h.totals.rows)),
@@ -225,10 +288,35 @@ fn head_item(h: &DetectorHead) -> Item {
         ("det3".into(), n(h.totals.detections[2])),
         ("updated_ms".into(), n(h.updated_ms)),
     ]);
-    if let Some(snap) = h.snapshot_next {
-        item.insert("snapshot_next".into(), n(snap));
+    if let Some(snap) = h.snapshot {
+        item.insert("snapshot_next".into(), n(snap.next));
+        item.insert("snapshot_parts".into(), n(snap.parts));
+        item.insert("snapshot_bytes".into(), n(snap.bytes));
+    }
+    if let Some(source) = &h.source {
+        item.insert("source".into(), s(source));
+    }
+    if let Some(f) = &h.failure {
+        item.insert("failed_chunk".into(), n(f.chunk));
+        // A reason is an error message: bounded so the item stays small.
+        item.insert("failed_reason".into(), s(truncate(&f.reason, 4096)));
+        item.insert("failed_attempts".into(), n(f.attempts));
+        item.insert("failed_first_ms".into(), n(f.first_ms));
+        item.insert("failed_last_ms".into(), n(f.last_ms));
+        item.insert("parked".into(), AttributeValue::Bool(f.parked));
     }
     item
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 #[async_trait]
@@ -242,16 +330,21 @@ impl CursorStore for DynamoTable {
             item: &item,
             at: &at,
         };
+        let recent: Vec<ChunkStart> = ChunkCursor::decode_recent(&f.bytes("recent")?)
+            .ok_or_else(|| f.missing("recent", "a list of chunk starts"))?;
         Ok(Some(ChunkCursor {
             source_bucket: f.string("source_bucket")?,
             source_key: f.string("source_key")?,
             etag: f.string("etag")?,
+            stream: f.stream("stream")?,
+            rows_per_chunk: f.number("rows_per_chunk")?,
             size: f.number("size")?,
             header: f.bytes("header")?,
             next_chunk: f.number("next_chunk")?,
             offset: f.number("offset")?,
             rows_emitted: f.number("rows_emitted")?,
             finished: f.flag("finished")?,
+            recent,
         }))
     }
 
@@ -267,8 +360,24 @@ impl CursorStore for DynamoTable {
     ) -> Result<Fenced, StoreError> {
         self.put_if(
             cursor_item(cursor),
-            "next_chunk = :expected",
-            HashMap::from([(":expected".into(), n(expected_next))]),
+            "next_chunk = :expected AND #stream = :stream",
+            HashMap::from([
+                (":expected".into(), n(expected_next)),
+                (":stream".into(), s(cursor.stream.as_str())),
+            ]),
+        )
+        .await
+    }
+
+    async fn replace_cursor(
+        &self,
+        cursor: &ChunkCursor,
+        expected_stream: &StreamName,
+    ) -> Result<Fenced, StoreError> {
+        self.put_if(
+            cursor_item(cursor),
+            "#stream = :stream",
+            HashMap::from([(":stream".into(), s(expected_stream.as_str()))]),
         )
         .await
     }
@@ -285,183 +394,134 @@ impl StateStore for DynamoTable {
             item: &item,
             at: &at,
         };
-        let stream_text = f.string("stream")?;
         Ok(Some(DetectorHead {
-            stream: StreamName::parse(&stream_text).ok_or_else(|| {
-                StoreError::corrupt(&at, format!("bad stream name {stream_text:?}"))
-            })?,
+            stream: f.stream("stream")?,
             next_chunk: f.number("next_chunk")?,
             version: f.number("version")?,
-            snapshot_next: match item.contains_key("snapshot_next") {
-                true => Some(f.number("snapshot_next")?),
+            snapshot: match f.has("snapshot_next") {
+                true => Some(SnapshotRef {
+                    next: f.number("snapshot_next")?,
+                    parts: f.number("snapshot_parts")?,
+                    bytes: f.number("snapshot_bytes")?,
+                }),
                 false => None,
             },
+            delta_bytes_since_snapshot: f.number("delta_bytes")?,
             next_batch: f.number("next_batch")?,
-            pending: f.string("pending")?,
+            pending: f.bytes("pending")?,
             finished: f.flag("finished")?,
             fingerprint: f.string("fingerprint")?,
+            source: match f.has("source") {
+                true => Some(f.string("source")?),
+                false => None,
+            },
             totals: Totals {
                 rows: f.number("rows")?,
                 rejected: f.number("rejected")?,
                 detections: [f.number("det1")?, f.number("det2")?, f.number("det3")?],
             },
             updated_ms: f.number("updated_ms")?,
+            failure: match f.has("failed_chunk") {
+                true => Some(ChunkFailure {
+                    chunk: f.number("failed_chunk")?,
+                    reason: f.string("failed_reason")?,
+                    attempts: f.number("failed_attempts")?,
+                    first_ms: f.number("failed_first_ms")?,
+                    last_ms: f.number("failed_last_ms")?,
+                    parked: f.flag("parked")?,
+                }),
+                false => None,
+            },
         }))
     }
 
-    async fn load_deltas(
-        &self,
-        stream: &StreamName,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
-        if to <= from {
-            return Ok(chunks);
-        }
-        let pk = delta_pk(stream);
-        let mut start_key = None;
-        loop {
-            self.requests.add(1);
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-                .expression_attribute_values(":pk", s(&pk))
-                .expression_attribute_values(":lo", n(from * DELTA_PARTS))
-                .expression_attribute_values(":hi", n(to * DELTA_PARTS - 1))
-                .consistent_read(true)
-                .set_exclusive_start_key(start_key)
-                .send()
-                .await
-                .map_err(|e| {
-                    StoreError::remote(format!("Query {pk} chunks {from}..{to}"), describe(&e))
-                })?;
-            for item in out.items() {
-                let f = Fields { item, at: &pk };
-                let sk: u64 = f.number("sk")?;
-                let body = f.bytes("body")?;
-                let chunk = sk / DELTA_PARTS;
-                match chunks.last_mut() {
-                    Some((k, bytes)) if *k == chunk => bytes.extend_from_slice(&body),
-                    _ => chunks.push((chunk, body)),
-                }
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => break,
-            }
-        }
-        // Every chunk of the range must be there, in order: a gap is lost state.
-        for (i, (k, _)) in chunks.iter().enumerate() {
-            if *k != from + i as u64 {
-                return Err(StoreError::corrupt(
-                    &pk,
-                    format!("delta of chunk {} is missing", from + i as u64),
-                ));
-            }
-        }
-        if chunks.len() as u64 != to - from {
-            return Err(StoreError::corrupt(
-                &pk,
-                format!("deltas {from}..{to} expected, {} found", chunks.len()),
-            ));
-        }
-        Ok(chunks)
-    }
-
-    async fn commit(
+    async fn put_head(
         &self,
         head: &DetectorHead,
         expected_version: Option<u64>,
-        chunk: u64,
-        delta: &[u8],
     ) -> Result<Fenced, StoreError> {
-        let parts: Vec<&[u8]> = if delta.is_empty() {
-            vec![delta]
-        } else {
-            delta.chunks(DELTA_PART_BYTES).collect()
-        };
-        if parts.len() as u64 > DELTA_PARTS {
-            return Err(StoreError::corrupt(
-                delta_pk(&head.stream),
-                format!(
-                    "delta of chunk {chunk} is {} bytes, over the limit",
-                    delta.len()
-                ),
-            ));
-        }
+        // Version 0 is a stream nothing was committed to: no item yet, or one that only
+        // records failed attempts at chunk 0.
         let (condition, values) = match expected_version {
-            None => ("attribute_not_exists(pk)", None),
-            Some(v) => (
-                "version = :v",
-                Some(HashMap::from([(":v".to_string(), n(v))])),
+            None => ("attribute_not_exists(pk)", Item::new()),
+            Some(0) => (
+                "attribute_not_exists(pk) OR version = :v",
+                HashMap::from([(":v".to_string(), n(0))]),
             ),
+            Some(v) => ("version = :v", HashMap::from([(":v".to_string(), n(v))])),
         };
-        let build =
-            |e: aws_sdk_dynamodb::error::BuildError| StoreError::remote("building commit", e);
-        let mut items = vec![TransactWriteItem::builder()
-            .put(
-                Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(head_item(head)))
-                    .condition_expression(condition)
-                    .set_expression_attribute_values(values)
-                    .build()
-                    .map_err(build)?,
-            )
-            .build()];
-        let expires = chrono::Utc::now().timestamp() + DELTA_TTL_SECS;
-        for (part, body) in parts.iter().enumerate() {
-            let item = HashMap::from([
-                ("pk".into(), s(delta_pk(&head.stream))),
-                ("sk".into(), n(chunk * DELTA_PARTS + part as u64)),
-                ("body".into(), AttributeValue::B(Blob::new(body.to_vec()))),
-                ("expires_at".into(), n(expires)),
-            ]);
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .build()
-                            .map_err(build)?,
-                    )
-                    .build(),
-            );
-        }
+        self.put_if(head_item(head), condition, values).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        stream: &StreamName,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Fenced, StoreError> {
+        let item = HashMap::from([
+            ("pk".into(), s(lease_pk(stream))),
+            ("sk".into(), n(0)),
+            ("owner".into(), s(owner)),
+            ("until_ms".into(), n(until_ms)),
+        ]);
+        self.put_if(
+            item,
+            "attribute_not_exists(pk) OR until_ms < :now OR #owner = :owner",
+            HashMap::from([(":now".into(), n(now_ms)), (":owner".into(), s(owner))]),
+        )
+        .await
+    }
+
+    async fn release_lease(&self, stream: &StreamName, owner: &str) -> Result<(), StoreError> {
+        let pk = lease_pk(stream);
         self.requests.add(1);
         match self
             .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .key("sk", n(0))
+            .condition_expression("#owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner))
             .send()
             .await
         {
-            Ok(_) => Ok(Fenced::Written),
-            Err(e) => {
-                let lost = e
-                    .as_service_error()
-                    .and_then(|e| match e {
-                        TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
-                        _ => None,
-                    })
-                    .is_some_and(|c| {
-                        c.cancellation_reasons()
-                            .iter()
-                            .any(|r| r.code() == Some("ConditionalCheckFailed"))
-                    });
-                if lost {
-                    Ok(Fenced::Lost)
-                } else {
-                    Err(StoreError::remote(
-                        format!("commit of chunk {chunk} on {}", head_pk(&head.stream)),
-                        describe(&e),
-                    ))
-                }
+            Ok(_) => Ok(()),
+            // Someone else holds it now (ours expired): nothing of ours to give back.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
             }
+            Err(e) => Err(remote(format!("DeleteItem {pk}"), &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_size_counts_names_and_values() {
+        let item = HashMap::from([
+            ("pk".to_string(), s("head#x")),
+            ("n".to_string(), n(12345)),
+            ("b".to_string(), b(vec![0; 10])),
+            ("f".to_string(), AttributeValue::Bool(true)),
+        ]);
+        assert_eq!(item_size(&item), (2 + 6) + (1 + 4) + (1 + 10) + (1 + 1));
+    }
+
+    #[test]
+    fn failure_reasons_are_bounded() {
+        let long = "é".repeat(5000);
+        let short = truncate(&long, 4096);
+        assert!(short.len() <= 4096 + "…".len());
+        assert!(short.ends_with('…'));
     }
 }

@@ -1,6 +1,10 @@
 //! I/O at the edges: the small traits the chunker and detector need from S3 and
 //! DynamoDB, and one adapter for each ([`s3`], [`dynamo`]). The services above them are
 //! plain async code over these traits.
+//!
+//! The adapters enforce AWS's documented limits themselves (an item over 400 KB, an
+//! object over 5 GB) and refuse before sending, with the figure, so a local stand-in
+//! that does not enforce them (moto) still shows them.
 
 pub mod cursor;
 pub mod dynamo;
@@ -14,13 +18,23 @@ use std::sync::Arc;
 use txpipe_core::layout::StreamName;
 
 pub use cursor::ChunkCursor;
-pub use head::DetectorHead;
+pub use head::{ChunkFailure, DetectorHead, SnapshotRef};
+
+/// Whether retrying the same call can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A passing condition: the network, throttling, a service briefly unavailable.
+    Transient,
+    /// The call itself is refused (bad request, too large, access denied): it fails the
+    /// same way until something is fixed.
+    Permanent,
+}
 
 /// A remote call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The object changed since the cursor was made (its ETag no longer matches).
-    #[error("s3://{bucket}/{key} changed under a running cursor (cursor was made from ETag {expected}); refusing to mix two files. Delete the cursor item to start the new file from chunk 0")]
+    #[error("s3://{bucket}/{key} changed under a running cursor (cursor was made from ETag {expected}); refusing to mix two files. Restore the original file, or start the new one as a new stream with `txpipe restart-source`")]
     SourceChanged {
         /// Bucket.
         bucket: String,
@@ -37,6 +51,16 @@ pub enum StoreError {
         /// What is wrong.
         why: String,
     },
+    /// A write would break one of AWS's documented limits; it was not sent.
+    #[error("{what} is {size} bytes, over AWS's limit of {limit} bytes")]
+    Limit {
+        /// What would have been written.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Any other failure of a remote service, with its context.
     #[error("{op}: {message}")]
     Remote {
@@ -44,15 +68,18 @@ pub enum StoreError {
         op: String,
         /// The service's error.
         message: String,
+        /// Whether trying again can help.
+        retry: Retry,
     },
 }
 
 impl StoreError {
-    /// A remote failure with context.
+    /// A transient remote failure with context.
     pub fn remote(op: impl Into<String>, err: impl std::fmt::Display) -> Self {
         StoreError::Remote {
             op: op.into(),
             message: err.to_string(),
+            retry: Retry::Transient,
         }
     }
 
@@ -61,6 +88,16 @@ impl StoreError {
         StoreError::Corrupt {
             at: at.into(),
             why: why.to_string(),
+        }
+    }
+
+    /// Whether trying again can help.
+    pub fn retry(&self) -> Retry {
+        match self {
+            StoreError::Remote { retry, .. } => *retry,
+            StoreError::SourceChanged { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Limit { .. } => Retry::Permanent,
         }
     }
 }
@@ -108,7 +145,9 @@ pub trait ObjectStore: Send + Sync {
         body: Vec<u8>,
         metadata: &[(&str, String)],
     ) -> Result<(), StoreError>;
-    /// Keys under a prefix, in key order (for status and tests).
+    /// Deletes objects (missing ones are not an error).
+    async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError>;
+    /// Keys under a prefix, in key order (for status, pruning and tests).
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
 
@@ -128,35 +167,48 @@ pub trait CursorStore: Send + Sync {
     async fn load_cursor(&self, source_id: &str) -> Result<Option<ChunkCursor>, StoreError>;
     /// Creates the cursor if none exists.
     async fn create_cursor(&self, cursor: &ChunkCursor) -> Result<Fenced, StoreError>;
-    /// Replaces the cursor only if it still expects chunk `expected_next`.
+    /// Replaces the cursor only if it still expects chunk `expected_next` of the same
+    /// stream.
     async fn advance_cursor(
         &self,
         cursor: &ChunkCursor,
         expected_next: u64,
     ) -> Result<Fenced, StoreError>;
+    /// Replaces the cursor of a source with one for a new stream, only if the stored
+    /// one is still of `expected_stream`.
+    async fn replace_cursor(
+        &self,
+        cursor: &ChunkCursor,
+        expected_stream: &StreamName,
+    ) -> Result<Fenced, StoreError>;
 }
 
-/// Where the detector keeps its state (DynamoDB head + deltas).
+/// Where the detector keeps each stream's head (DynamoDB): the one small record whose
+/// conditional update commits a chunk.
 #[async_trait]
 pub trait StateStore: Send + Sync {
-    /// The head item of a stream, read consistently.
+    /// The head of a stream, read consistently.
     async fn load_head(&self, stream: &StreamName) -> Result<Option<DetectorHead>, StoreError>;
-    /// Encoded deltas of chunks `from..to`, in chunk order.
-    async fn load_deltas(
-        &self,
-        stream: &StreamName,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
-    /// The single commit point of a chunk: writes its delta and moves the head from
-    /// `expected_version` (None: no head yet) to `head`, atomically and conditionally.
-    async fn commit(
+    /// Writes `head` only if the stored head is still at `expected_version` (`None`: no
+    /// head yet; `Some(0)`: no head, or one with nothing committed). A commit moves the
+    /// version by one; recording a failed attempt keeps it.
+    async fn put_head(
         &self,
         head: &DetectorHead,
         expected_version: Option<u64>,
-        chunk: u64,
-        delta: &[u8],
     ) -> Result<Fenced, StoreError>;
+    /// Takes the stream's lease for `owner` until `until_ms` (Unix milliseconds) if it
+    /// is free, expired at `now_ms`, or already `owner`'s: one invocation at a time
+    /// applies a stream, whatever Lambda's concurrency.
+    async fn acquire_lease(
+        &self,
+        stream: &StreamName,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Fenced, StoreError>;
+    /// Gives the lease back if `owner` still holds it.
+    async fn release_lease(&self, stream: &StreamName, owner: &str) -> Result<(), StoreError>;
 }
 
 /// Counts remote requests made through the adapters, so each chunk can report its own.
@@ -164,7 +216,7 @@ pub trait StateStore: Send + Sync {
 pub struct RequestCounter(Arc<AtomicU64>);
 
 impl RequestCounter {
-    /// Counts one request.
+    /// Counts `n` requests.
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }

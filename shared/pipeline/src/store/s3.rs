@@ -1,6 +1,6 @@
 //! [`ObjectStore`] over Amazon S3.
 
-use super::{ObjectInfo, ObjectStore, RequestCounter, StoreError, StoredObject};
+use super::{ObjectInfo, ObjectStore, RequestCounter, Retry, StoreError, StoredObject};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -25,22 +25,38 @@ fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-/// The service's message and code, or the transport error with its causes.
-fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+/// S3's limit on one PUT.
+pub const PUT_LIMIT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// A failed call as a [`StoreError`]: the service's message and code (or the transport
+/// error with its causes), and whether retrying can help — 5xx answers, throttling
+/// and transport failures can; other 4xx answers cannot.
+fn remote<E>(op: String, err: &SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match err {
+    let (message, retry) = match err {
         SdkError::ServiceError(e) => {
-            let e = e.err();
-            format!(
-                "{} ({})",
-                e.message().unwrap_or("no message"),
-                e.code().unwrap_or("no code")
+            let status = e.raw().status().as_u16();
+            let code = e.err().code().unwrap_or("no code");
+            let transient = status >= 500
+                || status == 429
+                || matches!(code, "SlowDown" | "RequestTimeout" | "Throttling");
+            (
+                format!(
+                    "{} ({code}, HTTP {status})",
+                    e.err().message().unwrap_or("no message")
+                ),
+                if transient {
+                    Retry::Transient
+                } else {
+                    Retry::Permanent
+                },
             )
         }
-        other => DisplayErrorContext(other).to_string(),
-    }
+        other => (DisplayErrorContext(other).to_string(), Retry::Transient),
+    };
+    StoreError::Remote { op, message, retry }
 }
 
 #[async_trait]
@@ -57,12 +73,7 @@ impl ObjectStore for S3Store {
         {
             Ok(out) => out,
             Err(e) if status(&e) == Some(404) => return Ok(None),
-            Err(e) => {
-                return Err(StoreError::remote(
-                    format!("GET s3://{bucket}/{key}"),
-                    describe(&e),
-                ))
-            }
+            Err(e) => return Err(remote(format!("GET s3://{bucket}/{key}"), &e)),
         };
         let metadata = out.metadata().cloned().unwrap_or_default();
         let bytes = out
@@ -90,10 +101,7 @@ impl ObjectStore for S3Store {
                 etag: out.e_tag().unwrap_or_default().to_string(),
             })),
             Err(e) if status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(StoreError::remote(
-                format!("HEAD s3://{bucket}/{key}"),
-                describe(&e),
-            )),
+            Err(e) => Err(remote(format!("HEAD s3://{bucket}/{key}"), &e)),
         }
     }
 
@@ -130,9 +138,9 @@ impl ObjectStore for S3Store {
             // A range past the end of the object: nothing to read.
             Err(e) if status(&e) == Some(416) => return Ok(Vec::new()),
             Err(e) => {
-                return Err(StoreError::remote(
+                return Err(remote(
                     format!("ranged GET s3://{bucket}/{key} bytes {start}..{end}"),
-                    describe(&e),
+                    &e,
                 ))
             }
         };
@@ -152,6 +160,13 @@ impl ObjectStore for S3Store {
         body: Vec<u8>,
         metadata: &[(&str, String)],
     ) -> Result<(), StoreError> {
+        if body.len() as u64 > PUT_LIMIT_BYTES {
+            return Err(StoreError::Limit {
+                what: format!("object s3://{bucket}/{key}"),
+                size: body.len() as u64,
+                limit: PUT_LIMIT_BYTES,
+            });
+        }
         self.requests.add(1);
         let mut req = self
             .client
@@ -165,7 +180,43 @@ impl ObjectStore for S3Store {
         req.send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::remote(format!("PUT s3://{bucket}/{key}"), describe(&e)))
+            .map_err(|e| remote(format!("PUT s3://{bucket}/{key}"), &e))
+    }
+
+    async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        // DeleteObjects takes at most 1,000 keys a call.
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::remote("building DeleteObjects", e))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StoreError::remote("building DeleteObjects", e))?;
+            self.requests.add(1);
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| remote(format!("DeleteObjects in s3://{bucket}"), &e))?;
+            if let Some(err) = out.errors().first() {
+                return Err(StoreError::remote(
+                    format!(
+                        "DeleteObjects s3://{bucket}/{}",
+                        err.key().unwrap_or_default()
+                    ),
+                    err.message().unwrap_or("no message"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -181,9 +232,7 @@ impl ObjectStore for S3Store {
                 .set_continuation_token(token)
                 .send()
                 .await
-                .map_err(|e| {
-                    StoreError::remote(format!("LIST s3://{bucket}/{prefix}"), describe(&e))
-                })?;
+                .map_err(|e| remote(format!("LIST s3://{bucket}/{prefix}"), &e))?;
             keys.extend(
                 out.contents()
                     .iter()

@@ -1,0 +1,82 @@
+//! The chunker's tick watches its stream too, because it runs every minute whatever
+//! happens: it measures the detector's lag (so the lag alarm fires when the detector
+//! is stuck, not only while it is busy), reports a parked chunk, and — when the
+//! detector lags and has made no progress for a while (a lost S3 event, a backlog left
+//! at an invocation's deadline, a chunk object that expired) — writes the next chunk
+//! again, exactly as it was cut, which also announces it to the detector.
+
+use super::{Chunker, ChunkerError};
+use crate::clock::Clock;
+use crate::store::{ChunkFailure, StateStore};
+use std::time::Duration;
+use txpipe_core::layout::StreamName;
+
+/// What one tick saw of its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// The stream (none while waiting for the source file).
+    pub stream: Option<StreamName>,
+    /// Chunks cut but not yet applied by the detector.
+    pub lag: u64,
+    /// The chunk the detector parked, if it did.
+    pub parked: Option<ChunkFailure>,
+    /// The chunk written again to wake the detector, if any.
+    pub kicked: Option<u64>,
+}
+
+/// Watches one stream from the chunker's side.
+pub struct StreamWatch<'a> {
+    /// The detector's heads.
+    pub heads: &'a dyn StateStore,
+    /// A lagging detector that made no progress for this long is woken.
+    pub stall: Duration,
+    /// Now.
+    pub clock: &'a dyn Clock,
+}
+
+impl StreamWatch<'_> {
+    /// Checks the stream after this tick's chunks: `cut_before` is the cursor's next
+    /// chunk when the tick began (chunks from there on were just announced by their
+    /// own write).
+    pub async fn check(
+        &self,
+        chunker: &mut Chunker<'_>,
+        cut_before: u64,
+    ) -> Result<Watch, ChunkerError> {
+        let id = chunker.settings().source_id();
+        let Some(cursor) = chunker.cursors.load_cursor(&id).await? else {
+            return Ok(Watch::default());
+        };
+        let head = self.heads.load_head(&cursor.stream).await?;
+        let applied = head.as_ref().map_or(0, |h| h.next_chunk);
+        let mut watch = Watch {
+            stream: Some(cursor.stream.clone()),
+            lag: cursor.next_chunk.saturating_sub(applied),
+            parked: head.as_ref().and_then(|h| h.parked()).cloned(),
+            kicked: None,
+        };
+        if watch.lag == 0 || watch.parked.is_some() || applied >= cut_before {
+            return Ok(watch);
+        }
+        let idle_ms = self.clock.now_ms() - head.as_ref().map_or(0, |h| h.updated_ms);
+        let missing = head
+            .as_ref()
+            .and_then(|h| h.failure.as_ref())
+            .is_some_and(|f| f.chunk == applied && f.reason.contains("is missing"));
+        if !missing && idle_ms < self.stall.as_millis() as i64 {
+            return Ok(watch);
+        }
+        let chunk = chunker.recut(&cursor, applied).await?;
+        chunker.put(&chunk).await?;
+        tracing::warn!(
+            stream = %cursor.stream,
+            chunk = applied,
+            lag = watch.lag,
+            idle_secs = idle_ms / 1000,
+            missing,
+            "the detector lags with no progress: chunk written again to wake it"
+        );
+        watch.kicked = Some(applied);
+        Ok(watch)
+    }
+}

@@ -1,0 +1,144 @@
+//! A stream's stored state in S3: one delta object per chunk and snapshots in parts.
+//!
+//! A delta's content is a function of the state before the chunk and the chunk's bytes
+//! only (no clock), so two attempts at one chunk write the same object: writing it
+//! before the head commit is idempotent. The head, a small DynamoDB item, names the
+//! snapshot; rebuilding is that snapshot plus every delta after it, fetched in
+//! parallel. What no head can name any more is deleted ([`StateArchive::prune`]).
+
+use crate::store::head::SnapshotRef;
+use crate::store::{ObjectStore, StoreError};
+use futures_util::{StreamExt, TryStreamExt};
+use txpipe_core::layout::StreamName;
+
+/// How many objects are read or written at once.
+const PARALLEL: usize = 16;
+
+/// The state objects of streams in one bucket.
+pub struct StateArchive<'a> {
+    /// S3.
+    pub objects: &'a dyn ObjectStore,
+    /// The pipeline bucket.
+    pub bucket: &'a str,
+}
+
+impl StateArchive<'_> {
+    /// Writes chunk `k`'s delta.
+    pub async fn put_delta(
+        &self,
+        stream: &StreamName,
+        k: u64,
+        delta: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.objects
+            .put(self.bucket, &stream.delta_key(k), delta, &[])
+            .await
+    }
+
+    /// The deltas of chunks `from..to`, in order. A missing one is lost state: an
+    /// error naming it.
+    pub async fn deltas(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        futures_util::stream::iter(from..to)
+            .map(|k| async move {
+                let key = stream.delta_key(k);
+                match self.objects.get(self.bucket, &key).await? {
+                    Some(object) => Ok((k, object.bytes)),
+                    None => Err(StoreError::corrupt(
+                        key,
+                        format!(
+                            "the delta of chunk {k} is missing, but the head needs every delta from {from} to {to}"
+                        ),
+                    )),
+                }
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await
+    }
+
+    /// Writes a snapshot of the state after chunks `0..next`, one object per part.
+    pub async fn put_snapshot(
+        &self,
+        stream: &StreamName,
+        next: u64,
+        parts: Vec<Vec<u8>>,
+    ) -> Result<SnapshotRef, StoreError> {
+        let bytes = parts.iter().map(|p| p.len() as u64).sum();
+        let count = u32::try_from(parts.len())
+            .map_err(|_| StoreError::corrupt(stream.state_prefix(), "too many snapshot parts"))?;
+        futures_util::stream::iter(parts.into_iter().enumerate())
+            .map(|(i, part)| async move {
+                self.objects
+                    .put(
+                        self.bucket,
+                        &stream.snapshot_part_key(next, i as u32),
+                        part,
+                        &[],
+                    )
+                    .await
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(SnapshotRef {
+            next,
+            parts: count,
+            bytes,
+        })
+    }
+
+    /// The parts of a snapshot, in order.
+    pub async fn snapshot(
+        &self,
+        stream: &StreamName,
+        snapshot: SnapshotRef,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        futures_util::stream::iter(0..snapshot.parts)
+            .map(|i| async move {
+                let key = stream.snapshot_part_key(snapshot.next, i);
+                self.objects
+                    .get(self.bucket, &key)
+                    .await?
+                    .map(|o| o.bytes)
+                    .ok_or_else(|| {
+                        StoreError::corrupt(key, "a snapshot part named by the head is missing")
+                    })
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await
+    }
+
+    /// Deletes what no longer serves recovery once `keep` is committed: every other
+    /// snapshot and every delta it covers. Returns how many objects went.
+    pub async fn prune(&self, stream: &StreamName, keep: SnapshotRef) -> Result<usize, StoreError> {
+        let keep_prefix = stream.snapshot_part_key(keep.next, 0);
+        let keep_prefix = keep_prefix
+            .rsplit_once('/')
+            .map(|(dir, _)| format!("{dir}/"))
+            .unwrap_or(keep_prefix);
+        let delta_prefix = format!("{}delta-", stream.state_prefix());
+        let garbage: Vec<String> = self
+            .objects
+            .list(self.bucket, &stream.state_prefix())
+            .await?
+            .into_iter()
+            .filter(|key| match key.strip_prefix(&delta_prefix) {
+                Some(rest) => rest
+                    .strip_suffix(".bin")
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .is_some_and(|k| k < keep.next),
+                None => !key.starts_with(&keep_prefix),
+            })
+            .collect();
+        if !garbage.is_empty() {
+            self.objects.delete(self.bucket, &garbage).await?;
+        }
+        Ok(garbage.len())
+    }
+}
