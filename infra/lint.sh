@@ -9,9 +9,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 template="$root/infra/template.yaml"
 
-mapfile -t venvs < <("$root/infra/tools.sh" sam checkov)
-sam_venv=${venvs[0]}
-checkov_venv=${venvs[1]}
+venvs=$("$root/infra/tools.sh" sam checkov)
+sam_venv=$(sed -n 1p <<<"$venvs")
+checkov_venv=$(sed -n 2p <<<"$venvs")
 [ "${1:-}" = "--install-only" ] && exit 0
 
 # Validation is offline, but the SAM translator wants a region; no credentials needed.

@@ -64,6 +64,31 @@ def read_samconfig(path: str = "samconfig.toml") -> tuple[list[str], str]:
     return list(overrides), params.get("stack_name", "")
 
 
+def template_parameters(path: str = "infra/template.yaml") -> set[str]:
+    """The template's parameter names (the two-space keys under Parameters:)."""
+    names, inside = set(), False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith(" ") and line.strip():
+                inside = line.startswith("Parameters:")
+            elif inside and line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+                names.add(line.strip()[:-1])
+    return names
+
+
+def known_only(overrides: list[str], names: set[str], quiet: bool = False) -> list[str]:
+    """Drops (and reports) overrides of parameters the template no longer has, which
+    sam deploy would refuse (e.g. NoChunkAlarmMinutes, replaced by the heartbeat alarm)."""
+    kept = []
+    for o in overrides:
+        if o.split("=", 1)[0] in names:
+            kept.append(o)
+        elif not quiet:
+            print(f"preflight: dropping {o.split('=', 1)[0]} from samconfig.toml's overrides: "
+                  "the template has no such parameter any more", file=sys.stderr)
+    return kept
+
+
 def with_param(overrides: list[str], value: int) -> list[str]:
     kept = [o for o in overrides if not o.startswith(PARAM + "=")]
     return kept + [f"{PARAM}={value}"]
@@ -86,7 +111,10 @@ def self_test() -> None:
         assert ("deploying the detector unreserved" in msg) == (got == 0), msg
     assert decide(10, 10, 0, 2)[1].startswith("account limit 10: deploying the detector unreserved")
     assert with_param(["A=1", f"{PARAM}=3", 'B="x y"'], 0) == ["A=1", 'B="x y"', f"{PARAM}=0"]
-    print(f"preflight self-test: {len(cases)} reservation cases ok", file=sys.stderr)
+    names = template_parameters()
+    assert {PARAM, "DatabaseMode", "AlarmEmail", "MaxLagChunks"} <= names and "NoChunkAlarmMinutes" not in names, names
+    assert known_only(["DatabaseMode=create", "NoChunkAlarmMinutes=10"], names, quiet=True) == ["DatabaseMode=create"]
+    print(f"preflight self-test: {len(cases)} reservation cases, samconfig merge ok", file=sys.stderr)
 
 
 def main() -> int:
@@ -97,6 +125,7 @@ def main() -> int:
     import botocore.exceptions
 
     overrides, stack = read_samconfig()
+    overrides = known_only(overrides, template_parameters())
     stack = os.environ.get("STACK") or stack
     requested = os.environ.get("DETECTOR_CONCURRENCY", "")
     lam = boto3.client("lambda")
