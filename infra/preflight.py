@@ -64,7 +64,7 @@ def read_samconfig(path: str = "samconfig.toml") -> tuple[list[str], str]:
     return list(overrides), params.get("stack_name", "")
 
 
-def template_parameters(path: str = "infra/template.yaml") -> set[str]:
+def template_parameters(path: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "template.yaml")) -> set[str]:
     """The template's parameter names (the two-space keys under Parameters:)."""
     names, inside = set(), False
     with open(path, encoding="utf-8") as f:
