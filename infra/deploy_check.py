@@ -69,7 +69,11 @@ def step(msg):
     print(f"== [{time.monotonic() - START:5.1f}s] {msg}", flush=True)
 
 
+PASSED = [0]
+
+
 def ok(msg):
+    PASSED[0] += 1
     print(f"   ok  {msg}", flush=True)
 
 
@@ -959,12 +963,14 @@ def main():
         check_existing_mode(moto, binary, workdir)
     except CheckFailed as e:
         print(f"\ndeploy-check FAILED: {e}\n(logs in {workdir})", file=sys.stderr, flush=True)
+        print(f"deploy-check: {PASSED[0]} passed, 1 failed", flush=True)
         if moto:
             moto.stop()
         return 1
     moto.stop()
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"deploy-check: passed in {time.monotonic() - START:.1f} s", flush=True)
+    print(f"deploy-check: all checks passed in {time.monotonic() - START:.1f} s", flush=True)
+    print(f"deploy-check: {PASSED[0]} passed, 0 failed", flush=True)
     return 0
 
 
