@@ -587,7 +587,6 @@ def check_calls(moto, label, function, entries, table):
         raise CheckFailed(f"no AWS calls were recorded for the {label}: the recording is broken")
     denied, seen = [], {}
     for action, resource, ctx in calls:
-        resource = resource if resource.startswith("arn:") or action.startswith("secretsmanager") else resource
         allowed = decide(statements, action, resource, ctx)
         shape = re.sub(r"/\d{8}\.(csv|jsonl)$", r"/<n>.\1", resource.replace(table, "<table>"))
         lead = ",".join(sorted({re.sub(r"#.*", "#…", k) for k in ctx.get("dynamodb:LeadingKeys", [])}))
@@ -644,8 +643,10 @@ def static_checks(cfn, params, label):
     notif = bucket["NotificationConfiguration"]["LambdaConfigurations"][0]
     check(notif["Function"] == {"Fn::GetAtt": ["DetectorFunction", "Arn"]}, f"{label}: new chunks/*.csv invoke the detector")
     rules = {x["Id"]: x for x in bucket["LifecycleConfiguration"]["Rules"]}
-    check("chunks-history" in rules and "ExpirationInDays" not in json.dumps(rules["chunks-history"]).replace("Fn::If", "")
-          or "ChunksExpire" in json.dumps(rules["chunks-history"]), f"{label}: chunks kept unless ChunkRetentionDays is set")
+    history = rules["chunks-history"]
+    check(resolve(history.get("ExpirationInDays"), cfn, params) is None
+          and resolve(history["Transitions"], cfn, params)[0]["StorageClass"] == "STANDARD_IA",
+          f"{label}: chunks kept by default (ChunkRetentionDays=0), Standard-IA after 30 days")
     table = r["StateTable"]["Properties"]
     check("TimeToLiveSpecification" not in table, f"{label}: no TTL on the state table (deltas go when a snapshot covers them)")
     for t in ("ChunksTable", "DetectionsTable"):
