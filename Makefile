@@ -14,7 +14,8 @@ TOOLS := eval "$$(tests/ensure-tools.sh)"
 rust:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.87+ (https://rustup.rs)"; exit 1; }
 
-# moto[server] (pip, into .tools/venv) and the PostgreSQL server (apt), if missing.
+# moto[server] (pinned, into a venv under $TXPIPE_TOOLS_DIR, default .tools/) and the
+# PostgreSQL server (apt), if missing.
 tools:
 	@$(TOOLS) && echo "moto: $$TXPIPE_MOTO_CMD; PostgreSQL: $$TXPIPE_PG_BIN"
 
@@ -42,8 +43,10 @@ lint: rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# ... then the SAM stack in moto with the real handlers (infra/infra.mk: deploy-check).
 test: rust lint lint-infra
 	@$(TOOLS) && $(CARGO) test --workspace
+	@$(MAKE) --no-print-directory deploy-check
 
 # Engine throughput on one core, then the pipeline's figures against local services.
 bench: data

@@ -1,30 +1,37 @@
 # Deployment targets, included by the top-level Makefile (which exports CARGO_TARGET_DIR).
-# See docs/deploy.md. Tools go into a project-local venv with pip, on first use.
-INFRA_VENV ?= $(CURDIR)/.venv-infra
-export TXPIPE_INFRA_VENV := $(INFRA_VENV)
-SAM := $(INFRA_VENV)/bin/sam
-CARGO_LAMBDA := $(INFRA_VENV)/bin/cargo-lambda
-# cargo-lambda, zig (python -m ziglang) and sam from the venv, cargo from the usual place.
-INFRA_PATH := PATH="$(INFRA_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
+# See docs/deploy.md. The Python tools (sam, cfn-lint, checkov, moto, cargo-lambda) come
+# from infra/tools.sh: exact pins, one venv each under $(TXPIPE_TOOLS_DIR), reused.
+export TXPIPE_TOOLS_DIR ?= $(CURDIR)/.tools
+SAM := $(TXPIPE_TOOLS_DIR)/sam/bin/sam
+CARGO_LAMBDA := $(TXPIPE_TOOLS_DIR)/cargo-lambda/bin/cargo-lambda
+# cargo-lambda, zig (python -m ziglang) and sam from the venvs, cargo from the usual place.
+INFRA_PATH := PATH="$(TXPIPE_TOOLS_DIR)/cargo-lambda/bin:$(TXPIPE_TOOLS_DIR)/sam/bin:$$PATH" SAM_CLI_TELEMETRY=0
 # Optional: STACK=<name> for deploy/teardown without a samconfig.toml default.
 STACK ?=
 STACK_ARG := $(if $(STACK),--stack-name $(STACK))
+# Optional: DETECTOR_CONCURRENCY=N asks for a detector reservation (make deploy checks
+# the account can grant it, else deploys it unreserved and says so).
+DETECTOR_CONCURRENCY ?=
+# The txpipe binary the deploy check drives (debug: it reuses make test's build).
+DEPLOY_CHECK_BIN := $(CARGO_TARGET_DIR)/debug/txpipe
 
-.PHONY: lint-infra infra-tools build-lambdas deploy teardown
+.PHONY: lint-infra infra-tools build-lambdas deploy deploy-check teardown
 
 # sam validate --lint, cfn-lint and checkov on infra/template.yaml (part of make test).
 lint-infra:
 	infra/lint.sh
 
-# aws-sam-cli, cfn-lint, checkov (infra/lint.sh installs them if missing).
+# aws-sam-cli + cfn-lint, checkov, moto, cargo-lambda: pinned venvs, installed if missing.
 infra-tools:
-	@infra/lint.sh --install-only
+	@infra/tools.sh sam checkov moto cargo-lambda >/dev/null
 
-# cargo-lambda from PyPI brings ziglang, which it uses as the arm64 cross-linker.
+# The stack in moto's CloudFormation and the real handlers against it (part of make test).
+deploy-check: rust
+	$(CARGO) build -p txpipe-cli
+	infra/deploy-check.sh $(DEPLOY_CHECK_BIN)
+
 $(CARGO_LAMBDA):
-	@echo "installing cargo-lambda (with ziglang) into $(INFRA_VENV) with pip (first run only)"
-	@[ -x $(INFRA_VENV)/bin/pip ] || python3 -m venv $(INFRA_VENV)
-	$(INFRA_VENV)/bin/pip install --quiet --disable-pip-version-check 'cargo-lambda>=1.8,<2'
+	@infra/tools.sh cargo-lambda >/dev/null
 
 # Both bootstrap binaries for arm64 (Graviton), then their sizes.
 build-lambdas: rust $(CARGO_LAMBDA)
@@ -32,15 +39,20 @@ build-lambdas: rust $(CARGO_LAMBDA)
 	@for f in chunker detector; do stat -c '%s %n' $(CARGO_TARGET_DIR)/lambda/$$f/bootstrap; done \
 	  | awk '{ printf "%6.1f MB  %s\n", $$1 / 1e6, $$2 }'
 
-# sam build runs cargo lambda in the workspace root (CodeUri) and copies
+# Lint, check the account's Lambda concurrency quota against DetectorReservedConcurrency
+# (infra/preflight.py), sam build, then sam deploy (--guided the first time: it writes
+# samconfig.toml). sam build runs cargo lambda in the workspace root (CodeUri) and copies
 # <root>/target/lambda/<bin>/bootstrap, so it needs the target dir there, whatever
-# CARGO_TARGET_DIR says. Then sam deploy (--guided the first time: it writes samconfig.toml).
+# CARGO_TARGET_DIR says.
 deploy: lint-infra $(CARGO_LAMBDA)
-	$(INFRA_PATH) CARGO_TARGET_DIR=$(CURDIR)/target $(SAM) build -t infra/template.yaml --beta-features
-	@if [ -f samconfig.toml ]; then \
-	  echo "$(SAM) deploy $(STACK_ARG)"; $(INFRA_PATH) $(SAM) deploy $(STACK_ARG); \
+	@overrides=$$(STACK=$(STACK) DETECTOR_CONCURRENCY=$(DETECTOR_CONCURRENCY) $(TXPIPE_TOOLS_DIR)/sam/bin/python infra/preflight.py) || exit 1; \
+	$(INFRA_PATH) CARGO_TARGET_DIR=$(CURDIR)/target $(SAM) build -t infra/template.yaml --beta-features || exit 1; \
+	if [ -f samconfig.toml ]; then \
+	  echo "$(SAM) deploy $(STACK_ARG) --parameter-overrides $$overrides"; \
+	  $(INFRA_PATH) $(SAM) deploy $(STACK_ARG) --parameter-overrides "$$overrides"; \
 	else \
-	  echo "$(SAM) deploy --guided"; $(INFRA_PATH) $(SAM) deploy --guided $(STACK_ARG) --capabilities CAPABILITY_IAM; \
+	  echo "$(SAM) deploy --guided $(STACK_ARG) --parameter-overrides $$overrides"; \
+	  $(INFRA_PATH) $(SAM) deploy --guided $(STACK_ARG) --capabilities CAPABILITY_IAM --parameter-overrides "$$overrides"; \
 	fi
 
 # Deletes the stack (empty the versioned bucket and lift DeletionProtection first: see docs/deploy.md).

@@ -1,29 +1,21 @@
 #!/usr/bin/env bash
-# Installs what the local pipeline and the end-to-end tests need, only if missing, and
-# prints shell exports telling them where it is:
-#   - moto with its server extras (pip, into .tools/venv)          -> TXPIPE_MOTO_CMD
-#   - PostgreSQL server binaries (Debian package `postgresql`)    -> TXPIPE_PG_BIN
+# Installs what the local pipeline, the end-to-end tests and make deploy-check need, only
+# if missing, and prints shell exports telling them where it is:
+#   - moto with its server extras, pinned (infra/requirements/moto.txt), in a venv
+#     under $TXPIPE_TOOLS_DIR (default <repo>/.tools; CI keeps it outside the clone)
+#                                                                  -> TXPIPE_MOTO_CMD
+#   - PostgreSQL server binaries (Debian package `postgresql`)     -> TXPIPE_PG_BIN
 # Usage: eval "$(tests/ensure-tools.sh)"
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv="$root/.tools/venv"
 log() { echo "tools: $*" >&2; }
 
-if [ -x "$venv/bin/moto_server" ]; then
-    moto_cmd="$venv/bin/moto_server"
-elif python3 -c 'import moto.server, flask, flask_cors' 2>/dev/null; then
-    moto_cmd="python3 -m moto.server"
-else
-    command -v python3 >/dev/null || { log "python3 is required (apt-get install python3 python3-venv)"; exit 1; }
-    log "installing moto[server] into $venv with pip (first run only)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6' >&2
-    moto_cmd="$venv/bin/moto_server"
-fi
+moto_venv=$("$root/infra/tools.sh" moto)
+moto_cmd="$moto_venv/bin/moto_server"
 
 find_pg() {
     if [ -n "${TXPIPE_PG_BIN:-}" ] && [ -x "$TXPIPE_PG_BIN/initdb" ]; then echo "$TXPIPE_PG_BIN"; return; fi
-    if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then dirname "$(command -v initdb)"; return; fi
+    if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then dirname "$(readlink -f "$(command -v initdb)")"; return; fi
     for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
         if [ -x "$d/initdb" ]; then echo "$d"; return; fi
     done

@@ -1,0 +1,979 @@
+#!/usr/bin/env python3
+"""make deploy-check: the SAM template, deployed and exercised without an AWS account.
+
+1. Translates infra/template.yaml with samtranslator (as sam deploy would) and creates
+   the stack in moto's CloudFormation (moto server mode, so the Rust handlers reach the
+   resources it made): DatabaseMode=existing with the real handlers, and DatabaseMode=
+   create with the parts moto cannot model replaced by stand-ins.
+2. Runs the real handlers (`txpipe invoke chunker|detector`) against the resources the
+   stack created, configured by the stack's own Lambda environment: input uploaded to
+   the stack's bucket, a throwaway Postgres behind verify-full TLS and password auth,
+   reached through a Secrets Manager secret of the application role (infra/db/app-role.sql).
+3. Checks every AWS call each handler made against its role's IAM policy (moto records
+   the calls; conditions such as dynamodb:LeadingKeys are evaluated here, as moto does
+   not), and checks statically what moto accepts but does not model.
+
+Fails loudly, with the cause, at the first problem. Needs TXPIPE_MOTO_CMD and
+TXPIPE_PG_BIN (tests/ensure-tools.sh) and the txpipe binary (first argument).
+"""
+
+import ast
+import base64
+import copy
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from io import BytesIO
+
+import logging
+
+import boto3
+from botocore.config import Config
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "infra", "db"))
+import app_role  # noqa: E402
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's account
+STACK = "txpipe-check"
+ROWS, CUSTOMERS = 30000, 500
+APP_ROLE = "txpipe_app"
+# SAM's managed policies by name, as the policy loader would find them in IAM.
+MANAGED = {
+    name: f"arn:aws:iam::aws:policy/service-role/{name}"
+    for name in ("AWSLambdaBasicExecutionRole", "AWSLambdaVPCAccessExecutionRole")
+}
+START = time.monotonic()
+logging.getLogger("samtranslator").setLevel(logging.ERROR)  # "unpublished metrics" chatter
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def step(msg):
+    print(f"== [{time.monotonic() - START:5.1f}s] {msg}", flush=True)
+
+
+PASSED = [0]
+
+
+def ok(msg):
+    PASSED[0] += 1
+    print(f"   ok  {msg}", flush=True)
+
+
+def note(msg):
+    print(f"   --  {msg}", flush=True)
+
+
+def check(cond, msg):
+    if not cond:
+        raise CheckFailed(msg)
+    ok(msg)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, probe, timeout=30.0):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            if probe():
+                return
+        except Exception as e:  # noqa: BLE001 - retried until the timeout
+            last = e
+        time.sleep(0.2)
+    raise CheckFailed(f"{what} did not come up in {timeout:.0f} s ({last})")
+
+
+# ------------------------------------------------------------------ services
+class Moto:
+    def __init__(self, workdir):
+        cmd = os.environ.get("TXPIPE_MOTO_CMD")
+        if not cmd:
+            raise CheckFailed("TXPIPE_MOTO_CMD is not set: run through `make deploy-check` (tests/ensure-tools.sh)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.recording = os.path.join(workdir, "moto-recording.jsonl")
+        self.log = open(os.path.join(workdir, "moto.log"), "w")
+        env = dict(os.environ, MOTO_RECORDER_FILEPATH=self.recording)
+        self.proc = subprocess.Popen(
+            shlex.split(cmd) + ["-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+        )
+        wait_for("moto", lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2).status == 200)
+        # Lambda invocations (the chunker's kick, S3 notifications) answer without Docker.
+        self.post("/moto-api/config", {"lambda": {"use_docker": False}})
+
+    def post(self, path, body=None):
+        data = json.dumps(body).encode() if body is not None else b""
+        req = urllib.request.Request(self.url + path, data=data, method="POST")
+        return urllib.request.urlopen(req, timeout=10).read()
+
+    def client(self, service):
+        return boto3.client(
+            service, endpoint_url=self.url, region_name=REGION,
+            aws_access_key_id="test", aws_secret_access_key="test",
+            config=Config(retries={"max_attempts": 2}),
+        )
+
+    def start_recording(self):
+        self.post("/moto-api/recorder/reset-recording")
+        self.post("/moto-api/recorder/start-recording")
+
+    def stop_recording(self):
+        self.post("/moto-api/recorder/stop-recording")
+        text = urllib.request.urlopen(f"{self.url}/moto-api/recorder/download-recording", timeout=10).read()
+        return [json.loads(line) for line in text.decode().splitlines() if line.strip()]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Postgres:
+    """A throwaway cluster as the project's tests make it (initdb/pg_ctl, as nobody when
+    root), but with TLS (a test CA) and password auth on TCP, like RDS with force_ssl."""
+
+    def __init__(self, workdir):
+        self.bin = os.environ.get("TXPIPE_PG_BIN")
+        if not self.bin or not os.path.exists(os.path.join(self.bin, "initdb")):
+            raise CheckFailed("TXPIPE_PG_BIN is not set to PostgreSQL's bin dir: run through `make deploy-check`")
+        self.dir = os.path.join(workdir, "pg")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.as_nobody = os.geteuid() == 0
+        data = os.path.join(self.dir, "data")
+        self.ca_pem = make_tls(self.dir)
+        if self.as_nobody:
+            subprocess.run(["chown", "-R", "nobody:nogroup", self.dir], check=True)
+        self.run("initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
+                 "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale")
+        with open(os.path.join(data, "pg_hba.conf"), "w") as f:
+            f.write("local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n"
+                    "hostssl all all ::1/128 scram-sha-256\n")
+        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=localhost -c ssl=on "
+                f"-c ssl_cert_file={self.dir}/server.crt -c ssl_key_file={self.dir}/server.key "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        self.run("pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(self.dir, "server.log"), "-w", "-t", "60", "start")
+        self.running = True
+
+    def run(self, program, *args, stdin=None):
+        cmd = [os.path.join(self.bin, program), *args]
+        if self.as_nobody:
+            cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"] + cmd
+        out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, cwd=self.dir)
+        if out.returncode != 0:
+            raise CheckFailed(f"{program} {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
+        return out.stdout
+
+    def psql(self, sql, db="txpipe"):
+        """As the superuser, over the Unix socket."""
+        return self.run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.dir, "-p", str(self.port),
+                        "-U", "postgres", "-d", db, "-At", "-f", "-", stdin=sql)
+
+    def stop(self):
+        if getattr(self, "running", False):
+            try:
+                self.run("pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "immediate", "-w", "stop")
+            except CheckFailed:
+                pass
+
+
+def make_tls(d):
+    """A test CA and a server certificate for localhost; returns the CA's PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txpipe deploy-check CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    with open(os.path.join(d, "server.crt"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    path = os.path.join(d, "server.key")
+    with open(path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    return ca.public_bytes(serialization.Encoding.PEM).decode()
+
+
+# ------------------------------------------------------------------ template
+def load_template():
+    with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
+        return yaml_parse(f.read())
+
+
+def translate(params):
+    """samtranslator, as `sam deploy` runs it; the code comes from a stand-in zip."""
+    tpl = load_template()
+    tpl["Globals"]["Function"]["CodeUri"] = "s3://txpipe-check-artifacts/bootstrap.zip"
+
+    class Policies:
+        def load(self):
+            return MANAGED
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+    return transform(tpl, params, Policies())
+
+
+def param_values(tpl, params):
+    values = {k: v.get("Default") for k, v in tpl.get("Parameters", {}).items()}
+    values.update(params)
+    for k, v in tpl.get("Parameters", {}).items():
+        if v.get("Type") == "CommaDelimitedList":
+            values[k] = [] if values[k] in ("", None) else str(values[k]).split(",")
+    return values
+
+
+def evaluate(expr, values, conditions, cache):
+    """The condition functions the template uses (Equals, Not, And, Or, Condition, Ref, Join, Split)."""
+    if isinstance(expr, dict):
+        (fn, arg), = expr.items()
+        ev = lambda e: evaluate(e, values, conditions, cache)  # noqa: E731
+        if fn == "Fn::Equals":
+            a, b = ev(arg[0]), ev(arg[1])
+            return str(a) == str(b)
+        if fn == "Fn::Not":
+            return not ev(arg[0])
+        if fn == "Fn::And":
+            return all(ev(a) for a in arg)
+        if fn == "Fn::Or":
+            return any(ev(a) for a in arg)
+        if fn == "Condition":
+            return condition(arg, values, conditions, cache)
+        if fn == "Ref":
+            if arg not in values:
+                raise CheckFailed(f"condition refers to {arg}, not a parameter")
+            return values[arg]
+        if fn == "Fn::Join":
+            parts = ev(arg[1])
+            return arg[0].join(str(p) for p in (parts if isinstance(parts, list) else [parts]))
+        raise CheckFailed(f"deploy-check cannot evaluate {fn} in a condition")
+    if isinstance(expr, list):
+        return [evaluate(e, values, conditions, cache) for e in expr]
+    return expr
+
+
+def condition(name, values, conditions, cache):
+    if name not in cache:
+        cache[name] = bool(evaluate(conditions[name], values, conditions, cache))
+    return cache[name]
+
+
+def resolve(node, cfn, params):
+    """Fn::If and Ref of parameters resolved; AWS::NoValue becomes None."""
+    values = param_values(cfn, params)
+    conditions, cache = cfn.get("Conditions", {}), {}
+    if isinstance(node, dict) and "Fn::If" in node:
+        name, yes, no = node["Fn::If"]
+        return resolve(yes if condition(name, values, conditions, cache) else no, cfn, params)
+    if isinstance(node, dict) and "Ref" in node:
+        return None if node["Ref"] == "AWS::NoValue" else str(values[node["Ref"]])
+    return node
+
+
+def expected_resources(cfn, params):
+    values = param_values(cfn, params)
+    conditions, cache = cfn.get("Conditions", {}), {}
+    return {
+        lid: r["Type"]
+        for lid, r in cfn["Resources"].items()
+        if "Condition" not in r or condition(r["Condition"], values, conditions, cache)
+    }
+
+
+def replace_getatt(node, target, attr, replacement):
+    if isinstance(node, dict):
+        if node.get("Fn::GetAtt") in ([target, attr], f"{target}.{attr}"):
+            return copy.deepcopy(replacement)
+        return {k: replace_getatt(v, target, attr, replacement) for k, v in node.items()}
+    if isinstance(node, list):
+        return [replace_getatt(v, target, attr, replacement) for v in node]
+    return node
+
+
+def replace_ref(node, target, replacement):
+    if isinstance(node, dict):
+        if node.get("Ref") == target:
+            return copy.deepcopy(replacement)
+        if "Fn::Sub" in node and isinstance(node["Fn::Sub"], str) and "${" + target + "}" in node["Fn::Sub"]:
+            return {"Fn::Sub": node["Fn::Sub"].replace("${" + target + "}", replacement)}
+        return {k: replace_ref(v, target, replacement) for k, v in node.items()}
+    if isinstance(node, list):
+        return [replace_ref(v, target, replacement) for v in node]
+    return node
+
+
+def sub_dotted_attrs(node):
+    """moto splits ${Res.Attr.Sub} in Fn::Sub at every dot (so Endpoint.Address fails);
+    the same Sub, written with a variable map, is what it can read."""
+    if isinstance(node, dict):
+        if isinstance(node.get("Fn::Sub"), str) and re.search(r"\$\{\w+\.\w+\.\w+\}", node["Fn::Sub"]):
+            text, mapping = node["Fn::Sub"], {}
+            for i, ref in enumerate(sorted(set(re.findall(r"\$\{(\w+\.\w+\.\w+)\}", text)))):
+                res, att = ref.split(".", 1)
+                mapping[f"DottedAttr{i}"] = {"Fn::GetAtt": [res, att]}
+                text = text.replace("${" + ref + "}", "${" + f"DottedAttr{i}" + "}")
+            return {"Fn::Sub": [text, mapping]}
+        return {k: sub_dotted_attrs(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [sub_dotted_attrs(v) for v in node]
+    return node
+
+
+def create_stack(moto, name, cfn, params):
+    cf = moto.client("cloudformation")
+    try:
+        cf.create_stack(
+            StackName=name, TemplateBody=json.dumps(cfn), Capabilities=["CAPABILITY_IAM"],
+            Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()],
+        )
+    except Exception as e:  # noqa: BLE001
+        raise CheckFailed(f"moto's CloudFormation refused stack {name}: {e}") from e
+    deadline = time.monotonic() + 60
+    while True:
+        stack = cf.describe_stacks(StackName=name)["Stacks"][0]
+        if not stack["StackStatus"].endswith("_IN_PROGRESS") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        events = cf.describe_stack_events(StackName=name)["StackEvents"]
+        why = "\n".join(f"  {e['LogicalResourceId']}: {e['ResourceStatus']} {e.get('ResourceStatusReason', '')}"
+                        for e in events if "FAILED" in e["ResourceStatus"])
+        raise CheckFailed(f"stack {name} ended {stack['StackStatus']}: {stack.get('StackStatusReason')}\n{why}")
+    summaries = cf.list_stack_resources(StackName=name)["StackResourceSummaries"]
+    resources = {s["LogicalResourceId"]: s for s in summaries}
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    return resources, outputs
+
+
+def report_types(expected, resources, standins=()):
+    made = sorted({t for lid, t in expected.items() if lid in resources})
+    not_modelled = sorted({t for lid, t in expected.items() if lid not in resources})
+    ok(f"CREATE_COMPLETE: {len([l for l in expected if l in resources])} of {len(expected)} resources made by moto, "
+       f"types: {', '.join(t.split('::', 1)[1] for t in made)}")
+    if not_modelled:
+        note("accepted by moto but not modelled (checked statically below): "
+             + ", ".join(t.split("::", 1)[1] for t in not_modelled))
+    for s in standins:
+        note(f"stand-in: {s}")
+    return not_modelled
+
+
+# ------------------------------------------------------------------ IAM
+def wildcard(pattern, value, case=True):
+    rx = "^" + re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".") + "$"
+    return re.match(rx, value, 0 if case else re.IGNORECASE) is not None
+
+
+def as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def condition_holds(op, key, expected, context):
+    """IAM condition operators this template uses; anything else fails the check."""
+    qualifier, _, base = op.rpartition(":")
+    actual = context.get(key)
+    expected = as_list(expected)
+    if base in ("StringLike", "ArnLike"):
+        match = lambda v: any(wildcard(e, v) for e in expected)  # noqa: E731
+    elif base in ("StringEquals", "ArnEquals"):
+        match = lambda v: v in expected  # noqa: E731
+    elif base == "Bool":
+        match = lambda v: str(v).lower() in [str(e).lower() for e in expected]  # noqa: E731
+    else:
+        raise CheckFailed(f"deploy-check's IAM evaluator does not know the operator {op}")
+    if qualifier == "ForAllValues":
+        return all(match(v) for v in as_list(actual or []))  # true for no values, as in IAM
+    if qualifier == "ForAnyValue":
+        return any(match(v) for v in as_list(actual or []))
+    if actual is None:
+        return False
+    return any(match(v) for v in as_list(actual))
+
+
+def decide(statements, action, resource, context):
+    allowed = False
+    for st in statements:
+        if "NotAction" in st or "NotResource" in st:
+            raise CheckFailed("deploy-check's IAM evaluator does not handle NotAction/NotResource")
+        if not any(wildcard(a, action, case=False) for a in as_list(st["Action"])):
+            continue
+        if not any(wildcard(r, resource) for r in as_list(st.get("Resource", "*"))):
+            continue
+        if not all(condition_holds(op, key, exp, context)
+                   for op, kv in st.get("Condition", {}).items() for key, exp in kv.items()):
+            continue
+        if st["Effect"] == "Deny":
+            return False
+        allowed = True
+    return allowed
+
+
+def role_statements(moto, function):
+    lam, iam = moto.client("lambda"), moto.client("iam")
+    role = lam.get_function_configuration(FunctionName=function)["Role"].rsplit("/", 1)[1]
+    statements = []
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        doc = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        if isinstance(doc, str):
+            text = urllib.parse.unquote(doc)
+            try:
+                doc = json.loads(text)
+            except json.JSONDecodeError:
+                doc = ast.literal_eval(text)  # moto keeps CloudFormation's inline policies as a Python repr
+        statements += as_list(doc["Statement"])
+    return statements
+
+
+def attr(value):
+    """A DynamoDB attribute value as a string (the key attributes are S or N)."""
+    return next(iter(value.values())) if isinstance(value, dict) else value
+
+
+def requests_to_actions(entries, table_pk="pk"):
+    """(action, resource ARN, context) for each recorded AWS request."""
+    out = []
+    for e in entries:
+        headers = {k.lower(): v for k, v in e["headers"].items()}
+        auth = headers.get("authorization", "")
+        m = re.search(r"Credential=[^/]+/\d+/([^/]+)/([^/]+)/", auth)
+        if not m:
+            continue  # unsigned: moto-api and the like
+        service = m.group(2)
+        body = e.get("body") or ""
+        if e.get("body_encoded"):
+            body = base64.b64decode(body)
+        url = urllib.parse.urlsplit(e["url"])
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        method = e["method"]
+        if service == "s3":
+            out += s3_actions(method, url.path, query, headers, body)
+        elif service == "dynamodb":
+            op = headers["x-amz-target"].split(".", 1)[1]
+            out += dynamodb_actions(op, json.loads(body or "{}"), table_pk)
+        elif service == "secretsmanager":
+            op = headers["x-amz-target"].split(".", 1)[1]
+            req = json.loads(body or "{}")
+            out.append((f"secretsmanager:{op}", req.get("SecretId", "*"), {}))
+        elif service == "lambda":
+            m2 = re.match(r"^/2015-03-31/functions/([^/]+)/invocations$", urllib.parse.unquote(url.path))
+            if not m2:
+                raise CheckFailed(f"deploy-check does not know the Lambda request {method} {url.path}")
+            name = m2.group(1)
+            arn = name if name.startswith("arn:") else f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+            out.append(("lambda:InvokeFunction", arn, {}))
+        elif service == "sts":
+            continue  # GetCallerIdentity needs no permission
+        else:
+            raise CheckFailed(f"a handler called {service} ({method} {url.path}); deploy-check does not know it")
+    return out
+
+
+def s3_actions(method, path, query, headers, body):
+    parts = urllib.parse.unquote(path).lstrip("/").split("/", 1)
+    bucket, key = parts[0], (parts[1] if len(parts) > 1 else "")
+    obj = f"arn:aws:s3:::{bucket}/{key}"
+    bkt = f"arn:aws:s3:::{bucket}"
+    if not key:
+        if method == "POST" and "delete" in query:
+            keys = re.findall(rb"<Key>(.*?)</Key>", body if isinstance(body, bytes) else body.encode())
+            return [("s3:DeleteObject", f"{bkt}/{k.decode()}", {}) for k in keys]
+        if method in ("GET", "HEAD") and not (set(query) - {"list-type", "prefix", "delimiter", "max-keys",
+                                                            "continuation-token", "start-after", "encoding-type",
+                                                            "fetch-owner"}):
+            return [("s3:ListBucket", bkt, {})]
+        if method == "GET" and "location" in query:
+            return [("s3:GetBucketLocation", bkt, {})]
+        raise CheckFailed(f"deploy-check does not know the S3 bucket request {method} {path}?{query}")
+    if method in ("GET", "HEAD"):
+        return [("s3:GetObject", obj, {})]
+    if method in ("PUT", "POST"):
+        acts = [("s3:PutObject", obj, {})]
+        if "x-amz-copy-source" in headers:
+            src = urllib.parse.unquote(headers["x-amz-copy-source"]).lstrip("/").split("?")[0]
+            acts.append(("s3:GetObject", f"arn:aws:s3:::{src}", {}))
+        return acts
+    if method == "DELETE":
+        return [("s3:AbortMultipartUpload" if "uploadId" in query else "s3:DeleteObject", obj, {})]
+    raise CheckFailed(f"deploy-check does not know the S3 request {method} {path}")
+
+
+def dynamodb_actions(op, req, pk):
+    table = lambda name: f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"  # noqa: E731
+    keys = lambda item: {"dynamodb:LeadingKeys": [attr(item[pk])]} if item and pk in item else {}  # noqa: E731
+    if op in ("GetItem", "DeleteItem", "UpdateItem"):
+        return [(f"dynamodb:{op}", table(req["TableName"]), keys(req["Key"]))]
+    if op == "PutItem":
+        return [("dynamodb:PutItem", table(req["TableName"]), keys(req["Item"]))]
+    if op == "Query":
+        names = req.get("ExpressionAttributeNames", {})
+        values = req.get("ExpressionAttributeValues", {})
+        lead = []
+        for name, placeholder in re.findall(r"([#\w]+)\s*=\s*(:\w+)", req.get("KeyConditionExpression", "")):
+            if names.get(name, name) == pk:
+                lead.append(attr(values[placeholder]))
+        return [("dynamodb:Query", table(req["TableName"]), {"dynamodb:LeadingKeys": lead})]
+    if op == "TransactWriteItems":
+        acts = []
+        for item in req["TransactItems"]:
+            (kind, body), = item.items()
+            action = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                      "ConditionCheck": "ConditionCheckItem"}[kind]
+            acts.append((f"dynamodb:{action}", table(body["TableName"]), keys(body.get("Item") or body.get("Key"))))
+        return acts
+    if op == "TransactGetItems":
+        return [("dynamodb:GetItem", table(i["Get"]["TableName"]), keys(i["Get"]["Key"])) for i in req["TransactItems"]]
+    if op in ("BatchWriteItem", "BatchGetItem"):
+        acts = []
+        for name, reqs in req["RequestItems"].items():
+            items = reqs["Keys"] if op == "BatchGetItem" else [
+                (r.get("PutRequest", {}).get("Item") or r.get("DeleteRequest", {}).get("Key")) for r in reqs]
+            lead = [attr(i[pk]) for i in items if i and pk in i]
+            acts.append((f"dynamodb:{op}", table(name), {"dynamodb:LeadingKeys": lead}))
+        return acts
+    return [(f"dynamodb:{op}", table(req.get("TableName", "*")), {})]
+
+
+def check_calls(moto, label, function, entries, table):
+    statements = role_statements(moto, function)
+    calls = requests_to_actions(entries)
+    if not calls:
+        raise CheckFailed(f"no AWS calls were recorded for the {label}: the recording is broken")
+    denied, seen = [], {}
+    for action, resource, ctx in calls:
+        allowed = decide(statements, action, resource, ctx)
+        shape = re.sub(r"/\d{8}\.(csv|jsonl)$", r"/<n>.\1", resource.replace(table, "<table>"))
+        lead = ",".join(sorted({re.sub(r"#.*", "#…", k) for k in ctx.get("dynamodb:LeadingKeys", [])}))
+        seen.setdefault((action, shape, lead), 0)
+        seen[(action, shape, lead)] += 1
+        if not allowed:
+            denied.append(f"{action} {resource} {ctx}")
+    for (action, shape, lead), n in sorted(seen.items()):
+        print(f"         {n:4d} × {action} {shape}{' [' + lead + ']' if lead else ''}")
+    if denied:
+        raise CheckFailed(f"the {label}'s role does not allow {len(denied)} call(s) it made:\n  "
+                          + "\n  ".join(sorted(set(denied))[:20]))
+    ok(f"{label}: all {len(calls)} AWS calls allowed by its role's policy (actions, resources, LeadingKeys)")
+
+
+# ------------------------------------------------------------------ static checks
+def static_checks(cfn, params, label):
+    r = cfn["Resources"]
+    fn = {lid: x for lid, x in r.items() if x["Type"] == "AWS::Lambda::Function"}
+    check("ReservedConcurrentExecutions" not in fn["ChunkerFunction"]["Properties"],
+          f"{label}: the chunker has no reserved concurrency")
+    det = fn["DetectorFunction"]["Properties"]
+    # The detector never refers to the chunker (the chunker refers to the detector).
+    check("Chunker" not in json.dumps(det), f"{label}: the detector does not reference the chunker (no cycle)")
+    alarms = {lid: x["Properties"] for lid, x in r.items() if x["Type"] == "AWS::CloudWatch::Alarm"}
+    names = {lid: a["AlarmName"] for lid, a in alarms.items()}
+    check(all(json.dumps(n).startswith('{"Fn::Sub": "${AWS::StackName}-') for n in names.values()),
+          f"{label}: all {len(alarms)} alarms are named <stack>-… (the topic's key and policy allow those)")
+    metric = lambda a: (a.get("Namespace"), a.get("MetricName"), json.dumps(a.get("Dimensions")))  # noqa: E731
+    chunker_dim = json.dumps([{"Name": "Function", "Value": "chunker"}])
+    by_metric = {metric(a)[:2]: a for a in alarms.values() if a.get("MetricName")}
+    for m in ("Ticks", "LagChunks"):
+        a = by_metric.get(("txpipe", m))
+        check(a is not None and json.dumps(a["Dimensions"]) == chunker_dim and a["TreatMissingData"] == "breaching",
+              f"{label}: alarm on the chunker's {m}, missing data breaching")
+    check(("txpipe", "ChunksCreated") not in by_metric, f"{label}: no alarm on ChunksCreated (fired before the upload and after the end)")
+    for m, dim in (("ParkedChunks", "Function"), ("Throttles", "FunctionName"), ("AsyncEventAge", "FunctionName")):
+        check(any(a.get("MetricName") == m for a in alarms.values()), f"{label}: an alarm on {m}")
+    check(sum(a.get("MetricName") == "Throttles" for a in alarms.values()) == 2, f"{label}: throttle alarms for both functions")
+    stalled = [a for a in alarms.values() if "Metrics" in a and "applied" in json.dumps(a["Metrics"])]
+    check(len(stalled) == 1 and "lag > 0" in json.dumps(stalled[0]["Metrics"]),
+          f"{label}: a stalled alarm (lag > 0 and nothing applied)")
+    if params.get("AlarmEmail"):
+        topic = r["AlarmTopic"]["Properties"]
+        check(topic.get("KmsMasterKeyId") == {"Ref": "AlarmKey"}, f"{label}: the alarm topic uses the stack's KMS key, not alias/aws/sns")
+        pol = json.dumps(r["AlarmKey"]["Properties"]["KeyPolicy"])
+        check("cloudwatch.amazonaws.com" in pol and "aws:SourceArn" in pol and "aws:SourceAccount" in pol,
+              f"{label}: the key policy lets CloudWatch use the key for this stack's alarms (SourceArn, SourceAccount)")
+        check(all(a.get("AlarmActions") == {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+                  for a in alarms.values()), f"{label}: every alarm notifies the topic")
+    perm = r["DetectorS3Permission"]["Properties"]
+    check("SourceArn" in perm and "SourceAccount" in perm, f"{label}: S3 may invoke the detector for this bucket and account only")
+    bucket = r["PipelineBucket"]["Properties"]
+    notif = bucket["NotificationConfiguration"]["LambdaConfigurations"][0]
+    check(notif["Function"] == {"Fn::GetAtt": ["DetectorFunction", "Arn"]}, f"{label}: new chunks/*.csv invoke the detector")
+    rules = {x["Id"]: x for x in bucket["LifecycleConfiguration"]["Rules"]}
+    history = rules["chunks-history"]
+    check(resolve(history.get("ExpirationInDays"), cfn, params) is None
+          and resolve(history["Transitions"], cfn, params)[0]["StorageClass"] == "STANDARD_IA",
+          f"{label}: chunks kept by default (ChunkRetentionDays=0), Standard-IA after 30 days")
+    table = r["StateTable"]["Properties"]
+    check("TimeToLiveSpecification" not in table, f"{label}: no TTL on the state table (deltas go when a snapshot covers them)")
+    for t in ("ChunksTable", "DetectionsTable"):
+        p = r[t]["Properties"]["TableInput"]["Parameters"]
+        check(p.get("projection.enabled") == "true" and p.get("projection.stream.type") == "injected"
+              and "${!stream}" in json.dumps(p["storage.location.template"]),  # Sub's escape for a literal ${stream}
+              f"{label}: Glue table {r[t]['Properties']['TableInput']['Name']} projects the stream partition")
+    serde = r["ChunksTable"]["Properties"]["TableInput"]["StorageDescriptor"]["SerdeInfo"]
+    check(serde["Parameters"]["quoteChar"] == "'" and r["ChunksTable"]["Properties"]["TableInput"]["Parameters"]["skip.header.line.count"] == "1",
+          f"{label}: chunks read with OpenCSVSerde, quoteChar ', header skipped")
+
+
+# ------------------------------------------------------------------ handlers
+def invoke(binary, function, env, workdir, event=None, timeout=60):
+    args = [binary, "invoke", function, "--timeout", str(timeout)]
+    if event is not None:
+        path = os.path.join(workdir, f"{function}-event.json")
+        with open(path, "w") as f:
+            json.dump(event, f)
+        args += ["--event", path]
+    log = os.path.join(workdir, f"{function}.log")
+    with open(log, "w") as errf:
+        out = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=errf, text=True, timeout=timeout + 60)
+    if out.returncode != 0:
+        with open(log) as f:
+            tail = "".join(f.readlines()[-25:])
+        raise CheckFailed(f"txpipe invoke {function} exited {out.returncode}:\n{tail}")
+    try:
+        return json.loads(out.stdout)
+    except json.JSONDecodeError:
+        raise CheckFailed(f"txpipe invoke {function} printed no JSON answer: {out.stdout[:500]!r}") from None
+
+
+def handler_env(moto, function, overrides):
+    cfg = moto.client("lambda").get_function_configuration(FunctionName=function)
+    variables = {k: str(v) for k, v in cfg.get("Environment", {}).get("Variables", {}).items()}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TXPIPE_", "AWS_"))}
+    env = dict(base, **variables)
+    env.update({
+        "AWS_ENDPOINT_URL": moto.url, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    env.update(overrides)
+    return variables, env
+
+
+def s3_event(bucket, key, size):
+    return {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+        "eventTime": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": "AWS:deploy-check"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {"x-amz-request-id": "deploy-check", "x-amz-id-2": "deploy-check"},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "chunks",
+               "bucket": {"name": bucket, "ownerIdentity": {"principalId": "deploy-check"}, "arn": f"arn:aws:s3:::{bucket}"},
+               "object": {"key": key, "size": size, "eTag": "0" * 32, "sequencer": "0"}},
+    }]}
+
+
+def list_keys(s3, bucket, prefix):
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+    return keys
+
+
+# ------------------------------------------------------------------ the check
+def check_create_mode(moto):
+    step("DatabaseMode=create: translate, stand in for what moto lacks, create the stack")
+    params = {"DatabaseMode": "create", "BucketNamePrefix": "txpipe-create", "AlarmEmail": "ops@example.com",
+              "DeletionProtection": "false"}
+    cfn = translate(params)
+    static_checks(cfn, params, "create")
+    expected = expected_resources(cfn, params)
+    db = cfn["Resources"]["Database"]["Properties"]
+    check(db["MaxAllocatedStorage"] == {"Ref": "DbMaxAllocatedStorage"} and db["StorageEncrypted"] is True,
+          "create: storage autoscaling up to DbMaxAllocatedStorage, encrypted")
+    standins = []
+    # moto's CloudFormation has no AWS::SecretsManager::Secret, and its RDS model no
+    # MasterUserSecret: both secrets are made through the Secrets Manager API and their
+    # ARNs put where the template refers to them.
+    sm = moto.client("secretsmanager")
+    gen = cfn["Resources"]["DatabaseAppSecret"]["Properties"]["GenerateSecretString"]
+    check(json.loads(gen["SecretStringTemplate"]).get("username") == APP_ROLE and gen["GenerateStringKey"] == "password"
+          and gen["PasswordLength"] >= 32, "create: the app secret is generated (txpipe_app, 40 chars)")
+    password = sm.get_random_password(PasswordLength=gen["PasswordLength"], ExcludePunctuation=True)["RandomPassword"]
+    app_arn = sm.create_secret(Name="txpipe-create/db-app", SecretString=json.dumps(
+        dict(json.loads(gen["SecretStringTemplate"]), password=password)))["ARN"]
+    master_arn = sm.create_secret(Name="txpipe-create/rds-master",
+                                  SecretString='{"username":"txpipe","password":"x"}')["ARN"]
+    cfn = replace_getatt(cfn, "Database", "MasterUserSecret.SecretArn", master_arn)
+    cfn = replace_ref(cfn, "DatabaseAppSecret", app_arn)
+    cfn["Resources"].pop("DatabaseAppSecret")
+    expected.pop("DatabaseAppSecret")
+    standins.append("AWS::SecretsManager::Secret (DatabaseAppSecret) and Database.MasterUserSecret.SecretArn: "
+                    "made through the Secrets Manager API (moto's CloudFormation models neither)")
+    # moto 5.2 passes the DBParameterGroup object, not its name, to its DBInstance model.
+    check(cfn["Resources"]["DatabaseParameters"]["Properties"]["Parameters"].get("rds.force_ssl") == "1",
+          "create: the database's parameter group forces TLS (rds.force_ssl=1)")
+    cfn["Resources"]["Database"]["Properties"].pop("DBParameterGroupName")
+    cfn = sub_dotted_attrs(cfn)
+    standins.append("Fn::Sub with ${Database.Endpoint.Address} rewritten with a variable map (moto splits it at every dot)")
+    standins.append("Database without DBParameterGroupName (a moto bug: it hands its model the group object, not its name)")
+    # A Lambda-backed custom resource would need the function to run (Docker): left out.
+    setup = cfn["Resources"].pop("DbSetup")
+    expected.pop("DbSetup")
+    check(setup["Properties"].get("ServiceTimeout") == 300 and setup["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["DbSetupFunction", "Arn"]},
+          "create: DbSetup custom resource runs DbSetupFunction, gives up after 300 s")
+    standins.append("Custom::TxpipeDbSetup left out (moto cannot run a Lambda-backed custom resource without Docker); "
+                    "its SQL runs against Postgres in the existing-mode check below")
+    resources, outputs = create_stack(moto, "txpipe-create", cfn, params)
+    report_types(expected, resources, standins)
+    rds = moto.client("rds").describe_db_instances()["DBInstances"]
+    check(len(rds) == 1 and rds[0]["StorageEncrypted"] and not rds[0]["PubliclyAccessible"],
+          "create: one RDS instance, encrypted, not public")
+    lam = moto.client("lambda")
+    det = lam.get_function_configuration(FunctionName="txpipe-create-detector")
+    env = det["Environment"]["Variables"]
+    check(env["TXPIPE_PG_HOST"] == rds[0]["Endpoint"]["Address"] and env["TXPIPE_PG_SSLMODE"] == "verify-full",
+          "create: the detector reaches the RDS endpoint with verify-full")
+    app_secret = outputs["DatabaseAppSecretArn"]
+    check(env["TXPIPE_PG_SECRET_ARN"] == app_secret == app_arn and outputs["DatabaseSecretArn"] == master_arn,
+          "create: the detector reads the application role's secret, not the master's")
+    check(bool(det.get("VpcConfig", {}).get("SubnetIds")), "create: the detector runs in the database's VPC")
+    setup_env = lam.get_function_configuration(FunctionName="txpipe-create-db-setup")["Environment"]["Variables"]
+    check(setup_env.get("TXPIPE_MODE") == "db-setup" and setup_env.get("TXPIPE_PG_ADMIN_SECRET_ARN", "").startswith("arn:")
+          and setup_env.get("TXPIPE_PG_SECRET_ARN") == app_secret, "create: DbSetupFunction has the master and app secrets")
+    det_pol = json.dumps(role_statements(moto, "txpipe-create-detector"))
+    check(outputs["DatabaseSecretArn"] not in det_pol, "create: the detector's role cannot read the master secret")
+    ec2 = moto.client("ec2")
+    igws = ec2.describe_internet_gateways()["InternetGateways"]
+    check(not igws, "create: the VPC has no internet gateway")
+
+
+def check_reservation():
+    step("detector reservation: a parameter, unreserved by default; make deploy's quota check")
+    for value, expect in (("0", None), ("3", "3")):
+        params = {"DatabaseMode": "existing", "ExistingDbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:x",
+                  "DetectorReservedConcurrency": value}
+        cfn = translate(params)
+        got = resolve(cfn["Resources"]["DetectorFunction"]["Properties"].get("ReservedConcurrentExecutions"), cfn, params)
+        check(got == expect, f"DetectorReservedConcurrency={value}: the detector is "
+                             + ("unreserved" if expect is None else f"reserved at {expect}"))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "infra", "preflight.py"), "--self-test"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise CheckFailed(f"infra/preflight.py --self-test failed:\n{out.stdout}{out.stderr}")
+    ok(out.stderr.strip())
+
+
+def check_existing_mode(moto, binary, workdir):
+    step("DatabaseMode=existing: throwaway Postgres (TLS, password auth) and the app role from infra/db/app-role.sql")
+    pg = Postgres(workdir)
+    try:
+        return _check_existing_mode(moto, binary, workdir, pg)
+    finally:
+        pg.stop()
+
+
+def _check_existing_mode(moto, binary, workdir, pg):
+    pg.psql("CREATE DATABASE txpipe;", db="postgres")
+    password = base64.b32encode(os.urandom(25)).decode().rstrip("=")
+    pg.psql(app_role.render(APP_ROLE, password, "txpipe"))
+    roles = pg.psql(f"SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{APP_ROLE}';").strip()
+    check(roles == "f|f|f", f"{APP_ROLE}: logs in, not superuser, cannot create roles or databases")
+    pg.psql(app_role.render(APP_ROLE, password, "txpipe"))
+    ok("app-role.sql is idempotent (ran twice)")
+    sm = moto.client("secretsmanager")
+    secret_arn = sm.create_secret(Name="txpipe-check/db-app", SecretString=json.dumps(
+        {"username": APP_ROLE, "password": password, "host": "localhost", "port": pg.port, "dbname": "txpipe"}))["ARN"]
+    ok(f"Postgres {pg.port} with TLS (test CA) and scram-sha-256; secret {secret_arn.rsplit(':', 1)[1]} in moto")
+
+    step("DatabaseMode=existing: translate and create the stack in moto")
+    params = {"DatabaseMode": "existing", "ExistingDbSecretArn": secret_arn, "AlarmEmail": "ops@example.com",
+              "DeletionProtection": "false"}
+    cfn = translate(params)
+    static_checks(cfn, params, "existing")
+    expected = expected_resources(cfn, params)
+    resources, outputs = create_stack(moto, STACK, cfn, params)
+    report_types(expected, resources)
+    lam = moto.client("lambda")
+    chunker_fn, detector_fn = outputs["ChunkerFunctionName"], outputs["DetectorFunctionName"]
+    for fn in (chunker_fn, detector_fn):
+        conc = lam.get_function_concurrency(FunctionName=fn).get("ReservedConcurrentExecutions")
+        check(conc is None, f"{fn}: unreserved")
+    key = moto.client("sns").get_topic_attributes(TopicArn=outputs["AlarmTopicArn"])["Attributes"].get("KmsMasterKeyId", "")
+    policy = moto.client("kms").get_key_policy(KeyId=key, PolicyName="default")["Policy"] if key else "{}"
+    policy = json.loads(policy) if isinstance(policy, str) else policy
+    check(key and "alias/aws/sns" not in key and any(
+        s.get("Principal", {}).get("Service") == "cloudwatch.amazonaws.com" for s in policy.get("Statement", [])),
+        "in moto: the alarm topic is encrypted with the stack's key, whose policy admits CloudWatch")
+
+    step("chunker: txpipe invoke chunker with the chunker's environment from moto's Lambda")
+    bucket = outputs["PipelineBucketName"]
+    chunker_vars, chunker_env = handler_env(moto, chunker_fn, {
+        "TXPIPE_CHUNKER_BUDGET_SECS": "20", "TXPIPE_CHUNK_INTERVAL_MS": "0"})
+    check(chunker_vars.get("TXPIPE_DETECTOR_FUNCTION") == detector_fn, "chunker env names the detector (TXPIPE_DETECTOR_FUNCTION)")
+    data = os.path.join(workdir, "data")
+    subprocess.run([binary, "generate", "--rows", str(ROWS), "--customers", str(CUSTOMERS), "--out", data],
+                   check=True, capture_output=True)
+    s3 = moto.client("s3")
+    src_bucket = outputs["SourceBucketName"]
+    s3.upload_file(os.path.join(data, "CustomerImportance.csv"), src_bucket, chunker_vars.get("TXPIPE_IMPORTANCE_KEY", "input/CustomerImportance.csv"))
+    s3.upload_file(os.path.join(data, "transactions.csv"), src_bucket, chunker_vars["TXPIPE_SOURCE_KEY"])
+    ok(f"generated {ROWS} rows / {CUSTOMERS} customers, uploaded to s3://{src_bucket}/input/")
+    moto.start_recording()
+    t0 = time.monotonic()
+    answer = invoke(binary, "chunker", chunker_env, workdir, timeout=60)
+    chunker_calls = moto.stop_recording()
+    per_chunk = int(chunker_vars["TXPIPE_ROWS_PER_CHUNK"])
+    want = -(-ROWS // per_chunk)
+    chunks = sorted(list_keys(s3, bucket, "chunks/"))
+    check(len(chunks) == want, f"chunker cut {len(chunks)} chunks under chunks/ in {time.monotonic() - t0:.1f} s "
+                               f"(want {want}): {', '.join(k for k, _ in chunks)}")
+    note(f"chunker answered {json.dumps(answer)[:200]}")
+    check_calls(moto, "chunker", chunker_fn, chunker_calls, outputs["StateTableName"])
+
+    step("detector: txpipe invoke detector --event <ObjectCreated for the last chunk> with the detector's environment")
+    last_key, last_size = chunks[-1]
+    ca_file = os.path.join(workdir, "ca-bundle.pem")
+    with open(os.path.join(ROOT, "shared", "pipeline", "certs", "rds-global-bundle.pem")) as f:
+        rds_bundle = f.read()
+    with open(ca_file, "w") as f:
+        f.write(rds_bundle + pg.ca_pem)
+    detector_vars, detector_env = handler_env(moto, detector_fn, {"TXPIPE_PG_CA_FILE": ca_file})
+    check(detector_vars["TXPIPE_PG_SSLMODE"] == "verify-full" and detector_vars["TXPIPE_PG_SECRET_ARN"] == secret_arn,
+          "detector env: verify-full, the app role's secret")
+    note(f"TXPIPE_PG_CA_FILE = the shipped RDS bundle ({rds_bundle.count('BEGIN CERTIFICATE')} certs) + the test CA; no other override")
+    moto.start_recording()
+    t0 = time.monotonic()
+    answer = invoke(binary, "detector", detector_env, workdir, event=s3_event(bucket, last_key, last_size), timeout=120)
+    detector_calls = moto.stop_recording()
+    note(f"detector answered in {time.monotonic() - t0:.1f} s: {json.dumps(answer)[:300]}")
+    if answer.get("status") != "ok":
+        raise CheckFailed(f"the detector did not apply the event: {json.dumps(answer)}")
+    files = sorted(list_keys(s3, bucket, "detections/"))
+    lines = 0
+    for key, _ in files:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        for line in body.splitlines():
+            rec = json.loads(line)
+            for field in ("YStartTime", "detectionTime", "patternId", "ActionType", "customerName", "MerchantId"):
+                if field not in rec:
+                    raise CheckFailed(f"{key}: a detection without {field} (the Glue table reads it): {line}")
+            lines += 1
+    q = lambda sql: pg.psql(sql).strip()  # noqa: E731
+    ledger = int(q("SELECT count(*) FROM txpipe.chunks;"))
+    pg_detections = int(q("SELECT count(*) FROM txpipe.detections;"))
+    check(ledger == want, f"Postgres: {ledger} chunks applied in txpipe.chunks (want {want})")
+    check(lines > 0 and pg_detections == lines and len(files) == -(-lines // 50),
+          f"{lines} detections: {len(files)} files under detections/ (50 a file) and {pg_detections} rows in Postgres")
+    owners = q(f"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'txpipe';")
+    public = q("SELECT count(*) FROM pg_tables WHERE schemaname = 'public';")
+    check(owners == APP_ROLE and public == "0", f"the detector's tables are in schema txpipe, owned by {APP_ROLE}; none in public")
+    ok("the detector connected with verify-full TLS (pg_hba: hostssl only) and the role's SCRAM password")
+    ddb = moto.client("dynamodb")
+    items = ddb.scan(TableName=outputs["StateTableName"], ProjectionExpression="pk")["Items"]
+    kinds = sorted({i["pk"]["S"].split("#", 1)[0] for i in items})
+    ok(f"state table items by kind: {', '.join(kinds)}")
+    check_calls(moto, "detector", detector_fn, detector_calls, outputs["StateTableName"])
+    least_privilege_probes(moto, chunker_fn, detector_fn, outputs)
+
+
+def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
+    """The evaluator is not vacuous: calls the roles must NOT allow are denied."""
+    table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{outputs['StateTableName']}"
+    bucket = f"arn:aws:s3:::{outputs['PipelineBucketName']}"
+    lead = lambda k: {"dynamodb:LeadingKeys": [k]}  # noqa: E731
+    chunker, detector = role_statements(moto, chunker_fn), role_statements(moto, detector_fn)
+    must = [
+        (chunker, "dynamodb:PutItem", table, lead("head#s"), False, "chunker PutItem head#"),
+        (chunker, "dynamodb:GetItem", table, lead("head#s"), True, "chunker GetItem head#"),
+        (chunker, "dynamodb:GetItem", table, lead("delta#s"), False, "chunker GetItem delta#"),
+        (chunker, "s3:PutObject", f"{bucket}/detections/s/00000000.jsonl", {}, False, "chunker PutObject detections/"),
+        (chunker, "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{detector_fn}", {}, True, "chunker invokes the detector"),
+        (detector, "dynamodb:PutItem", table, lead("cursor#s"), False, "detector PutItem cursor#"),
+        (detector, "dynamodb:GetItem", table, lead("cursor#s"), True, "detector GetItem cursor#"),
+        (detector, "dynamodb:DeleteItem", table, lead("delta#s"), True, "detector DeleteItem delta#"),
+        (detector, "dynamodb:UpdateItem", table, lead("lease#s"), True, "detector UpdateItem lease#"),
+        (detector, "dynamodb:Scan", table, {}, False, "detector Scan"),
+        (detector, "s3:DeleteObject", f"{bucket}/state/s/p-0.bin", {}, True, "detector DeleteObject state/"),
+        (detector, "s3:DeleteObject", f"{bucket}/chunks/s/00000000.csv", {}, False, "detector DeleteObject chunks/"),
+        (detector, "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{chunker_fn}", {}, False, "detector invokes the chunker"),
+    ]
+    wrong = [f"{what}: {'allowed' if not want else 'denied'}"
+             for st, action, res, ctx, want, what in must if decide(st, action, res, ctx) != want]
+    if wrong:
+        raise CheckFailed("least privilege: " + "; ".join(wrong))
+    ok(f"least privilege: {len(must)} probes (e.g. chunker PutItem head#, detector PutItem cursor#, Scan) decided as intended")
+
+
+def main():
+    if len(sys.argv) != 2:
+        print("usage: deploy_check.py <txpipe binary>", file=sys.stderr)
+        return 2
+    binary = os.path.abspath(sys.argv[1])
+    if not os.access(binary, os.X_OK):
+        print(f"deploy-check: {binary} is not an executable txpipe binary", file=sys.stderr)
+        return 2
+    workdir = tempfile.mkdtemp(prefix="txpipe-deploy-check-")
+    os.chmod(workdir, 0o755)
+    moto = None
+    try:
+        step(f"moto server ({os.environ.get('TXPIPE_MOTO_CMD')}), work dir {workdir}")
+        moto = Moto(workdir)
+        ok(f"moto at {moto.url}")
+        s3 = moto.client("s3")
+        s3.create_bucket(Bucket="txpipe-check-artifacts")
+        buf = BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("bootstrap", "stand-in: the handlers run here through txpipe invoke")
+        s3.put_object(Bucket="txpipe-check-artifacts", Key="bootstrap.zip", Body=buf.getvalue())
+        check_reservation()
+        check_create_mode(moto)
+        check_existing_mode(moto, binary, workdir)
+    except CheckFailed as e:
+        print(f"\ndeploy-check FAILED: {e}\n(logs in {workdir})", file=sys.stderr, flush=True)
+        print(f"deploy-check: {PASSED[0]} passed, 1 failed", flush=True)
+        if moto:
+            moto.stop()
+        return 1
+    moto.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"deploy-check: all checks passed in {time.monotonic() - START:.1f} s", flush=True)
+    print(f"deploy-check: {PASSED[0]} passed, 0 failed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
