@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use txpipe::chunker::{Chunker, ChunkerService};
+use txpipe::clock::Clock;
 use txpipe::config::{Config, EnvVars};
-use txpipe::detector::{DetectorResponse, DetectorService};
+use txpipe::detector::{ChunkSink, DetectorResponse, DetectorService};
 use txpipe::layout::StreamName;
 use txpipe::setup::Stores;
 use txpipe::store::ObjectStore;
@@ -78,6 +79,34 @@ impl Stack {
         let stores = self.stores(&config);
         let sink = stores.postgres(&self.local.clients, &config)?;
         Ok(DetectorService::new(stores, sink, &config).await?)
+    }
+
+    /// A chunker over given stores (wrapped, say) and clock.
+    pub fn chunker_over(
+        &self,
+        extra: &[(&str, &str)],
+        stores: Stores,
+        clock: Arc<dyn Clock>,
+    ) -> Result<ChunkerService> {
+        let config = self.config(extra)?;
+        Ok(ChunkerService::new(stores, &config).with_clock(clock))
+    }
+
+    /// A detector over given stores, sink and clock.
+    pub async fn detector_over(
+        &self,
+        extra: &[(&str, &str)],
+        stores: Stores,
+        sink: Arc<dyn ChunkSink>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<DetectorService> {
+        let config = self.config(extra)?;
+        Ok(DetectorService::with_clock(stores, sink, &config, clock).await?)
+    }
+
+    /// The Postgres sink of this stack for a configuration.
+    pub fn sink(&self, config: &Config) -> Result<Arc<dyn ChunkSink>> {
+        Ok(self.stores(config).postgres(&self.local.clients, config)?)
     }
 
     /// A detector whose stores fail as `plan` says.

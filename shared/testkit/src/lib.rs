@@ -7,10 +7,12 @@
 //! - [`stack`]: both, with the bucket and table provisioned and clients pointing at
 //!   them;
 //! - [`events`]: S3 notifications as S3 sends them;
-//! - [`faults`]: stores that fail on command, to stop the detector at any step.
+//! - [`faults`]: stores that fail on command, to stop the detector at any step;
+//! - [`clock`]: a clock tests move by hand, and S3 objects that expire by it.
 
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod events;
 pub mod faults;
 pub mod moto;
