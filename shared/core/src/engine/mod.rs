@@ -231,21 +231,8 @@ impl Engine {
                     continue;
                 }
             };
-            let (Some(m), Some(c)) = (
-                self.merchants.intern_bytes(&tx.merchant),
-                self.customers.intern_bytes(&tx.customer),
-            ) else {
-                let reason = tx
-                    .ids()
-                    .err()
-                    .unwrap_or(crate::parse::RejectReason::NotUtf8 { column: "customer" });
-                rejected.push(RejectedRow {
-                    row: tx.row,
-                    raw: String::from_utf8_lossy(tx.raw).into_owned(),
-                    reason,
-                });
-                continue;
-            };
+            let m = self.merchants.intern(&tx.merchant);
+            let c = self.customers.intern(&tx.customer);
             rows += 1;
             let p = self.pair_for(m, c, tx.gender);
             let pair = &mut self.pairs[p as usize];
@@ -339,7 +326,7 @@ impl Engine {
             }
             rejected.push(RejectedRow {
                 row: first_row + rejected.len() as u64,
-                raw: String::from_utf8_lossy(&data[span.start..span.end]).into_owned(),
+                raw: data[span.start..span.end].to_vec(),
                 reason: crate::parse::RejectReason::UnreadableChunk { why: why.into() },
             });
         }

@@ -3,6 +3,7 @@
 use super::csv_scan::{next_record, split_fields, strip_bom, strip_single_quotes};
 use super::decimal::parse_micros;
 use super::header::{ColumnMap, HeaderError};
+use super::ids::check_no_nul;
 use super::transactions::{take_id, RejectReason};
 use super::RejectedRow;
 use crate::weight::Weight;
@@ -57,6 +58,7 @@ impl ImportanceTable {
             let raw = &buf[span.start..span.end];
             split_fields(raw, &mut fields);
             let parsed = (|| {
+                check_no_nul(raw)?;
                 if fields.len() != columns.width {
                     return Err(RejectReason::FieldCount {
                         expected: columns.width,
@@ -84,7 +86,7 @@ impl ImportanceTable {
                 }
                 Err(reason) => rejected.push(RejectedRow {
                     row,
-                    raw: String::from_utf8_lossy(raw).into_owned(),
+                    raw: raw.to_vec(),
                     reason,
                 }),
             }
@@ -169,6 +171,56 @@ mod tests {
             ]
         );
         assert_eq!(load.table.pairs(), 0);
+    }
+
+    #[test]
+    fn id_rules_and_nul_apply_to_importance_rows() {
+        let long = "C".repeat(129);
+        let mut text = b"Source,Target,Weight,typeTrans,fraud\n".to_vec();
+        text.extend_from_slice(format!("'{long}','M1',1,'x',0\n").as_bytes());
+        text.extend_from_slice(b"'C1','M\t1',1,'x',0\n");
+        text.extend_from_slice(b"'C1','M1',1,'x\0',0\n");
+        text.extend_from_slice(b"'C\xff','M1',1,'x',0\n");
+        text.extend_from_slice(b"'C1','M1',1,'caf\xe9',0\n"); // unused column: fine
+        text.extend_from_slice(format!("'{}','M1',2,'x',0\n", "C".repeat(128)).as_bytes());
+        let load = ImportanceTable::parse(&text).unwrap();
+        let reasons: Vec<_> = load
+            .rejected
+            .iter()
+            .map(|r| (r.row, r.reason.clone()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (
+                    1,
+                    RejectReason::IdTooLong {
+                        column: "Source",
+                        len: 129,
+                        limit: 128
+                    }
+                ),
+                (
+                    2,
+                    RejectReason::ControlCharacter {
+                        column: "Target",
+                        code: 9
+                    }
+                ),
+                (3, RejectReason::NulByte { offset: 14 }),
+                (4, RejectReason::NotUtf8 { column: "Source" }),
+            ]
+        );
+        assert_eq!(load.rejected[2].raw, b"'C1','M1',1,'x\0',0");
+        assert_eq!(
+            load.table.weight("M1", "C1"),
+            Some(Weight::new(1_000_000, 1))
+        );
+        assert_eq!(
+            load.table.weight("M1", &"C".repeat(128)),
+            Some(Weight::new(2_000_000, 1))
+        );
+        assert_eq!(load.table.rows(), 2);
     }
 
     #[test]

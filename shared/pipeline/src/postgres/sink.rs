@@ -193,7 +193,7 @@ impl ChunkSink for PgSink {
 fn rejected_columns(rows: &[RejectedRow]) -> (Vec<i64>, Vec<String>, Vec<String>) {
     (
         rows.iter().map(|r| r.row as i64).collect(),
-        rows.iter().map(|r| r.raw.clone()).collect(),
+        rows.iter().map(|r| r.raw_text().into_owned()).collect(),
         rows.iter().map(|r| r.reason.to_string()).collect(),
     )
 }
