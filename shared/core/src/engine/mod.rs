@@ -315,7 +315,8 @@ impl Engine {
         let mut rejected = Vec::new();
         let mut pos = 0;
         let mut header_seen = false;
-        while let Some(span) = crate::parse::csv_scan::next_record(data, pos, true) {
+        let mut scanner = crate::parse::csv_scan::Scanner::new();
+        while let Some(span) = scanner.next_record(data, pos, true) {
             pos = span.next;
             if span.is_blank() {
                 continue;

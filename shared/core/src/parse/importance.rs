@@ -1,6 +1,6 @@
 //! CustomerImportance.csv: the weight of each customer at each merchant.
 
-use super::csv_scan::{next_record, split_fields, strip_bom, strip_single_quotes};
+use super::csv_scan::{strip_bom, strip_single_quotes, Scanner};
 use super::decimal::parse_micros;
 use super::header::{ColumnMap, HeaderError};
 use super::ids::check_no_nul;
@@ -33,9 +33,10 @@ impl ImportanceTable {
     /// Parses a whole CustomerImportance.csv.
     pub fn parse(buf: &[u8]) -> Result<ImportanceLoad, HeaderError> {
         let buf = strip_bom(buf);
+        let mut scanner = Scanner::new();
         let mut pos = 0;
         let mut header = None;
-        while let Some(span) = next_record(buf, pos, true) {
+        while let Some(span) = scanner.next_record(buf, pos, true) {
             pos = span.next;
             if !span.is_blank() {
                 header = Some(&buf[span.start..span.end]);
@@ -49,14 +50,14 @@ impl ImportanceTable {
         let mut fields: Vec<Cow<[u8]>> = Vec::new();
         let mut row = 0u64;
         let mut accepted = 0u64;
-        while let Some(span) = next_record(buf, pos, true) {
+        while let Some(span) = scanner.next_record(buf, pos, true) {
             pos = span.next;
             if span.is_blank() {
                 continue;
             }
             row += 1;
             let raw = &buf[span.start..span.end];
-            split_fields(raw, &mut fields);
+            scanner.split_fields(raw, &mut fields);
             let parsed = (|| {
                 check_no_nul(raw)?;
                 if fields.len() != columns.width {
