@@ -25,21 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a deterministic BankSim-shaped transactions.csv and CustomerImportance.csv.
-    Generate {
-        /// Data rows.
-        #[arg(long, default_value_t = 594_643)]
-        rows: u64,
-        /// Seed: the same seed writes the same bytes.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Distinct customers.
-        #[arg(long, default_value_t = 4_112)]
-        customers: usize,
-        /// Output directory.
-        #[arg(long, default_value = "data")]
-        out: PathBuf,
-    },
+    /// Write a deterministic transactions.csv and CustomerImportance.csv in BankSim's
+    /// format (shape banksim, high-cardinality or new-pairs).
+    Generate(generate::GenerateArgs),
     /// Run the engine over a local file chunk by chunk, with no AWS at all.
     Replay {
         /// transactions.csv (BankSim format).
@@ -240,25 +228,7 @@ fn main() -> Result<()> {
             })?;
             print!("{said}");
         }
-        Command::Generate {
-            rows,
-            seed,
-            customers,
-            out,
-        } => {
-            let (rows, customers) = generate::generate(
-                &generate::GenerateOptions {
-                    rows,
-                    seed,
-                    customers,
-                },
-                &out,
-            )?;
-            println!(
-                "wrote {rows} rows, {customers} customers to {}",
-                out.display()
-            );
-        }
+        Command::Generate(args) => generate::run(args)?,
         Command::Replay {
             transactions,
             importance,

@@ -85,7 +85,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let mut rejected = csv::Writer::from_path(args.out.join("rejected.csv"))?;
     rejected.write_record(["row", "reason", "raw"])?;
     for r in &out.rejected {
-        rejected.write_record([r.row.to_string(), r.reason.to_string(), r.raw_text()])?;
+        rejected.write_record([
+            r.row.to_string(),
+            r.reason.to_string(),
+            r.raw_text().into_owned(),
+        ])?;
     }
     rejected.flush()?;
 

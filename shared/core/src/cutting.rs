@@ -1,7 +1,7 @@
 //! Cutting exactly R data rows out of transactions.csv into chunks, from a byte buffer
 //! that may end anywhere (the chunker's ranged reads) or from a whole file (replay).
 
-use crate::parse::csv_scan::{next_record, strip_bom};
+use crate::parse::csv_scan::{strip_bom, Scanner};
 use crate::parse::header::ColumnMap;
 use crate::parse::transactions::TRANSACTION_COLUMNS;
 use crate::parse::HeaderError;
@@ -20,9 +20,10 @@ pub struct SourceHeader {
 pub fn read_header(buf: &[u8], at_eof: bool) -> Option<Result<SourceHeader, HeaderError>> {
     let bom = buf.len() - strip_bom(buf).len();
     let body = &buf[bom..];
+    let mut scanner = Scanner::new();
     let mut pos = 0;
     loop {
-        let Some(span) = next_record(body, pos, at_eof) else {
+        let Some(span) = scanner.next_record(body, pos, at_eof) else {
             if at_eof {
                 return Some(Err(HeaderError::Empty {
                     file: "transactions",
@@ -71,10 +72,11 @@ pub enum Cut {
 /// Cuts up to `want` data rows from `buf`, which starts at a row boundary. `at_eof`
 /// says `buf` runs to the end of the source file.
 pub fn cut_rows(buf: &[u8], want: u64, at_eof: bool) -> Cut {
+    let mut scanner = Scanner::new();
     let mut pos = 0;
     let mut rows = 0;
     while rows < want {
-        match next_record(buf, pos, at_eof) {
+        match scanner.next_record(buf, pos, at_eof) {
             Some(span) => {
                 pos = span.next;
                 if !span.is_blank() {

@@ -231,21 +231,8 @@ impl Engine {
                     continue;
                 }
             };
-            let (Some(m), Some(c)) = (
-                self.merchants.intern_bytes(&tx.merchant),
-                self.customers.intern_bytes(&tx.customer),
-            ) else {
-                let reason = tx
-                    .ids()
-                    .err()
-                    .unwrap_or(crate::parse::RejectReason::NotUtf8 { column: "customer" });
-                rejected.push(RejectedRow {
-                    row: tx.row,
-                    raw: tx.raw.to_vec(),
-                    reason,
-                });
-                continue;
-            };
+            let m = self.merchants.intern(&tx.merchant);
+            let c = self.customers.intern(&tx.customer);
             rows += 1;
             let p = self.pair_for(m, c, tx.gender);
             let pair = &mut self.pairs[p as usize];
@@ -328,7 +315,8 @@ impl Engine {
         let mut rejected = Vec::new();
         let mut pos = 0;
         let mut header_seen = false;
-        while let Some(span) = crate::parse::csv_scan::next_record(data, pos, true) {
+        let mut scanner = crate::parse::csv_scan::Scanner::new();
+        while let Some(span) = scanner.next_record(data, pos, true) {
             pos = span.next;
             if span.is_blank() {
                 continue;

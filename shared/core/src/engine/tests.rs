@@ -668,14 +668,77 @@ mod reference {
     }
 }
 
-fn tx_strategy() -> impl Strategy<Value = (usize, usize, usize, u64, bool)> {
+/// (customer, merchant, gender, cents, fault): fault 0 is a plain valid row; the others
+/// exercise the parse gate (see `row_bytes`).
+fn tx_strategy() -> impl Strategy<Value = (usize, usize, usize, u64, u8)> {
     (
         0..4usize,
         0..10usize,
         0..4usize,
         prop_oneof![0u64..3000, Just(2300u64)],
-        proptest::bool::weighted(0.05),
+        prop_oneof![20 => Just(0u8), 1 => 1u8..=8],
     )
+}
+
+/// One transactions.csv row for the property test, and the transaction the reference
+/// sees (`None` when the row must be rejected). Faults: 1 bad amount, 2 control
+/// character in the customer, 3 NUL in an unused column, 4 a 13-digit amount, 5 a
+/// 129-byte customer, 6 invalid UTF-8 in an unused column (valid), 7 the largest amount
+/// (valid), 8 a 128-byte customer (valid).
+fn row_bytes(
+    (c, m, g, cents, fault): (usize, usize, usize, u64, u8),
+) -> (Vec<u8>, Option<reference::Tx>) {
+    let genders = ["F", "M", "E", "U"];
+    let mut customer = format!("C{c}");
+    let mut category = b"x".to_vec();
+    let mut amount = format!("{}.{:02}", cents / 100, cents % 100);
+    let mut cents = cents;
+    let valid = match fault {
+        1 => {
+            amount = "x".into();
+            false
+        }
+        2 => {
+            customer.push('\t');
+            false
+        }
+        3 => {
+            category.push(0);
+            false
+        }
+        4 => {
+            amount = "1000000000000.00".into();
+            false
+        }
+        5 => {
+            customer = format!("{customer:x<129}");
+            false
+        }
+        6 => {
+            category.push(0xff);
+            true
+        }
+        7 => {
+            amount = "999999999999.99".into();
+            cents = 99_999_999_999_999;
+            true
+        }
+        8 => {
+            customer = format!("{customer:x<128}");
+            true
+        }
+        _ => true,
+    };
+    let mut line = format!("0,'{customer}','3','{}','1','M{m}','1','", genders[g]).into_bytes();
+    line.extend_from_slice(&category);
+    line.extend_from_slice(format!("',{amount},0\n").as_bytes());
+    let tx = valid.then(|| reference::Tx {
+        customer,
+        merchant: format!("M{m}"),
+        gender: genders[g].to_string(),
+        cents,
+    });
+    (line, tx)
 }
 
 proptest! {
@@ -699,7 +762,6 @@ proptest! {
             child_avg_below_cents: child_avg,
             dei_min_female: dei_min,
         };
-        let genders = ["F", "M", "E", "U"];
         let mut weights_csv = String::from("Source,Target,Weight,typeTrans,fraud\n");
         let mut weights = reference::Weights::new();
         for (c, m, w) in &weight_rows {
@@ -715,16 +777,15 @@ proptest! {
         let mut ref_chunks = Vec::new();
         let mut got = Vec::new();
         for (k, chunk) in chunks.iter().enumerate() {
-            let mut text = HEADER.to_string();
+            let mut text = HEADER.as_bytes().to_vec();
             let mut txs = Vec::new();
-            for &(c, m, g, cents, bad) in chunk {
-                let amount = if bad { "x".to_string() } else { format!("{}.{:02}", cents / 100, cents % 100) };
-                writeln!(text, "0,'C{c}','3','{}','1','M{m}','1','x',{amount},0", genders[g]).unwrap();
-                if !bad {
-                    txs.push(reference::Tx { customer: format!("C{c}"), merchant: format!("M{m}"), gender: genders[g].to_string(), cents });
-                }
+            for &row in chunk {
+                let (line, tx) = row_bytes(row);
+                text.extend_from_slice(&line);
+                txs.extend(tx);
             }
-            let out = e.apply_chunk(k as u64, text.as_bytes(), 1).unwrap();
+            let out = e.apply_chunk(k as u64, &text, 1).unwrap();
+            prop_assert_eq!(out.rejected.len() + txs.len(), chunk.len());
             got.push(out.detections.into_iter().map(|d| (d.pattern, d.merchant, d.customer)).collect::<Vec<_>>());
             ref_chunks.push(txs);
         }

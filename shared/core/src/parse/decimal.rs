@@ -34,9 +34,51 @@ pub fn parse_scaled(text: &[u8], max_frac: u32) -> Option<u64> {
     Some(value)
 }
 
-/// Parses a transaction amount (at most 2 fractional digits) into cents.
+/// Most integer digits an amount may have (`999999999999.99` is the largest amount).
+pub const MAX_AMOUNT_INT_DIGITS: usize = 12;
+
+/// Why an amount field is not an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountError {
+    /// Not a non-negative decimal with at most 2 fractional digits.
+    Syntax,
+    /// Well formed, but with more than [`MAX_AMOUNT_INT_DIGITS`] integer digits (as
+    /// written: leading zeros count, the rule is about the text).
+    TooManyDigits(usize),
+}
+
+/// Parses a transaction amount (at most 12 integer and 2 fractional digits) into cents.
+/// The largest result, 99,999,999,999,999, needs 47 bits.
+pub fn parse_amount(text: &[u8]) -> Result<u64, AmountError> {
+    let int_digits = memchr::memchr(b'.', text).unwrap_or(text.len());
+    if int_digits > MAX_AMOUNT_INT_DIGITS {
+        // Checked before the value, so a long amount is named as such even when it
+        // would overflow.
+        return Err(if well_formed(text, 2) {
+            AmountError::TooManyDigits(int_digits)
+        } else {
+            AmountError::Syntax
+        });
+    }
+    parse_scaled(text, 2).ok_or(AmountError::Syntax)
+}
+
+/// Whether `text` is `digits` or `digits.digits` with 1 to `max_frac` fractional digits.
+fn well_formed(text: &[u8], max_frac: usize) -> bool {
+    let (int_part, frac) = match memchr::memchr(b'.', text) {
+        Some(dot) => (&text[..dot], Some(&text[dot + 1..])),
+        None => (text, None),
+    };
+    !int_part.is_empty()
+        && int_part.iter().all(u8::is_ascii_digit)
+        && frac.is_none_or(|f| {
+            !f.is_empty() && f.len() <= max_frac && f.iter().all(u8::is_ascii_digit)
+        })
+}
+
+/// Parses a transaction amount into cents; `None` when [`parse_amount`] rejects it.
 pub fn parse_cents(text: &[u8]) -> Option<u64> {
-    parse_scaled(text, 2)
+    parse_amount(text).ok()
 }
 
 /// Parses an importance weight (optionally negative, at most 6 fractional digits) into
@@ -86,6 +128,26 @@ mod tests {
         ] {
             assert_eq!(parse_cents(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn amounts_have_at_most_12_integer_digits() {
+        assert_eq!(parse_amount(b"999999999999.99"), Ok(99_999_999_999_999));
+        assert_eq!(parse_amount(b"999999999999"), Ok(99_999_999_999_900));
+        assert_eq!(
+            parse_amount(b"1000000000000.00"),
+            Err(AmountError::TooManyDigits(13))
+        );
+        assert_eq!(
+            parse_amount(b"0000000000001"),
+            Err(AmountError::TooManyDigits(13))
+        );
+        assert_eq!(parse_amount(b"1.234"), Err(AmountError::Syntax));
+        assert_eq!(
+            parse_amount(b"99999999999999999999"),
+            Err(AmountError::TooManyDigits(20))
+        );
+        assert_eq!(parse_amount(b"1000000000000x"), Err(AmountError::Syntax));
     }
 
     #[test]

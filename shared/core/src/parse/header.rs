@@ -1,6 +1,6 @@
 //! Header rows: finding the columns a file must have, by name.
 
-use super::csv_scan::{split_fields, strip_single_quotes};
+use super::csv_scan::{strip_single_quotes, Scanner};
 use std::borrow::Cow;
 
 /// A file could not be read at all because its header is unusable.
@@ -52,7 +52,7 @@ impl ColumnMap {
             expected: expected.clone(),
         })?;
         let mut fields: Vec<Cow<[u8]>> = Vec::new();
-        split_fields(header, &mut fields);
+        Scanner::new().split_fields(header, &mut fields);
         let names: Vec<String> = fields
             .iter()
             .map(|f| {

@@ -1,8 +1,9 @@
 //! CustomerImportance.csv: the weight of each customer at each merchant.
 
-use super::csv_scan::{next_record, split_fields, strip_bom, strip_single_quotes};
+use super::csv_scan::{strip_bom, strip_single_quotes, Scanner};
 use super::decimal::parse_micros;
 use super::header::{ColumnMap, HeaderError};
+use super::ids::check_no_nul;
 use super::transactions::{take_id, RejectReason};
 use super::RejectedRow;
 use crate::weight::Weight;
@@ -32,9 +33,10 @@ impl ImportanceTable {
     /// Parses a whole CustomerImportance.csv.
     pub fn parse(buf: &[u8]) -> Result<ImportanceLoad, HeaderError> {
         let buf = strip_bom(buf);
+        let mut scanner = Scanner::new();
         let mut pos = 0;
         let mut header = None;
-        while let Some(span) = next_record(buf, pos, true) {
+        while let Some(span) = scanner.next_record(buf, pos, true) {
             pos = span.next;
             if !span.is_blank() {
                 header = Some(&buf[span.start..span.end]);
@@ -48,15 +50,16 @@ impl ImportanceTable {
         let mut fields: Vec<Cow<[u8]>> = Vec::new();
         let mut row = 0u64;
         let mut accepted = 0u64;
-        while let Some(span) = next_record(buf, pos, true) {
+        while let Some(span) = scanner.next_record(buf, pos, true) {
             pos = span.next;
             if span.is_blank() {
                 continue;
             }
             row += 1;
             let raw = &buf[span.start..span.end];
-            split_fields(raw, &mut fields);
+            scanner.split_fields(raw, &mut fields);
             let parsed = (|| {
+                check_no_nul(raw)?;
                 if fields.len() != columns.width {
                     return Err(RejectReason::FieldCount {
                         expected: columns.width,
@@ -169,6 +172,56 @@ mod tests {
             ]
         );
         assert_eq!(load.table.pairs(), 0);
+    }
+
+    #[test]
+    fn id_rules_and_nul_apply_to_importance_rows() {
+        let long = "C".repeat(129);
+        let mut text = b"Source,Target,Weight,typeTrans,fraud\n".to_vec();
+        text.extend_from_slice(format!("'{long}','M1',1,'x',0\n").as_bytes());
+        text.extend_from_slice(b"'C1','M\t1',1,'x',0\n");
+        text.extend_from_slice(b"'C1','M1',1,'x\0',0\n");
+        text.extend_from_slice(b"'C\xff','M1',1,'x',0\n");
+        text.extend_from_slice(b"'C1','M1',1,'caf\xe9',0\n"); // unused column: fine
+        text.extend_from_slice(format!("'{}','M1',2,'x',0\n", "C".repeat(128)).as_bytes());
+        let load = ImportanceTable::parse(&text).unwrap();
+        let reasons: Vec<_> = load
+            .rejected
+            .iter()
+            .map(|r| (r.row, r.reason.clone()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (
+                    1,
+                    RejectReason::IdTooLong {
+                        column: "Source",
+                        len: 129,
+                        limit: 128
+                    }
+                ),
+                (
+                    2,
+                    RejectReason::ControlCharacter {
+                        column: "Target",
+                        code: 9
+                    }
+                ),
+                (3, RejectReason::NulByte { offset: 14 }),
+                (4, RejectReason::NotUtf8 { column: "Source" }),
+            ]
+        );
+        assert_eq!(load.rejected[2].raw, b"'C1','M1',1,'x\0',0");
+        assert_eq!(
+            load.table.weight("M1", "C1"),
+            Some(Weight::new(1_000_000, 1))
+        );
+        assert_eq!(
+            load.table.weight("M1", &"C".repeat(128)),
+            Some(Weight::new(2_000_000, 1))
+        );
+        assert_eq!(load.table.rows(), 2);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! transactions.csv (BankSim format) rows: validated into [`Transaction`]s or kept as
 //! [`RejectedRow`]s with the reason.
 
-use super::csv_scan::{next_record, split_fields, strip_bom, strip_single_quotes};
-use super::decimal::parse_cents;
+use super::csv_scan::{strip_bom, strip_single_quotes, Scanner};
+use super::decimal::{parse_amount, AmountError, MAX_AMOUNT_INT_DIGITS};
 use super::header::{ColumnMap, HeaderError};
+use super::ids::{check_id, check_no_nul};
 use super::RejectedRow;
 use std::borrow::Cow;
 
@@ -77,17 +78,51 @@ pub enum RejectReason {
         /// The empty column.
         column: &'static str,
     },
-    /// A field is not valid UTF-8.
+    /// An id is not valid UTF-8.
     #[error("`{column}` is not valid UTF-8")]
     NotUtf8 {
         /// The offending column.
         column: &'static str,
+    },
+    /// An id is longer than the limit.
+    #[error("`{column}` is {len} bytes long; an id is at most {limit} bytes of UTF-8")]
+    IdTooLong {
+        /// The offending column.
+        column: &'static str,
+        /// Its length in bytes, unquoted.
+        len: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An id holds a control character.
+    #[error("`{column}` contains the control character U+{code:04X}; an id may not hold U+0000-U+001F or U+007F")]
+    ControlCharacter {
+        /// The offending column.
+        column: &'static str,
+        /// The first control character's code point.
+        code: u32,
+    },
+    /// The row holds a NUL byte (in any column, used or not).
+    #[error("the row contains a NUL byte (at byte {offset} of the row); no row may hold one")]
+    NulByte {
+        /// Offset of the first NUL in the row's text.
+        offset: usize,
     },
     /// The amount is not a non-negative decimal with at most two fractional digits.
     #[error("`amount` is {text:?}; expected a non-negative decimal with at most 2 fractional digits, like 4.55 or 112.0")]
     BadAmount {
         /// The field as written.
         text: String,
+    },
+    /// The amount is well formed but has too many integer digits.
+    #[error("`amount` is {text:?}: {digits} integer digits, but an amount has at most {limit} (999999999999.99 is the largest)")]
+    AmountTooLarge {
+        /// The field as written.
+        text: String,
+        /// Its integer digits, as written.
+        digits: usize,
+        /// The limit.
+        limit: usize,
     },
     /// The chunk the row came in has an unusable header, so no row of it can be read.
     #[error("the chunk's header is unusable: {why}")]
@@ -110,11 +145,11 @@ pub enum RejectReason {
 pub struct Transaction<'a> {
     /// 1-based data row number in the source file (the header is row 0).
     pub row: u64,
-    /// Customer id without quotes (UTF-8 is checked when a new id is first seen; see
-    /// [`Transaction::ids`]).
-    pub customer: Cow<'a, [u8]>,
-    /// Merchant id without quotes.
-    pub merchant: Cow<'a, [u8]>,
+    /// Customer id without quotes (checked: 1 to 128 bytes of UTF-8, no control
+    /// character).
+    pub customer: Cow<'a, str>,
+    /// Merchant id without quotes (checked like the customer).
+    pub merchant: Cow<'a, str>,
     /// Gender as written.
     pub gender: Gender,
     /// Amount in integer cents.
@@ -124,13 +159,10 @@ pub struct Transaction<'a> {
 }
 
 impl Transaction<'_> {
-    /// Customer and merchant ids as text, or the reason the row must be rejected.
+    /// Customer and merchant ids. Always `Ok`: the reader checks ids before it yields a
+    /// row (the `Result` remains for callers written when it did not).
     pub fn ids(&self) -> Result<(&str, &str), RejectReason> {
-        let customer = std::str::from_utf8(&self.customer)
-            .map_err(|_| RejectReason::NotUtf8 { column: "customer" })?;
-        let merchant = std::str::from_utf8(&self.merchant)
-            .map_err(|_| RejectReason::NotUtf8 { column: "merchant" })?;
-        Ok((customer, merchant))
+        Ok((&self.customer, &self.merchant))
     }
 }
 
@@ -141,6 +173,7 @@ pub struct TransactionReader<'a> {
     columns: ColumnMap,
     next_row: u64,
     fields: Vec<Cow<'a, [u8]>>,
+    scanner: Scanner,
 }
 
 impl<'a> TransactionReader<'a> {
@@ -149,9 +182,10 @@ impl<'a> TransactionReader<'a> {
     /// number in the source file.
     pub fn new(buf: &'a [u8], first_row: u64) -> Result<Self, HeaderError> {
         let buf = strip_bom(buf);
+        let mut scanner = Scanner::new();
         let mut pos = 0;
         let mut header = None;
-        while let Some(span) = next_record(buf, pos, true) {
+        while let Some(span) = scanner.next_record(buf, pos, true) {
             pos = span.next;
             if !span.is_blank() {
                 header = Some(&buf[span.start..span.end]);
@@ -165,6 +199,7 @@ impl<'a> TransactionReader<'a> {
             columns,
             next_row: first_row,
             fields: Vec::new(),
+            scanner,
         })
     }
 
@@ -174,7 +209,9 @@ impl<'a> TransactionReader<'a> {
     }
 
     /// Finds the next record and splits it into `self.fields`; returns its text, or
-    /// `None` at the end. The common case (no double quote) is one pass of `memchr3`.
+    /// `None` at the end. The common case (no double quote) is one pass of `memchr3`;
+    /// a line with a double quote goes to csv-core through the scanner (see
+    /// `csv_scan.rs` for why the fast path stays, with figures).
     fn next_fields(&mut self) -> Option<&'a [u8]> {
         let buf: &'a [u8] = self.buf;
         loop {
@@ -203,13 +240,13 @@ impl<'a> TransactionReader<'a> {
                 }
             }
             if quoted {
-                let span = next_record(buf, self.pos, true)?;
+                let span = self.scanner.next_record(buf, self.pos, true)?;
                 self.pos = span.next;
                 if span.is_blank() {
                     continue;
                 }
                 let raw = &buf[span.start..span.end];
-                split_fields(raw, &mut self.fields);
+                self.scanner.split_fields(raw, &mut self.fields);
                 return Some(raw);
             }
             self.pos += (line_end + 1).min(rest.len());
@@ -219,7 +256,7 @@ impl<'a> TransactionReader<'a> {
                 line_end
             };
             if text_end == 0 {
-                continue; // blank line: not a row (see docs/spec-notes.md)
+                continue; // a blank line is not a row
             }
             self.fields
                 .push(Cow::Borrowed(&rest[field_start.min(text_end)..text_end]));
@@ -228,6 +265,7 @@ impl<'a> TransactionReader<'a> {
     }
 
     fn parse(&mut self, raw: &'a [u8], row: u64) -> Result<Transaction<'a>, RejectReason> {
+        check_no_nul(raw)?;
         if self.fields.len() != self.columns.width {
             return Err(RejectReason::FieldCount {
                 expected: self.columns.width,
@@ -235,12 +273,20 @@ impl<'a> TransactionReader<'a> {
             });
         }
         let [customer, gender, merchant, amount] = [0, 1, 2, 3].map(|i| self.columns.positions[i]);
-        let customer = take_id_bytes(&mut self.fields[customer], "customer")?;
-        let merchant = take_id_bytes(&mut self.fields[merchant], "merchant")?;
+        let customer = take_id(&mut self.fields[customer], "customer")?;
+        let merchant = take_id(&mut self.fields[merchant], "merchant")?;
         let gender = Gender::from_field(strip_single_quotes(&self.fields[gender]));
         let amount_text = strip_single_quotes(&self.fields[amount]);
-        let cents = parse_cents(amount_text).ok_or_else(|| RejectReason::BadAmount {
-            text: String::from_utf8_lossy(amount_text).into_owned(),
+        let cents = parse_amount(amount_text).map_err(|e| {
+            let text = String::from_utf8_lossy(amount_text).into_owned();
+            match e {
+                AmountError::Syntax => RejectReason::BadAmount { text },
+                AmountError::TooManyDigits(digits) => RejectReason::AmountTooLarge {
+                    text,
+                    digits,
+                    limit: MAX_AMOUNT_INT_DIGITS,
+                },
+            }
         })?;
         Ok(Transaction {
             row,
@@ -253,41 +299,15 @@ impl<'a> TransactionReader<'a> {
     }
 }
 
-/// Takes an identifier field out of the field list: unquoted and non-empty.
-fn take_id_bytes<'a>(
-    field: &mut Cow<'a, [u8]>,
-    column: &'static str,
-) -> Result<Cow<'a, [u8]>, RejectReason> {
-    let text: Cow<'a, [u8]> = match std::mem::take(field) {
-        Cow::Borrowed(b) => Cow::Borrowed(strip_single_quotes(b)),
-        Cow::Owned(v) => Cow::Owned(strip_single_quotes(&v).to_vec()),
-    };
-    if text.is_empty() {
-        return Err(RejectReason::EmptyField { column });
-    }
-    Ok(text)
-}
-
-/// Takes an identifier field out of the field list: unquoted, non-empty, UTF-8.
+/// Takes an id field out of the field list: unquoted (one pair of single quotes) and
+/// checked against the id rule.
 pub(crate) fn take_id<'a>(
     field: &mut Cow<'a, [u8]>,
     column: &'static str,
 ) -> Result<Cow<'a, str>, RejectReason> {
-    let field = std::mem::take(field);
-    let text: Cow<'a, [u8]> = match field {
-        Cow::Borrowed(b) => Cow::Borrowed(strip_single_quotes(b)),
-        Cow::Owned(v) => Cow::Owned(strip_single_quotes(&v).to_vec()),
-    };
-    if text.is_empty() {
-        return Err(RejectReason::EmptyField { column });
-    }
-    match text {
-        Cow::Borrowed(b) => std::str::from_utf8(b)
-            .map(Cow::Borrowed)
-            .map_err(|_| RejectReason::NotUtf8 { column }),
-        Cow::Owned(v) => String::from_utf8(v)
-            .map(Cow::Owned)
-            .map_err(|_| RejectReason::NotUtf8 { column }),
+    match std::mem::take(field) {
+        Cow::Borrowed(b) => check_id(strip_single_quotes(b), column).map(Cow::Borrowed),
+        Cow::Owned(v) => check_id(strip_single_quotes(&v), column).map(|t| Cow::Owned(t.into())),
     }
 }
 
@@ -358,7 +378,7 @@ mod tests {
         let text = format!("{HEADER}{line}\n");
         let rows = read(&text);
         let rejected = rows.into_iter().next().unwrap().unwrap_err();
-        assert_eq!(rejected.raw_text(), line);
+        assert_eq!(rejected.raw, line.as_bytes());
         assert_eq!(rejected.row, 1);
         rejected.reason
     }
@@ -405,15 +425,161 @@ mod tests {
         );
     }
 
-    #[test]
-    fn invalid_utf8_is_rejected_not_panicking() {
+    /// Reads one data row given as bytes; returns the rejection, if any.
+    fn read_bytes(line: &[u8]) -> Result<(String, String, u64), RejectedRow> {
         let mut bytes = HEADER.as_bytes().to_vec();
-        bytes.extend_from_slice(b"0,'C\xff','4','M','1','M1','1','c',4.55,0\n");
-        let rows: Vec<_> = TransactionReader::new(&bytes, 1).unwrap().collect();
+        bytes.extend_from_slice(line);
+        bytes.push(b'\n');
+        let mut rows = TransactionReader::new(&bytes, 1).unwrap();
+        let row = rows.next().unwrap();
+        assert!(rows.next().is_none());
+        row.map(|tx| (tx.customer.into_owned(), tx.merchant.into_owned(), tx.cents))
+    }
+
+    fn row_with(customer: &[u8], merchant: &[u8], amount: &[u8]) -> Vec<u8> {
+        let mut line = b"0,'".to_vec();
+        line.extend_from_slice(customer);
+        line.extend_from_slice(b"','4','M','1','");
+        line.extend_from_slice(merchant);
+        line.extend_from_slice(b"','1','c',");
+        line.extend_from_slice(amount);
+        line.extend_from_slice(b",0");
+        line
+    }
+
+    #[test]
+    fn invalid_utf8_id_is_rejected_and_kept_exactly() {
+        let line = row_with(b"C\xff", b"M1", b"4.55");
+        let rejected = read_bytes(&line).unwrap_err();
         assert_eq!(
-            rows[0].as_ref().unwrap().ids().unwrap_err(),
+            rejected.reason,
             RejectReason::NotUtf8 { column: "customer" }
         );
+        assert_eq!(rejected.raw, line);
+        let line = row_with(b"C1", b"M\xfe", b"4.55");
+        assert_eq!(
+            read_bytes(&line).unwrap_err().reason,
+            RejectReason::NotUtf8 { column: "merchant" }
+        );
+    }
+
+    #[test]
+    fn ids_of_128_bytes_pass_and_129_are_rejected() {
+        let c128 = "C".repeat(128);
+        assert_eq!(
+            read_bytes(&row_with(c128.as_bytes(), b"M1", b"1"))
+                .unwrap()
+                .0,
+            c128
+        );
+        let m129 = "M".repeat(129);
+        let rejected = read_bytes(&row_with(b"C1", m129.as_bytes(), b"1")).unwrap_err();
+        assert_eq!(
+            rejected.reason,
+            RejectReason::IdTooLong {
+                column: "merchant",
+                len: 129,
+                limit: 128
+            }
+        );
+        let text = rejected.reason.to_string();
+        assert!(text.contains("129") && text.contains("128"), "{text}");
+        // The quotes are not part of the id: 128 bytes inside '…' is fine.
+        let quoted = format!("\"{c128}\"");
+        let line = format!("0,{quoted},4,M,1,M1,1,c,1,0");
+        assert!(read_bytes(line.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn multibyte_id_at_the_limit() {
+        let fits = format!("{}ü", "C".repeat(126));
+        assert!(read_bytes(&row_with(fits.as_bytes(), b"M1", b"1")).is_ok());
+        let over = format!("{}ü", "C".repeat(127));
+        assert_eq!(
+            read_bytes(&row_with(over.as_bytes(), b"M1", b"1"))
+                .unwrap_err()
+                .reason,
+            RejectReason::IdTooLong {
+                column: "customer",
+                len: 129,
+                limit: 128
+            }
+        );
+        let (c, m, _) =
+            read_bytes(&row_with("Çustömer".as_bytes(), "Mé".as_bytes(), b"1")).unwrap();
+        assert_eq!((c.as_str(), m.as_str()), ("Çustömer", "Mé"));
+    }
+
+    #[test]
+    fn control_characters_in_ids_are_rejected() {
+        for (id, code) in [(&b"C\t1"[..], 0x09), (b"C\x7f", 0x7f), (b"\x01C", 0x01)] {
+            let rejected = read_bytes(&row_with(id, b"M1", b"1")).unwrap_err();
+            assert_eq!(
+                rejected.reason,
+                RejectReason::ControlCharacter {
+                    column: "customer",
+                    code
+                }
+            );
+            assert!(rejected
+                .reason
+                .to_string()
+                .contains(&format!("U+{code:04X}")));
+        }
+        // A tab in a column that is not an id is fine.
+        let line = b"0,'C1','4\t','M','1','M1','1','c',1,0";
+        assert!(read_bytes(line).is_ok());
+    }
+
+    #[test]
+    fn nul_anywhere_rejects_the_row_and_is_kept() {
+        // In an unused column.
+        let line = b"0,'C1','4','M','1','M1','1','c\0x',1,0";
+        let rejected = read_bytes(line).unwrap_err();
+        assert_eq!(rejected.reason, RejectReason::NulByte { offset: 30 });
+        assert_eq!(rejected.raw, line);
+        assert!(rejected.reason.to_string().contains("NUL"));
+        // Inside a double-quoted field, and in an id.
+        let line = b"0,C1,4,M,1,M1,1,\"a\0\",1,0";
+        assert!(matches!(
+            read_bytes(line).unwrap_err().reason,
+            RejectReason::NulByte { .. }
+        ));
+        assert!(matches!(
+            read_bytes(&row_with(b"C\x001", b"M1", b"1"))
+                .unwrap_err()
+                .reason,
+            RejectReason::NulByte { .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_in_an_unused_column_is_accepted() {
+        let line = b"0,'C1','4','M','1','M1','1','caf\xe9',1,0";
+        assert_eq!(
+            read_bytes(line).unwrap(),
+            ("C1".to_string(), "M1".to_string(), 100)
+        );
+    }
+
+    #[test]
+    fn amounts_of_12_integer_digits_pass_and_13_are_rejected() {
+        assert_eq!(
+            read_bytes(&row_with(b"C1", b"M1", b"999999999999.99"))
+                .unwrap()
+                .2,
+            99_999_999_999_999
+        );
+        let rejected = read_bytes(&row_with(b"C1", b"M1", b"1000000000000.00")).unwrap_err();
+        assert_eq!(
+            rejected.reason,
+            RejectReason::AmountTooLarge {
+                text: "1000000000000.00".into(),
+                digits: 13,
+                limit: 12
+            }
+        );
+        assert!(rejected.reason.to_string().contains("13 integer digits"));
     }
 
     #[test]

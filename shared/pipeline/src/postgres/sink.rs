@@ -252,7 +252,7 @@ fn rejected_columns(rows: &[RejectedRow]) -> (Vec<i64>, Vec<Vec<u8>>, Vec<String
     (
         rows.iter().map(|r| r.row as i64).collect(),
         rows.iter().map(|r| r.raw.clone()).collect(),
-        rows.iter().map(|r| r.raw_text()).collect(),
+        rows.iter().map(|r| r.raw_text().into_owned()).collect(),
         rows.iter().map(|r| r.reason.to_string()).collect(),
     )
 }
