@@ -380,9 +380,13 @@ async fn postgres_down_fails_without_advancing_then_completes() -> Result<()> {
     deliver(&detector, &keys[0..3]).await?;
     keys.extend(chunk_some(&stack, SOURCE_KEY, &data, None).await?);
     stack.local.pg.as_mut().unwrap().pause()?;
-    for _ in 0..2 {
+    for attempt in 1..=4 {
         assert!(deliver(&detector, &keys[3..4]).await.is_err());
-        assert_eq!(head(&detector, &stack.stream().await?).await?.next_chunk, 3);
+        let h = head(&detector, &stack.stream().await?).await?;
+        assert_eq!(h.next_chunk, 3);
+        // A database that is away is a passing cause: counted, never parked.
+        let failure = h.failure.expect("the failed attempt is recorded");
+        assert_eq!((failure.attempts, failure.parked), (attempt, false));
     }
     stack.local.pg.as_mut().unwrap().resume()?;
     deliver(&detector, &keys[keys.len() - 1..]).await?;

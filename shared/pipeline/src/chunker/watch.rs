@@ -2,8 +2,8 @@
 //! happens: it measures the detector's lag (so the lag alarm fires when the detector
 //! is stuck, not only while it is busy), reports a parked chunk, and — when the
 //! detector lags and has made no progress for a while (a lost S3 event, a backlog left
-//! at an invocation's deadline, a chunk object that expired) — writes the next chunk
-//! again, exactly as it was cut, which also announces it to the detector.
+//! at an invocation's deadline, a chunk object that expired) — writes the next chunks
+//! again, exactly as they were cut, which also announces them to the detector.
 
 use super::{Chunker, ChunkerError};
 use crate::clock::Clock;
@@ -20,9 +20,15 @@ pub struct Watch {
     pub lag: u64,
     /// The chunk the detector parked, if it did.
     pub parked: Option<ChunkFailure>,
-    /// The chunk written again to wake the detector, if any.
+    /// The first chunk written again to wake the detector, if any.
     pub kicked: Option<u64>,
+    /// How many chunks were written again.
+    pub rewritten: u64,
 }
+
+/// At most this many chunks are written again per tick: enough to restore a run of
+/// expired chunks quickly, few enough to keep a tick short.
+const REWRITE_PER_TICK: u64 = 16;
 
 /// Watches one stream from the chunker's side.
 pub struct StreamWatch<'a> {
@@ -54,6 +60,7 @@ impl StreamWatch<'_> {
             lag: cursor.next_chunk.saturating_sub(applied),
             parked: head.as_ref().and_then(|h| h.parked()).cloned(),
             kicked: None,
+            rewritten: 0,
         };
         if watch.lag == 0 || watch.parked.is_some() || applied >= cut_before {
             return Ok(watch);
@@ -66,15 +73,22 @@ impl StreamWatch<'_> {
         if !missing && idle_ms < self.stall.as_millis() as i64 {
             return Ok(watch);
         }
-        let chunk = chunker.recut(&cursor, applied).await?;
-        chunker.put(&chunk).await?;
+        // The next chunk, and those after it: after a long pause they may all have
+        // expired. Writing an existing one again is harmless (same key, same bytes).
+        let upto = cursor.next_chunk.min(applied + REWRITE_PER_TICK);
+        for k in applied..upto {
+            let chunk = chunker.recut(&cursor, k).await?;
+            chunker.put(&chunk).await?;
+            watch.rewritten += 1;
+        }
         tracing::warn!(
             stream = %cursor.stream,
-            chunk = applied,
+            from = applied,
+            chunks = watch.rewritten,
             lag = watch.lag,
             idle_secs = idle_ms / 1000,
             missing,
-            "the detector lags with no progress: chunk written again to wake it"
+            "the detector lags with no progress: chunks written again to wake it"
         );
         watch.kicked = Some(applied);
         Ok(watch)

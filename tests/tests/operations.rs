@@ -1,0 +1,585 @@
+//! What keeps a stream going for months, against moto and a real Postgres: a chunk the
+//! database refuses is parked loudly and resumed; the chunker's tick wakes a detector
+//! that lost its events; backpressure; a pause longer than every retention; deadlines;
+//! two detectors at once; limits no chunk can hit; settings pinned per stream
+//! (`docs/architecture.md#keeping-a-stream-alive`).
+
+use anyhow::Result;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use txpipe::chunker::ChunkerService;
+use txpipe::detector::DetectorService;
+use txpipe::layout::StreamName;
+use txpipe::setup::Stores;
+use txpipe::store::{DetectorHead, StoreError};
+use txpipe_e2e::*;
+use txpipe_testkit::clock::{Expiring, TestClock};
+use txpipe_testkit::events::Notifying;
+
+/// Small chunks, low thresholds, frequent snapshots, a short stall.
+const SMALL: &[(&str, &str)] = &[
+    ("TXPIPE_ROWS_PER_CHUNK", "2000"),
+    ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS", "3000"),
+    ("TXPIPE_DEI_MIN_FEMALE", "20"),
+    ("TXPIPE_SNAPSHOT_MAX_DELTAS", "4"),
+    ("TXPIPE_DETECTOR_STALL_SECS", "60"),
+    ("TXPIPE_CHUNKER_BUDGET_SECS", "30"),
+];
+
+fn settings(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    SMALL.iter().chain(extra).copied().collect()
+}
+
+async fn upload(stack: &Stack, rows: u64) -> Result<()> {
+    let dir = temp_dir(&format!("operations-{rows}"))?;
+    let (transactions, importance) = generate(&dir, rows, 5, 700)?;
+    stack.put(SOURCE_KEY, transactions).await?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    Ok(())
+}
+
+async fn head(detector: &DetectorService, stream: &StreamName) -> Result<DetectorHead> {
+    detector
+        .detector()
+        .await
+        .head(stream)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no head for {stream}"))
+}
+
+/// The chunker's stores with every chunk write announced on a channel (S3's events),
+/// so a test decides which announcements reach the detector.
+fn announcing(
+    stack: &Stack,
+    extra: &[(&str, &str)],
+) -> Result<(Stores, mpsc::UnboundedReceiver<String>)> {
+    let stores = stack.stores(&stack.config(extra)?);
+    let (events, incoming) = mpsc::unbounded_channel();
+    let objects = Arc::new(Notifying {
+        inner: stores.objects.clone(),
+        events,
+    });
+    Ok((Stores { objects, ..stores }, incoming))
+}
+
+fn drain(incoming: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    let mut keys = Vec::new();
+    while let Ok(key) = incoming.try_recv() {
+        keys.push(key);
+    }
+    keys
+}
+
+async fn tick(chunker: &ChunkerService) -> Result<txpipe::chunker::ChunkerResponse> {
+    Ok(chunker.handle(&serde_json::json!({}), far()).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_the_database_refuses_is_parked_shown_and_resumed() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 12_000).await?;
+    let extra = settings(&[("TXPIPE_PARK_AFTER_ATTEMPTS", "3")]);
+    stack.chunker(&extra)?.run(far(), Some(2)).await?;
+    let stream = stack.stream().await?;
+    let detector = stack.detector(&extra).await?;
+    deliver(&detector, &[stream.chunk_key(1)]).await?;
+    let run = stack.chunker(&extra)?.run(far(), None).await?;
+    assert_eq!(run.next_chunk, 6);
+    let pg = stack.pg_client().await?;
+    // The database refuses chunk 2's ledger row: a deterministic failure.
+    pg.batch_execute("ALTER TABLE chunks ADD CONSTRAINT refuse_2 CHECK (chunk <> 2)")
+        .await?;
+    let last = stream.chunk_key(5);
+    for attempt in 1..=3 {
+        let err = deliver(&detector, std::slice::from_ref(&last))
+            .await
+            .unwrap_err()
+            .to_string();
+        // The server's own words and SQLSTATE, never a bare "db error".
+        assert!(err.contains("refuse_2"), "{err}");
+        assert!(err.contains("SQLSTATE 23514"), "{err}");
+        let h = head(&detector, &stream).await?;
+        assert_eq!(h.next_chunk, 2);
+        let failure = h.failure.expect("the failed attempt is recorded");
+        assert_eq!((failure.chunk, failure.attempts), (2, attempt));
+        assert_eq!(failure.parked, attempt == 3, "attempt {attempt}");
+    }
+    // Parked: the stream waits visibly; events are answered, not retried for ever.
+    let reply = deliver(&detector, std::slice::from_ref(&last)).await?;
+    assert_eq!(reply.streams[0].parked, Some(2));
+    assert!(reply.applied.is_empty());
+    let config = stack.config(&extra)?;
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, None)
+        .await?
+        .render();
+    assert!(status.contains("PARKED"), "{status}");
+    assert!(status.contains("chunk 2 after 3 attempts"), "{status}");
+    assert!(status.contains("SQLSTATE 23514"), "{status}");
+    assert!(
+        status.contains(&format!("txpipe resume --stream {stream}")),
+        "{status}"
+    );
+    // The chunker's tick reports it every minute (the parked alarm's metric).
+    assert_eq!(tick(&stack.chunker(&extra)?).await?.parked, Some(2));
+
+    // The cause is fixed; `txpipe resume` clears the park and writes chunk 2 again,
+    // whose event (delivered here as S3 would) completes the stream.
+    pg.batch_execute("ALTER TABLE chunks DROP CONSTRAINT refuse_2")
+        .await?;
+    let said = txpipe_cli::operate::resume(&stack.local.clients, &config, None, false).await?;
+    assert!(said.contains("chunk 2 unparked"), "{said}");
+    assert!(said.contains(&stream.chunk_key(2)), "{said}");
+    let reply = deliver(&detector, &[stream.chunk_key(2)]).await?;
+    assert_eq!(reply.streams[0].applied, vec![2, 3, 4, 5]);
+    let h = head(&detector, &stream).await?;
+    assert!(h.finished && h.failure.is_none());
+    let ledger: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM chunks WHERE stream = $1",
+            &[&stream.as_str()],
+        )
+        .await?
+        .get(0);
+    assert_eq!(ledger, 6);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chunkers_tick_wakes_a_detector_that_lost_its_events() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 16_000).await?;
+    let clock = TestClock::new();
+    let (stores, mut incoming) = announcing(&stack, SMALL)?;
+    let chunker = stack.chunker_over(SMALL, stores, clock.clone())?;
+    let config = stack.config(SMALL)?;
+    let detector = stack
+        .detector_over(
+            SMALL,
+            stack.stores(&config),
+            stack.sink(&config)?,
+            clock.clone(),
+        )
+        .await?;
+    // Four chunks cut; their events reach the detector.
+    chunker.run(far(), Some(4)).await?;
+    let stream = stack.stream().await?;
+    deliver(&detector, &drain(&mut incoming)).await?;
+    assert_eq!(head(&detector, &stream).await?.next_chunk, 4);
+    // The next tick cuts the rest, but every one of its events is lost.
+    let response = tick(&chunker).await?;
+    assert_eq!((response.next_chunk, response.lag), (8, 4));
+    assert_eq!(response.kicked, None, "those chunks were just announced");
+    drain(&mut incoming);
+    // A minute later nothing moved, but the detector is not idle long enough yet.
+    clock.advance(chrono::Duration::seconds(30));
+    let response = tick(&chunker).await?;
+    assert_eq!((response.lag, response.kicked), (4, None));
+    assert!(drain(&mut incoming).is_empty());
+    // Past the stall: the tick writes the next chunks again, which announces them.
+    clock.advance(chrono::Duration::seconds(60));
+    let response = tick(&chunker).await?;
+    assert_eq!((response.lag, response.kicked), (4, Some(4)));
+    let again = drain(&mut incoming);
+    assert_eq!(again.first(), Some(&stream.chunk_key(4)));
+    deliver(&detector, &again[..1]).await?;
+    let h = head(&detector, &stream).await?;
+    assert!(h.finished, "caught up to the cursor from one event");
+    assert_eq!(tick(&chunker).await?.lag, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_holds_the_chunker_while_the_detector_is_far_behind() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 20_000).await?;
+    let extra = settings(&[("TXPIPE_MAX_LAG_CHUNKS", "3")]);
+    let chunker = stack.chunker(&extra)?;
+    let response = tick(&chunker).await?;
+    assert_eq!(response.chunks, vec![0, 1, 2]);
+    assert!(response.backpressure_waits >= 1);
+    assert!(!response.finished);
+    let stream = stack.stream().await?;
+    // Nothing more while nothing is applied.
+    assert!(tick(&chunker).await?.chunks.is_empty());
+    let detector = stack.detector(&extra).await?;
+    deliver(&detector, &[stream.chunk_key(2)]).await?;
+    assert_eq!(tick(&chunker).await?.chunks, vec![3, 4, 5]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_paused_past_every_retention_completes_when_resumed() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 20_000).await?;
+    let clock = TestClock::new();
+    let config = stack.config(SMALL)?;
+    // Chunks expire 7 days after they are written, as the bucket's lifecycle rule
+    // would do if it were set that short; nothing else in the pipeline expires.
+    let real = stack.stores(&config);
+    let expiring: Arc<Expiring> = Arc::new(Expiring::new(
+        real.objects.clone(),
+        clock.clone(),
+        "chunks/",
+        chrono::Duration::days(7),
+    ));
+    let (events, mut incoming) = mpsc::unbounded_channel();
+    let objects = Arc::new(Notifying {
+        inner: expiring.clone(),
+        events,
+    });
+    let stores = Stores {
+        objects,
+        ..real.clone()
+    };
+    let chunker = stack.chunker_over(SMALL, stores.clone(), clock.clone())?;
+    let detector = stack
+        .detector_over(SMALL, stores, stack.sink(&config)?, clock.clone())
+        .await?;
+    chunker.run(far(), Some(3)).await?;
+    deliver(&detector, &drain(&mut incoming)).await?;
+    chunker.run(far(), None).await?;
+    drain(&mut incoming); // lost: the stream pauses with 7 chunks unapplied
+    let stream = stack.stream().await?;
+    assert_eq!(head(&detector, &stream).await?.next_chunk, 3);
+
+    // A year passes. Every chunk expires, applied or not.
+    clock.advance(chrono::Duration::days(400));
+    let gone = expiring.expire_due().await?;
+    assert_eq!(gone.len(), 10);
+    assert!(stack.list(&stream.chunks_prefix()).await?.is_empty());
+    // An event for a chunk that is gone says so (and alarms) instead of waiting.
+    let reply = deliver(&detector, &[stream.chunk_key(9)]).await?;
+    assert_eq!(reply.streams[0].missing, Some(3));
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, None)
+        .await?
+        .render();
+    assert!(status.contains("is missing"), "{status}");
+    // The chunker's next tick re-cuts what the detector needs, exactly as first cut.
+    let response = tick(&chunker).await?;
+    assert_eq!((response.kicked, response.lag), (Some(3), 7));
+    let announced = drain(&mut incoming);
+    assert_eq!(announced.len(), 7);
+    deliver(&detector, &announced[..1]).await?;
+    let h = head(&detector, &stream).await?;
+    assert!(h.finished && h.failure.is_none(), "{h:?}");
+
+    // The same outputs as a stream that never paused.
+    let clean = stack.chunker(&settings(&[("TXPIPE_SOURCE_KEY", "input/clean.csv")]))?;
+    stack
+        .put(
+            "input/clean.csv",
+            stack.get(SOURCE_KEY).await?.unwrap_or_default(),
+        )
+        .await?;
+    clean.run(far(), None).await?;
+    let clean_stream = stack.stream_of("input/clean.csv").await?;
+    let clean_detector = stack.detector(SMALL).await?;
+    deliver(&clean_detector, &[clean_stream.chunk_key(9)]).await?;
+    let pg = stack.pg_client().await?;
+    let detections = |s: StreamName| {
+        let pg = &pg;
+        async move {
+            pg.query(
+                "SELECT chunk, seq_in_chunk, pattern_id, merchant_id, customer_name
+                 FROM detections WHERE stream = $1 ORDER BY chunk, seq_in_chunk",
+                &[&s.as_str()],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        let t: (i64, i32, String, String, String) =
+                            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                        t
+                    })
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    let (got, want) = (detections(stream).await?, detections(clean_stream).await?);
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detector_stops_before_its_deadline_and_the_next_one_goes_on() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 20_000).await?;
+    stack.chunker(SMALL)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    let detector = stack.detector(SMALL).await?;
+    // Almost no time left: nothing is started that could not finish.
+    let event = object_created(BUCKET, &[stream.chunk_key(9)]);
+    let reply = detector
+        .handle(&event, Instant::now() + Duration::from_millis(100))
+        .await?;
+    assert!(reply.streams[0].deferred);
+    assert!(reply.applied.len() < 10);
+    let reply = deliver(&detector, &[stream.chunk_key(9)]).await?;
+    assert!(!reply.streams[0].deferred);
+    assert!(head(&detector, &stream).await?.finished);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_detectors_at_once_apply_each_chunk_once() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 20_000).await?;
+    stack.chunker(SMALL)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    let (a, b) = (stack.detector(SMALL).await?, stack.detector(SMALL).await?);
+    let keys: Vec<String> = (0..10).map(|k| stream.chunk_key(k)).collect();
+    let (ra, rb) = tokio::join!(deliver(&a, &keys[9..]), deliver(&b, &keys[9..]));
+    let (ra, rb) = (ra?, rb?);
+    let mut applied: Vec<u64> = ra
+        .applied
+        .iter()
+        .chain(&rb.applied)
+        .map(|c| c.chunk)
+        .collect();
+    applied.sort();
+    // One of them held the stream's lease; between them every chunk exactly once.
+    assert_eq!(applied, (0..10).collect::<Vec<_>>());
+    assert!(
+        ra.streams[0].busy || rb.streams[0].busy || ra.applied.is_empty() || rb.applied.is_empty()
+    );
+    let pg = stack.pg_client().await?;
+    let ledger: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM chunks WHERE stream = $1",
+            &[&stream.as_str()],
+        )
+        .await?
+        .get(0);
+    assert_eq!(ledger, 10);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_setting_that_shapes_a_stream_is_pinned() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 8_000).await?;
+    stack.chunker(SMALL)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    deliver(&stack.detector(SMALL).await?, &[stream.chunk_key(1)]).await?;
+    // Detections per file: part of the stored fingerprint.
+    let other = stack
+        .detector(&settings(&[("TXPIPE_DETECTIONS_PER_FILE", "51")]))
+        .await?;
+    let err = deliver(&other, &[stream.chunk_key(3)]).await.unwrap_err();
+    assert!(err.to_string().contains("was built with settings"), "{err}");
+    // R: the chunks say how they were cut; a detector configured otherwise refuses.
+    let config = stack.config(&settings(&[("TXPIPE_ROWS_PER_CHUNK", "1000")]))?;
+    let detector = stack
+        .detector_over(
+            &settings(&[("TXPIPE_ROWS_PER_CHUNK", "1000")]),
+            stack.stores(&config),
+            stack.sink(&config)?,
+            txpipe::clock::system(),
+        )
+        .await?;
+    let err = deliver(&detector, &[stream.chunk_key(3)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rows_per_chunk"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_chunk_can_hit_a_storage_limit() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    // R = 100,000 rows, every one a new 128-byte customer: every pair is new.
+    let mut text = String::from(
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+    );
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..100_000u32 {
+        // Random-looking ids, so compression cannot hide their size.
+        let customer: String = std::iter::once('C')
+            .chain((0..127).map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[(state >> 58) as usize % 36])
+            }))
+            .collect();
+        let merchant = format!("M{}", i % 97);
+        let gender = if i % 3 == 0 { "F" } else { "M" };
+        text.push_str(&format!(
+            "0,'{customer}','2','{gender}','28007','{merchant}','28007','es_food',{}.{:02},0\n",
+            i % 500,
+            i % 100
+        ));
+    }
+    stack.put(SOURCE_KEY, text.into_bytes()).await?;
+    stack
+        .put(
+            IMPORTANCE_KEY,
+            b"Source,Target,Weight,typeTrans,fraud\n".to_vec(),
+        )
+        .await?;
+    let extra = [("TXPIPE_ROWS_PER_CHUNK", "100000")];
+    let run = stack.chunker(&extra)?.run(far(), None).await?;
+    assert_eq!(run.next_chunk, 1);
+    let stream = stack.stream().await?;
+    let detector = stack.detector(&extra).await?;
+    let reply = deliver(&detector, &[stream.chunk_key(0)]).await?;
+    let applied = &reply.applied[0];
+    assert_eq!(applied.rows, 100_000);
+    // The delta is far over a DynamoDB item's 400 KB and a transaction's 4 MB: it is an
+    // S3 object, and the head stays small.
+    assert!(applied.delta_bytes > 4 << 20, "{}", applied.delta_bytes);
+    let h = head(&detector, &stream).await?;
+    assert!(h.finished);
+    assert!(h.pending.len() < 64 * 1024);
+    // The adapter refuses an item over DynamoDB's limit before sending it, with the
+    // figure, though moto would take it.
+    let mut huge = h.clone();
+    huge.pending = vec![7; 500 * 1024];
+    let config = stack.config(&extra)?;
+    let err = stack
+        .stores(&config)
+        .state
+        .put_head(&huge, Some(h.version))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Limit { limit: 409_600, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("409600 bytes"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_rows_are_stored_byte_for_byte() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let header = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+    let mut source = header.as_bytes().to_vec();
+    let good = b"0,'C1','2','F','28007','M1','28007','es_food',12.50,0\n";
+    // A NUL in an unused column, and invalid UTF-8 in an id: both rejected.
+    let nul = b"1,'C2','2','F','28007','M1','28007','es_f\x00od',1.00,0\n";
+    let bad_utf8 = b"2,'C\xff3','2','F','28007','M1','28007','es_food',1.00,0\n";
+    // Invalid UTF-8 in an unused column: accepted, and copied losslessly.
+    let odd_category = b"3,'C4','2','F','28007','M1','28007','es_\xfefood',1.00,0\n";
+    for row in [&good[..], nul, bad_utf8, odd_category] {
+        source.extend_from_slice(row);
+    }
+    stack.put(SOURCE_KEY, source).await?;
+    stack
+        .put(
+            IMPORTANCE_KEY,
+            b"Source,Target,Weight,typeTrans,fraud\n'C\x001','M1',1.0,'x',0\n".to_vec(),
+        )
+        .await?;
+    let extra = [("TXPIPE_PG_TRANSACTIONS", "on")];
+    stack.chunker(&extra)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    let detector = stack.detector(&extra).await?;
+    deliver(&detector, &[stream.chunk_key(0)]).await?;
+    assert!(head(&detector, &stream).await?.finished);
+    let pg = stack.pg_client().await?;
+    let rows = pg
+        .query(
+            "SELECT file, row_number, raw, raw_text, reason FROM rejected_rows ORDER BY file, row_number",
+            &[],
+        )
+        .await?;
+    let got: Vec<(String, i64, Vec<u8>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("importance".into(), 1, b"'C\x001','M1',1.0,'x',0".to_vec()),
+            ("transactions".into(), 2, nul[..nul.len() - 1].to_vec()),
+            (
+                "transactions".into(),
+                3,
+                bad_utf8[..bad_utf8.len() - 1].to_vec()
+            ),
+        ]
+    );
+    let reasons: Vec<String> = rows.iter().map(|r| r.get(4)).collect();
+    assert!(reasons.iter().all(|r| !r.is_empty()), "{reasons:?}");
+    let raw: Vec<u8> = pg
+        .query_one("SELECT raw FROM transactions WHERE row_number = 4", &[])
+        .await?
+        .get(0);
+    assert_eq!(raw, odd_category[..odd_category.len() - 1].to_vec());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_transaction_partitions_are_dropped() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 4_000).await?;
+    let extra = settings(&[
+        ("TXPIPE_PG_TRANSACTIONS", "on"),
+        ("TXPIPE_PG_TRANSACTIONS_RETENTION_DAYS", "7"),
+    ]);
+    stack.chunker(&extra)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    deliver(&stack.detector(&extra).await?, &[stream.chunk_key(1)]).await?;
+    let pg = stack.pg_client().await?;
+    let today = chrono::Utc::now().date_naive().format("%Y%m%d").to_string();
+    let n: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM transactions_{today}"), &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 4_000, "today's rows are in today's partition");
+    pg.batch_execute(
+        "CREATE TABLE transactions_20000101 PARTITION OF transactions
+         FOR VALUES FROM ('2000-01-01') TO ('2000-01-02')",
+    )
+    .await?;
+    // A new container's first connection maintains the partitions.
+    deliver(&stack.detector(&extra).await?, &[stream.chunk_key(1)]).await?;
+    let left: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'transactions_20000101'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_input_is_not_an_error() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let response = tick(&stack.chunker(SMALL)?).await?;
+    assert!(response.waiting_for_input);
+    assert!(response.chunks.is_empty());
+    Ok(())
+}
+
+/// The lease is the stream's, not the function's: another stream goes on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lease_answers_busy_and_blocks_nothing_else() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 4_000).await?;
+    stack.chunker(SMALL)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    let config = stack.config(SMALL)?;
+    let state = stack.stores(&config).state;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(
+        state
+            .acquire_lease(&stream, "someone-else", now, now + 60_000)
+            .await?,
+        txpipe::store::Fenced::Written
+    );
+    let detector = stack.detector(SMALL).await?;
+    let reply = deliver(&detector, &[stream.chunk_key(1)]).await?;
+    assert!(reply.streams[0].busy);
+    assert!(reply.applied.is_empty());
+    state.release_lease(&stream, "someone-else").await?;
+    let reply = deliver(&detector, &[stream.chunk_key(1)]).await?;
+    assert_eq!(reply.streams[0].applied, vec![0, 1]);
+    Ok(())
+}
