@@ -34,7 +34,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(data: &Path) -> Result<()> {
-    let stack = start_stack(data).await?;
+    let stack = start_stack(&[data.to_path_buf()]).await?;
     let mut env = stack.env();
     env.set("TXPIPE_CHUNK_INTERVAL_MS", "0");
     env.set("TXPIPE_CHUNKER_BUDGET_SECS", "900");

@@ -51,9 +51,11 @@ enum Command {
     /// Run the whole pipeline locally: moto for S3 and DynamoDB, a throwaway Postgres,
     /// the real chunker and detector code, S3 events delivered as S3 would.
     Run {
-        /// Directory with transactions.csv and CustomerImportance.csv.
-        #[arg(long, env = "DATA", default_value = "data")]
-        data: PathBuf,
+        /// Directory with transactions.csv and CustomerImportance.csv. Give it more than
+        /// once (or comma-separated in DATA) to run several streams at once; the first
+        /// one's CustomerImportance.csv serves them all.
+        #[arg(long, env = "DATA", default_value = "data", value_delimiter = ',')]
+        data: Vec<PathBuf>,
         /// `max` (as fast as possible) or chunks per second (default 1, as in production).
         #[arg(long, env = "RATE", default_value = "1")]
         rate: String,
@@ -203,11 +205,20 @@ fn main() -> Result<()> {
             init_logs();
             let config = txpipe::config::Config::from_env()?;
             let stream = stream.map(|s| parse_stream(&s)).transpose()?;
-            let view = tokio::runtime::Runtime::new()?.block_on(async {
+            let views = tokio::runtime::Runtime::new()?.block_on(async {
                 let clients = txpipe::aws::AwsClients::from_env().await;
-                status::read_status(&clients, &config, stream).await
+                let mut views = Vec::new();
+                for key in &config.source.transactions_keys {
+                    views.push(status::read_status(&clients, &config, key, stream.clone()).await?);
+                    if stream.is_some() {
+                        break;
+                    }
+                }
+                anyhow::Ok(views)
             })?;
-            print!("{}", view.render());
+            for view in views {
+                print!("{}", view.render());
+            }
         }
         Command::Resume { stream, here } => {
             init_logs();

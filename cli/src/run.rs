@@ -1,11 +1,14 @@
 //! `txpipe run` (`make run`): the whole pipeline on one machine. Starts moto and a
 //! throwaway Postgres, uploads the data, and runs the real chunker and detector code —
 //! the same service functions the Lambdas call — with S3 events delivered to the
-//! detector as S3 would, one per chunk.
+//! detector as S3 would, one per chunk. Several data sets run as several streams at
+//! once, each with its own detector (as Lambda runs one container per concurrent
+//! invocation).
 
 use crate::status::read_status;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,22 +18,43 @@ use tokio::sync::mpsc;
 use txpipe::chunker::ChunkerService;
 use txpipe::config::{stream_shape, Config, EnvVars};
 use txpipe::cutting::split_source;
-use txpipe::detector::DetectorService;
+use txpipe::detector::{AppliedChunk, DetectorService};
+use txpipe::layout::StreamName;
 use txpipe::setup::Stores;
 use txpipe::store::ObjectStore;
 use txpipe_testkit::events::{object_created, Notifying};
 use txpipe_testkit::stack::{BUCKET, TABLE};
 use txpipe_testkit::LocalStack;
 
-/// Starts moto and Postgres and uploads `data/transactions.csv` and
-/// `data/CustomerImportance.csv` under `input/`.
-pub async fn start_stack(data: &Path) -> Result<LocalStack> {
-    let stack = LocalStack::start(true).await?;
-    for name in ["transactions.csv", "CustomerImportance.csv"] {
-        let path = data.join(name);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        stack.put(&format!("input/{name}"), bytes).await?;
+/// Where the `n`-th data set's transactions go: `input/transactions.csv` for the first
+/// (the stream the README and the sample events name), `input/transactions-<n>.csv`
+/// for the others.
+pub fn source_key(n: usize) -> String {
+    match n {
+        0 => "input/transactions.csv".into(),
+        n => format!("input/transactions-{}.csv", n + 1),
     }
+}
+
+/// Starts moto and Postgres and uploads each data set's `transactions.csv` (see
+/// [`source_key`]) and the first one's `CustomerImportance.csv` (the importance file is
+/// one per deployment, shared by every stream).
+pub async fn start_stack(data: &[PathBuf]) -> Result<LocalStack> {
+    let stack = LocalStack::start(true).await?;
+    let read =
+        |path: PathBuf| std::fs::read(&path).with_context(|| format!("reading {}", path.display()));
+    for (n, dir) in data.iter().enumerate() {
+        stack
+            .put(&source_key(n), read(dir.join("transactions.csv"))?)
+            .await?;
+    }
+    let first = data.first().context("no data set given")?;
+    stack
+        .put(
+            "input/CustomerImportance.csv",
+            read(first.join("CustomerImportance.csv"))?,
+        )
+        .await?;
     Ok(stack)
 }
 
@@ -57,8 +81,9 @@ pub enum View {
 /// Options of a local run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Directory with transactions.csv and CustomerImportance.csv.
-    pub data: PathBuf,
+    /// Directories with transactions.csv (and, in the first, CustomerImportance.csv):
+    /// one stream each.
+    pub data: Vec<PathBuf>,
     /// Pacing.
     pub rate: Rate,
     /// Where to copy the outputs.
@@ -138,6 +163,11 @@ fn local_env(opts: &RunOptions, stack: &LocalStack) -> EnvVars {
         env.set("TXPIPE_PG_URL", pg.url());
         env.set("TXPIPE_PG_SSLMODE", "disable");
     }
+    // The per-transaction copy is off on AWS by default (it is what fills a database);
+    // a local run shows it.
+    if env.string("TXPIPE_PG_TRANSACTIONS").is_none() {
+        env.set("TXPIPE_PG_TRANSACTIONS", "on");
+    }
     for (k, v) in &opts.settings {
         env.set(k, v.clone());
     }
@@ -146,6 +176,8 @@ fn local_env(opts: &RunOptions, stack: &LocalStack) -> EnvVars {
         Rate::Max => "0".into(),
     };
     env.set("TXPIPE_CHUNK_INTERVAL_MS", interval);
+    let keys: Vec<String> = (0..opts.data.len()).map(source_key).collect();
+    env.set("TXPIPE_SOURCE_KEYS", keys.join(","));
     env
 }
 
@@ -156,25 +188,28 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
             eprintln!("{text}");
         }
     };
-    let transactions_path = opts.data.join("transactions.csv");
-    let transactions = std::fs::read(&transactions_path)
-        .with_context(|| format!("reading {}", transactions_path.display()))?;
-
     say("starting moto (S3 + DynamoDB) and a throwaway Postgres on loopback…");
     let stack = start_stack(&opts.data).await?;
     let env = local_env(&opts, &stack);
     let config = Config::from_vars(&env)?;
-    let expected_chunks = split_source(&transactions, stream_shape(&env)?.rows_per_chunk)
-        .map(|c| c.len() as u64)
-        .unwrap_or(0);
-    drop(transactions);
+    let mut expected_chunks = 0;
+    for dir in &opts.data {
+        let path = dir.join("transactions.csv");
+        let transactions =
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        expected_chunks += split_source(&transactions, stream_shape(&env)?.rows_per_chunk)
+            .map(|c| c.len() as u64)
+            .unwrap_or(0);
+    }
     let pg_url = stack.pg.as_ref().map(|p| p.url()).unwrap_or_default();
     say(&format!(
-        "moto at {}, Postgres at {pg_url}; {} chunks to go ({})",
+        "moto at {}, Postgres at {pg_url}; {} chunks to go in {} stream{} ({})",
         stack.moto.endpoint(),
         expected_chunks,
+        opts.data.len(),
+        if opts.data.len() == 1 { "" } else { "s" },
         match opts.rate {
-            Rate::Paced(d) => format!("one every {d:?}"),
+            Rate::Paced(d) => format!("one every {d:?} per stream"),
             Rate::Max => "as fast as possible".into(),
         }
     ));
@@ -192,8 +227,6 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         ..stores.clone()
     };
     let chunker = ChunkerService::new(chunker_stores, &config);
-    let detector =
-        DetectorService::new(stores.clone(), stores.postgres(clients, &config)?, &config).await?;
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
     let mut summary = RunSummary {
@@ -208,63 +241,72 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
                 // One scheduled invocation: a minute's budget, as on AWS.
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let response = chunker.handle(&serde_json::json!({}), deadline).await?;
-                progress
-                    .created
-                    .store(response.next_chunk, Ordering::Relaxed);
-                if response.finished {
+                let created = response.sources.iter().map(|s| s.next_chunk).sum();
+                progress.created.store(created, Ordering::Relaxed);
+                if response.finished() {
                     break;
                 }
             }
-            // Dropping the chunker's store closes the event channel: the detector task
-            // ends once it has handled every announced chunk.
+            // Dropping the chunker's store closes the event channel: the detector tasks
+            // end once they have handled every announced chunk.
             drop(chunker);
             anyhow::Ok(())
         }
     };
-    let detect_task = {
+    // One detector per stream, each with its own queue of events, so streams proceed
+    // side by side while each applies its chunks in order.
+    let (applied_tx, mut applied_rx) = mpsc::unbounded_channel::<AppliedChunk>();
+    let dispatch_task = {
+        let config = config.clone();
+        let stores = stores.clone();
+        async move {
+            let mut queues: HashMap<StreamName, mpsc::UnboundedSender<String>> = HashMap::new();
+            let mut workers = Vec::new();
+            while let Some(key) = incoming.recv().await {
+                let Some((stream, _)) = txpipe::layout::parse_chunk_key(&key) else {
+                    continue;
+                };
+                if !queues.contains_key(&stream) {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let detector = DetectorService::new(
+                        stores.clone(),
+                        stores.postgres(clients, &config)?,
+                        &config,
+                    )
+                    .await?;
+                    workers.push(tokio::spawn(detect_stream(
+                        detector,
+                        rx,
+                        applied_tx.clone(),
+                    )));
+                    queues.insert(stream.clone(), tx);
+                }
+                if let Some(queue) = queues.get(&stream) {
+                    let _ = queue.send(key);
+                }
+            }
+            drop(queues);
+            drop(applied_tx);
+            for worker in workers {
+                worker.await??;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let tally_task = {
         let progress = progress.clone();
         let summary = &mut summary;
-        let detector = &detector;
         async move {
-            while let Some(key) = incoming.recv().await {
-                progress.created.fetch_max(
-                    txpipe::layout::parse_chunk_key(&key).map_or(0, |(_, k)| k + 1),
-                    Ordering::Relaxed,
-                );
-                let event = object_created(BUCKET, std::slice::from_ref(&key));
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    match detector.handle(&event, deadline).await {
-                        Ok(response) => {
-                            for a in &response.applied {
-                                progress.applied.fetch_add(1, Ordering::Relaxed);
-                                progress.rows.fetch_add(a.rows, Ordering::Relaxed);
-                                progress.rejected.fetch_add(a.rejected, Ordering::Relaxed);
-                                for (i, n) in a.detections.iter().enumerate() {
-                                    progress.detections[i].fetch_add(*n, Ordering::Relaxed);
-                                }
-                                let created = progress.created.load(Ordering::Relaxed);
-                                summary
-                                    .lag_samples
-                                    .push(created.saturating_sub(a.chunk + 1));
-                                summary.chunk_millis.push(a.millis.total);
-                                summary.chunk_requests.push(a.requests);
-                            }
-                            break;
-                        }
-                        // As Lambda's async retries would: try again, then give up (a
-                        // later event catches up).
-                        Err(e) if attempts < 3 => {
-                            tracing::warn!(error = %e, attempts, "detector invocation failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                        Err(e) => {
-                            return Err(anyhow::Error::from(e).context(format!("applying {key}")))
-                        }
-                    }
+            while let Some(a) = applied_rx.recv().await {
+                progress.applied.fetch_add(1, Ordering::Relaxed);
+                progress.rows.fetch_add(a.rows, Ordering::Relaxed);
+                progress.rejected.fetch_add(a.rejected, Ordering::Relaxed);
+                for (i, n) in a.detections.iter().enumerate() {
+                    progress.detections[i].fetch_add(*n, Ordering::Relaxed);
                 }
+                summary.lag_samples.push(a.behind);
+                summary.chunk_millis.push(a.millis.total);
+                summary.chunk_requests.push(a.requests);
             }
             progress.done.store(true, Ordering::Relaxed);
             anyhow::Ok(())
@@ -272,7 +314,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     };
     let view_task = show_progress(progress.clone(), opts.view, expected_chunks);
 
-    let pipeline = async { tokio::try_join!(chunk_task, detect_task) };
+    let pipeline = async { tokio::try_join!(chunk_task, dispatch_task, tally_task) };
     tokio::select! {
         result = pipeline => { result?; }
         _ = tokio::signal::ctrl_c() => {
@@ -290,40 +332,82 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     for i in 0..3 {
         summary.detections[i] = progress.detections[i].load(Ordering::Relaxed);
     }
-    export_outputs(stores.objects.as_ref(), &opts.out).await?;
+    export_outputs(stores.objects.as_ref(), &opts.out, opts.data.len()).await?;
     if opts.view != View::Quiet {
-        let status = read_status(clients, &config, None).await?;
-        print_summary(&summary, &status, &stack);
+        let mut statuses = Vec::new();
+        for key in &config.source.transactions_keys {
+            statuses.push(read_status(clients, &config, key, None).await?);
+        }
+        print_summary(&summary, &statuses, &stack);
     }
     if opts.keep && !summary.interrupted {
         eprintln!("services kept running; press Ctrl-C to stop them");
         let _ = tokio::signal::ctrl_c().await;
     }
     say("stopping moto and Postgres");
-    drop(detector); // closes its Postgres connection before the server goes away
-    drop(stores);
+    drop(stores); // closes Postgres connections before the server goes away
     drop(stack);
     Ok(summary)
 }
 
-/// Copies the detection files out of moto into `out/detections/`.
-async fn export_outputs(objects: &dyn ObjectStore, out: &Path) -> Result<()> {
-    let dir = out.join("detections");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for key in objects.list(BUCKET, "detections/").await? {
-        if let Some(object) = objects.get(BUCKET, &key).await? {
-            let name = key.rsplit('/').next().unwrap_or("batch.jsonl");
-            std::fs::write(dir.join(name), object.bytes)?;
+/// Applies one stream's announced chunks in order, retrying a failed invocation as
+/// Lambda's asynchronous retries would, and reports each applied chunk.
+async fn detect_stream(
+    detector: DetectorService,
+    mut events: mpsc::UnboundedReceiver<String>,
+    applied: mpsc::UnboundedSender<AppliedChunk>,
+) -> Result<()> {
+    while let Some(key) = events.recv().await {
+        let event = object_created(BUCKET, std::slice::from_ref(&key));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            match detector.handle(&event, deadline).await {
+                Ok(response) => {
+                    for a in response.applied {
+                        let _ = applied.send(a);
+                    }
+                    break;
+                }
+                Err(e) if attempts < 3 => {
+                    tracing::warn!(error = %e, attempts, "detector invocation failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("applying {key}"))),
+            }
         }
     }
     Ok(())
 }
 
-fn print_summary(s: &RunSummary, status: &crate::status::Status, stack: &LocalStack) {
-    let stream = status
-        .stream
-        .as_ref()
+/// Copies the detection files out of moto into `out/detections/` (one folder per
+/// stream when there are several).
+async fn export_outputs(objects: &dyn ObjectStore, out: &Path, streams: usize) -> Result<()> {
+    let dir = out.join("detections");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for key in objects.list(BUCKET, "detections/").await? {
+        if let Some(object) = objects.get(BUCKET, &key).await? {
+            let relative = key.trim_start_matches("detections/");
+            let name = match streams {
+                1 => relative.rsplit('/').next().unwrap_or(relative),
+                _ => relative,
+            };
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, object.bytes)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(s: &RunSummary, statuses: &[crate::status::Status], stack: &LocalStack) {
+    let stream = statuses
+        .first()
+        .and_then(|s| s.stream.as_ref())
         .map_or("<stream>".to_string(), |s| s.to_string());
     let pg_url = stack.pg.as_ref().map(|p| p.url()).unwrap_or_default();
     let median = |v: &[u64]| {
@@ -351,7 +435,10 @@ fn print_summary(s: &RunSummary, status: &crate::status::Status, stack: &LocalSt
         s.lag_samples.iter().max().copied().unwrap_or(0)
     );
     eprintln!();
-    eprint!("{}", status.render());
+    for status in statuses {
+        eprint!("{}", status.render());
+        eprintln!();
+    }
     eprintln!();
     eprintln!("outputs");
     eprintln!(
@@ -433,7 +520,7 @@ pub fn default_view() -> View {
 
 /// `txpipe run --services-only`: starts moto and Postgres, uploads the data, prints the
 /// environment for `cargo lambda watch` / `txpipe status`, and waits for Ctrl-C.
-pub async fn serve(data: &Path) -> Result<()> {
+pub async fn serve(data: &[PathBuf]) -> Result<()> {
     let stack = start_stack(data).await?;
     for line in stack.exports() {
         println!("{line}");

@@ -155,20 +155,21 @@ impl Status {
     }
 }
 
-/// Reads the status of the deployment the configuration describes: the configured
-/// source's current stream, or `stream` if given.
+/// Reads where the source `source_key` stands: its current stream, or `stream` if
+/// given.
 pub async fn read_status(
     clients: &AwsClients,
     config: &Config,
+    source_key: &str,
     stream: Option<StreamName>,
 ) -> Result<Status> {
     let stores = Stores::aws(clients, config);
     let source = &config.source;
     let mut status = Status {
-        source: format!("s3://{}/{}", source.bucket, source.transactions_key),
+        source: format!("s3://{}/{}", source.bucket, source_key),
         ..Status::default()
     };
-    let id = ChunkCursor::source_id(&source.bucket, &source.transactions_key);
+    let id = ChunkCursor::source_id(&source.bucket, source_key);
     let cursor = stores
         .cursors
         .load_cursor(&id)
@@ -187,7 +188,7 @@ pub async fn read_status(
     if cursor.is_none() {
         status.waiting_for_input = stores
             .objects
-            .head(&source.bucket, &source.transactions_key)
+            .head(&source.bucket, source_key)
             .await
             .context("looking for the source file")?
             .is_none();

@@ -71,8 +71,10 @@ fn drain(incoming: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
     keys
 }
 
-async fn tick(chunker: &ChunkerService) -> Result<txpipe::chunker::ChunkerResponse> {
-    Ok(chunker.handle(&serde_json::json!({}), far()).await?)
+/// One schedule tick; what it did for the (only) source.
+async fn tick(chunker: &ChunkerService) -> Result<txpipe::chunker::SourceTick> {
+    let mut response = chunker.handle(&serde_json::json!({}), far()).await?;
+    Ok(response.sources.remove(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +112,7 @@ async fn a_chunk_the_database_refuses_is_parked_shown_and_resumed() -> Result<()
     assert_eq!(reply.streams[0].parked, Some(2));
     assert!(reply.applied.is_empty());
     let config = stack.config(&extra)?;
-    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, None)
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, SOURCE_KEY, None)
         .await?
         .render();
     assert!(status.contains("PARKED"), "{status}");
@@ -251,7 +253,7 @@ async fn a_stream_paused_past_every_retention_completes_when_resumed() -> Result
     // An event for a chunk that is gone says so (and alarms) instead of waiting.
     let reply = deliver(&detector, &[stream.chunk_key(9)]).await?;
     assert_eq!(reply.streams[0].missing, Some(3));
-    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, None)
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, SOURCE_KEY, None)
         .await?
         .render();
     assert!(status.contains("is missing"), "{status}");

@@ -152,15 +152,25 @@ impl EnvVars {
     }
 }
 
-/// Where the two input files are.
+/// Where the input files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceConfig {
-    /// Bucket of both input files.
+    /// Bucket of the input files.
     pub bucket: String,
-    /// Key of transactions.csv.
-    pub transactions_key: String,
-    /// Key of CustomerImportance.csv.
+    /// Keys of the transactions files, each its own stream (most deployments have
+    /// one); the first is the one status and operator commands default to.
+    pub transactions_keys: Vec<String>,
+    /// Key of CustomerImportance.csv, shared by every stream.
     pub importance_key: String,
+}
+
+impl SourceConfig {
+    /// The first (usually the only) transactions file.
+    pub fn transactions_key(&self) -> &str {
+        self.transactions_keys
+            .first()
+            .map_or(DEFAULT_SOURCE_KEY, String::as_str)
+    }
 }
 
 /// How the chunker paces itself and watches the detector.
@@ -238,9 +248,7 @@ impl Config {
                 bucket: env
                     .string("TXPIPE_SOURCE_BUCKET")
                     .unwrap_or_else(|| bucket.clone()),
-                transactions_key: env
-                    .string("TXPIPE_SOURCE_KEY")
-                    .unwrap_or_else(|| DEFAULT_SOURCE_KEY.into()),
+                transactions_keys: source_keys(env)?,
                 importance_key: env
                     .string("TXPIPE_IMPORTANCE_KEY")
                     .unwrap_or_else(|| DEFAULT_IMPORTANCE_KEY.into()),
@@ -288,6 +296,32 @@ impl Config {
             postgres: PgSettings::from_vars(env)?,
         })
     }
+}
+
+/// The transactions files: `TXPIPE_SOURCE_KEYS` (comma-separated, several streams at
+/// once) or `TXPIPE_SOURCE_KEY` (one).
+fn source_keys(env: &EnvVars) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = env.string("TXPIPE_SOURCE_KEYS") else {
+        return Ok(vec![env
+            .string("TXPIPE_SOURCE_KEY")
+            .unwrap_or_else(|| DEFAULT_SOURCE_KEY.into())]);
+    };
+    let keys: Vec<String> = list
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    if keys.is_empty() || unique.len() != keys.len() {
+        return Err(ConfigError::Invalid {
+            var: "TXPIPE_SOURCE_KEYS",
+            value: list,
+            expected: "distinct object keys separated by commas",
+        });
+    }
+    Ok(keys)
 }
 
 /// R and detections per file (`TXPIPE_ROWS_PER_CHUNK`, `TXPIPE_DETECTIONS_PER_FILE`).
@@ -371,7 +405,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.source.bucket, "b");
-        assert_eq!(c.source.transactions_key, DEFAULT_SOURCE_KEY);
+        assert_eq!(c.source.transactions_keys, vec![DEFAULT_SOURCE_KEY]);
         assert_eq!(c.source.importance_key, DEFAULT_IMPORTANCE_KEY);
         assert_eq!(c.shape, StreamShape::default());
         assert_eq!(c.patterns, PatternConfig::default());
@@ -417,5 +451,19 @@ mod tests {
             assert!(err.to_string().contains(var), "{err}");
         }
         assert!(vars(&[("X", "maybe")]).flag("X", false).is_err());
+        let two = Config::from_vars(&vars(&[
+            ("TXPIPE_BUCKET", "b"),
+            ("TXPIPE_STATE_TABLE", "t"),
+            ("TXPIPE_SOURCE_KEYS", "in/a.csv, in/b.csv"),
+        ]))
+        .unwrap();
+        assert_eq!(two.source.transactions_keys, vec!["in/a.csv", "in/b.csv"]);
+        let err = Config::from_vars(&vars(&[
+            ("TXPIPE_BUCKET", "b"),
+            ("TXPIPE_STATE_TABLE", "t"),
+            ("TXPIPE_SOURCE_KEYS", "in/a.csv,in/a.csv"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("TXPIPE_SOURCE_KEYS"), "{err}");
     }
 }

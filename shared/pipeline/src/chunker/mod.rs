@@ -6,7 +6,7 @@
 mod service;
 mod watch;
 
-pub use service::{ChunkerResponse, ChunkerService};
+pub use service::{ChunkerResponse, ChunkerService, SourceTick};
 pub use watch::{StreamWatch, Watch};
 
 use crate::config::Config;
@@ -53,11 +53,16 @@ pub struct ChunkerSettings {
 }
 
 impl ChunkerSettings {
-    /// The chunker's part of the configuration.
+    /// The chunker's part of the configuration, for its first source.
     pub fn from_config(c: &Config) -> Self {
+        Self::for_source(c, c.source.transactions_key())
+    }
+
+    /// The chunker's part of the configuration, for the source `key`.
+    pub fn for_source(c: &Config, key: &str) -> Self {
         ChunkerSettings {
             source_bucket: c.source.bucket.clone(),
-            source_key: c.source.transactions_key.clone(),
+            source_key: key.to_string(),
             bucket: c.bucket.clone(),
             rows_per_chunk: c.shape.rows_per_chunk,
             interval: c.chunker.interval,

@@ -14,17 +14,34 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The chunker service: stores and settings, made once per container.
+/// The chunker service: stores and settings, made once per container. It cuts every
+/// configured source, each its own stream, side by side.
 pub struct ChunkerService {
     stores: Stores,
-    settings: ChunkerSettings,
+    sources: Vec<ChunkerSettings>,
     stall: Duration,
     clock: Arc<dyn Clock>,
 }
 
-/// What one chunker invocation answers.
+/// What one chunker invocation answers: one entry per source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChunkerResponse {
+    /// Each source's tick, in the configured order.
+    pub sources: Vec<SourceTick>,
+}
+
+impl ChunkerResponse {
+    /// Whether every source is fully chunked.
+    pub fn finished(&self) -> bool {
+        self.sources.iter().all(|s| s.finished)
+    }
+}
+
+/// What one tick did for one source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceTick {
+    /// The source object.
+    pub source: String,
     /// The stream (none while waiting for the source file).
     pub stream: Option<String>,
     /// Chunks this invocation wrote, in order.
@@ -59,7 +76,12 @@ impl ChunkerService {
     pub fn new(stores: Stores, config: &Config) -> Self {
         ChunkerService {
             stores,
-            settings: ChunkerSettings::from_config(config),
+            sources: config
+                .source
+                .transactions_keys
+                .iter()
+                .map(|key| ChunkerSettings::for_source(config, key))
+                .collect(),
             stall: config.chunker.detector_stall,
             clock: clock::system(),
         }
@@ -71,9 +93,9 @@ impl ChunkerService {
         self
     }
 
-    /// The settings in use.
+    /// The settings of the first source.
     pub fn settings(&self) -> &ChunkerSettings {
-        &self.settings
+        &self.sources[0]
     }
 
     /// The stores in use.
@@ -81,8 +103,8 @@ impl ChunkerService {
         &self.stores
     }
 
-    /// One tick: cut chunks until `deadline`, then watch the stream. Any event works
-    /// (the schedule's payload carries nothing we need).
+    /// One tick: for every source at once, cut chunks until `deadline`, then watch
+    /// its stream. Any event works (the schedule's payload carries nothing we need).
     pub async fn handle(
         &self,
         _event: &Value,
@@ -90,12 +112,29 @@ impl ChunkerService {
     ) -> Result<ChunkerResponse, ChunkerError> {
         tracing::info!(
             budget_ms = millis(deadline.saturating_duration_since(Instant::now())),
+            sources = self.sources.len(),
             "schedule tick"
         );
-        let mut chunker = self.chunker();
+        let ticks = futures_util::future::join_all(
+            self.sources
+                .iter()
+                .map(|settings| self.tick_source(settings, deadline)),
+        )
+        .await;
+        Ok(ChunkerResponse {
+            sources: ticks.into_iter().collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn tick_source(
+        &self,
+        settings: &ChunkerSettings,
+        deadline: Instant,
+    ) -> Result<SourceTick, ChunkerError> {
+        let mut chunker = self.chunker_for(settings);
         let cut_before = chunker
             .cursors
-            .load_cursor(&self.settings.source_id())
+            .load_cursor(&settings.source_id())
             .await?
             .map_or(0, |c| c.next_chunk);
         let run = self.run_with(&mut chunker, deadline, None).await?;
@@ -111,8 +150,9 @@ impl ChunkerService {
                 .await?
             }
         };
-        report_tick(&self.settings, &run, &watch);
-        Ok(ChunkerResponse {
+        report_tick(settings, &run, &watch);
+        Ok(SourceTick {
+            source: settings.source_id(),
             stream: run.stream.as_ref().map(|s| s.to_string()),
             chunks: run.written.iter().map(|c| c.number).collect(),
             next_chunk: run.next_chunk,
@@ -126,22 +166,23 @@ impl ChunkerService {
         })
     }
 
-    /// Emits chunks until `deadline` or `max_chunks`, logging one event per chunk.
+    /// Emits chunks of the first source until `deadline` or `max_chunks`, logging one
+    /// event per chunk (tests, benchmarks).
     pub async fn run(
         &self,
         deadline: Instant,
         max_chunks: Option<u64>,
     ) -> Result<ChunkerRun, ChunkerError> {
-        let mut chunker = self.chunker();
+        let mut chunker = self.chunker_for(&self.sources[0]);
         self.run_with(&mut chunker, deadline, max_chunks).await
     }
 
-    /// The chunker over this service's stores, with backpressure.
-    pub fn chunker(&self) -> Chunker<'_> {
+    /// The chunker of one source over this service's stores, with backpressure.
+    pub fn chunker_for(&self, settings: &ChunkerSettings) -> Chunker<'_> {
         Chunker::new(
             self.stores.objects.as_ref(),
             self.stores.cursors.as_ref(),
-            self.settings.clone(),
+            settings.clone(),
         )
         .with_backpressure(self.stores.state.as_ref())
     }
