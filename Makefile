@@ -42,6 +42,9 @@ fmt:
 lint: rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The Lambdas carry no local stand-ins or test seams: the test kit stays out of them.
+	@! $(CARGO) tree -p chunker -p detector -e normal --prefix none | grep -E '^txpipe-(testkit|cli|e2e) ' \
+	  || { echo "a Lambda depends on the test kit or the CLI"; exit 1; }
 
 # ... then the SAM stack in moto with the real handlers (infra/infra.mk: deploy-check).
 test: rust lint lint-infra
