@@ -1151,7 +1151,7 @@ def check_existing_mode(moto, binary, workdir, pg):
         size = 0
         for name, value in item.items():
             (kind, v), = value.items()
-            size += len(name.encode()) + (len(base64.b64decode(v)) if kind == "B" else 1 if kind == "BOOL"
+            size += len(name.encode()) + (len(bytes(v)) if kind == "B" else 1 if kind == "BOOL"
                                           else len(v) // 2 + 2 if kind == "N" else len(str(v).encode()))
         return size
     sizes = {i["pk"]["S"].split("#", 1)[0]: item_bytes(i) for i in ddb.scan(TableName=outputs["StateTableName"])["Items"]}
