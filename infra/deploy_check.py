@@ -198,10 +198,10 @@ class Postgres:
             raise CheckFailed(f"{program} {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
         return out.stdout
 
-    def psql(self, sql, db="txpipe"):
-        """As the superuser, over the Unix socket."""
+    def psql(self, sql, db="txpipe", user="postgres"):
+        """As the superuser (or `user`), over the Unix socket."""
         return self.run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.dir, "-p", str(self.port),
-                        "-U", "postgres", "-d", db, "-At", "-f", "-", stdin=sql)
+                        "-U", user, "-d", db, "-At", "-f", "-", stdin=sql)
 
     def stop(self):
         if getattr(self, "running", False):
@@ -1041,13 +1041,15 @@ def check_reservation():
 
 def check_existing_mode(moto, binary, workdir, pg):
     step("DatabaseMode=existing: the app role from infra/db/app-role.sql (infra/db/app_role.py), as an operator makes it")
-    pg.psql("CREATE DATABASE txpipe;", db="postgres")
+    # As an operator would on RDS: as the master user (not a superuser; made in the
+    # create-mode step), owner of the database.
+    pg.psql(f"CREATE DATABASE txpipe OWNER {MASTER_USER};", db="postgres")
     password = base64.b32encode(os.urandom(25)).decode().rstrip("=")
-    pg.psql(app_role.render(APP_ROLE, password, "txpipe"))
+    pg.psql(app_role.render(APP_ROLE, password, "txpipe"), user=MASTER_USER)
     roles = pg.psql(f"SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{APP_ROLE}';").strip()
     check(roles == "f|f|f", f"{APP_ROLE}: logs in, not superuser, cannot create roles or databases")
-    pg.psql(app_role.render(APP_ROLE, password, "txpipe"))
-    ok("app-role.sql is idempotent (ran twice)")
+    pg.psql(app_role.render(APP_ROLE, password, "txpipe"), user=MASTER_USER)
+    ok(f"app-role.sql, run by the master user {MASTER_USER} (CREATEROLE, not a superuser), is idempotent (ran twice)")
     sm = moto.client("secretsmanager")
     secret_arn = sm.create_secret(Name="txpipe-check/db-app", SecretString=json.dumps(
         {"username": APP_ROLE, "password": password, "host": "localhost", "port": pg.port, "dbname": "txpipe"}))["ARN"]
