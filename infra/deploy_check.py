@@ -9,19 +9,25 @@
    stack created, configured by the stack's own Lambda environment: input uploaded to
    the stack's bucket, a throwaway Postgres behind verify-full TLS and password auth,
    reached through a Secrets Manager secret of the application role (infra/db/app-role.sql).
+   In create mode, the DbSetup custom resource's handler - the detector binary with
+   DbSetupFunction's environment (TXPIPE_MODE=db-setup) - runs under a stand-in for the
+   Lambda Runtime API and answers a stand-in ResponseURL, as CloudFormation drives it.
 3. Checks every AWS call each handler made against its role's IAM policy (moto records
    the calls; conditions such as dynamodb:LeadingKeys are evaluated here, as moto does
    not), and checks statically what moto accepts but does not model.
 
 Fails loudly, with the cause, at the first problem. Needs TXPIPE_MOTO_CMD and
-TXPIPE_PG_BIN (tests/ensure-tools.sh) and the txpipe binary (first argument).
+TXPIPE_PG_BIN (tests/ensure-tools.sh), the txpipe binary (first argument) and the
+detector's Lambda binary (second argument; a debug build is fine).
 """
 
 import ast
 import base64
 import copy
 import datetime
+import http.server
 import json
+import queue
 import os
 import re
 import shlex
@@ -30,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -52,6 +59,7 @@ ACCOUNT = "123456789012"  # moto's account
 STACK = "txpipe-check"
 ROWS, CUSTOMERS = 30000, 500
 APP_ROLE = "txpipe_app"
+MASTER_USER = "txpipe"  # the template's MasterUsername
 # SAM's managed policies by name, as the policy loader would find them in IAM.
 MANAGED = {
     name: f"arn:aws:iam::aws:policy/service-role/{name}"
@@ -122,7 +130,7 @@ class Moto:
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
         )
         wait_for("moto", lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2).status == 200)
-        # Lambda invocations (the chunker's kick, S3 notifications) answer without Docker.
+        # Lambda invocations (S3 notifications of new chunks) answer without Docker.
         self.post("/moto-api/config", {"lambda": {"use_docker": False}})
 
     def post(self, path, body=None):
@@ -190,10 +198,10 @@ class Postgres:
             raise CheckFailed(f"{program} {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
         return out.stdout
 
-    def psql(self, sql, db="txpipe"):
-        """As the superuser, over the Unix socket."""
+    def psql(self, sql, db="txpipe", user="postgres"):
+        """As the superuser (or `user`), over the Unix socket."""
         return self.run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.dir, "-p", str(self.port),
-                        "-U", "postgres", "-d", db, "-At", "-f", "-", stdin=sql)
+                        "-U", user, "-d", db, "-At", "-f", "-", stdin=sql)
 
     def stop(self):
         if getattr(self, "running", False):
@@ -201,6 +209,107 @@ class Postgres:
                 self.run("pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "immediate", "-w", "stop")
             except CheckFailed:
                 pass
+
+
+class LambdaRuntime:
+    """A stand-in for the Lambda Runtime API (the endpoints a custom runtime such as
+    lambda_runtime polls) and for CloudFormation's presigned ResponseURL, on one loopback
+    port: runs a real bootstrap binary for one event at a time, as Lambda would."""
+
+    def __init__(self, workdir):
+        self.events = queue.Queue()
+        self.results = queue.Queue()
+        self.answers = queue.Queue()
+        runtime = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def reply(self, code, body=b"", headers=()):
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def body(self):
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_GET(self):
+                if self.path != "/2018-06-01/runtime/invocation/next":
+                    return self.reply(404)
+                request_id, event, deadline_ms = runtime.events.get()  # blocks between events
+                self.reply(200, json.dumps(event).encode(), [
+                    ("Content-Type", "application/json"),
+                    ("Lambda-Runtime-Aws-Request-Id", request_id),
+                    ("Lambda-Runtime-Deadline-Ms", str(deadline_ms)),
+                    ("Lambda-Runtime-Invoked-Function-Arn", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:deploy-check"),
+                    ("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000"),
+                ])
+
+            def do_POST(self):
+                body = self.body()
+                m = re.match(r"^/2018-06-01/runtime/(?:invocation/([^/]+)/(response|error)|init/(error))$", self.path)
+                if not m:
+                    return self.reply(404)
+                kind = m.group(2) or "init-error"
+                runtime.results.put((kind, body.decode(errors="replace")))
+                self.reply(202, b'{"status":"OK"}', [("Content-Type", "application/json")])
+
+            def do_PUT(self):
+                body = self.body()
+                if not self.path.startswith("/cloudformation-response/"):
+                    return self.reply(404)
+                runtime.answers.put((self.path, dict(self.headers.items()), body.decode()))
+                self.reply(200)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.workdir = workdir
+        self.proc = None
+
+    def start(self, binary, env, name):
+        env = dict(env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{self.port}", AWS_LAMBDA_FUNCTION_NAME=name,
+                   AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256", AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+                   AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{name}", AWS_LAMBDA_LOG_STREAM_NAME="deploy-check")
+        self.log = os.path.join(self.workdir, f"{name}.log")
+        self.proc = subprocess.Popen([binary], env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+
+    def invoke(self, event, timeout=120):
+        """Runs one event; returns (the handler's result or error, the ResponseURL PUTs)."""
+        request_id = f"req-{time.monotonic_ns()}"
+        self.events.put((request_id, event, int(time.time() * 1000) + timeout * 1000))
+        try:
+            kind, body = self.results.get(timeout=timeout)
+        except queue.Empty:
+            raise CheckFailed(f"the handler did not finish in {timeout} s; log: {self.tail()}") from None
+        puts = []
+        while not self.answers.empty():
+            puts.append(self.answers.get())
+        return kind, body, puts
+
+    def tail(self):
+        with open(self.log) as f:
+            return "".join(f.readlines()[-20:])
+
+    def response_url(self, name):
+        # Query string like a presigned S3 URL's (the handler must keep it, and never log it).
+        return f"http://127.0.0.1:{self.port}/cloudformation-response/{name}?X-Amz-Signature=deploy-check-signature"
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.server.shutdown()
 
 
 def make_tls(d):
@@ -623,6 +732,22 @@ def static_checks(cfn, params, label):
         check(a is not None and json.dumps(a["Dimensions"]) == chunker_dim and a["TreatMissingData"] == "breaching",
               f"{label}: alarm on the chunker's {m}, missing data breaching")
     check(("txpipe", "ChunksCreated") not in by_metric, f"{label}: no alarm on ChunksCreated (fired before the upload and after the end)")
+    # Every txpipe metric an alarm or the dashboard reads is one the code emits.
+    emitted = {"chunker": {"Ticks", "LagChunks", "ParkedChunks", "WaitingForInput", "BackpressureWaits", "DetectorKicks",
+                           "ChunksCreated", "ChunkRows", "ChunkerMillis"},
+               "detector": {"ChunksApplied", "RowsProcessed", "RowsRejected", "DetectionsPatId1", "DetectionsPatId2",
+                            "DetectionsPatId3", "ChunkMillis", "LagChunks", "ChunksParked", "MissingChunks"}}
+    read = set()
+    for a in alarms.values():
+        for m in [a] + [x["MetricStat"]["Metric"] for x in a.get("Metrics", []) if "MetricStat" in x]:
+            if m.get("Namespace") == "txpipe":
+                read.add((m["Dimensions"][0]["Value"], m["MetricName"]))
+    sub = r["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    body = sub[0] if isinstance(sub, list) else sub
+    read |= {(f, m) for m, f in re.findall(r'"txpipe", "(\w+)", "Function", "(\w+)"', body)}
+    unknown = sorted(f"{f}/{m}" for f, m in read if m not in emitted.get(f, set()))
+    check(not unknown and len(read) >= 15, f"{label}: the {len(read)} txpipe metrics alarms and dashboard read are all emitted"
+                                          + (f" (unknown: {unknown})" if unknown else ""))
     for m, dim in (("ParkedChunks", "Function"), ("Throttles", "FunctionName"), ("AsyncEventAge", "FunctionName")):
         check(any(a.get("MetricName") == m for a in alarms.values()), f"{label}: an alarm on {m}")
     check(sum(a.get("MetricName") == "Throttles" for a in alarms.values()) == 2, f"{label}: throttle alarms for both functions")
@@ -648,7 +773,22 @@ def static_checks(cfn, params, label):
           and resolve(history["Transitions"], cfn, params)[0]["StorageClass"] == "STANDARD_IA",
           f"{label}: chunks kept by default (ChunkRetentionDays=0), Standard-IA after 30 days")
     table = r["StateTable"]["Properties"]
-    check("TimeToLiveSpecification" not in table, f"{label}: no TTL on the state table (deltas go when a snapshot covers them)")
+    check("TimeToLiveSpecification" not in table, f"{label}: no TTL on the state table (nothing recovery needs expires)")
+    # The design as built: the chunker wakes a stalled detector by writing its next chunk
+    # again (no Lambda invoke, no chunk reads); the detector's state is in S3 (no delta# items).
+    chunker_env = fn["ChunkerFunction"]["Properties"]["Environment"]["Variables"]
+    detector_env = det["Environment"]["Variables"]
+    check("TXPIPE_DETECTOR_FUNCTION" not in chunker_env and "TXPIPE_DETECTOR_STALL_SECS" in chunker_env,
+          f"{label}: chunker env has TXPIPE_DETECTOR_STALL_SECS, no TXPIPE_DETECTOR_FUNCTION")
+    check({"TXPIPE_SNAPSHOT_MAX_DELTAS", "TXPIPE_PARK_AFTER_ATTEMPTS", "TXPIPE_PG_STATEMENT_TIMEOUT_MS"} <= set(detector_env)
+          and "TXPIPE_SNAPSHOT_EVERY" not in detector_env,
+          f"{label}: detector env has TXPIPE_SNAPSHOT_MAX_DELTAS, TXPIPE_PARK_AFTER_ATTEMPTS, TXPIPE_PG_STATEMENT_TIMEOUT_MS")
+    policies = json.dumps({lid: x["Properties"].get("Policies") for lid, x in r.items() if x["Type"] == "AWS::IAM::Role"})
+    check("lambda:InvokeFunction" not in policies and "delta#" not in policies,
+          f"{label}: no role may invoke a function or touch delta# items")
+    det_cols = [c["Name"] for c in r["DetectionsTable"]["Properties"]["TableInput"]["StorageDescriptor"]["Columns"]]
+    check(det_cols == ["ystarttime", "detectiontime", "patternid", "actiontype", "customername", "merchantid"],
+          f"{label}: Glue detections table has exactly the six detection fields")
     for t in ("ChunksTable", "DetectionsTable"):
         p = r[t]["Properties"]["TableInput"]["Parameters"]
         check(p.get("projection.enabled") == "true" and p.get("projection.stream.type") == "injected"
@@ -714,7 +854,7 @@ def list_keys(s3, bucket, prefix):
 
 
 # ------------------------------------------------------------------ the check
-def check_create_mode(moto):
+def check_create_mode(moto, pg, detector_bin, workdir):
     step("DatabaseMode=create: translate, stand in for what moto lacks, create the stack")
     params = {"DatabaseMode": "create", "BucketNamePrefix": "txpipe-create", "AlarmEmail": "ops@example.com",
               "DeletionProtection": "false"}
@@ -735,8 +875,13 @@ def check_create_mode(moto):
     password = sm.get_random_password(PasswordLength=gen["PasswordLength"], ExcludePunctuation=True)["RandomPassword"]
     app_arn = sm.create_secret(Name="txpipe-create/db-app", SecretString=json.dumps(
         dict(json.loads(gen["SecretStringTemplate"]), password=password)))["ARN"]
-    master_arn = sm.create_secret(Name="txpipe-create/rds-master",
-                                  SecretString='{"username":"txpipe","password":"x"}')["ARN"]
+    # The master user as RDS makes it: not a superuser, may create roles and databases,
+    # owns the database it created; its password in the RDS-managed secret.
+    master_password = base64.b32encode(os.urandom(20)).decode().rstrip("=")
+    pg.psql(f"CREATE ROLE {MASTER_USER} LOGIN CREATEROLE CREATEDB PASSWORD '{master_password}';\n"
+            f"CREATE DATABASE txpipe OWNER {MASTER_USER};", db="postgres")
+    master_arn = sm.create_secret(Name="txpipe-create/rds-master", SecretString=json.dumps(
+        {"username": MASTER_USER, "password": master_password}))["ARN"]
     cfn = replace_getatt(cfn, "Database", "MasterUserSecret.SecretArn", master_arn)
     cfn = replace_ref(cfn, "DatabaseAppSecret", app_arn)
     cfn["Resources"].pop("DatabaseAppSecret")
@@ -750,13 +895,16 @@ def check_create_mode(moto):
     cfn = sub_dotted_attrs(cfn)
     standins.append("Fn::Sub with ${Database.Endpoint.Address} rewritten with a variable map (moto splits it at every dot)")
     standins.append("Database without DBParameterGroupName (a moto bug: it hands its model the group object, not its name)")
-    # A Lambda-backed custom resource would need the function to run (Docker): left out.
+    # A Lambda-backed custom resource would need the function to run (Docker): left out
+    # of the stack; its handler runs below, driven the way CloudFormation drives it.
     setup = cfn["Resources"].pop("DbSetup")
     expected.pop("DbSetup")
     check(setup["Properties"].get("ServiceTimeout") == 300 and setup["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["DbSetupFunction", "Arn"]},
           "create: DbSetup custom resource runs DbSetupFunction, gives up after 300 s")
-    standins.append("Custom::TxpipeDbSetup left out (moto cannot run a Lambda-backed custom resource without Docker); "
-                    "its SQL runs against Postgres in the existing-mode check below")
+    check(set(as_list(setup.get("DependsOn", []))) >= {"SecretsManagerEndpoint", "S3Endpoint"},
+          "create: DbSetup waits for the Secrets Manager and S3 endpoints (its secrets, its answer; no NAT)")
+    standins.append("Custom::TxpipeDbSetup left out of the stack (moto cannot run a Lambda-backed custom resource "
+                    "without Docker); its handler runs below under a stand-in Lambda Runtime API")
     resources, outputs = create_stack(moto, "txpipe-create", cfn, params)
     report_types(expected, resources, standins)
     rds = moto.client("rds").describe_db_instances()["DBInstances"]
@@ -779,6 +927,100 @@ def check_create_mode(moto):
     ec2 = moto.client("ec2")
     igws = ec2.describe_internet_gateways()["InternetGateways"]
     check(not igws, "create: the VPC has no internet gateway")
+    check_db_setup(moto, pg, detector_bin, workdir, setup["Properties"], outputs, master_password, password)
+
+
+def check_db_setup(moto, pg, detector_bin, workdir, properties, outputs, master_password, app_password):
+    """The DbSetup custom resource: the detector binary with DbSetupFunction's environment,
+    driven as CloudFormation drives it (Create, Update, Delete, and a failure)."""
+    step("DbSetup: the detector binary in db-setup mode, with DbSetupFunction's environment, as CloudFormation drives it")
+    function = "txpipe-create-db-setup"
+    ca_file = os.path.join(workdir, "test-ca.pem")
+    with open(ca_file, "w") as f:
+        f.write(pg.ca_pem)
+    # The stack's environment; only where the database is (moto's RDS endpoint is not a
+    # server) and the test CA (the RDS bundle is built into the binary) are overridden.
+    setup_vars, setup_env = handler_env(moto, function, {
+        "TXPIPE_PG_HOST": "localhost", "TXPIPE_PG_PORT": str(pg.port), "TXPIPE_PG_CA_FILE": ca_file})
+    check(setup_vars["TXPIPE_PG_SSLMODE"] == "verify-full" and setup_vars["TXPIPE_PG_DBNAME"] == "txpipe",
+          "db-setup env: verify-full TLS to database txpipe")
+    props = {k: (outputs["DatabaseAppSecretArn"] if k == "AppSecretArn" else v)
+             for k, v in properties.items() if k not in ("ServiceTimeout",)}
+    props["ServiceToken"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}"
+    runtime = LambdaRuntime(workdir)
+    runtime.start(detector_bin, setup_env, function)
+    secrets = (master_password, app_password)
+
+    def drive(kind, physical=None, properties=props, want="SUCCESS"):
+        event = {"RequestType": kind, "ServiceToken": props["ServiceToken"],
+                 "ResponseURL": runtime.response_url(kind.lower()),
+                 "StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/txpipe-create/0000",
+                 "RequestId": f"{kind}-{time.monotonic_ns()}", "LogicalResourceId": "DbSetup",
+                 "ResourceType": "Custom::TxpipeDbSetup", "ResourceProperties": properties}
+        if physical:
+            event["PhysicalResourceId"] = physical
+        moto.start_recording()
+        t0 = time.monotonic()
+        kind_out, result, puts = runtime.invoke(event)
+        calls = moto.stop_recording()
+        if kind_out != "response":
+            raise CheckFailed(f"db-setup {kind}: the handler failed ({kind_out}): {result}\n{runtime.tail()}")
+        if len(puts) != 1:
+            raise CheckFailed(f"db-setup {kind}: {len(puts)} PUTs to the ResponseURL, want exactly 1")
+        path, headers, body = puts[0]
+        answer = json.loads(body)
+        check(path.endswith("?X-Amz-Signature=deploy-check-signature")
+              and {k.lower(): v for k, v in headers.items()}.get("content-type") == ""
+              and json.loads(result) == answer
+              and {k: answer[k] for k in ("StackId", "RequestId", "LogicalResourceId")}
+              == {k: event[k] for k in ("StackId", "RequestId", "LogicalResourceId")},
+              f"db-setup {kind}: one PUT to the presigned ResponseURL, empty Content-Type, the request's ids")
+        check(answer["Status"] == want, f"db-setup {kind}: {answer['Status']} in {time.monotonic() - t0:.1f} s "
+                                        f"({answer['Reason'][:160]})")
+        with open(runtime.log) as f:
+            log = f.read()
+        leaked = [n for n, v in (("a password", secrets[0]), ("a password", secrets[1]),
+                                 ("the URL's signature", "deploy-check-signature")) if v in log or v in body]
+        if leaked:
+            raise CheckFailed(f"db-setup {kind}: {', '.join(leaked)} in its log or answer")
+        return answer, calls
+
+    try:
+        answer, calls = drive("Create")
+        check(answer["PhysicalResourceId"] == f"{APP_ROLE}@txpipe" and answer["Data"].get("MigrationsApplied", 0) > 0,
+              f"db-setup Create: {answer['PhysicalResourceId']}, {answer['Data'].get('MigrationsApplied')} migrations applied as the role")
+        q = lambda sql: pg.psql(sql).strip()  # noqa: E731
+        check(q(f"SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{APP_ROLE}';") == "t|f|f|f",
+              f"{APP_ROLE}: logs in, not superuser, cannot create roles or databases")
+        check(q(f"SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = '{APP_ROLE}';") == "t",
+              f"{APP_ROLE}'s password is stored as a SCRAM-SHA-256 verifier (the handler sent only the verifier)")
+        owners = q("SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE schemaname = 'txpipe';")
+        tables = q("SELECT count(*) FROM pg_tables WHERE schemaname = 'txpipe';")
+        check(owners == APP_ROLE and int(tables) >= 5 and q("SELECT count(*) FROM pg_tables WHERE schemaname = 'public';") == "0",
+              f"the {tables} tables are in schema txpipe, owned by {APP_ROLE}, before the first chunk; none in public")
+        check_calls(moto, "db-setup", function, calls, outputs["StateTableName"])
+        answer, _ = drive("Update", f"{APP_ROLE}@txpipe", dict(props, Revision="2"))
+        check(answer["PhysicalResourceId"] == f"{APP_ROLE}@txpipe" and answer["Data"].get("MigrationsApplied") == 0
+              and q("SELECT count(*) FROM pg_tables WHERE schemaname = 'txpipe';") == tables,
+              "db-setup Update is idempotent: same id, no migration left, same tables")
+        answer, _ = drive("Delete", f"{APP_ROLE}@txpipe")
+        check(q(f"SELECT count(*) FROM pg_roles WHERE rolname = '{APP_ROLE}';") == "1",
+              "db-setup Delete: SUCCESS, the role and its data are kept")
+        # A wrong master password (as after a rotation the setup did not see): FAILED,
+        # with the server's reason and where the log is, never the password.
+        sm = moto.client("secretsmanager")
+        master_arn = setup_vars["TXPIPE_PG_ADMIN_SECRET_ARN"]
+        sm.put_secret_value(SecretId=master_arn, SecretString=json.dumps({"username": MASTER_USER, "password": "wrong-" + master_password}))
+        answer, _ = drive("Update", f"{APP_ROLE}@txpipe", dict(props, Revision="3"), want="FAILED")
+        check("28P01" in answer["Reason"] and "/aws/lambda/" in answer["Reason"] and master_password not in answer["Reason"],
+              "db-setup failure: FAILED with the server's reason (SQLSTATE 28P01) and the log stream, no password")
+        sm.put_secret_value(SecretId=master_arn, SecretString=json.dumps({"username": MASTER_USER, "password": master_password}))
+    finally:
+        runtime.stop()
+    note("not run by moto: CloudFormation invoking the custom resource and waiting for its answer "
+         "(driven here with the same request and a stand-in ResponseURL); the ResponseURL is HTTPS in AWS")
+    # The existing-mode check makes the role again from nothing, with infra/db/app_role.py.
+    pg.psql(f"DROP DATABASE txpipe WITH (FORCE);\nDROP ROLE {APP_ROLE};", db="postgres")
 
 
 def check_reservation():
@@ -797,23 +1039,17 @@ def check_reservation():
     ok(out.stderr.strip())
 
 
-def check_existing_mode(moto, binary, workdir):
-    step("DatabaseMode=existing: throwaway Postgres (TLS, password auth) and the app role from infra/db/app-role.sql")
-    pg = Postgres(workdir)
-    try:
-        return _check_existing_mode(moto, binary, workdir, pg)
-    finally:
-        pg.stop()
-
-
-def _check_existing_mode(moto, binary, workdir, pg):
-    pg.psql("CREATE DATABASE txpipe;", db="postgres")
+def check_existing_mode(moto, binary, workdir, pg):
+    step("DatabaseMode=existing: the app role from infra/db/app-role.sql (infra/db/app_role.py), as an operator makes it")
+    # As an operator would on RDS: as the master user (not a superuser; made in the
+    # create-mode step), owner of the database.
+    pg.psql(f"CREATE DATABASE txpipe OWNER {MASTER_USER};", db="postgres")
     password = base64.b32encode(os.urandom(25)).decode().rstrip("=")
-    pg.psql(app_role.render(APP_ROLE, password, "txpipe"))
+    pg.psql(app_role.render(APP_ROLE, password, "txpipe"), user=MASTER_USER)
     roles = pg.psql(f"SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{APP_ROLE}';").strip()
     check(roles == "f|f|f", f"{APP_ROLE}: logs in, not superuser, cannot create roles or databases")
-    pg.psql(app_role.render(APP_ROLE, password, "txpipe"))
-    ok("app-role.sql is idempotent (ran twice)")
+    pg.psql(app_role.render(APP_ROLE, password, "txpipe"), user=MASTER_USER)
+    ok(f"app-role.sql, run by the master user {MASTER_USER} (CREATEROLE, not a superuser), is idempotent (ran twice)")
     sm = moto.client("secretsmanager")
     secret_arn = sm.create_secret(Name="txpipe-check/db-app", SecretString=json.dumps(
         {"username": APP_ROLE, "password": password, "host": "localhost", "port": pg.port, "dbname": "txpipe"}))["ARN"]
@@ -843,7 +1079,9 @@ def _check_existing_mode(moto, binary, workdir, pg):
     bucket = outputs["PipelineBucketName"]
     chunker_vars, chunker_env = handler_env(moto, chunker_fn, {
         "TXPIPE_CHUNKER_BUDGET_SECS": "20", "TXPIPE_CHUNK_INTERVAL_MS": "0"})
-    check(chunker_vars.get("TXPIPE_DETECTOR_FUNCTION") == detector_fn, "chunker env names the detector (TXPIPE_DETECTOR_FUNCTION)")
+    check("TXPIPE_DETECTOR_FUNCTION" not in chunker_vars and int(chunker_vars["TXPIPE_DETECTOR_STALL_SECS"]) > 0,
+          f"chunker env: TXPIPE_DETECTOR_STALL_SECS={chunker_vars['TXPIPE_DETECTOR_STALL_SECS']} (a stalled detector "
+          "is woken by writing its next chunk again), no function to invoke")
     data = os.path.join(workdir, "data")
     subprocess.run([binary, "generate", "--rows", str(ROWS), "--customers", str(CUSTOMERS), "--out", data],
                    check=True, capture_output=True)
@@ -866,15 +1104,18 @@ def _check_existing_mode(moto, binary, workdir, pg):
 
     step("detector: txpipe invoke detector --event <ObjectCreated for the last chunk> with the detector's environment")
     last_key, last_size = chunks[-1]
-    ca_file = os.path.join(workdir, "ca-bundle.pem")
+    ca_file = os.path.join(workdir, "test-ca.pem")
+    with open(ca_file, "w") as f:
+        f.write(pg.ca_pem)
     with open(os.path.join(ROOT, "shared", "pipeline", "certs", "rds-global-bundle.pem")) as f:
         rds_bundle = f.read()
-    with open(ca_file, "w") as f:
-        f.write(rds_bundle + pg.ca_pem)
     detector_vars, detector_env = handler_env(moto, detector_fn, {"TXPIPE_PG_CA_FILE": ca_file})
     check(detector_vars["TXPIPE_PG_SSLMODE"] == "verify-full" and detector_vars["TXPIPE_PG_SECRET_ARN"] == secret_arn,
           "detector env: verify-full, the app role's secret")
-    note(f"TXPIPE_PG_CA_FILE = the shipped RDS bundle ({rds_bundle.count('BEGIN CERTIFICATE')} certs) + the test CA; no other override")
+    note(f"TXPIPE_PG_CA_FILE = the test CA only (the RDS bundle, {rds_bundle.count('BEGIN CERTIFICATE')} certs, "
+         "is built into the binary); no other override")
+    check(detector_vars["TXPIPE_SNAPSHOT_MAX_DELTAS"] == "200" and detector_vars["TXPIPE_PARK_AFTER_ATTEMPTS"] == "3",
+          "detector env: TXPIPE_SNAPSHOT_MAX_DELTAS=200, TXPIPE_PARK_AFTER_ATTEMPTS=3 (the defaults)")
     moto.start_recording()
     t0 = time.monotonic()
     answer = invoke(binary, "detector", detector_env, workdir, event=s3_event(bucket, last_key, last_size), timeout=120)
@@ -906,6 +1147,18 @@ def _check_existing_mode(moto, binary, workdir, pg):
     items = ddb.scan(TableName=outputs["StateTableName"], ProjectionExpression="pk")["Items"]
     kinds = sorted({i["pk"]["S"].split("#", 1)[0] for i in items})
     ok(f"state table items by kind: {', '.join(kinds)}")
+    check("delta" not in kinds, "no delta# items: the detector's deltas and snapshots are S3 objects under state/")
+
+    def item_bytes(item):  # DynamoDB's item size: names plus values (numbers approximated)
+        size = 0
+        for name, value in item.items():
+            (kind, v), = value.items()
+            size += len(name.encode()) + (len(bytes(v)) if kind == "B" else 1 if kind == "BOOL"
+                                          else len(v) // 2 + 2 if kind == "N" else len(str(v).encode()))
+        return size
+    sizes = {i["pk"]["S"].split("#", 1)[0]: item_bytes(i) for i in ddb.scan(TableName=outputs["StateTableName"])["Items"]}
+    note("item sizes after the run (bytes): " + ", ".join(f"{k} {v}" for k, v in sorted(sizes.items()))
+         + f"; state/ objects: {len(list_keys(s3, bucket, 'state/'))}")
     check_calls(moto, "detector", detector_fn, detector_calls, outputs["StateTableName"])
     least_privilege_probes(moto, chunker_fn, detector_fn, outputs)
 
@@ -921,13 +1174,22 @@ def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
         (chunker, "dynamodb:GetItem", table, lead("head#s"), True, "chunker GetItem head#"),
         (chunker, "dynamodb:GetItem", table, lead("delta#s"), False, "chunker GetItem delta#"),
         (chunker, "s3:PutObject", f"{bucket}/detections/s/00000000.jsonl", {}, False, "chunker PutObject detections/"),
-        (chunker, "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{detector_fn}", {}, True, "chunker invokes the detector"),
+        (chunker, "s3:PutObject", f"{bucket}/chunks/s/00000000.csv", {}, True, "chunker PutObject chunks/"),
+        (chunker, "s3:GetObject", f"{bucket}/chunks/s/00000000.csv", {}, False, "chunker GetObject chunks/"),
+        (chunker, "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{detector_fn}", {}, False, "chunker invokes the detector"),
         (detector, "dynamodb:PutItem", table, lead("cursor#s"), False, "detector PutItem cursor#"),
         (detector, "dynamodb:GetItem", table, lead("cursor#s"), True, "detector GetItem cursor#"),
-        (detector, "dynamodb:DeleteItem", table, lead("delta#s"), True, "detector DeleteItem delta#"),
-        (detector, "dynamodb:UpdateItem", table, lead("lease#s"), True, "detector UpdateItem lease#"),
+        (detector, "dynamodb:PutItem", table, lead("head#s"), True, "detector PutItem head#"),
+        (detector, "dynamodb:DeleteItem", table, lead("lease#s"), True, "detector DeleteItem lease#"),
+        (detector, "dynamodb:PutItem", table, lead("delta#s"), False, "detector PutItem delta#"),
+        (detector, "dynamodb:UpdateItem", table, lead("lease#s"), False, "detector UpdateItem lease#"),
+        (detector, "dynamodb:Query", table, lead("head#s"), False, "detector Query"),
+        (detector, "dynamodb:BatchWriteItem", table, lead("head#s"), False, "detector BatchWriteItem"),
         (detector, "dynamodb:Scan", table, {}, False, "detector Scan"),
-        (detector, "s3:DeleteObject", f"{bucket}/state/s/p-0.bin", {}, True, "detector DeleteObject state/"),
+        (detector, "s3:PutObject", f"{bucket}/state/s/delta-00000000.bin", {}, True, "detector PutObject state/"),
+        (detector, "s3:DeleteObject", f"{bucket}/state/s/snapshot-00000020/part-0000.bin", {}, True, "detector DeleteObject state/"),
+        (detector, "s3:ListBucket", bucket, {}, True, "detector ListBucket"),
+        (detector, "s3:PutObject", f"{bucket}/chunks/s/00000000.csv", {}, False, "detector PutObject chunks/"),
         (detector, "s3:DeleteObject", f"{bucket}/chunks/s/00000000.csv", {}, False, "detector DeleteObject chunks/"),
         (detector, "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{chunker_fn}", {}, False, "detector invokes the chunker"),
     ]
@@ -935,20 +1197,21 @@ def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
              for st, action, res, ctx, want, what in must if decide(st, action, res, ctx) != want]
     if wrong:
         raise CheckFailed("least privilege: " + "; ".join(wrong))
-    ok(f"least privilege: {len(must)} probes (e.g. chunker PutItem head#, detector PutItem cursor#, Scan) decided as intended")
+    ok(f"least privilege: {len(must)} probes (e.g. chunker invokes the detector, detector PutItem delta#, Scan) decided as intended")
 
 
 def main():
-    if len(sys.argv) != 2:
-        print("usage: deploy_check.py <txpipe binary>", file=sys.stderr)
+    if len(sys.argv) != 3:
+        print("usage: deploy_check.py <txpipe binary> <detector binary>", file=sys.stderr)
         return 2
-    binary = os.path.abspath(sys.argv[1])
-    if not os.access(binary, os.X_OK):
-        print(f"deploy-check: {binary} is not an executable txpipe binary", file=sys.stderr)
-        return 2
+    binary, detector_bin = (os.path.abspath(a) for a in sys.argv[1:3])
+    for b in (binary, detector_bin):
+        if not os.access(b, os.X_OK):
+            print(f"deploy-check: {b} is not an executable", file=sys.stderr)
+            return 2
     workdir = tempfile.mkdtemp(prefix="txpipe-deploy-check-")
     os.chmod(workdir, 0o755)
-    moto = None
+    moto = pg = None
     try:
         step(f"moto server ({os.environ.get('TXPIPE_MOTO_CMD')}), work dir {workdir}")
         moto = Moto(workdir)
@@ -960,14 +1223,19 @@ def main():
             z.writestr("bootstrap", "stand-in: the handlers run here through txpipe invoke")
         s3.put_object(Bucket="txpipe-check-artifacts", Key="bootstrap.zip", Body=buf.getvalue())
         check_reservation()
-        check_create_mode(moto)
-        check_existing_mode(moto, binary, workdir)
+        step("throwaway Postgres: TLS from a test CA, hostssl + scram-sha-256 only (like RDS with rds.force_ssl)")
+        pg = Postgres(workdir)
+        ok(f"Postgres on port {pg.port}")
+        check_create_mode(moto, pg, detector_bin, workdir)
+        check_existing_mode(moto, binary, workdir, pg)
     except CheckFailed as e:
         print(f"\ndeploy-check FAILED: {e}\n(logs in {workdir})", file=sys.stderr, flush=True)
         print(f"deploy-check: {PASSED[0]} passed, 1 failed", flush=True)
-        if moto:
-            moto.stop()
+        for service in (pg, moto):
+            if service:
+                service.stop()
         return 1
+    pg.stop()
     moto.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"deploy-check: all checks passed in {time.monotonic() - START:.1f} s", flush=True)

@@ -12,8 +12,10 @@ STACK_ARG := $(if $(STACK),--stack-name $(STACK))
 # Optional: DETECTOR_CONCURRENCY=N asks for a detector reservation (make deploy checks
 # the account can grant it, else deploys it unreserved and says so).
 DETECTOR_CONCURRENCY ?=
-# The txpipe binary the deploy check drives (debug: it reuses make test's build).
+# The binaries the deploy check drives (debug: they reuse make test's build): the txpipe
+# CLI, and the detector's Lambda binary for the DbSetup custom resource (db-setup mode).
 DEPLOY_CHECK_BIN := $(CARGO_TARGET_DIR)/debug/txpipe
+DEPLOY_CHECK_DETECTOR := $(CARGO_TARGET_DIR)/debug/detector
 
 .PHONY: lint-infra infra-tools build-lambdas deploy deploy-check teardown
 
@@ -27,8 +29,8 @@ infra-tools:
 
 # The stack in moto's CloudFormation and the real handlers against it (part of make test).
 deploy-check: rust
-	$(CARGO) build -p txpipe-cli
-	infra/deploy-check.sh $(DEPLOY_CHECK_BIN)
+	$(CARGO) build -p txpipe-cli -p detector
+	infra/deploy-check.sh $(DEPLOY_CHECK_BIN) $(DEPLOY_CHECK_DETECTOR)
 
 $(CARGO_LAMBDA):
 	@infra/tools.sh cargo-lambda >/dev/null

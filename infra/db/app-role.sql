@@ -21,8 +21,28 @@ BEGIN
   END IF;
 END
 $$;
-ALTER ROLE {{role}} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-  PASSWORD {{verifier}};
+-- An admin that is not a superuser (the RDS master) may not even restate SUPERUSER,
+-- REPLICATION or BYPASSRLS (PostgreSQL 15 and 16 refuse NOSUPERUSER from it), so only
+-- the attributes it may change are set, and only when they need to change; a role that
+-- has one of the other three is refused (a superuser must remove it first). A new role
+-- has none of them.
+DO $$
+DECLARE
+  r pg_roles%ROWTYPE;
+BEGIN
+  SELECT * INTO r FROM pg_roles WHERE rolname = {{role_literal}};
+  IF r.rolsuper OR r.rolreplication OR r.rolbypassrls THEN
+    RAISE EXCEPTION 'role % has SUPERUSER, REPLICATION or BYPASSRLS: a superuser must remove them first', r.rolname;
+  END IF;
+  IF r.rolcreatedb THEN
+    EXECUTE format('ALTER ROLE %I NOCREATEDB', r.rolname);
+  END IF;
+  IF r.rolcreaterole THEN
+    EXECUTE format('ALTER ROLE %I NOCREATEROLE', r.rolname);
+  END IF;
+END
+$$;
+ALTER ROLE {{role}} WITH LOGIN PASSWORD {{verifier}};
 -- PostgreSQL 16: an admin that is not a superuser (the RDS master) may give objects to
 -- a role only if it may SET ROLE to it.
 GRANT {{role}} TO CURRENT_USER;

