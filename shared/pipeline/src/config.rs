@@ -186,8 +186,6 @@ pub struct ChunkerConfig {
     pub max_lag_chunks: u64,
     /// A lagging detector that made no progress for this long is invoked by the tick.
     pub detector_stall: Duration,
-    /// The detector function the tick invokes (none: nothing is invoked, e.g. locally).
-    pub detector_function: Option<String>,
 }
 
 /// How the detector keeps its state and when it gives up on a chunk.
@@ -268,8 +266,8 @@ impl Config {
                 max_lag_chunks: env.number(
                     "TXPIPE_MAX_LAG_CHUNKS",
                     DEFAULT_MAX_LAG_CHUNKS,
-                    1..=crate::store::cursor::RECENT_CHUNK_STARTS as u64 - 16,
-                    "chunks from 1 to 10224",
+                    1..=crate::store::cursor::RECENT_CHUNK_STARTS as u64 - 64,
+                    "chunks from 1 to 10176",
                 )?,
                 detector_stall: Duration::from_secs(env.number(
                     "TXPIPE_DETECTOR_STALL_SECS",
@@ -277,7 +275,6 @@ impl Config {
                     1..=86_400,
                     "seconds from 1 to 86400",
                 )?),
-                detector_function: env.string("TXPIPE_DETECTOR_FUNCTION"),
             },
             detector: DetectorConfig {
                 snapshot_max_deltas: env.number(
@@ -412,7 +409,6 @@ mod tests {
         assert_eq!(c.chunker.interval, Some(Duration::from_secs(1)));
         assert_eq!(c.chunker.budget, Duration::from_secs(55));
         assert_eq!(c.chunker.max_lag_chunks, DEFAULT_MAX_LAG_CHUNKS);
-        assert_eq!(c.chunker.detector_function, None);
         assert_eq!(c.detector.snapshot_max_deltas, DEFAULT_SNAPSHOT_MAX_DELTAS);
         assert!(c.postgres.is_none());
     }

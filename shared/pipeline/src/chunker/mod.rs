@@ -544,7 +544,8 @@ impl<'a> Chunker<'a> {
             ..cursor.clone()
         };
         if rows > 0 {
-            next.remember(start);
+            // The backpressure window, plus room for the chunks of one tick in flight.
+            next.remember(start, self.settings.max_lag_chunks as usize + 64);
         }
         Ok(Some(PreparedChunk {
             number: cursor.next_chunk,

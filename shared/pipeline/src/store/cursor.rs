@@ -34,7 +34,8 @@ pub struct ChunkCursor {
     pub recent: Vec<ChunkStart>,
 }
 
-/// How many chunk starts a cursor remembers.
+/// The most chunk starts a cursor remembers (it keeps only the backpressure window's
+/// worth, see [`ChunkCursor::remember`]).
 pub const RECENT_CHUNK_STARTS: usize = 10_240;
 
 /// Where one chunk started in the source.
@@ -64,12 +65,16 @@ impl ChunkCursor {
         self.recent.iter().find(|s| s.chunk == k).copied()
     }
 
-    /// Remembers where a chunk started, forgetting the oldest beyond the window.
-    pub fn remember(&mut self, start: ChunkStart) {
+    /// Remembers where a chunk started, keeping the last `window` starts (at most
+    /// [`RECENT_CHUNK_STARTS`]). Backpressure keeps every unapplied chunk within the
+    /// last `max_lag_chunks`, so that window is all a re-cut can need; a wider one
+    /// only makes every cursor write dearer (DynamoDB charges per KB).
+    pub fn remember(&mut self, start: ChunkStart, window: usize) {
+        let window = window.clamp(1, RECENT_CHUNK_STARTS);
         self.recent.retain(|s| s.chunk != start.chunk);
         self.recent.push(start);
-        if self.recent.len() > RECENT_CHUNK_STARTS {
-            let excess = self.recent.len() - RECENT_CHUNK_STARTS;
+        if self.recent.len() > window {
+            let excess = self.recent.len() - window;
             self.recent.drain(..excess);
         }
     }
@@ -169,11 +174,14 @@ mod tests {
     fn recent_starts_round_trip_and_stay_bounded() {
         let mut c = cursor();
         for k in 0..(RECENT_CHUNK_STARTS as u64 + 5) {
-            c.remember(ChunkStart {
-                chunk: k,
-                offset: 1_000 * k + 2,
-                first_row: 10 * k + 1,
-            });
+            c.remember(
+                ChunkStart {
+                    chunk: k,
+                    offset: 1_000 * k + 2,
+                    first_row: 10 * k + 1,
+                },
+                usize::MAX,
+            );
         }
         assert_eq!(c.recent.len(), RECENT_CHUNK_STARTS);
         assert_eq!(c.recent[0].chunk, 5);
@@ -184,5 +192,24 @@ mod tests {
         assert_eq!(ChunkCursor::decode_recent(&bytes), Some(c.recent.clone()));
         assert_eq!(ChunkCursor::decode_recent(&bytes[..bytes.len() - 1]), None);
         assert_eq!(ChunkCursor::decode_recent(&[0xff]), None);
+        // The backpressure window is all that is kept: 616 starts stay a few KB.
+        let mut small = cursor();
+        for k in 0..1_000u64 {
+            small.remember(
+                ChunkStart {
+                    chunk: k,
+                    offset: 1_300_000 * k + 90,
+                    first_row: 10_000 * k + 1,
+                },
+                616,
+            );
+        }
+        assert_eq!(small.recent.len(), 616);
+        assert_eq!(small.recent[0].chunk, 384);
+        assert!(
+            small.encode_recent().len() < 8 * 1024,
+            "{}",
+            small.encode_recent().len()
+        );
     }
 }
