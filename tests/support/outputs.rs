@@ -34,7 +34,16 @@ pub type RejectedRowOut = (i64, Option<i64>, Vec<u8>, String);
 
 /// One `transactions` row: (chunk, row_number, customer, merchant, gender, amount,
 /// weight, raw).
-pub type TransactionRow = (i64, i64, String, String, String, String, Option<String>, Vec<u8>);
+pub type TransactionRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Vec<u8>,
+);
 
 /// One `customer_stats` row: (merchant, customer, txns, amount, gender, weight,
 /// last_chunk).
@@ -305,7 +314,9 @@ pub fn reference(
     let mut stats: Vec<StatsRow> = last_chunk
         .iter()
         .map(|((m, c), last)| {
-            let p = engine.pair(m, c).context("a pair the engine does not know")?;
+            let p = engine
+                .pair(m, c)
+                .context("a pair the engine does not know")?;
             Ok((
                 m.clone(),
                 c.clone(),
@@ -456,5 +467,67 @@ pub fn exactly_once(got: &StreamOutputs, want: &StreamOutputs) -> ExactlyOnce {
         s3_duplicated,
         pg_lost,
         pg_duplicated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs(rows: &[(i64, i32, &str)]) -> StreamOutputs {
+        let detections: Vec<DetectionRow> = rows
+            .iter()
+            .map(|(chunk, seq, customer)| {
+                (
+                    *chunk,
+                    *seq,
+                    "PatId2".to_string(),
+                    "CHILD".to_string(),
+                    "M1".to_string(),
+                    customer.to_string(),
+                )
+            })
+            .collect();
+        let lines = detections
+            .iter()
+            .map(|d| (d.2.clone(), d.3.clone(), d.4.clone(), d.5.clone()))
+            .collect();
+        StreamOutputs {
+            batches: BTreeMap::from([("00000000.jsonl".to_string(), lines)]),
+            detections,
+            ..StreamOutputs::default()
+        }
+    }
+
+    #[test]
+    fn lost_and_duplicated_are_counted_in_each_store() {
+        let want = outputs(&[(0, 0, "C1"), (0, 1, "C2"), (1, 0, "C3")]);
+        assert_eq!(exactly_once(&want, &want).lost(), 0);
+        assert_eq!(first_difference(&want, &want), None);
+        // C2 lost, C3 twice, C9 not in the reference at all.
+        let got = outputs(&[(0, 0, "C1"), (1, 0, "C3"), (1, 1, "C3"), (1, 2, "C9")]);
+        let once = exactly_once(&got, &want);
+        assert_eq!((once.s3_lost, once.s3_duplicated), (1, 2));
+        assert_eq!((once.pg_lost, once.pg_duplicated), (1, 2));
+        let d = first_difference(&got, &want).unwrap();
+        assert!(
+            d.starts_with("S3 detection file 00000000.jsonl: first difference at item 1"),
+            "{d}"
+        );
+        let mut other = want.clone();
+        other.stats.push((
+            "M1".into(),
+            "C1".into(),
+            1,
+            "1.00".into(),
+            "F".into(),
+            None,
+            0,
+        ));
+        let d = first_difference(&other, &want).unwrap();
+        assert!(
+            d.starts_with("Postgres customer_stats: first difference at item 0"),
+            "{d}"
+        );
     }
 }

@@ -36,7 +36,7 @@ use txpipe_testkit::faults::{FaultPlan, FaultPoint, FaultyObjects, FaultySink, F
 /// The seed `make test` runs.
 const DEFAULT_SEED: u64 = 20_261_124;
 /// Schedules `make test` runs.
-const DEFAULT_SCHEDULES: u64 = 3;
+const DEFAULT_SCHEDULES: u64 = 8;
 /// Rows of the generated source.
 const DEFAULT_ROWS: u64 = 6_000;
 /// Customers of the generated source.
@@ -63,16 +63,16 @@ struct RunSettings {
     rows: u64,
     only: Option<u64>,
     verbose: bool,
+    keep_going: bool,
 }
 
 fn env_u64(var: &str) -> Result<Option<u64>> {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Ok(Some(
-            v.trim()
-                .replace('_', "")
-                .parse()
-                .with_context(|| format!("{var}={v:?} is not a whole number"))?,
-        )),
+        Ok(v) if !v.trim().is_empty() => {
+            Ok(Some(v.trim().replace('_', "").parse().with_context(
+                || format!("{var}={v:?} is not a whole number"),
+            )?))
+        }
         _ => Ok(None),
     }
 }
@@ -84,6 +84,7 @@ fn run_settings() -> Result<RunSettings> {
         rows: env_u64("TXPIPE_CHAOS_ROWS")?.unwrap_or(DEFAULT_ROWS),
         only: env_u64("TXPIPE_CHAOS_ONLY")?,
         verbose: std::env::var("TXPIPE_CHAOS_VERBOSE").is_ok_and(|v| v == "1"),
+        keep_going: std::env::var("TXPIPE_CHAOS_KEEP_GOING").is_ok_and(|v| v == "1"),
     })
 }
 
@@ -111,6 +112,7 @@ struct Figures {
     chunker_kills: BTreeMap<String, u64>,
     holds: u64,
     holds_expired: u64,
+    holds_at: BTreeMap<String, u64>,
     overlaps: u64,
     busy: u64,
     cold_starts: u64,
@@ -151,6 +153,7 @@ impl Figures {
         add_map(&mut self.kills, &o.kills);
         add_map(&mut self.chunker_kills, &o.chunker_kills);
         add_map(&mut self.errors, &o.errors);
+        add_map(&mut self.holds_at, &o.holds_at);
         self.holds += o.holds;
         self.holds_expired += o.holds_expired;
         self.overlaps += o.overlaps;
@@ -197,8 +200,15 @@ impl Figures {
         let _ = writeln!(s, "  chunker kills {}", map(&self.chunker_kills));
         let _ = writeln!(
             s,
-            "  cold starts {}; concurrent overlaps {}; holds {} (lease ran out during {}); busy answers {}",
-            self.cold_starts, self.overlaps, self.holds, self.holds_expired, self.busy
+            "  cold starts {}; concurrent overlaps {}; busy answers {}",
+            self.cold_starts, self.overlaps, self.busy
+        );
+        let _ = writeln!(
+            s,
+            "  containers held mid-call while another ran {} (lease ran out during {}): {}",
+            self.holds,
+            self.holds_expired,
+            map(&self.holds_at)
         );
         let _ = writeln!(
             s,
@@ -292,6 +302,61 @@ const MANDATORY: &[Action] = &[
     Action::Pause,
 ];
 
+/// The detector's remote calls, by name: a crash can be aimed at each step boundary.
+const DETECTOR_OPS: &[&str] = &[
+    "acquire lease",
+    "load head",
+    "get snapshot",
+    "get delta",
+    "load cursor",
+    "get chunk",
+    "put detections",
+    "write sink",
+    "put delta",
+    "put snapshot",
+    "commit",
+    "list snapshot",
+    "delete",
+    "record failure",
+    "release lease",
+];
+
+/// The chunker's remote calls, by name.
+const CHUNKER_OPS: &[&str] = &[
+    "load cursor",
+    "head input",
+    "get range input",
+    "load head",
+    "put chunk",
+    "advance cursor",
+];
+
+/// Where a crash strikes: the n-th call from now, or the (skip + 1)-th call of a name.
+#[derive(Debug, Clone, Copy)]
+enum Strike {
+    Call(u64),
+    Op(&'static str, u64),
+}
+
+impl Strike {
+    fn random(rng: &mut impl Rng, ops: &[&'static str], max_call: u64) -> Strike {
+        match rng.gen_bool(0.5) {
+            true => Strike::Call(rng.gen_range(1..=max_call)),
+            false => Strike::Op(
+                ops.choose(rng).copied().unwrap_or("commit"),
+                rng.gen_range(0..=2),
+            ),
+        }
+    }
+
+    fn arm(self, switch: &CrashSwitch, mode: CrashMode) {
+        match self {
+            Strike::Call(n) => switch.arm(n, mode),
+            Strike::Op(op, skip) => switch.arm_op(op, skip, mode),
+        }
+    }
+}
+
 fn random_action(rng: &mut impl Rng) -> Action {
     let total: u32 = WEIGHTS.iter().map(|w| w.1).sum();
     let mut x = rng.gen_range(0..total);
@@ -309,7 +374,12 @@ fn random_action(rng: &mut impl Rng) -> Action {
 fn poison_row(template: &[u8], kind: usize) -> (Vec<u8>, &'static str) {
     let mut fields: Vec<Vec<u8>> = template.split(|&b| b == b',').map(<[u8]>::to_vec).collect();
     let quoted = |inner: &[u8]| [b"'".as_slice(), inner, b"'"].concat();
-    let id = |f: &[u8]| f.iter().copied().filter(|&b| b != b'\'').collect::<Vec<u8>>();
+    let id = |f: &[u8]| {
+        f.iter()
+            .copied()
+            .filter(|&b| b != b'\'')
+            .collect::<Vec<u8>>()
+    };
     let what = match kind {
         0 => {
             let mut c = id(&fields[1]);
@@ -351,9 +421,12 @@ fn poison_row(template: &[u8], kind: usize) -> (Vec<u8>, &'static str) {
     (fields.join(&b','), what)
 }
 
-/// The base source with 1–3 poison rows inserted: the new source, and each poison
-/// row's number and bytes.
-fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<(u64, Vec<u8>, &'static str)>) {
+/// A poison row: its row number, its bytes, what is wrong with it.
+type Poison = (u64, Vec<u8>, &'static str);
+
+/// The base source with 1–3 poison rows inserted at random places: the new source,
+/// and each poison row.
+fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<Poison>) {
     let mut lines: Vec<&[u8]> = base.split(|&b| b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
@@ -368,14 +441,13 @@ fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<(u64, Vec<u8>, &'s
         rows.insert(at, row);
         poison.push((at, what));
     }
-    // Numbers after every insertion: find each poison row by identity of position.
     let mut out = header.to_vec();
     out.push(b'\n');
     for r in &rows {
         out.extend_from_slice(r);
         out.push(b'\n');
     }
-    let mut numbered: Vec<(u64, Vec<u8>, &'static str)> = Vec::new();
+    let mut numbered: Vec<Poison> = Vec::new();
     // Positions shift as later rows are inserted before earlier ones: recompute them by
     // replaying the insertions.
     let mut positions: Vec<usize> = Vec::new();
@@ -409,7 +481,7 @@ struct Schedule<'a> {
     source_key: String,
     stream: StreamName,
     reference: Reference,
-    poison: Vec<(u64, Vec<u8>, &'static str)>,
+    poison: Vec<Poison>,
     clock: Arc<TestClock>,
     expiring: Arc<Expiring>,
     announce: UnboundedSender<String>,
@@ -685,13 +757,15 @@ impl<'a> Schedule<'a> {
         self.count_struck(&c.plan);
     }
 
-    fn deadline(rng: &mut impl Rng) -> (Instant, u64) {
+    /// A detector invocation's deadline: often too short for a chunk (nothing or part
+    /// of the catch-up is done), sometimes a few chunks, sometimes plenty.
+    fn deadline(rng: &mut impl Rng) -> Instant {
         let ms = match rng.gen_range(0..100) {
             0..35 => rng.gen_range(100..700),
             35..75 => rng.gen_range(700..3_000),
             _ => 10_000,
         };
-        (Instant::now() + Duration::from_millis(ms), ms)
+        Instant::now() + Duration::from_millis(ms)
     }
 
     /// The next event's records, or, if none is ready, the newest announcement again
@@ -715,7 +789,12 @@ impl<'a> Schedule<'a> {
     }
 
     /// Records what an invocation answered.
-    fn answered(&mut self, who: &str, keys: &[String], r: &Result<DetectorResponse, DetectorError>) {
+    fn answered(
+        &mut self,
+        who: &str,
+        keys: &[String],
+        r: &Result<DetectorResponse, DetectorError>,
+    ) {
         let text = match r {
             Ok(resp) => {
                 let mut parts = Vec::new();
@@ -768,15 +847,15 @@ impl<'a> Schedule<'a> {
         i: usize,
         keys: Vec<String>,
         deadline: Instant,
-        kill: Option<(u64, CrashMode)>,
+        kill: Option<(Strike, CrashMode)>,
         retry: bool,
         rng: &mut impl Rng,
     ) -> Result<()> {
         let event = object_created(BUCKET, &keys);
         let c = &self.containers[i];
         let name = c.name.clone();
-        if let Some((nth, mode)) = kill {
-            c.switch.arm(nth, mode);
+        if let Some((strike, mode)) = kill {
+            strike.arm(&c.switch, mode);
         }
         let outcome = tokio::select! {
             r = c.service.handle(&event, deadline) => Ok(r),
@@ -814,11 +893,11 @@ impl<'a> Schedule<'a> {
     }
 
     /// One chunker tick with `budget_ms`, maybe killed at its `kill`-th call.
-    async fn tick(&mut self, budget_ms: u64, kill: Option<(u64, CrashMode)>) -> Result<()> {
+    async fn tick(&mut self, budget_ms: u64, kill: Option<(Strike, CrashMode)>) -> Result<()> {
         self.fig.ticks += 1;
         let deadline = Instant::now() + Duration::from_millis(budget_ms);
-        if let Some((nth, mode)) = kill {
-            self.chunker_switch.arm(nth, mode);
+        if let Some((strike, mode)) = kill {
+            strike.arm(&self.chunker_switch, mode);
         }
         let switch = self.chunker_switch.clone();
         let tick = serde_json::json!({"detail-type": "Scheduled Event"});
@@ -861,11 +940,7 @@ impl<'a> Schedule<'a> {
                 ));
             }
             Ok(Err(e)) => {
-                *self
-                    .fig
-                    .errors
-                    .entry("chunker".to_string())
-                    .or_default() += 1;
+                *self.fig.errors.entry("chunker".to_string()).or_default() += 1;
                 self.note(format!("chunker ({budget_ms} ms): error {e}"));
             }
         }
@@ -901,7 +976,10 @@ impl<'a> Schedule<'a> {
         let head = self.head().await?;
         let parked = head.as_ref().and_then(|h| h.parked().cloned());
         let Some(p) = parked else {
-            self.note(format!("sink refusal of chunk {} lifted (not parked)", r.chunk));
+            self.note(format!(
+                "sink refusal of chunk {} lifted (not parked)",
+                r.chunk
+            ));
             return Ok(());
         };
         if p.chunk != r.chunk || p.attempts < self.park_after || !p.reason.contains("23514") {
@@ -990,8 +1068,9 @@ impl<'a> Schedule<'a> {
                 let mode = *[CrashMode::Before, CrashMode::After]
                     .choose(rng)
                     .unwrap_or(&CrashMode::Before);
-                let nth = rng.gen_range(1..=14);
-                self.tick(rng.gen_range(300..1_500), Some((nth, mode))).await?;
+                let strike = Strike::random(rng, CHUNKER_OPS, 14);
+                self.tick(rng.gen_range(300..1_500), Some((strike, mode)))
+                    .await?;
             }
             Action::Deliver => {
                 let keys = self.bus.next_event(&mut self.bus_rng, &self.chaos);
@@ -1000,7 +1079,7 @@ impl<'a> Schedule<'a> {
                     return Ok(());
                 }
                 let i = self.pick(rng).await?;
-                let (deadline, _) = Self::deadline(rng);
+                let deadline = Self::deadline(rng);
                 self.invoke(i, keys, deadline, None, true, rng).await?;
             }
             Action::Kill => {
@@ -1011,9 +1090,9 @@ impl<'a> Schedule<'a> {
                 let mode = *[CrashMode::Before, CrashMode::After]
                     .choose(rng)
                     .unwrap_or(&CrashMode::Before);
-                let nth = rng.gen_range(1..=24);
-                let (deadline, _) = Self::deadline(rng);
-                self.invoke(i, keys, deadline, Some((nth, mode)), true, rng)
+                let strike = Strike::random(rng, DETECTOR_OPS, 24);
+                let deadline = Self::deadline(rng);
+                self.invoke(i, keys, deadline, Some((strike, mode)), true, rng)
                     .await?;
             }
             Action::Overlap => self.overlap(rng).await?,
@@ -1097,8 +1176,8 @@ impl<'a> Schedule<'a> {
             return Ok(());
         };
         let (a, b) = self.pair().await?;
-        let (d1, _) = Self::deadline(rng);
-        let (d2, _) = Self::deadline(rng);
+        let d1 = Self::deadline(rng);
+        let d2 = Self::deadline(rng);
         let (e1, e2) = (object_created(BUCKET, &k1), object_created(BUCKET, &k2));
         let (ca, cb) = (&self.containers[a], &self.containers[b]);
         let (na, nb) = (ca.name.clone(), cb.name.clone());
@@ -1116,9 +1195,9 @@ impl<'a> Schedule<'a> {
             return Ok(());
         };
         let (a, b) = self.pair().await?;
-        let nth = rng.gen_range(1..=16);
+        let strike = Strike::random(rng, DETECTOR_OPS, 16);
         let expire = rng.gen_bool(0.5);
-        let (d2, _) = Self::deadline(rng);
+        let d2 = Self::deadline(rng);
         let d1 = Instant::now() + Duration::from_secs(20);
         let (e1, e2) = (object_created(BUCKET, &k1), object_created(BUCKET, &k2));
         let clock = self.clock.clone();
@@ -1128,7 +1207,7 @@ impl<'a> Schedule<'a> {
         );
         let outcome = {
             let (ca, cb) = (&self.containers[a], &self.containers[b]);
-            ca.switch.arm(nth, CrashMode::Hold);
+            strike.arm(&ca.switch, CrashMode::Hold);
             let first = ca.service.handle(&e1, d1);
             tokio::pin!(first);
             let held = tokio::select! {
@@ -1156,11 +1235,16 @@ impl<'a> Schedule<'a> {
         let (trip, ra, rb) = match outcome {
             Ok(held) => held,
             Err(r) => {
-                self.answered(&format!("{na} (not held: fewer than {nth} calls)"), &k1, &r);
+                self.answered(
+                    &format!("{na} (not held: never reached {strike:?})"),
+                    &k1,
+                    &r,
+                );
                 return Ok(());
             }
         };
         self.fig.holds += 1;
+        *self.fig.holds_at.entry(trip.op.clone()).or_default() += 1;
         if expire {
             self.fig.holds_expired += 1;
         }
@@ -1211,9 +1295,9 @@ impl<'a> Schedule<'a> {
                         Some(r) if r.chunk == p.chunk => self.lift_refusal().await?,
                         _ => {
                             return Err(self.failure(format!(
-                                "the stream parked at chunk {} with no cause injected: {} attempts, {}",
-                                p.chunk, p.attempts, p.reason
-                            )))
+                            "the stream parked at chunk {} with no cause injected: {} attempts, {}",
+                            p.chunk, p.attempts, p.reason
+                        )))
                         }
                     }
                 }
@@ -1266,7 +1350,16 @@ impl<'a> Schedule<'a> {
         let stats: Vec<CleanStats> = got
             .stats
             .iter()
-            .map(|s| (s.0.clone(), s.1.clone(), s.2, s.3.clone(), s.4.clone(), s.5.clone()))
+            .map(|s| {
+                (
+                    s.0.clone(),
+                    s.1.clone(),
+                    s.2,
+                    s.3.clone(),
+                    s.4.clone(),
+                    s.5.clone(),
+                )
+            })
             .collect();
         if stats != clean_stats {
             let i = (0..stats.len().max(clean_stats.len()))
@@ -1316,6 +1409,27 @@ impl<'a> Schedule<'a> {
         self.fig.bus = self.bus.counts.clone();
         Ok((self.fig, self.head_before_drain))
     }
+}
+
+/// After a failed schedule (TXPIPE_CHAOS_KEEP_GOING=1): Postgres up, no refusal left.
+async fn recover(stack: &mut Stack) -> Result<()> {
+    if let Some(pg) = stack.local.pg.as_mut() {
+        // Fails harmlessly when it is running.
+        let _ = tokio::task::block_in_place(|| pg.resume());
+    }
+    let pg = stack.pg_client().await?;
+    for row in pg
+        .query(
+            "SELECT conname FROM pg_constraint WHERE conname LIKE 'chaos_refuse_%'",
+            &[],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        pg.batch_execute(&format!("ALTER TABLE chunks DROP CONSTRAINT {name}"))
+            .await?;
+    }
+    Ok(())
 }
 
 /// A customer_stats row without `last_chunk` (which shifts with the poison rows).
@@ -1381,8 +1495,8 @@ fn truncate(s: &str, n: usize) -> String {
 async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
     let settings = run_settings()?;
     println!(
-        "chaos: seed {} ({} schedules, {} rows); replay a schedule with `make chaos SEED={} ONLY=<n>`",
-        settings.seed, settings.schedules, settings.rows, settings.seed
+        "chaos: seed {} ({} schedules, {} rows); replay one with `make chaos SEED={} ROWS={} ONLY=<n> VERBOSE=1`",
+        settings.seed, settings.schedules, settings.rows, settings.seed, settings.rows
     );
     let started = Instant::now();
     let mut stack = Stack::start(true).await?;
@@ -1416,7 +1530,16 @@ async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
             .outputs
             .stats
             .iter()
-            .map(|s| (s.0.clone(), s.1.clone(), s.2, s.3.clone(), s.4.clone(), s.5.clone()))
+            .map(|s| {
+                (
+                    s.0.clone(),
+                    s.1.clone(),
+                    s.2,
+                    s.3.clone(),
+                    s.4.clone(),
+                    s.5.clone(),
+                )
+            })
             .collect();
         let _ = CLEAN.set(stats);
     }
@@ -1425,11 +1548,28 @@ async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
         Some(n) => vec![n],
         None => (0..settings.schedules).collect(),
     };
+    let mut failed: Vec<(u64, String)> = Vec::new();
     for n in schedules {
         let t = Instant::now();
         let schedule = Schedule::new(&mut stack, &settings, n, &base, &importance).await?;
         println!("chaos: {}", schedule.label);
-        let (fig, before_drain) = schedule.run().await?;
+        let (fig, before_drain) = match schedule.run().await {
+            Ok(done) => done,
+            Err(e) if settings.keep_going => {
+                println!("{e:#}");
+                failed.push((
+                    n,
+                    format!("{e:#}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
+                recover(&mut stack).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         println!(
             "chaos: schedule {n} done in {:.1} s: {} steps ({before_drain}/{} chunks applied before the drain), {} kills, {} faults struck, {} holds, {} events ({} dropped, {} duplicated), {} detections, lost {} duplicated {}",
             t.elapsed().as_secs_f64(),
@@ -1446,6 +1586,16 @@ async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
             fig.duplicated
         );
         total.add(&fig);
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|(n, e)| format!("  {n}: {e}")).collect();
+        anyhow::bail!(
+            "chaos: seed {}: {} schedule(s) failed (the others passed):\n{}\n{}",
+            settings.seed,
+            failed.len(),
+            list.join("\n"),
+            total.report()
+        );
     }
     println!(
         "chaos: seed {} passed in {:.1} s\n{}",

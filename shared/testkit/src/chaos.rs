@@ -46,10 +46,19 @@ pub struct Trip {
     pub op: String,
 }
 
+/// Which call a switch strikes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// The call with this number.
+    Call(u64),
+    /// The `skip + 1`-th call from now whose name starts with this.
+    Op(String, u64),
+}
+
 #[derive(Debug, Default)]
 struct SwitchState {
     calls: u64,
-    armed: Option<(u64, CrashMode)>,
+    armed: Option<(Target, CrashMode)>,
 }
 
 /// Kills or holds one container at a chosen remote call.
@@ -74,7 +83,17 @@ impl CrashSwitch {
     /// earlier trip.
     pub fn arm(&self, nth: u64, mode: CrashMode) {
         if let Ok(mut s) = self.state.lock() {
-            s.armed = Some((s.calls + nth.max(1), mode));
+            s.armed = Some((Target::Call(s.calls + nth.max(1)), mode));
+        }
+        self.trips.send_replace(None);
+    }
+
+    /// Arms the switch for the `(skip + 1)`-th call from now whose name starts with
+    /// `op` (`commit`, `put detections`, `write sink`, `list snapshot`, …): a crash at
+    /// a chosen step boundary.
+    pub fn arm_op(&self, op: &str, skip: u64, mode: CrashMode) {
+        if let Ok(mut s) = self.state.lock() {
+            s.armed = Some((Target::Op(op.to_string(), skip), mode));
         }
         self.trips.send_replace(None);
     }
@@ -117,21 +136,37 @@ impl CrashSwitch {
     }
 
     /// Runs one remote call `f`, named `op`, through the switch.
-    pub async fn call<T>(&self, op: impl FnOnce() -> String, f: impl Future<Output = T>) -> T {
+    pub async fn call<T>(&self, op: impl Fn() -> String, f: impl Future<Output = T>) -> T {
         let strike = match self.state.lock() {
             Ok(mut s) => {
                 s.calls += 1;
-                match s.armed {
-                    Some((at, mode)) if at == s.calls => {
-                        s.armed = None;
-                        Some(Trip {
-                            call: s.calls,
-                            mode,
-                            op: op(),
-                        })
+                let calls = s.calls;
+                let mut name = None;
+                let hit = match &mut s.armed {
+                    Some((Target::Call(at), mode)) if *at == calls => Some(*mode),
+                    Some((Target::Op(prefix, skip), mode)) => {
+                        let n = op();
+                        let hit = match n.starts_with(prefix.as_str()) {
+                            true if *skip == 0 => Some(*mode),
+                            true => {
+                                *skip -= 1;
+                                None
+                            }
+                            false => None,
+                        };
+                        name = Some(n);
+                        hit
                     }
                     _ => None,
-                }
+                };
+                hit.map(|mode| {
+                    s.armed = None;
+                    Trip {
+                        call: calls,
+                        mode,
+                        op: name.unwrap_or_else(&op),
+                    }
+                })
             }
             Err(_) => None,
         };
@@ -216,7 +251,12 @@ impl ObjectStore for CrashingObjects {
         self.switch.call(op, call).await
     }
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
-        let op = || format!("delete {}", keys.first().map_or("nothing", |k| object_kind(k)));
+        let op = || {
+            format!(
+                "delete {}",
+                keys.first().map_or("nothing", |k| object_kind(k))
+            )
+        };
         self.switch.call(op, self.inner.delete(bucket, keys)).await
     }
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -283,7 +323,9 @@ pub struct CrashingCursors {
 impl CursorStore for CrashingCursors {
     async fn load_cursor(&self, source_id: &str) -> Result<Option<ChunkCursor>, StoreError> {
         let op = || "load cursor".to_string();
-        self.switch.call(op, self.inner.load_cursor(source_id)).await
+        self.switch
+            .call(op, self.inner.load_cursor(source_id))
+            .await
     }
     async fn create_cursor(&self, cursor: &ChunkCursor) -> Result<Fenced, StoreError> {
         let op = || "create cursor".to_string();
@@ -563,6 +605,20 @@ mod tests {
         held.await;
         assert_eq!(*effects.lock().unwrap(), 3);
         assert_eq!(switch.calls(), 4);
+
+        switch.disarm();
+        switch.arm_op("commit", 1, CrashMode::Before);
+        switch
+            .call(|| "commit".into(), effect(effects.clone()))
+            .await;
+        switch
+            .call(|| "put delta".into(), effect(effects.clone()))
+            .await;
+        let second_commit = switch.call(|| "commit".into(), effect(effects.clone()));
+        tokio::select! {
+            _ = second_commit => panic!("the second commit is the armed call"),
+            trip = switch.tripped() => assert_eq!((trip.call, trip.op.as_str()), (7, "commit")),
+        }
     }
 
     #[test]
