@@ -60,7 +60,7 @@ chaos: rust
 	@$(TOOLS) && seed="$(SEED)" && seed=$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')} && \
 	TXPIPE_CHAOS_SEED=$$seed TXPIPE_CHAOS_SCHEDULES=$(SCHEDULES) TXPIPE_CHAOS_ROWS=$(ROWS) \
 	TXPIPE_CHAOS_ONLY=$(ONLY) TXPIPE_CHAOS_VERBOSE=$(VERBOSE) TXPIPE_CHAOS_KEEP_GOING=$(KEEP_GOING) \
-	$(CARGO) test -p txpipe-e2e --test chaos -- --nocapture
+	RUST_LIB_BACKTRACE=0 $(CARGO) test -p txpipe-e2e --test chaos -- --nocapture
 
 # Engine throughput on one core, then the pipeline's figures against local services.
 bench: data

@@ -834,7 +834,7 @@ impl<'a> Schedule<'a> {
             }
             Err(e) => {
                 let kind = error_kind(e);
-                *self.fig.errors.entry(kind.to_string()).or_default() += 1;
+                *self.fig.errors.entry(kind.clone()).or_default() += 1;
                 format!("error ({kind}): {}", truncate(&e.to_string(), 160))
             }
         };
@@ -1469,18 +1469,19 @@ fn make_chunker(
     stack.chunker_over(extra, stores, clock.clone())
 }
 
-fn error_kind(e: &DetectorError) -> &'static str {
+fn error_kind(e: &DetectorError) -> String {
     let text = e.to_string();
     if text.contains("injected fault") {
-        "injected fault"
+        "injected fault".into()
     } else if text.contains("23514") {
-        "sink refused"
+        "sink refused".into()
     } else if matches!(e, DetectorError::Sink(_)) {
-        "Postgres unavailable"
+        "Postgres unavailable".into()
     } else if matches!(e, DetectorError::Contended { .. }) {
-        "commit contended"
+        "commit contended".into()
     } else {
-        "other"
+        // Unexpected: named in full in the figures.
+        format!("other: {}", truncate(&text, 120))
     }
 }
 
