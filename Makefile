@@ -8,7 +8,7 @@ BIN := $(CARGO_TARGET_DIR)/release/txpipe
 # Installs moto / PostgreSQL if missing and exports where they are.
 TOOLS := eval "$$(tests/ensure-tools.sh)"
 
-.PHONY: test run bench build data rust tools replay fmt lint services
+.PHONY: test run bench build data rust tools replay fmt lint services chaos
 
 # Rust cannot be fetched on this network; say so clearly.
 rust:
@@ -50,6 +50,20 @@ lint: rust
 test: rust lint lint-infra
 	@$(TOOLS) && $(CARGO) test --workspace
 	@$(MAKE) --no-print-directory deploy-check
+
+# The chaos run (docs/chaos.md): the real chunker and detector against moto + Postgres
+# through random schedules of crashes, event chaos, overlaps, outages, poison rows,
+# parked chunks and pauses, each ending exactly as the offline replay. `make test` runs
+# a few schedules of a fixed seed; this runs SCHEDULES of SEED (random when unset; it
+# is printed). ONLY=<n> replays one schedule, VERBOSE=1 prints every step, KEEP_GOING=1
+# runs every schedule and lists the failed ones.
+SCHEDULES ?= 20
+ROWS ?= 6000
+chaos: rust
+	@$(TOOLS) && seed="$(SEED)" && seed=$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')} && \
+	TXPIPE_CHAOS_SEED=$$seed TXPIPE_CHAOS_SCHEDULES=$(SCHEDULES) TXPIPE_CHAOS_ROWS=$(ROWS) \
+	TXPIPE_CHAOS_ONLY=$(ONLY) TXPIPE_CHAOS_VERBOSE=$(VERBOSE) TXPIPE_CHAOS_KEEP_GOING=$(KEEP_GOING) \
+	RUST_LIB_BACKTRACE=0 $(CARGO) test -p txpipe-e2e --test chaos -- --nocapture
 
 # Engine throughput on one core, then the pipeline's figures against local services.
 bench: data

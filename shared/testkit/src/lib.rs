@@ -8,10 +8,13 @@
 //!   them;
 //! - [`events`]: S3 notifications as S3 sends them;
 //! - [`faults`]: stores that fail on command, to stop the detector at any step;
-//! - [`clock`]: a clock tests move by hand, and S3 objects that expire by it.
+//! - [`clock`]: a clock tests move by hand, and S3 objects that expire by it;
+//! - [`chaos`]: containers killed or held at their n-th remote call, and S3 events
+//!   delivered late, twice, out of order or never.
 
 #![warn(missing_docs)]
 
+pub mod chaos;
 pub mod clock;
 pub mod events;
 pub mod faults;

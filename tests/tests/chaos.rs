@@ -1,0 +1,1610 @@
+//! The chaos run: the real chunker and detector services against moto and Postgres,
+//! driven through a random schedule of faults, must leave exactly what the offline
+//! replay gives (`docs/chaos.md`, `docs/behaviour.md#exactly-once`).
+//!
+//! Each schedule has its own source key, so its own stream, on one shared stack; it
+//! is decided by ChaCha8 from the run's seed and the schedule's number. Settings:
+//! `TXPIPE_CHAOS_SEED`, `TXPIPE_CHAOS_SCHEDULES`, `TXPIPE_CHAOS_ROWS`,
+//! `TXPIPE_CHAOS_ONLY` (one schedule of the seed), `TXPIPE_CHAOS_VERBOSE=1` (every
+//! step). `make chaos SEED=… SCHEDULES=…` runs this test with them.
+
+use anyhow::{ensure, Context, Result};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+use txpipe::chunker::ChunkerService;
+use txpipe::config::Config;
+use txpipe::detector::{DetectorError, DetectorResponse, DetectorService};
+use txpipe::layout::StreamName;
+use txpipe::setup::Stores;
+use txpipe::store::{ChunkCursor, DetectorHead, ObjectStore};
+use txpipe_e2e::outputs::{exactly_once, first_difference, reference, stream_outputs, Reference};
+use txpipe_e2e::*;
+use txpipe_testkit::chaos::{
+    BusCounts, CrashMode, CrashSwitch, CrashingCursors, CrashingObjects, CrashingSink,
+    CrashingState, EventBus, EventChaos,
+};
+use txpipe_testkit::clock::{Expiring, TestClock};
+use txpipe_testkit::events::Notifying;
+use txpipe_testkit::faults::{FaultPlan, FaultPoint, FaultyObjects, FaultySink, FaultyState};
+
+/// The seed `make test` runs.
+const DEFAULT_SEED: u64 = 20_261_124;
+/// Schedules `make test` runs.
+const DEFAULT_SCHEDULES: u64 = 8;
+/// Rows of the generated source.
+const DEFAULT_ROWS: u64 = 6_000;
+/// Customers of the generated source.
+const CUSTOMERS: usize = 400;
+
+/// Thresholds low enough that all three patterns fire on a small file.
+const PATTERNS: &[(&str, &str)] = &[
+    ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS", "100"),
+    ("TXPIPE_UPGRADE_TOP_BP", "1000"),
+    ("TXPIPE_UPGRADE_BOTTOM_BP", "1000"),
+    ("TXPIPE_CHILD_MIN_TXNS", "6"),
+    ("TXPIPE_DEI_MIN_FEMALE", "2"),
+];
+
+/// Seconds without detector progress after which the chunker's tick writes the next
+/// chunk again.
+const STALL_SECS: i64 = 30;
+/// Days after which chunk objects expire (the lifecycle rule).
+const RETENTION_DAYS: i64 = 7;
+
+struct RunSettings {
+    seed: u64,
+    schedules: u64,
+    rows: u64,
+    only: Option<u64>,
+    verbose: bool,
+    keep_going: bool,
+}
+
+fn env_u64(var: &str) -> Result<Option<u64>> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => {
+            Ok(Some(v.trim().replace('_', "").parse().with_context(
+                || format!("{var}={v:?} is not a whole number"),
+            )?))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn run_settings() -> Result<RunSettings> {
+    Ok(RunSettings {
+        seed: env_u64("TXPIPE_CHAOS_SEED")?.unwrap_or(DEFAULT_SEED),
+        schedules: env_u64("TXPIPE_CHAOS_SCHEDULES")?.unwrap_or(DEFAULT_SCHEDULES),
+        rows: env_u64("TXPIPE_CHAOS_ROWS")?.unwrap_or(DEFAULT_ROWS),
+        only: env_u64("TXPIPE_CHAOS_ONLY")?,
+        verbose: std::env::var("TXPIPE_CHAOS_VERBOSE").is_ok_and(|v| v == "1"),
+        keep_going: std::env::var("TXPIPE_CHAOS_KEEP_GOING").is_ok_and(|v| v == "1"),
+    })
+}
+
+/// SplitMix64: independent seeds for schedules and steps from one seed.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What the run did, added up over schedules.
+#[derive(Debug, Default)]
+struct Figures {
+    schedules: u64,
+    steps: u64,
+    chunks: u64,
+    detections: u64,
+    lost: u64,
+    duplicated: u64,
+    faults_armed: BTreeMap<String, u64>,
+    faults_struck: BTreeMap<String, u64>,
+    kills: BTreeMap<String, u64>,
+    chunker_kills: BTreeMap<String, u64>,
+    holds: u64,
+    holds_expired: u64,
+    holds_at: BTreeMap<String, u64>,
+    overlaps: u64,
+    busy: u64,
+    cold_starts: u64,
+    ticks: u64,
+    kicks: u64,
+    backpressure: u64,
+    pg_outages: u64,
+    refusals: u64,
+    parked: u64,
+    resumed: u64,
+    pauses: u64,
+    expired: u64,
+    missing: u64,
+    deferred: u64,
+    applied: u64,
+    errors: BTreeMap<String, u64>,
+    poison: u64,
+    redelivered: u64,
+    drain_rounds: u64,
+    bus: BusCounts,
+}
+
+impl Figures {
+    fn add(&mut self, o: &Figures) {
+        let add_map = |a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+            for (k, v) in b {
+                *a.entry(k.clone()).or_default() += v;
+            }
+        };
+        self.schedules += o.schedules;
+        self.steps += o.steps;
+        self.chunks += o.chunks;
+        self.detections += o.detections;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        add_map(&mut self.faults_armed, &o.faults_armed);
+        add_map(&mut self.faults_struck, &o.faults_struck);
+        add_map(&mut self.kills, &o.kills);
+        add_map(&mut self.chunker_kills, &o.chunker_kills);
+        add_map(&mut self.errors, &o.errors);
+        add_map(&mut self.holds_at, &o.holds_at);
+        self.holds += o.holds;
+        self.holds_expired += o.holds_expired;
+        self.overlaps += o.overlaps;
+        self.busy += o.busy;
+        self.cold_starts += o.cold_starts;
+        self.ticks += o.ticks;
+        self.kicks += o.kicks;
+        self.backpressure += o.backpressure;
+        self.pg_outages += o.pg_outages;
+        self.refusals += o.refusals;
+        self.parked += o.parked;
+        self.resumed += o.resumed;
+        self.pauses += o.pauses;
+        self.expired += o.expired;
+        self.missing += o.missing;
+        self.deferred += o.deferred;
+        self.applied += o.applied;
+        self.poison += o.poison;
+        self.redelivered += o.redelivered;
+        self.drain_rounds += o.drain_rounds;
+        self.bus.add(&o.bus);
+    }
+
+    fn report(&self) -> String {
+        let map = |m: &BTreeMap<String, u64>| {
+            let total: u64 = m.values().sum();
+            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            format!("{total} ({})", parts.join(", "))
+        };
+        let b = &self.bus;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "  schedules {}, steps {}, chunks {} ({} applications answered, repeats included), drain rounds {}",
+            self.schedules, self.steps, self.chunks, self.applied, self.drain_rounds
+        );
+        let _ = writeln!(
+            s,
+            "  injected faults armed {}; struck {}",
+            map(&self.faults_armed),
+            map(&self.faults_struck)
+        );
+        let _ = writeln!(s, "  detector kills {}", map(&self.kills));
+        let _ = writeln!(s, "  chunker kills {}", map(&self.chunker_kills));
+        let _ = writeln!(
+            s,
+            "  cold starts {}; concurrent overlaps {}; busy answers {}",
+            self.cold_starts, self.overlaps, self.busy
+        );
+        let _ = writeln!(
+            s,
+            "  containers held mid-call while another ran {} (lease ran out during {}): {}",
+            self.holds,
+            self.holds_expired,
+            map(&self.holds_at)
+        );
+        let _ = writeln!(
+            s,
+            "  Postgres outages {}; sink refusals {} -> parked {}, resumed {}",
+            self.pg_outages, self.refusals, self.parked, self.resumed
+        );
+        let _ = writeln!(
+            s,
+            "  pauses past retention {}: chunk objects expired {}, missing reported {}; chunker ticks {}, kicks {}, backpressure waits {}; deferred catch-ups {}",
+            self.pauses, self.expired, self.missing, self.ticks, self.kicks, self.backpressure, self.deferred
+        );
+        let _ = writeln!(
+            s,
+            "  events: announced {}, delivered {} events / {} records, duplicated {}, dropped {}, delayed {}, reordered {}, retried {}, redelivered {}",
+            b.announced, b.events, b.records, b.duplicated, b.dropped, b.delayed, b.reordered, b.retried, self.redelivered
+        );
+        let _ = writeln!(s, "  invocation errors {}", map(&self.errors));
+        let _ = writeln!(
+            s,
+            "  poison rows {} (kept in rejected_rows, no stats changed)",
+            self.poison
+        );
+        let _ = write!(
+            s,
+            "  detections checked {}: lost = {}, duplicated = {}",
+            self.detections, self.lost, self.duplicated
+        );
+        s
+    }
+}
+
+/// A detector "container": one service and what can break it.
+struct Container {
+    name: String,
+    service: DetectorService,
+    plan: Arc<FaultPlan>,
+    switch: Arc<CrashSwitch>,
+}
+
+/// A chunk the sink refuses (a CHECK constraint) until it is lifted.
+struct Refusal {
+    chunk: u64,
+    constraint: String,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Tick,
+    ChunkerKill,
+    Deliver,
+    Kill,
+    Overlap,
+    Hold,
+    ArmFault,
+    ColdStart,
+    PgOutage,
+    Refuse,
+    Pause,
+    ClockStep,
+}
+
+const WEIGHTS: &[(Action, u32)] = &[
+    (Action::Tick, 16),
+    (Action::ChunkerKill, 3),
+    (Action::Deliver, 30),
+    (Action::Kill, 8),
+    (Action::Overlap, 4),
+    (Action::Hold, 4),
+    (Action::ArmFault, 7),
+    (Action::ColdStart, 3),
+    (Action::PgOutage, 1),
+    (Action::Refuse, 1),
+    (Action::Pause, 1),
+    (Action::ClockStep, 6),
+];
+
+/// Every schedule does each of these at least once, at random steps.
+const MANDATORY: &[Action] = &[
+    Action::ChunkerKill,
+    Action::Kill,
+    Action::Kill,
+    Action::Overlap,
+    Action::Hold,
+    Action::Hold,
+    Action::ArmFault,
+    Action::ArmFault,
+    Action::ColdStart,
+    Action::PgOutage,
+    Action::Refuse,
+    Action::Pause,
+];
+
+/// The detector's remote calls, by name: a crash can be aimed at each step boundary.
+const DETECTOR_OPS: &[&str] = &[
+    "acquire lease",
+    "load head",
+    "get snapshot",
+    "get delta",
+    "load cursor",
+    "get chunk",
+    "put detections",
+    "write sink",
+    "put delta",
+    "put snapshot",
+    "commit",
+    "list snapshot",
+    "delete",
+    "record failure",
+    "release lease",
+];
+
+/// The chunker's remote calls, by name.
+const CHUNKER_OPS: &[&str] = &[
+    "load cursor",
+    "head input",
+    "get range input",
+    "load head",
+    "put chunk",
+    "advance cursor",
+];
+
+/// Where a crash strikes: the n-th call from now, or the (skip + 1)-th call of a name.
+#[derive(Debug, Clone, Copy)]
+enum Strike {
+    Call(u64),
+    Op(&'static str, u64),
+}
+
+impl Strike {
+    fn random(rng: &mut impl Rng, ops: &[&'static str], max_call: u64) -> Strike {
+        match rng.gen_bool(0.5) {
+            true => Strike::Call(rng.gen_range(1..=max_call)),
+            false => Strike::Op(
+                ops.choose(rng).copied().unwrap_or("commit"),
+                rng.gen_range(0..=2),
+            ),
+        }
+    }
+
+    fn arm(self, switch: &CrashSwitch, mode: CrashMode) {
+        match self {
+            Strike::Call(n) => switch.arm(n, mode),
+            Strike::Op(op, skip) => switch.arm_op(op, skip, mode),
+        }
+    }
+}
+
+fn random_action(rng: &mut impl Rng) -> Action {
+    let total: u32 = WEIGHTS.iter().map(|w| w.1).sum();
+    let mut x = rng.gen_range(0..total);
+    for (a, w) in WEIGHTS {
+        if x < *w {
+            return *a;
+        }
+        x -= w;
+    }
+    Action::Deliver
+}
+
+/// Rows the parser must reject, made from a real row so that, were one accepted, it
+/// would change a real pair's stats.
+fn poison_row(template: &[u8], kind: usize) -> (Vec<u8>, &'static str) {
+    let mut fields: Vec<Vec<u8>> = template.split(|&b| b == b',').map(<[u8]>::to_vec).collect();
+    let quoted = |inner: &[u8]| [b"'".as_slice(), inner, b"'"].concat();
+    let id = |f: &[u8]| {
+        f.iter()
+            .copied()
+            .filter(|&b| b != b'\'')
+            .collect::<Vec<u8>>()
+    };
+    let what = match kind {
+        0 => {
+            let mut c = id(&fields[1]);
+            c.insert(2, 0);
+            fields[1] = quoted(&c);
+            "NUL in the customer id"
+        }
+        1 => {
+            fields[8] = b"1234567890123.45".to_vec();
+            "13-digit amount"
+        }
+        2 => {
+            fields[7] = quoted(b"es_\0food");
+            "NUL in an unused column"
+        }
+        3 => {
+            let mut m = id(&fields[5]);
+            m.push(0x07);
+            fields[5] = quoted(&m);
+            "control character in the merchant id"
+        }
+        4 => {
+            let mut c = id(&fields[1]);
+            c.resize(129, b'7');
+            fields[1] = quoted(&c);
+            "129-byte customer id"
+        }
+        5 => {
+            fields.pop();
+            "a field missing"
+        }
+        _ => {
+            let mut m = id(&fields[5]);
+            m.insert(1, 0xFF);
+            fields[5] = quoted(&m);
+            "invalid UTF-8 in the merchant id"
+        }
+    };
+    (fields.join(&b','), what)
+}
+
+/// A poison row: its row number, its bytes, what is wrong with it.
+type Poison = (u64, Vec<u8>, &'static str);
+
+/// The base source with 1–3 poison rows inserted at random places: the new source,
+/// and each poison row.
+fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<Poison>) {
+    let mut lines: Vec<&[u8]> = base.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let header = lines.remove(0);
+    let mut rows: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
+    let mut poison = Vec::new();
+    for _ in 0..rng.gen_range(1..=3) {
+        let template = rows[rng.gen_range(0..rows.len())].clone();
+        let (row, what) = poison_row(&template, rng.gen_range(0..7));
+        let at = rng.gen_range(0..=rows.len());
+        rows.insert(at, row);
+        poison.push((at, what));
+    }
+    let mut out = header.to_vec();
+    out.push(b'\n');
+    for r in &rows {
+        out.extend_from_slice(r);
+        out.push(b'\n');
+    }
+    let mut numbered: Vec<Poison> = Vec::new();
+    // Positions shift as later rows are inserted before earlier ones: recompute them by
+    // replaying the insertions.
+    let mut positions: Vec<usize> = Vec::new();
+    for (at, _) in &poison {
+        for p in positions.iter_mut() {
+            if *p >= *at {
+                *p += 1;
+            }
+        }
+        positions.push(*at);
+    }
+    for (p, (_, what)) in positions.iter().zip(&poison) {
+        numbered.push((*p as u64 + 1, rows[*p].clone(), *what));
+    }
+    numbered.sort();
+    (out, numbered)
+}
+
+/// One schedule: its own stream, clock, stores, containers and event bus.
+struct Schedule<'a> {
+    stack: &'a mut Stack,
+    label: String,
+    seed: u64,
+    n: u64,
+    schedule_seed: u64,
+    verbose: bool,
+    env: Vec<(String, String)>,
+    config: Config,
+    pg_transactions: bool,
+    park_after: u64,
+    source_key: String,
+    stream: StreamName,
+    reference: Reference,
+    poison: Vec<Poison>,
+    clock: Arc<TestClock>,
+    expiring: Arc<Expiring>,
+    announce: UnboundedSender<String>,
+    bus: EventBus,
+    bus_rng: ChaCha8Rng,
+    chaos: EventChaos,
+    plain: Stores,
+    chunker: ChunkerService,
+    chunker_switch: Arc<CrashSwitch>,
+    containers: Vec<Container>,
+    made: u32,
+    pg_down_until: Option<u64>,
+    refusal: Option<Refusal>,
+    step: u64,
+    last_head: u64,
+    last_cursor: u64,
+    head_before_drain: u64,
+    log: VecDeque<String>,
+    fig: Figures,
+}
+
+impl<'a> Schedule<'a> {
+    async fn new(
+        stack: &'a mut Stack,
+        settings: &RunSettings,
+        n: u64,
+        base: &[u8],
+        importance: &[u8],
+    ) -> Result<Schedule<'a>> {
+        let schedule_seed = mix(settings.seed, n);
+        let mut rng = ChaCha8Rng::seed_from_u64(schedule_seed);
+        let rows_per_chunk = *[300u64, 450, 600, 800].choose(&mut rng).unwrap_or(&450);
+        let per_file = rng.gen_range(2..=12u64);
+        let snapshot_every = rng.gen_range(2..=6u64);
+        let max_lag = rng.gen_range(2..=6u64);
+        let park_after = rng.gen_range(2..=3u64);
+        let pg_transactions = rng.gen_bool(0.7);
+        let (source, poison) = poisoned(base, &mut rng);
+        let source_key = format!("input/chaos-{}-{n}.csv", settings.seed);
+        let mut env: Vec<(String, String)> = PATTERNS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in [
+            ("TXPIPE_SOURCE_KEY", source_key.clone()),
+            ("TXPIPE_ROWS_PER_CHUNK", rows_per_chunk.to_string()),
+            ("TXPIPE_DETECTIONS_PER_FILE", per_file.to_string()),
+            ("TXPIPE_SNAPSHOT_MAX_DELTAS", snapshot_every.to_string()),
+            ("TXPIPE_MAX_LAG_CHUNKS", max_lag.to_string()),
+            ("TXPIPE_PARK_AFTER_ATTEMPTS", park_after.to_string()),
+            ("TXPIPE_DETECTOR_STALL_SECS", STALL_SECS.to_string()),
+            (
+                "TXPIPE_PG_TRANSACTIONS",
+                if pg_transactions { "on" } else { "off" }.to_string(),
+            ),
+        ] {
+            env.push((k.to_string(), v));
+        }
+        let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let config = stack.config(&extra)?;
+        stack.put(&source_key, source.clone()).await?;
+        let stream = stack.stream_of(&source_key).await?;
+        let reference = reference(&stream, &source, importance, &config, pg_transactions)?;
+        for (row, bytes, what) in &poison {
+            let found = reference.replay.rejected.iter().find(|r| r.row == *row);
+            ensure!(
+                found.is_some_and(|r| &r.raw == bytes),
+                "schedule {n}: the replay does not reject poison row {row} ({what}) as inserted: {found:?}"
+            );
+        }
+        let clock = TestClock::new();
+        let plain = stack.stores(&config);
+        let expiring = Arc::new(Expiring::new(
+            plain.objects.clone(),
+            clock.clone(),
+            "chunks/",
+            chrono::Duration::days(RETENTION_DAYS),
+        ));
+        let (announce, rx) = tokio::sync::mpsc::unbounded_channel();
+        let chaos = EventChaos {
+            drop: rng.gen_range(0.0..0.25),
+            duplicate: rng.gen_range(0.0..0.3),
+            delay: rng.gen_range(0.0..0.4),
+            max_delay: rng.gen_range(1..=5),
+            reorder: rng.gen_range(0.0..0.6),
+            max_batch: rng.gen_range(1..=4),
+        };
+        let label = format!(
+            "schedule {n} (seed {}): R={rows_per_chunk}, {} chunks, {} detections/file, snapshot every {snapshot_every}, max lag {max_lag}, park after {park_after}, transactions {}, {} poison row(s), events {:?}",
+            settings.seed,
+            reference.chunks,
+            per_file,
+            if pg_transactions { "on" } else { "off" },
+            poison.len(),
+            chaos
+        );
+        let chunker_switch = CrashSwitch::new();
+        let chunker = make_chunker(
+            &*stack,
+            &extra,
+            &plain,
+            &expiring,
+            &announce,
+            &chunker_switch,
+            &clock,
+        )?;
+        let mut fig = Figures {
+            schedules: 1,
+            chunks: reference.chunks,
+            poison: poison.len() as u64,
+            ..Figures::default()
+        };
+        fig.detections = reference.replay.detections.len() as u64;
+        Ok(Schedule {
+            stack,
+            label,
+            seed: settings.seed,
+            n,
+            schedule_seed,
+            verbose: settings.verbose,
+            env,
+            config,
+            pg_transactions,
+            park_after,
+            source_key,
+            stream,
+            reference,
+            poison,
+            clock,
+            expiring,
+            announce,
+            bus: EventBus::new(rx),
+            bus_rng: ChaCha8Rng::seed_from_u64(mix(schedule_seed, u64::MAX)),
+            chaos,
+            plain,
+            chunker,
+            chunker_switch,
+            containers: Vec::new(),
+            made: 0,
+            pg_down_until: None,
+            refusal: None,
+            step: 0,
+            last_head: 0,
+            last_cursor: 0,
+            head_before_drain: 0,
+            log: VecDeque::new(),
+            fig,
+        })
+    }
+
+    fn extra(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    fn note(&mut self, line: String) {
+        let line = format!("step {}: {line}", self.step);
+        if self.verbose {
+            println!("    {line}");
+        }
+        self.log.push_back(line);
+        while self.log.len() > 40 {
+            self.log.pop_front();
+        }
+    }
+
+    /// A failure, with everything needed to replay it.
+    fn failure(&self, what: impl std::fmt::Display) -> anyhow::Error {
+        let mut s = format!(
+            "CHAOS FAILURE in schedule {} of seed {}: {what}\n  {}\n  replay: make chaos SEED={} ONLY={} VERBOSE=1 ROWS={}\n  last steps:\n",
+            self.n,
+            self.seed,
+            self.label,
+            self.seed,
+            self.n,
+            std::env::var("TXPIPE_CHAOS_ROWS").unwrap_or_else(|_| DEFAULT_ROWS.to_string())
+        );
+        for line in &self.log {
+            let _ = writeln!(s, "    {line}");
+        }
+        anyhow::anyhow!(s)
+    }
+
+    async fn head(&self) -> Result<Option<DetectorHead>> {
+        Ok(self.plain.state.load_head(&self.stream).await?)
+    }
+
+    async fn cursor(&self) -> Result<Option<ChunkCursor>> {
+        let id = ChunkCursor::source_id(BUCKET, &self.source_key);
+        Ok(self.plain.cursors.load_cursor(&id).await?)
+    }
+
+    /// A fresh detector container (a cold start).
+    async fn container(&mut self) -> Result<usize> {
+        self.made += 1;
+        if self.made > 1 {
+            self.fig.cold_starts += 1;
+        }
+        let plan = FaultPlan::new();
+        let switch = CrashSwitch::new();
+        let expiring: Arc<dyn ObjectStore> = self.expiring.clone();
+        let stores = Stores {
+            objects: Arc::new(CrashingObjects {
+                inner: Arc::new(FaultyObjects {
+                    inner: expiring,
+                    plan: plan.clone(),
+                }),
+                switch: switch.clone(),
+            }),
+            state: Arc::new(CrashingState {
+                inner: Arc::new(FaultyState {
+                    inner: self.plain.state.clone(),
+                    plan: plan.clone(),
+                }),
+                switch: switch.clone(),
+            }),
+            cursors: Arc::new(CrashingCursors {
+                inner: self.plain.cursors.clone(),
+                switch: switch.clone(),
+            }),
+            requests: Default::default(),
+        };
+        let sink = Arc::new(CrashingSink {
+            inner: Arc::new(FaultySink {
+                inner: self.stack.sink(&self.config)?,
+                plan: plan.clone(),
+            }),
+            switch: switch.clone(),
+        });
+        let service = self
+            .stack
+            .detector_over(&self.extra(), stores, sink, self.clock.clone())
+            .await?;
+        self.containers.push(Container {
+            name: format!("d{}", self.made),
+            service,
+            plan,
+            switch,
+        });
+        Ok(self.containers.len() - 1)
+    }
+
+    /// A live container chosen at random, or a new one.
+    async fn pick(&mut self, rng: &mut impl Rng) -> Result<usize> {
+        match self.containers.len() {
+            0 => self.container().await,
+            n => Ok(rng.gen_range(0..n)),
+        }
+    }
+
+    /// Two distinct containers.
+    async fn pair(&mut self) -> Result<(usize, usize)> {
+        while self.containers.len() < 2 {
+            self.container().await?;
+        }
+        Ok((0, 1))
+    }
+
+    fn count_struck(&mut self, plan: &FaultPlan) {
+        for (point, _) in plan.fired() {
+            *self
+                .fig
+                .faults_struck
+                .entry(format!("{point:?}"))
+                .or_default() += 1;
+        }
+    }
+
+    fn drop_container(&mut self, i: usize) {
+        let c = self.containers.remove(i);
+        self.count_struck(&c.plan);
+    }
+
+    /// A detector invocation's deadline: often too short for a chunk (nothing or part
+    /// of the catch-up is done), sometimes a few chunks, sometimes plenty.
+    fn deadline(rng: &mut impl Rng) -> Instant {
+        let ms = match rng.gen_range(0..100) {
+            0..35 => rng.gen_range(100..700),
+            35..75 => rng.gen_range(700..3_000),
+            _ => 10_000,
+        };
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    /// The next event's records, or, if none is ready, the newest announcement again
+    /// (S3 delivers at least once).
+    fn event(&mut self) -> Option<Vec<String>> {
+        let keys = self.bus.next_event(&mut self.bus_rng, &self.chaos);
+        if !keys.is_empty() {
+            return Some(keys);
+        }
+        let last = self.bus.last_announced()?.clone();
+        self.fig.redelivered += 1;
+        Some(vec![last])
+    }
+
+    fn describe_keys(keys: &[String]) -> String {
+        let numbers: Vec<String> = keys
+            .iter()
+            .filter_map(|k| txpipe::layout::parse_chunk_key(k).map(|(_, n)| n.to_string()))
+            .collect();
+        format!("[{}]", numbers.join(","))
+    }
+
+    /// Records what an invocation answered.
+    fn answered(
+        &mut self,
+        who: &str,
+        keys: &[String],
+        r: &Result<DetectorResponse, DetectorError>,
+    ) {
+        let text = match r {
+            Ok(resp) => {
+                let mut parts = Vec::new();
+                for s in &resp.streams {
+                    self.fig.applied += s.applied.len() as u64;
+                    if !s.applied.is_empty() {
+                        parts.push(format!(
+                            "applied {}..={}",
+                            s.applied[0],
+                            s.applied[s.applied.len() - 1]
+                        ));
+                    }
+                    if s.duplicate {
+                        parts.push("duplicate".into());
+                    }
+                    if s.busy {
+                        self.fig.busy += 1;
+                        parts.push("busy".into());
+                    }
+                    if s.deferred {
+                        self.fig.deferred += 1;
+                        parts.push("deferred".into());
+                    }
+                    if let Some(k) = s.missing {
+                        self.fig.missing += 1;
+                        parts.push(format!("missing {k}"));
+                    }
+                    if let Some(k) = s.waiting_for {
+                        parts.push(format!("waiting for {k}"));
+                    }
+                    if let Some(k) = s.parked {
+                        parts.push(format!("parked at {k}"));
+                    }
+                    parts.push(format!("next {}", s.next_chunk));
+                }
+                parts.join(", ")
+            }
+            Err(e) => {
+                let kind = error_kind(e);
+                *self.fig.errors.entry(kind.clone()).or_default() += 1;
+                format!("error ({kind}): {}", truncate(&e.to_string(), 160))
+            }
+        };
+        self.note(format!("{who} <- {}: {text}", Self::describe_keys(keys)));
+    }
+
+    /// Delivers `keys` to container `i`, which may be killed at its `kill`-th call.
+    async fn invoke(
+        &mut self,
+        i: usize,
+        keys: Vec<String>,
+        deadline: Instant,
+        kill: Option<(Strike, CrashMode)>,
+        retry: bool,
+        rng: &mut impl Rng,
+    ) -> Result<()> {
+        let event = object_created(BUCKET, &keys);
+        let c = &self.containers[i];
+        let name = c.name.clone();
+        if let Some((strike, mode)) = kill {
+            strike.arm(&c.switch, mode);
+        }
+        let outcome = tokio::select! {
+            r = c.service.handle(&event, deadline) => Ok(r),
+            trip = c.switch.tripped() => Err(trip),
+        };
+        c.switch.disarm();
+        match outcome {
+            Err(trip) => {
+                *self
+                    .fig
+                    .kills
+                    .entry(format!("{:?} {}", trip.mode, trip.op).to_lowercase())
+                    .or_default() += 1;
+                self.note(format!(
+                    "{name} <- {}: killed {:?} call {} ({})",
+                    Self::describe_keys(&keys),
+                    trip.mode,
+                    trip.call,
+                    trip.op
+                ));
+                self.drop_container(i);
+                // Lambda retries an invocation that timed out or crashed.
+                if retry && rng.gen_bool(0.5) {
+                    self.bus.retry(&keys, rng.gen_range(0..=2));
+                }
+            }
+            Ok(r) => {
+                self.answered(&name, &keys, &r);
+                if r.is_err() && retry && rng.gen_bool(0.67) {
+                    self.bus.retry(&keys, rng.gen_range(0..=2));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One chunker tick with `budget_ms`, maybe killed at its `kill`-th call.
+    async fn tick(&mut self, budget_ms: u64, kill: Option<(Strike, CrashMode)>) -> Result<()> {
+        self.fig.ticks += 1;
+        let deadline = Instant::now() + Duration::from_millis(budget_ms);
+        if let Some((strike, mode)) = kill {
+            strike.arm(&self.chunker_switch, mode);
+        }
+        let switch = self.chunker_switch.clone();
+        let tick = serde_json::json!({"detail-type": "Scheduled Event"});
+        let outcome = tokio::select! {
+            r = self.chunker.handle(&tick, deadline) => Ok(r),
+            trip = switch.tripped() => Err(trip),
+        };
+        switch.disarm();
+        match outcome {
+            Err(trip) => {
+                *self
+                    .fig
+                    .chunker_kills
+                    .entry(format!("{:?} {}", trip.mode, trip.op).to_lowercase())
+                    .or_default() += 1;
+                self.note(format!(
+                    "chunker ({budget_ms} ms) killed {:?} call {} ({})",
+                    trip.mode, trip.call, trip.op
+                ));
+                // A new container.
+                self.chunker_switch = CrashSwitch::new();
+                self.chunker = make_chunker(
+                    &*self.stack,
+                    &self.extra(),
+                    &self.plain,
+                    &self.expiring,
+                    &self.announce,
+                    &self.chunker_switch,
+                    &self.clock,
+                )?;
+            }
+            Ok(Ok(r)) => {
+                self.fig.backpressure += r.backpressure_waits;
+                if r.kicked.is_some() {
+                    self.fig.kicks += 1;
+                }
+                self.note(format!(
+                    "chunker ({budget_ms} ms): cut {:?}, next {}, lag {}, kicked {:?}, parked {:?}, backpressure {}",
+                    r.chunks, r.next_chunk, r.lag, r.kicked, r.parked, r.backpressure_waits
+                ));
+            }
+            Ok(Err(e)) => {
+                *self.fig.errors.entry("chunker".to_string()).or_default() += 1;
+                self.note(format!("chunker ({budget_ms} ms): error {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn pg_pause(&mut self) -> Result<()> {
+        let pg = self.stack.local.pg.as_mut().context("no Postgres")?;
+        tokio::task::block_in_place(|| pg.pause())?;
+        Ok(())
+    }
+
+    async fn pg_resume(&mut self) -> Result<()> {
+        let pg = self.stack.local.pg.as_mut().context("no Postgres")?;
+        tokio::task::block_in_place(|| pg.resume())?;
+        self.pg_down_until = None;
+        self.note("Postgres back".into());
+        Ok(())
+    }
+
+    /// Drops the sink's refusal; if the stream parked on it, resumes it as an operator
+    /// would (`txpipe resume`, which writes the chunk again: S3 announces it).
+    async fn lift_refusal(&mut self) -> Result<()> {
+        let Some(r) = self.refusal.take() else {
+            return Ok(());
+        };
+        let pg = self.stack.pg_client().await?;
+        pg.batch_execute(&format!(
+            "ALTER TABLE chunks DROP CONSTRAINT {}",
+            r.constraint
+        ))
+        .await?;
+        let head = self.head().await?;
+        let parked = head.as_ref().and_then(|h| h.parked().cloned());
+        let Some(p) = parked else {
+            self.note(format!(
+                "sink refusal of chunk {} lifted (not parked)",
+                r.chunk
+            ));
+            return Ok(());
+        };
+        if p.chunk != r.chunk || p.attempts < self.park_after || !p.reason.contains("23514") {
+            return Err(self.failure(format!(
+                "the stream parked at chunk {} after {} attempts ({}), but the sink refused chunk {} with park-after {}",
+                p.chunk, p.attempts, p.reason, r.chunk, self.park_after
+            )));
+        }
+        self.fig.parked += 1;
+        let out = txpipe_cli::operate::resume(
+            &self.stack.local.clients,
+            &self.config,
+            Some(self.stream.clone()),
+            false,
+        )
+        .await?;
+        self.fig.resumed += 1;
+        self.note(format!(
+            "sink refusal of chunk {} lifted; resumed: {}",
+            r.chunk,
+            out.trim().replace('\n', "; ")
+        ));
+        if let Some(key) = out
+            .split("wrote ")
+            .nth(1)
+            .and_then(|rest| rest.split(" again").next())
+        {
+            self.bus
+                .announce(key.to_string(), &mut self.bus_rng, &self.chaos);
+        }
+        Ok(())
+    }
+
+    /// Things that end by themselves: Postgres comes back; an operator resumes a
+    /// stream parked on the refused chunk.
+    async fn housekeeping(&mut self, rng: &mut impl Rng) -> Result<()> {
+        if self.pg_down_until.is_some_and(|s| self.step >= s) {
+            self.pg_resume().await?;
+        }
+        if self.refusal.is_some() && self.pg_down_until.is_none() && rng.gen_bool(0.7) {
+            let parked = self.head().await?.is_some_and(|h| h.parked().is_some());
+            if parked {
+                self.lift_refusal().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heads and cursors never move back; the detector is never past the chunks cut.
+    async fn check_progress(&mut self) -> Result<()> {
+        let head = self.head().await?.map_or(0, |h| h.next_chunk);
+        let cursor = self.cursor().await?.map_or(0, |c| c.next_chunk);
+        if head < self.last_head {
+            return Err(self.failure(format!(
+                "the detector's head moved back from {} to {head}",
+                self.last_head
+            )));
+        }
+        if cursor < self.last_cursor {
+            return Err(self.failure(format!(
+                "the chunker's cursor moved back from {} to {cursor}",
+                self.last_cursor
+            )));
+        }
+        if head > cursor + 1 {
+            return Err(self.failure(format!(
+                "the detector applied {head} chunks but only {cursor} are cut"
+            )));
+        }
+        self.last_head = head;
+        self.last_cursor = cursor;
+        Ok(())
+    }
+
+    async fn act(&mut self, action: Action, rng: &mut ChaCha8Rng) -> Result<()> {
+        match action {
+            Action::Tick => {
+                let budget = match rng.gen_range(0..10) {
+                    0..3 => rng.gen_range(0..200),
+                    3..8 => rng.gen_range(200..700),
+                    _ => rng.gen_range(700..2_500),
+                };
+                self.tick(budget, None).await?;
+            }
+            Action::ChunkerKill => {
+                let mode = *[CrashMode::Before, CrashMode::After]
+                    .choose(rng)
+                    .unwrap_or(&CrashMode::Before);
+                let strike = Strike::random(rng, CHUNKER_OPS, 14);
+                self.tick(rng.gen_range(300..1_500), Some((strike, mode)))
+                    .await?;
+            }
+            Action::Deliver => {
+                let keys = self.bus.next_event(&mut self.bus_rng, &self.chaos);
+                if keys.is_empty() {
+                    self.note("no event ready".into());
+                    return Ok(());
+                }
+                let i = self.pick(rng).await?;
+                let deadline = Self::deadline(rng);
+                self.invoke(i, keys, deadline, None, true, rng).await?;
+            }
+            Action::Kill => {
+                let Some(keys) = self.event() else {
+                    return Ok(());
+                };
+                let i = self.pick(rng).await?;
+                let mode = *[CrashMode::Before, CrashMode::After]
+                    .choose(rng)
+                    .unwrap_or(&CrashMode::Before);
+                let strike = Strike::random(rng, DETECTOR_OPS, 24);
+                let deadline = Self::deadline(rng);
+                self.invoke(i, keys, deadline, Some((strike, mode)), true, rng)
+                    .await?;
+            }
+            Action::Overlap => self.overlap(rng).await?,
+            Action::Hold => self.hold(rng).await?,
+            Action::ArmFault => {
+                let i = self.pick(rng).await?;
+                let next = self.head().await?.map_or(0, |h| h.next_chunk);
+                let point = *FaultPoint::ALL.choose(rng).unwrap_or(&FaultPoint::Commit);
+                let chunk = next + rng.gen_range(0..=3);
+                self.containers[i].plan.arm(point, chunk);
+                *self
+                    .fig
+                    .faults_armed
+                    .entry(format!("{point:?}"))
+                    .or_default() += 1;
+                let name = self.containers[i].name.clone();
+                self.note(format!("{name}: armed {point:?} at chunk {chunk}"));
+            }
+            Action::ColdStart => {
+                if !self.containers.is_empty() {
+                    let i = rng.gen_range(0..self.containers.len());
+                    let name = self.containers[i].name.clone();
+                    self.drop_container(i);
+                    self.note(format!("{name} dropped (the next event cold-starts)"));
+                }
+            }
+            Action::PgOutage => {
+                if self.pg_down_until.is_none() {
+                    self.pg_pause().await?;
+                    self.fig.pg_outages += 1;
+                    let back = self.step + rng.gen_range(1..=5);
+                    self.pg_down_until = Some(back);
+                    self.note(format!("Postgres down until step {back}"));
+                }
+            }
+            Action::Refuse => {
+                if self.refusal.is_none() && self.pg_down_until.is_none() {
+                    let next = self.head().await?.map_or(0, |h| h.next_chunk);
+                    let chunk = next + rng.gen_range(0..=2);
+                    if chunk < self.reference.chunks {
+                        let constraint = format!("chaos_refuse_{}_{}", self.n, chunk);
+                        let pg = self.stack.pg_client().await?;
+                        pg.batch_execute(&format!(
+                            "ALTER TABLE chunks ADD CONSTRAINT {constraint}
+                             CHECK (NOT (stream = '{}' AND chunk = {chunk})) NOT VALID",
+                            self.stream.as_str()
+                        ))
+                        .await?;
+                        self.fig.refusals += 1;
+                        self.refusal = Some(Refusal { chunk, constraint });
+                        self.note(format!("the sink refuses chunk {chunk} from now on"));
+                    }
+                }
+            }
+            Action::Pause => {
+                let hours = RETENTION_DAYS * 24 + rng.gen_range(1..=72);
+                self.clock.advance(chrono::Duration::hours(hours));
+                let gone = self.expiring.expire_due().await?;
+                self.fig.pauses += 1;
+                self.fig.expired += gone.len() as u64;
+                self.note(format!(
+                    "paused {hours} h: {} chunk objects expired",
+                    gone.len()
+                ));
+            }
+            Action::ClockStep => {
+                let secs = match rng.gen_bool(0.5) {
+                    true => STALL_SECS + 1,
+                    false => rng.gen_range(1..=STALL_SECS),
+                };
+                self.clock.advance(chrono::Duration::seconds(secs));
+                self.note(format!("clock +{secs} s"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Two containers handle events at the same time.
+    async fn overlap(&mut self, rng: &mut ChaCha8Rng) -> Result<()> {
+        let (Some(k1), Some(k2)) = (self.event(), self.event()) else {
+            return Ok(());
+        };
+        let (a, b) = self.pair().await?;
+        let d1 = Self::deadline(rng);
+        let d2 = Self::deadline(rng);
+        let (e1, e2) = (object_created(BUCKET, &k1), object_created(BUCKET, &k2));
+        let (ca, cb) = (&self.containers[a], &self.containers[b]);
+        let (na, nb) = (ca.name.clone(), cb.name.clone());
+        let (ra, rb) = tokio::join!(ca.service.handle(&e1, d1), cb.service.handle(&e2, d2));
+        self.fig.overlaps += 1;
+        self.answered(&format!("{na} (overlapping {nb})"), &k1, &ra);
+        self.answered(&format!("{nb} (overlapping {na})"), &k2, &rb);
+        Ok(())
+    }
+
+    /// One container is held at a call (a paused process, lease in hand); maybe its
+    /// lease runs out; another container handles an event; then the first goes on.
+    async fn hold(&mut self, rng: &mut ChaCha8Rng) -> Result<()> {
+        let (Some(k1), Some(k2)) = (self.event(), self.event()) else {
+            return Ok(());
+        };
+        let (a, b) = self.pair().await?;
+        let strike = Strike::random(rng, DETECTOR_OPS, 16);
+        let expire = rng.gen_bool(0.5);
+        let d2 = Self::deadline(rng);
+        let d1 = Instant::now() + Duration::from_secs(20);
+        let (e1, e2) = (object_created(BUCKET, &k1), object_created(BUCKET, &k2));
+        let clock = self.clock.clone();
+        let (na, nb) = (
+            self.containers[a].name.clone(),
+            self.containers[b].name.clone(),
+        );
+        let outcome = {
+            let (ca, cb) = (&self.containers[a], &self.containers[b]);
+            strike.arm(&ca.switch, CrashMode::Hold);
+            let first = ca.service.handle(&e1, d1);
+            tokio::pin!(first);
+            let held = tokio::select! {
+                r = &mut first => Err(r),
+                trip = ca.switch.tripped() => Ok(trip),
+            };
+            match held {
+                Err(r) => {
+                    ca.switch.disarm();
+                    Err(r)
+                }
+                Ok(trip) => {
+                    if expire {
+                        // Longer than any lease a container takes here (deadline + 5 s).
+                        clock.advance(chrono::Duration::seconds(60));
+                    }
+                    let rb = cb.service.handle(&e2, d2).await;
+                    ca.switch.release();
+                    let ra = first.await;
+                    ca.switch.disarm();
+                    Ok((trip, ra, rb))
+                }
+            }
+        };
+        let (trip, ra, rb) = match outcome {
+            Ok(held) => held,
+            Err(r) => {
+                self.answered(
+                    &format!("{na} (not held: never reached {strike:?})"),
+                    &k1,
+                    &r,
+                );
+                return Ok(());
+            }
+        };
+        self.fig.holds += 1;
+        *self.fig.holds_at.entry(trip.op.clone()).or_default() += 1;
+        if expire {
+            self.fig.holds_expired += 1;
+        }
+        let how = format!(
+            "held at call {} ({}){}",
+            trip.call,
+            trip.op,
+            if expire { ", lease ran out" } else { "" }
+        );
+        self.answered(&format!("{nb} (while {na} {how})"), &k2, &rb);
+        self.answered(&format!("{na} (released after {how})"), &k1, &ra);
+        Ok(())
+    }
+
+    /// Ends every fault, then ticks the chunker and delivers every announcement until
+    /// the stream is finished.
+    async fn drain(&mut self) -> Result<()> {
+        if self.pg_down_until.is_some() {
+            self.pg_resume().await?;
+        }
+        for c in &self.containers {
+            c.switch.disarm();
+        }
+        let bound = 6 * self.reference.chunks + 60;
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.schedule_seed, u64::MAX - 1));
+        for round in 0..bound {
+            self.step += 1;
+            self.fig.drain_rounds += 1;
+            self.tick(55_000, None).await?;
+            self.bus.collect(&mut self.bus_rng, &EventChaos::reliable());
+            let keys = self.bus.take_all();
+            if !keys.is_empty() {
+                let i = match self.containers.is_empty() {
+                    true => self.container().await?,
+                    false => 0,
+                };
+                self.invoke(i, keys, far(), None, false, &mut rng).await?;
+            }
+            self.check_progress().await?;
+            let head = self.head().await?;
+            if let Some(h) = &head {
+                if h.finished && h.next_chunk == self.reference.chunks {
+                    self.note(format!("finished after {round} drain rounds"));
+                    return Ok(());
+                }
+                if let Some(p) = h.parked() {
+                    match &self.refusal {
+                        Some(r) if r.chunk == p.chunk => self.lift_refusal().await?,
+                        _ => {
+                            return Err(self.failure(format!(
+                            "the stream parked at chunk {} with no cause injected: {} attempts, {}",
+                            p.chunk, p.attempts, p.reason
+                        )))
+                        }
+                    }
+                }
+            }
+            self.clock
+                .advance(chrono::Duration::seconds(STALL_SECS + 1));
+        }
+        let head = self.head().await?;
+        let cursor = self.cursor().await?;
+        Err(self.failure(format!(
+            "the stream did not finish within {bound} drain rounds: head {:?}, cursor next {:?} finished {:?}, {} events queued",
+            head.map(|h| (h.next_chunk, h.finished, h.failure)),
+            cursor.as_ref().map(|c| c.next_chunk),
+            cursor.as_ref().map(|c| c.finished),
+            self.bus.queued()
+        )))
+    }
+
+    /// The stream's outputs against the replay.
+    async fn verify(&mut self, clean_stats: &[CleanStats]) -> Result<()> {
+        let got = stream_outputs(&*self.stack, &self.stream, self.pg_transactions).await?;
+        let want = &self.reference.outputs;
+        let once = exactly_once(&got, want);
+        self.fig.lost = once.lost();
+        self.fig.duplicated = once.duplicated();
+        if once.lost() > 0 || once.duplicated() > 0 {
+            return Err(self.failure(format!("detections not exactly once: {once:?}")));
+        }
+        if let Some(d) = first_difference(&got, want) {
+            return Err(self.failure(format!("outputs differ from the replay: {d}")));
+        }
+        let head = self.head().await?.context("no head")?;
+        if head.totals != self.reference.totals || head.failure.is_some() {
+            return Err(self.failure(format!(
+                "head totals {:?} (failure {:?}), replay {:?}",
+                head.totals, head.failure, self.reference.totals
+            )));
+        }
+        for (row, bytes, what) in &self.poison {
+            let kept = got
+                .rejected
+                .iter()
+                .any(|r| r.0 == *row as i64 && &r.2 == bytes);
+            if !kept {
+                return Err(self.failure(format!(
+                    "poison row {row} ({what}) is not in rejected_rows with its exact bytes"
+                )));
+            }
+        }
+        let stats: Vec<CleanStats> = got
+            .stats
+            .iter()
+            .map(|s| {
+                (
+                    s.0.clone(),
+                    s.1.clone(),
+                    s.2,
+                    s.3.clone(),
+                    s.4.clone(),
+                    s.5.clone(),
+                )
+            })
+            .collect();
+        if stats != clean_stats {
+            let i = (0..stats.len().max(clean_stats.len()))
+                .find(|&i| stats.get(i) != clean_stats.get(i))
+                .unwrap_or(0);
+            return Err(self.failure(format!(
+                "the poison rows changed customer_stats: first difference at {i}: got {:?}, without poison {:?}",
+                stats.get(i),
+                clean_stats.get(i)
+            )));
+        }
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<(Figures, u64)> {
+        let mut plan_rng = ChaCha8Rng::seed_from_u64(self.schedule_seed);
+        let steps = 30 + 4 * self.reference.chunks as usize;
+        let mut plan: Vec<Action> = MANDATORY.to_vec();
+        while plan.len() < steps {
+            plan.push(random_action(&mut plan_rng));
+        }
+        plan.shuffle(&mut plan_rng);
+        for action in plan {
+            self.step += 1;
+            // Decisions of one step do not shift those of the next, whatever the
+            // services answered.
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.schedule_seed, self.step));
+            // Time passes between steps (leases of killed containers run out, a
+            // detector without progress looks stalled to the chunker).
+            self.clock
+                .advance(chrono::Duration::milliseconds(rng.gen_range(0..8_000)));
+            self.bus.collect(&mut self.bus_rng, &self.chaos);
+            self.housekeeping(&mut rng).await?;
+            self.act(action, &mut rng).await?;
+            self.bus.collect(&mut self.bus_rng, &self.chaos);
+            self.check_progress().await?;
+        }
+        self.fig.steps = self.step;
+        self.head_before_drain = self.head().await?.map_or(0, |h| h.next_chunk);
+        self.drain().await?;
+        let live: Vec<Arc<FaultPlan>> = self.containers.iter().map(|c| c.plan.clone()).collect();
+        for plan in live {
+            self.count_struck(&plan);
+        }
+        let clean = CLEAN.get().cloned().unwrap_or_default();
+        self.verify(&clean).await?;
+        self.fig.bus = self.bus.counts.clone();
+        Ok((self.fig, self.head_before_drain))
+    }
+}
+
+/// After a failed schedule (TXPIPE_CHAOS_KEEP_GOING=1): Postgres up, no refusal left.
+async fn recover(stack: &mut Stack) -> Result<()> {
+    if let Some(pg) = stack.local.pg.as_mut() {
+        // Fails harmlessly when it is running.
+        let _ = tokio::task::block_in_place(|| pg.resume());
+    }
+    let pg = stack.pg_client().await?;
+    for row in pg
+        .query(
+            "SELECT conname FROM pg_constraint WHERE conname LIKE 'chaos_refuse_%'",
+            &[],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        pg.batch_execute(&format!("ALTER TABLE chunks DROP CONSTRAINT {name}"))
+            .await?;
+    }
+    Ok(())
+}
+
+/// A customer_stats row without `last_chunk` (which shifts with the poison rows).
+type CleanStats = (String, String, i64, String, String, Option<String>);
+
+/// Customer stats of the source without poison rows.
+static CLEAN: std::sync::OnceLock<Vec<CleanStats>> = std::sync::OnceLock::new();
+
+fn make_chunker(
+    stack: &Stack,
+    extra: &[(&str, &str)],
+    plain: &Stores,
+    expiring: &Arc<Expiring>,
+    announce: &UnboundedSender<String>,
+    switch: &Arc<CrashSwitch>,
+    clock: &Arc<TestClock>,
+) -> Result<ChunkerService> {
+    let expiring: Arc<dyn ObjectStore> = expiring.clone();
+    let stores = Stores {
+        objects: Arc::new(CrashingObjects {
+            inner: Arc::new(Notifying {
+                inner: expiring,
+                events: announce.clone(),
+            }),
+            switch: switch.clone(),
+        }),
+        cursors: Arc::new(CrashingCursors {
+            inner: plain.cursors.clone(),
+            switch: switch.clone(),
+        }),
+        state: Arc::new(CrashingState {
+            inner: plain.state.clone(),
+            switch: switch.clone(),
+        }),
+        requests: Default::default(),
+    };
+    stack.chunker_over(extra, stores, clock.clone())
+}
+
+fn error_kind(e: &DetectorError) -> String {
+    let text = e.to_string();
+    if text.contains("injected fault") {
+        "injected fault".into()
+    } else if text.contains("23514") {
+        "sink refused".into()
+    } else if matches!(e, DetectorError::Sink(_)) {
+        "Postgres unavailable".into()
+    } else if matches!(e, DetectorError::Contended { .. }) {
+        "commit contended".into()
+    } else {
+        // Unexpected: named in full in the figures.
+        format!("other: {}", truncate(&text, 120))
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
+    let settings = run_settings()?;
+    println!(
+        "chaos: seed {} ({} schedules, {} rows); replay one with `make chaos SEED={} ROWS={} ONLY=<n> VERBOSE=1`",
+        settings.seed, settings.schedules, settings.rows, settings.seed, settings.rows
+    );
+    let started = Instant::now();
+    let mut stack = Stack::start(true).await?;
+    let dir = temp_dir("chaos")?;
+    let (base, importance) = generate(&dir, settings.rows, settings.seed, CUSTOMERS)?;
+    stack.put(IMPORTANCE_KEY, importance.clone()).await?;
+    // The schema, as the first detector would make it (a refusal may come first).
+    txpipe::postgres::migrate(&mut stack.pg_client().await?).await?;
+    {
+        let config = stack.config(PATTERNS)?;
+        let clean = reference(
+            &StreamName::parse("clean").context("stream name")?,
+            &base,
+            &importance,
+            &config,
+            false,
+        )?;
+        let per_pattern = clean.replay.detections.iter().fold([0; 3], |mut n, d| {
+            n[d.key.pattern.index()] += 1;
+            n
+        });
+        println!(
+            "chaos: data {} rows, {} customers: detections per pattern {per_pattern:?}",
+            settings.rows, CUSTOMERS
+        );
+        ensure!(
+            per_pattern.iter().all(|&n| n > 0),
+            "every pattern must fire on the chaos data: {per_pattern:?}"
+        );
+        let stats = clean
+            .outputs
+            .stats
+            .iter()
+            .map(|s| {
+                (
+                    s.0.clone(),
+                    s.1.clone(),
+                    s.2,
+                    s.3.clone(),
+                    s.4.clone(),
+                    s.5.clone(),
+                )
+            })
+            .collect();
+        let _ = CLEAN.set(stats);
+    }
+    let mut total = Figures::default();
+    let schedules: Vec<u64> = match settings.only {
+        Some(n) => vec![n],
+        None => (0..settings.schedules).collect(),
+    };
+    let mut failed: Vec<(u64, String)> = Vec::new();
+    for n in schedules {
+        let t = Instant::now();
+        let schedule = Schedule::new(&mut stack, &settings, n, &base, &importance).await?;
+        println!("chaos: {}", schedule.label);
+        let (fig, before_drain) = match schedule.run().await {
+            Ok(done) => done,
+            Err(e) if settings.keep_going => {
+                println!("{e:#}");
+                failed.push((
+                    n,
+                    format!("{e:#}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
+                recover(&mut stack).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        println!(
+            "chaos: schedule {n} done in {:.1} s: {} steps ({before_drain}/{} chunks applied before the drain), {} kills, {} faults struck, {} holds, {} events ({} dropped, {} duplicated), {} detections, lost {} duplicated {}",
+            t.elapsed().as_secs_f64(),
+            fig.steps,
+            fig.chunks,
+            fig.kills.values().sum::<u64>() + fig.chunker_kills.values().sum::<u64>(),
+            fig.faults_struck.values().sum::<u64>(),
+            fig.holds,
+            fig.bus.events,
+            fig.bus.dropped,
+            fig.bus.duplicated,
+            fig.detections,
+            fig.lost,
+            fig.duplicated
+        );
+        total.add(&fig);
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|(n, e)| format!("  {n}: {e}")).collect();
+        anyhow::bail!(
+            "chaos: seed {}: {} schedule(s) failed (the others passed):\n{}\n{}",
+            settings.seed,
+            failed.len(),
+            list.join("\n"),
+            total.report()
+        );
+    }
+    println!(
+        "chaos: seed {} passed in {:.1} s\n{}",
+        settings.seed,
+        started.elapsed().as_secs_f64(),
+        total.report()
+    );
+    ensure!(total.lost == 0 && total.duplicated == 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
