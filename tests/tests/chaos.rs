@@ -929,7 +929,9 @@ impl<'a> Schedule<'a> {
                     &self.clock,
                 )?;
             }
-            Ok(Ok(r)) => {
+            Ok(Ok(mut response)) => {
+                // One source per schedule.
+                let r = response.sources.remove(0);
                 self.fig.backpressure += r.backpressure_waits;
                 if r.kicked.is_some() {
                     self.fig.kicks += 1;

@@ -1,6 +1,5 @@
-//! BUGS FOUND BY THE CHAOS RUN (docs/chaos.md#what-it-found): minimal reproductions.
-//! Every test here FAILS on the code it was written against (branch `chaos` at the
-//! commit before this file). They go into CI together with the fix, not before it.
+//! Bugs the chaos run found (docs/chaos.md#what-it-found), each as a minimal
+//! reproduction that failed before its fix and guards it since.
 //!
 //! 1. `a_stale_warm_detector_reports_an_applied_chunk_missing_for_ever`
 //!    (`make chaos SEED=4 ONLY=6`): a warm container whose stream another container has

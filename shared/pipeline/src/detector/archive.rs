@@ -114,26 +114,26 @@ impl StateArchive<'_> {
             .await
     }
 
-    /// Deletes what no longer serves recovery once `keep` is committed: every other
-    /// snapshot and every delta it covers. Returns how many objects went.
+    /// Deletes what no longer serves recovery once `keep` is committed: the older
+    /// snapshots and the deltas `keep` covers. Never anything newer than `keep`: a
+    /// prune that runs late (a container paused past its lease) must not delete the
+    /// snapshot a newer head names. Returns how many objects went.
     pub async fn prune(&self, stream: &StreamName, keep: SnapshotRef) -> Result<usize, StoreError> {
-        let keep_prefix = stream.snapshot_part_key(keep.next, 0);
-        let keep_prefix = keep_prefix
-            .rsplit_once('/')
-            .map(|(dir, _)| format!("{dir}/"))
-            .unwrap_or(keep_prefix);
-        let delta_prefix = format!("{}delta-", stream.state_prefix());
+        let prefix = stream.state_prefix();
+        let number = |rest: &str, head: &str, tail: char| -> Option<u64> {
+            rest.strip_prefix(head)?.split(tail).next()?.parse().ok()
+        };
         let garbage: Vec<String> = self
             .objects
-            .list(self.bucket, &stream.state_prefix())
+            .list(self.bucket, &prefix)
             .await?
             .into_iter()
-            .filter(|key| match key.strip_prefix(&delta_prefix) {
-                Some(rest) => rest
-                    .strip_suffix(".bin")
-                    .and_then(|k| k.parse::<u64>().ok())
-                    .is_some_and(|k| k < keep.next),
-                None => !key.starts_with(&keep_prefix),
+            .filter(|key| {
+                key.strip_prefix(&prefix).is_some_and(|rest| {
+                    number(rest, "delta-", '.')
+                        .or_else(|| number(rest, "snapshot-", '/'))
+                        .is_some_and(|k| k < keep.next)
+                })
             })
             .collect();
         if !garbage.is_empty() {

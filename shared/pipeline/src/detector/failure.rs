@@ -10,14 +10,15 @@ impl Detector {
     /// Records a failed attempt at chunk `j` in the head (without moving its version,
     /// so the next commit still succeeds). Parks the stream once a reason that repeats
     /// has failed `park_after_attempts` times. Best effort: the error that caused it
-    /// is what the caller reports.
+    /// is what the caller reports. Returns `false` when another writer had moved the
+    /// head: this container's view is stale and must be rebuilt, not trusted.
     pub(super) async fn record_failure(
         &self,
         st: &mut StreamState,
         j: u64,
         reason: String,
         retry: Retry,
-    ) {
+    ) -> bool {
         let now = self.clock.now_ms();
         let previous = st.head.failure.as_ref().filter(|f| f.chunk == j);
         let attempts = previous.map_or(0, |f| f.attempts) + 1;
@@ -39,7 +40,7 @@ impl Detector {
         {
             Ok(crate::store::Fenced::Written) => st.head = head,
             // Another writer moved the head: its view wins; nothing to record.
-            Ok(crate::store::Fenced::Lost) => {}
+            Ok(crate::store::Fenced::Lost) => return false,
             Err(e) => {
                 tracing::warn!(stream = %head.stream, chunk = j, error = %e, "could not record the failed attempt")
             }
@@ -55,5 +56,6 @@ impl Detector {
             );
             emit("detector", &[("ChunksParked", 1.0, Unit::Count)]);
         }
+        true
     }
 }

@@ -376,10 +376,13 @@ impl Detector {
             }
         };
         if st.head.parked().is_some() {
-            // Maybe resumed since: the stored head says.
-            if let Some(head) = self.stores.state.load_head(stream).await? {
-                st.head.failure = head.failure;
-                st.head.version = head.version;
+            // Maybe resumed since: the stored head says. If anything else moved it too
+            // (another container applied chunks after the resume), this state is stale:
+            // rebuild from storage rather than write an older head over a newer one.
+            let stored = self.stores.state.load_head(stream).await?;
+            match stored {
+                Some(head) if head.version == st.head.version => st.head.failure = head.failure,
+                _ => st = self.rebuild(stream).await?,
             }
             if let Some(parked) = st.head.parked() {
                 report.parked = Some(parked.clone());
@@ -419,9 +422,19 @@ impl Detector {
                         "chunk object {} is missing although the chunker has cut it (expired or deleted); the chunker re-cuts it on its next tick",
                         stream.chunk_key(j)
                     );
+                    if !self
+                        .record_failure(&mut st, j, reason.clone(), Retry::Transient)
+                        .await
+                    {
+                        // Another container moved the stream on: this one is behind, and
+                        // its chunk is gone because it was applied long ago. Reload.
+                        return Err(DetectorError::Contended {
+                            stream: stream.clone(),
+                            chunk: j,
+                            attempts: 1,
+                        });
+                    }
                     tracing::error!(%stream, chunk = j, "{reason}");
-                    self.record_failure(&mut st, j, reason, Retry::Transient)
-                        .await;
                     report.missing = Some(j);
                     break;
                 }
