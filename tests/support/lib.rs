@@ -225,8 +225,14 @@ pub fn generate(dir: &Path, rows: u64, seed: u64, customers: usize) -> Result<(V
 }
 
 /// A fresh temp dir for a test.
+///
+/// Each call gets its own directory, even for the same name in one process: tests of
+/// one binary run at once, and two of them writing one file would read each other's
+/// half-written data.
 pub fn temp_dir(name: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("txpipe-test-{name}-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("txpipe-test-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
