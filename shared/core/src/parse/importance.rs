@@ -6,6 +6,8 @@ use super::header::{ColumnMap, HeaderError};
 use super::ids::check_no_nul;
 use super::transactions::{take_id, RejectReason};
 use super::RejectedRow;
+use crate::index::{hash_pair, ShardedIndex};
+use crate::names::{Names, NONE};
 use crate::weight::Weight;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
@@ -14,10 +16,33 @@ use std::borrow::Cow;
 pub const IMPORTANCE_COLUMNS: [&str; 3] = ["Source", "Target", "Weight"];
 
 /// `w(m,c)` for every (merchant, customer) pair that has importance rows.
+///
+/// Compact and ordered for the engine: ids are interned once; the entries (one per
+/// pair, 12 bytes) are sorted by merchant, then weight, so each merchant's customers
+/// form one run in weight order and an entry's position is its place in that order;
+/// equal means share one stored [`Weight`], and a weight's position in the table
+/// orders weights exactly within a merchant.
 #[derive(Debug, Default, Clone)]
 pub struct ImportanceTable {
-    by_merchant: FxHashMap<String, FxHashMap<String, Weight>>,
+    merchants: Names,
+    customers: Names,
+    /// Sorted by (merchant, weight, customer).
+    entries: Vec<Entry>,
+    /// Entries of importance merchant `m` are `merchant_start[m]..merchant_start[m + 1]`.
+    merchant_start: Vec<u32>,
+    /// Distinct (merchant, mean) weights, ascending within each merchant.
+    weights: Vec<Weight>,
+    /// (merchant, customer) → entry.
+    index: ShardedIndex,
     rows: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    merchant: u32,
+    customer: u32,
+    /// Into `weights`.
+    weight: u32,
 }
 
 /// The table plus the rows that could not be used.
@@ -45,11 +70,12 @@ impl ImportanceTable {
         }
         let columns = ColumnMap::find("CustomerImportance", header, &IMPORTANCE_COLUMNS)?;
         let [source, target, weight] = [0, 1, 2].map(|i| columns.positions[i]);
-        let mut sums: FxHashMap<String, FxHashMap<String, (i128, u64)>> = FxHashMap::default();
+        let mut table = ImportanceTable::default();
+        // (merchant, customer) → (sum of micro-units, rows), until the entries are built.
+        let mut sums: FxHashMap<u64, (i128, u64)> = FxHashMap::default();
         let mut rejected = Vec::new();
         let mut fields: Vec<Cow<[u8]>> = Vec::new();
         let mut row = 0u64;
-        let mut accepted = 0u64;
         while let Some(span) = scanner.next_record(buf, pos, true) {
             pos = span.next;
             if span.is_blank() {
@@ -72,16 +98,15 @@ impl ImportanceTable {
                 let micros = parse_micros(text).ok_or_else(|| RejectReason::BadWeight {
                     text: String::from_utf8_lossy(text).into_owned(),
                 })?;
-                Ok((customer.into_owned(), merchant.into_owned(), micros))
+                let full = |_| RejectReason::TableFull;
+                let m = table.merchants.intern(&merchant).map_err(full)?;
+                let c = table.customers.intern(&customer).map_err(full)?;
+                Ok((m, c, micros))
             })();
             match parsed {
-                Ok((customer, merchant, micros)) => {
-                    accepted += 1;
-                    let entry = sums
-                        .entry(merchant)
-                        .or_default()
-                        .entry(customer)
-                        .or_default();
+                Ok((m, c, micros)) => {
+                    table.rows += 1;
+                    let entry = sums.entry(u64::from(m) << 32 | u64::from(c)).or_default();
                     entry.0 += i128::from(micros);
                     entry.1 += 1;
                 }
@@ -92,28 +117,49 @@ impl ImportanceTable {
                 }),
             }
         }
-        let by_merchant = sums
+        table.build(sums);
+        Ok(ImportanceLoad { table, rejected })
+    }
+
+    /// Sorts the pairs into entries and indexes them.
+    fn build(&mut self, sums: FxHashMap<u64, (i128, u64)>) {
+        let mut items: Vec<(u32, u32, Weight)> = sums
             .into_iter()
-            .map(|(m, customers)| {
-                let weights = customers
-                    .into_iter()
-                    .map(|(c, (sum, n))| (c, Weight::new(sum, n)))
-                    .collect();
-                (m, weights)
-            })
+            .map(|(key, (sum, n))| ((key >> 32) as u32, key as u32, Weight::new(sum, n)))
             .collect();
-        Ok(ImportanceLoad {
-            table: ImportanceTable {
-                by_merchant,
-                rows: accepted,
-            },
-            rejected,
-        })
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)).then(a.1.cmp(&b.1)));
+        self.entries = Vec::with_capacity(items.len());
+        self.merchant_start = vec![0; self.merchants.len() + 1];
+        for (i, &(m, c, w)) in items.iter().enumerate() {
+            let same_weight = i > 0 && items[i - 1].0 == m && items[i - 1].2 == w;
+            if !same_weight {
+                self.weights.push(w);
+            }
+            self.entries.push(Entry {
+                merchant: m,
+                customer: c,
+                weight: (self.weights.len() - 1) as u32,
+            });
+            self.merchant_start[m as usize + 1] = (i + 1) as u32;
+        }
+        // Merchants without entries start where the previous one ended.
+        for m in 1..self.merchant_start.len() {
+            self.merchant_start[m] = self.merchant_start[m].max(self.merchant_start[m - 1]);
+        }
+        let hashes: Vec<u64> = self
+            .entries
+            .iter()
+            .map(|e| hash_pair(e.merchant, e.customer))
+            .collect();
+        // Keys are distinct: they come from a map.
+        self.index = ShardedIndex::build(&hashes, 1, |_, _| false).unwrap_or_default();
     }
 
     /// `w(m,c)`, if customer `c` has any importance row at merchant `m`.
     pub fn weight(&self, merchant: &str, customer: &str) -> Option<Weight> {
-        self.by_merchant.get(merchant)?.get(customer).copied()
+        let m = self.merchants.get(merchant)?;
+        let c = self.customers.get(customer)?;
+        self.entry(m, c).and_then(|e| self.entry_weight(e))
     }
 
     /// Number of rows that contributed to the table.
@@ -123,7 +169,69 @@ impl ImportanceTable {
 
     /// Number of (merchant, customer) pairs with a weight.
     pub fn pairs(&self) -> usize {
-        self.by_merchant.values().map(|m| m.len()).sum()
+        self.entries.len()
+    }
+
+    /// Heap bytes held, for capacity figures.
+    pub fn heap_bytes(&self) -> usize {
+        self.merchants.heap_bytes()
+            + self.customers.heap_bytes()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.merchant_start.capacity() * 4
+            + self.weights.capacity() * std::mem::size_of::<Weight>()
+            + self.index.allocated_bytes()
+    }
+
+    /// The table's index of a merchant id, or [`NONE`].
+    pub(crate) fn merchant_index(&self, merchant: &str) -> u32 {
+        self.merchants.get(merchant).unwrap_or(NONE)
+    }
+
+    /// Reads the home bucket of a customer id's hash (cache warming, see the `index`
+    /// module).
+    #[inline]
+    pub(crate) fn touch_customer(&self, hash: u64) -> u32 {
+        self.customers.touch_bucket(hash)
+    }
+
+    /// The table's index of a customer id, or [`NONE`].
+    pub(crate) fn customer_index(&self, customer: &str) -> u32 {
+        self.customers.get(customer).unwrap_or(NONE)
+    }
+
+    /// The entry of (merchant, customer) in the table's own indices.
+    #[inline]
+    pub(crate) fn entry(&self, merchant: u32, customer: u32) -> Option<u32> {
+        if merchant == NONE || customer == NONE {
+            return None;
+        }
+        let entries = &self.entries;
+        self.index.find(hash_pair(merchant, customer), |i| {
+            let e = &entries[i as usize];
+            e.merchant == merchant && e.customer == customer
+        })
+    }
+
+    /// The entries of a merchant (its customers in weight order), as a range of entry
+    /// positions.
+    pub(crate) fn merchant_entries(&self, merchant: u32) -> std::ops::Range<u32> {
+        let m = merchant as usize;
+        match (self.merchant_start.get(m), self.merchant_start.get(m + 1)) {
+            (Some(&a), Some(&b)) => a..b,
+            _ => 0..0,
+        }
+    }
+
+    /// The weight of an entry, as a rank: within one merchant, ranks order weights
+    /// exactly and equal ranks are equal weights.
+    #[inline]
+    pub(crate) fn entry_rank(&self, entry: u32) -> u32 {
+        self.entries.get(entry as usize).map_or(NONE, |e| e.weight)
+    }
+
+    /// The weight of an entry.
+    pub(crate) fn entry_weight(&self, entry: u32) -> Option<Weight> {
+        self.weights.get(self.entry_rank(entry) as usize).copied()
     }
 }
 

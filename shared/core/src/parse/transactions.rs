@@ -124,6 +124,10 @@ pub enum RejectReason {
         /// The limit.
         limit: usize,
     },
+    /// The id table cannot take another id (more than 4 billion ids or 4 GiB of id
+    /// text); the row is kept so nothing is lost silently.
+    #[error("the table of ids is full; the row cannot be indexed")]
+    TableFull,
     /// The chunk the row came in has an unusable header, so no row of it can be read.
     #[error("the chunk's header is unusable: {why}")]
     UnreadableChunk {
