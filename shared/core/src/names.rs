@@ -135,6 +135,12 @@ impl Names {
         self.find(hash_bytes(name.as_bytes()), name)
     }
 
+    /// [`Names::get`] with the name's [`hash_bytes`] already computed.
+    #[inline]
+    pub fn get_hashed(&self, hash: u64, name: &str) -> Option<u32> {
+        self.find(hash, name)
+    }
+
     /// The name at `index` (empty if out of range).
     pub fn name(&self, index: u32) -> &str {
         if index as usize >= self.ends.len() {

@@ -212,9 +212,6 @@ pub struct Engine {
     weights: Arc<ImportanceTable>,
     merchants: Names,
     customers: Names,
-    /// Each customer's index in the importance table, or `NONE`, found once when the
-    /// customer first appears (most have none, so new pairs rarely look further).
-    customer_importance: Vec<u32>,
     merchant_stats: Vec<MerchantStats>,
     pairs: PairTable,
     next_chunk: u64,
@@ -254,6 +251,8 @@ impl<'a> Row<'a> {
 /// A pair touched by the current chunk, with its values before the chunk.
 struct Touched {
     pair: u32,
+    /// The importance entry of a pair new in this chunk, or `NONE`.
+    entry: u32,
     txns_before: u64,
     cents_before: u128,
 }
@@ -266,7 +265,6 @@ impl Engine {
             weights,
             merchants: Names::default(),
             customers: Names::default(),
-            customer_importance: Vec::new(),
             merchant_stats: Vec::new(),
             pairs: PairTable::default(),
             next_chunk: 0,
@@ -299,16 +297,15 @@ impl Engine {
         Memory {
             names: self.merchants.heap_bytes() + self.customers.heap_bytes(),
             pairs: self.pairs.heap_bytes(),
-            merchants: self.customer_importance.capacity() * 4
-                + self
-                    .merchant_stats
-                    .iter()
-                    .map(|s| {
-                        std::mem::size_of::<MerchantStats>()
-                            + s.by_count.heap_bytes()
-                            + s.by_weight.as_ref().map_or(0, WeightOrder::heap_bytes)
-                    })
-                    .sum::<usize>(),
+            merchants: self
+                .merchant_stats
+                .iter()
+                .map(|s| {
+                    std::mem::size_of::<MerchantStats>()
+                        + s.by_count.heap_bytes()
+                        + s.by_weight.as_ref().map_or(0, WeightOrder::heap_bytes)
+                })
+                .sum::<usize>(),
             importance: self.weights.heap_bytes(),
         }
     }
@@ -442,17 +439,24 @@ impl Engine {
         for r in batch.iter_mut() {
             r.pair_hash = hash_pair(r.merchant, r.customer);
             warm ^= self.pairs.touch_bucket(r.pair_hash);
-            warm ^= self.customer_importance[r.customer as usize];
         }
         for r in batch.iter() {
             warm ^= self.pairs.touch_record(r.pair_hash);
         }
         std::hint::black_box(warm);
         for r in batch.iter() {
-            let p = self.pair_index(r.pair_hash, r.merchant, r.customer, r.tx.gender);
+            let (p, entry) = self.pair_index(
+                r.pair_hash,
+                r.merchant,
+                r.customer,
+                r.tx.gender,
+                r.customer_hash,
+                &r.tx.customer,
+            );
             if !self.pairs.touch(p) {
                 touched.push(Touched {
                     pair: p,
+                    entry,
                     txns_before: self.pairs.txns(p),
                     cents_before: self.pairs.cents(p),
                 });
@@ -465,7 +469,7 @@ impl Engine {
                 merchant: &r.tx.merchant,
                 gender: r.tx.gender,
                 cents: r.tx.cents,
-                weight: self.weight_of(p),
+                weight: self.weight_of(p, r.customer_hash, &r.tx.customer),
                 raw: r.tx.raw,
             });
         }
@@ -517,33 +521,39 @@ impl Engine {
     /// The index of a customer (`hash` is its [`hash_bytes`]), added if new.
     #[inline]
     fn customer(&mut self, hash: u64, name: &str, chunk: u64) -> Result<u32, ApplyError> {
-        let (c, new) =
+        let (c, _) =
             self.customers
                 .intern_hashed(hash, name)
                 .map_err(|e| ApplyError::Capacity {
                     chunk,
                     why: e.to_string(),
                 })?;
-        if new {
-            self.customer_importance
-                .push(self.weights.customer_index(name));
-        }
         Ok(c)
     }
 
-    /// The pair (m, c) (`hash` is its [`hash_pair`]), created with its first-seen gender
-    /// and its weight if new.
+    /// The pair (m, c) (`hash` is its [`hash_pair`]; the customer's id and its
+    /// [`hash_bytes`] find its weight), created with its first-seen gender if new.
+    /// Returns the pair and, for a new pair with a weight, its importance entry.
     #[inline]
-    fn pair_index(&mut self, hash: u64, m: u32, c: u32, gender: Gender) -> u32 {
-        let (weights, stats, customers) = (
-            &self.weights,
-            &self.merchant_stats,
-            &self.customer_importance,
-        );
+    fn pair_index(
+        &mut self,
+        hash: u64,
+        m: u32,
+        c: u32,
+        gender: Gender,
+        customer_hash: u64,
+        customer: &str,
+    ) -> (u32, u32) {
+        let mut entry = NONE;
+        let (weights, stats) = (&self.weights, &self.merchant_stats);
         let (p, new) = self.pairs.find_or_insert_hashed(hash, m, c, gender, || {
-            weights
-                .entry(stats[m as usize].importance, customers[c as usize])
-                .unwrap_or(NONE)
+            entry = importance_entry(
+                weights,
+                stats[m as usize].importance,
+                customer_hash,
+                customer,
+            );
+            entry != NONE
         });
         if new {
             let stats = &mut self.merchant_stats[m as usize];
@@ -553,11 +563,18 @@ impl Engine {
                 Gender::Other => {}
             }
         }
-        p
+        (p, entry)
     }
 
-    fn weight_of(&self, p: u32) -> Option<Weight> {
-        match self.pairs.record(p).weight_entry {
+    /// w(m,c) of pair `p`, whose customer id (with its hash) is given: looked up in the
+    /// importance table, and only for pairs marked weighted.
+    fn weight_of(&self, p: u32, customer_hash: u64, customer: &str) -> Option<Weight> {
+        let pair = self.pairs.record(p);
+        if !pair.weighted() {
+            return None;
+        }
+        let merchant = self.merchant_stats[pair.merchant as usize].importance;
+        match importance_entry(&self.weights, merchant, customer_hash, customer) {
             NONE => None,
             entry => self.weights.entry_weight(entry),
         }
@@ -653,15 +670,19 @@ impl Engine {
         }
         let mut touched = Vec::with_capacity(delta.pairs.len());
         for d in &delta.pairs {
-            let p = self.pair_index(
+            let customer = self.customers.name(d.customer).to_string();
+            let (p, entry) = self.pair_index(
                 hash_pair(d.merchant, d.customer),
                 d.merchant,
                 d.customer,
                 d.gender,
+                hash_bytes(customer.as_bytes()),
+                &customer,
             );
             self.pairs.touch(p);
             touched.push(Touched {
                 pair: p,
+                entry,
                 txns_before: self.pairs.txns(p),
                 cents_before: 0,
             });
@@ -756,11 +777,9 @@ impl Engine {
             let pair = *self.pairs.record(t.pair);
             let after = self.pairs.txns(t.pair);
             let stats = &mut self.merchant_stats[pair.merchant as usize];
-            if t.txns_before == 0 && after > 0 {
-                if let (Some(order), entry) = (&mut stats.by_weight, pair.weight_entry) {
-                    if entry != NONE {
-                        order.insert(entry, t.pair);
-                    }
+            if t.txns_before == 0 && after > 0 && t.entry != NONE {
+                if let Some(order) = &mut stats.by_weight {
+                    order.insert(t.entry, t.pair);
                 }
             }
             stats.by_count.move_customer(t.txns_before, after);
@@ -859,13 +878,14 @@ impl Engine {
     fn pair_view(&self, m: u32, c: u32) -> Option<PairView<'_>> {
         let p = self.pairs.find(m, c)?;
         let pair = self.pairs.record(p);
+        let customer = self.customers.name(c);
         Some(PairView {
             merchant: self.merchants.name(m),
-            customer: self.customers.name(c),
+            customer,
             txns: self.pairs.txns(p),
             cents: self.pairs.cents(p),
             gender: pair.gender(),
-            weight: self.weight_of(p),
+            weight: self.weight_of(p, hash_bytes(customer.as_bytes()), customer),
         })
     }
 
@@ -892,6 +912,22 @@ impl Engine {
     pub fn weights(&self) -> &Arc<ImportanceTable> {
         &self.weights
     }
+}
+
+/// The importance entry of (merchant, customer): the merchant's index in the table and
+/// the customer's id with its [`hash_bytes`].
+#[inline]
+fn importance_entry(
+    weights: &ImportanceTable,
+    merchant: u32,
+    customer_hash: u64,
+    customer: &str,
+) -> u32 {
+    if merchant == NONE {
+        return NONE;
+    }
+    let customer = weights.customer_index_hashed(customer_hash, customer);
+    weights.entry(merchant, customer).unwrap_or(NONE)
 }
 
 fn emitted_flag(pattern: PatternId) -> u32 {

@@ -1,22 +1,26 @@
-//! The (merchant, customer) pairs: one 24-byte record each in a flat array, found
+//! The (merchant, customer) pairs: one 16-byte record each in a flat array, found
 //! through a sharded hash index of `u32` positions keyed by the packed pair (the key
 //! lives in the record only).
 //!
-//! A record holds n(m,c) in 26 bits and s(m,c) in a `u64` of cents, with the pair's
-//! flags in the remaining 6 bits. A pair that outgrows either (67 M transactions, or
-//! 1.8e19 cents — amounts are at most 12 integer digits, so a pair can overflow `u64`
-//! after about 184,000 maximal rows) moves its counters to a side table of exact
-//! `u64`/`u128` values, so sums never wrap and never lose precision.
+//! A record holds n(m,c) in 25 bits with the pair's flags in the other 7, and s(m,c) in
+//! a `u32` of cents (Rs 42.9 million). A pair that outgrows either moves its counters to
+//! a side table of exact `u64`/`u128` values, so sums never wrap and never lose
+//! precision; ordinary pairs never get there, and a `u128` holds any sum of 2^64 amounts
+//! of at most 12 integer digits. The pair's weight is not stored (weights never change
+//! during a stream): a flag says whether it has one, and the importance table gives it
+//! when a report asks.
 
 use crate::index::{hash_pair, ShardedIndex};
 use crate::names::NONE;
 use crate::parse::Gender;
 use rustc_hash::FxHashMap;
 
-const TXNS_BITS: u32 = 26;
+const TXNS_BITS: u32 = 25;
 const TXNS_MAX: u32 = (1 << TXNS_BITS) - 1;
-const GENDER_SHIFT: u32 = 26;
+const GENDER_SHIFT: u32 = 25;
 const GENDER_MASK: u32 = 0b11 << GENDER_SHIFT;
+/// The pair has a weight (an importance entry).
+const WEIGHTED: u32 = 1 << 27;
 /// The pair's UPGRADE detection was emitted.
 pub const EMITTED_UPGRADE: u32 = 1 << 28;
 /// The pair's CHILD detection was emitted.
@@ -31,12 +35,11 @@ pub struct PairRecord {
     pub merchant: u32,
     /// Customer index.
     pub customer: u32,
-    /// n(m,c) in the low 26 bits, then gender (2 bits), emitted flags, touched, wide.
+    /// n(m,c) in the low 25 bits, then gender (2 bits), weighted, emitted flags,
+    /// touched, wide.
     meta: u32,
-    /// Importance entry of the pair (its weight), or [`NONE`].
-    pub weight_entry: u32,
     /// s(m,c) in cents unless the pair is wide.
-    cents: u64,
+    cents: u32,
 }
 
 impl PairRecord {
@@ -48,6 +51,11 @@ impl PairRecord {
     /// Emitted flags ([`EMITTED_UPGRADE`], [`EMITTED_CHILD`]).
     pub fn emitted(&self, flag: u32) -> bool {
         self.meta & flag != 0
+    }
+
+    /// Whether the pair has a weight.
+    pub fn weighted(&self) -> bool {
+        self.meta & WEIGHTED != 0
     }
 }
 
@@ -102,22 +110,23 @@ impl PairTable {
             .map_or(0, |r| r.customer)
     }
 
-    /// The pair (m, c) and whether it is new; a new pair gets `gender` and the weight
-    /// entry `weight_entry()` (asked only for new pairs). The caller checks room first.
+    /// The pair (m, c) and whether it is new; a new pair gets `gender`, and is marked
+    /// weighted if `weighted()` (asked only for new pairs) says so. The caller checks
+    /// room first.
     #[inline]
     pub fn find_or_insert(
         &mut self,
         merchant: u32,
         customer: u32,
         gender: Gender,
-        weight_entry: impl FnOnce() -> u32,
+        weighted: impl FnOnce() -> bool,
     ) -> (u32, bool) {
         self.find_or_insert_hashed(
             hash_pair(merchant, customer),
             merchant,
             customer,
             gender,
-            weight_entry,
+            weighted,
         )
     }
 
@@ -129,7 +138,7 @@ impl PairTable {
         merchant: u32,
         customer: u32,
         gender: Gender,
-        weight_entry: impl FnOnce() -> u32,
+        weighted: impl FnOnce() -> bool,
     ) -> (u32, bool) {
         let records = &self.records;
         if let Some(p) = self.index.find(hash, |i| {
@@ -139,11 +148,11 @@ impl PairTable {
             return (p, false);
         }
         let p = self.records.len() as u32;
+        let weighted = if weighted() { WEIGHTED } else { 0 };
         self.records.push(PairRecord {
             merchant,
             customer,
-            meta: u32::from(gender.code()) << GENDER_SHIFT,
-            weight_entry: weight_entry(),
+            meta: u32::from(gender.code()) << GENDER_SHIFT | weighted,
             cents: 0,
         });
         let records = &self.records;
@@ -195,7 +204,7 @@ impl PairTable {
             let n = u64::from(r.meta & TXNS_MAX).saturating_add(txns);
             if let (true, Some(sum)) = (
                 n <= u64::from(TXNS_MAX),
-                u64::try_from(cents)
+                u32::try_from(cents)
                     .ok()
                     .and_then(|c| r.cents.checked_add(c)),
             ) {
@@ -252,16 +261,14 @@ impl PairTable {
     ) -> Result<(), u32> {
         for d in pairs {
             let p = self.records.len() as u32;
-            let emitted = if d.emitted & 1 != 0 {
-                EMITTED_UPGRADE
-            } else {
-                0
-            } | if d.emitted & 2 != 0 { EMITTED_CHILD } else { 0 };
+            let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+            let flags = flag(d.emitted & 1 != 0, EMITTED_UPGRADE)
+                | flag(d.emitted & 2 != 0, EMITTED_CHILD)
+                | flag(d.weight_entry != NONE, WEIGHTED);
             self.records.push(PairRecord {
                 merchant: d.merchant,
                 customer: d.customer,
-                meta: u32::from(d.gender.code()) << GENDER_SHIFT | emitted,
-                weight_entry: d.weight_entry,
+                meta: u32::from(d.gender.code()) << GENDER_SHIFT | flags,
                 cents: 0,
             });
             self.add(p, d.txns, d.cents);
@@ -311,16 +318,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_is_24_bytes() {
-        assert_eq!(std::mem::size_of::<PairRecord>(), 24);
+    fn record_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<PairRecord>(), 16);
     }
 
     #[test]
     fn counters_move_to_the_wide_table_exactly() {
         let mut t = PairTable::default();
-        let (p, new) = t.find_or_insert(1, 2, Gender::Female, || NONE);
+        let (p, new) = t.find_or_insert(1, 2, Gender::Female, || true);
         assert!(new);
-        assert_eq!(t.find_or_insert(1, 2, Gender::Male, || 7), (p, false));
+        assert_eq!(t.find_or_insert(1, 2, Gender::Male, || false), (p, false));
+        assert!(t.record(p).weighted());
         let max_row = 99_999_999_999_999u128; // 999999999999.99
         let rows = 200_000u64; // > u64::MAX / max_row
         for _ in 0..rows {
@@ -331,7 +339,7 @@ mod tests {
         assert!(t.cents(p) > u128::from(u64::MAX));
         assert_eq!(t.record(p).gender(), Gender::Female);
         // Transaction counts past 26 bits.
-        let (q, _) = t.find_or_insert(3, 4, Gender::Male, || NONE);
+        let (q, _) = t.find_or_insert(3, 4, Gender::Male, || false);
         t.add(q, u64::from(TXNS_MAX), 1);
         assert_eq!(t.txns(q), u64::from(TXNS_MAX));
         t.add(q, 2, 1);

@@ -500,16 +500,19 @@ fn assemble(
     }
     drop(parts);
     engine.customers = Names::from_arena(arena, ends, threads).map_err(corrupt)?;
+    // Each customer's index in the importance table, while the pairs need it.
     let customer_names: Vec<u32> = (0..engine.customers.len() as u32).collect();
     let weights = &engine.weights;
     let customers = &engine.customers;
-    engine.customer_importance = parallel_chunks(&customer_names, threads, |c| {
+    let customer_importance = parallel_chunks(&customer_names, threads, |c| {
         weights.customer_index(customers.name(c))
     });
+    drop(customer_names);
 
     // Pairs: checked, their weights found, then indexed on all threads.
     let (merchants, customers) = (engine.merchants.len(), engine.customers.len());
-    let (stats, customer_importance) = (&engine.merchant_stats, &engine.customer_importance);
+    let stats = &engine.merchant_stats;
+    let customer_importance = &customer_importance;
     let checked = parallel_chunks(&pairs, threads, |mut d| {
         if d.merchant as usize >= merchants || d.customer as usize >= customers || d.txns == 0 {
             return None;

@@ -31,10 +31,54 @@ pub struct ImportanceTable {
     /// Entries of importance merchant `m` are `merchant_start[m]..merchant_start[m + 1]`.
     merchant_start: Vec<u32>,
     /// Distinct (merchant, mean) weights, ascending within each merchant.
-    weights: Vec<Weight>,
+    weights: Weights,
     /// (merchant, customer) → entry.
     index: ShardedIndex,
     rows: u64,
+}
+
+/// Weights as 12 bytes each (a sum of micro-units that fits `i64` over at most `u32`
+/// rows, as real files give) instead of [`Weight`]'s 32; any other goes to `wide`.
+#[derive(Debug, Default, Clone)]
+struct Weights {
+    sums: Vec<i64>,
+    /// Rows averaged; 0 means `sums[i]` is an index into `wide`.
+    rows: Vec<u32>,
+    wide: Vec<Weight>,
+}
+
+impl Weights {
+    fn push(&mut self, w: Weight) {
+        match (i64::try_from(w.micros_sum()), u32::try_from(w.rows())) {
+            (Ok(sum), Ok(rows)) if rows > 0 => {
+                self.sums.push(sum);
+                self.rows.push(rows);
+            }
+            _ => {
+                self.sums.push(self.wide.len() as i64);
+                self.rows.push(0);
+                self.wide.push(w);
+            }
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<Weight> {
+        match (self.sums.get(i), self.rows.get(i)) {
+            (Some(&index), Some(0)) => self.wide.get(usize::try_from(index).ok()?).copied(),
+            (Some(&sum), Some(&rows)) => Some(Weight::new(i128::from(sum), u64::from(rows))),
+            _ => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.sums.len()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.sums.capacity() * 8
+            + self.rows.capacity() * 4
+            + self.wide.capacity() * std::mem::size_of::<Weight>()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -178,7 +222,7 @@ impl ImportanceTable {
             + self.customers.heap_bytes()
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.merchant_start.capacity() * 4
-            + self.weights.capacity() * std::mem::size_of::<Weight>()
+            + self.weights.heap_bytes()
             + self.index.allocated_bytes()
     }
 
@@ -197,6 +241,12 @@ impl ImportanceTable {
     /// The table's index of a customer id, or [`NONE`].
     pub(crate) fn customer_index(&self, customer: &str) -> u32 {
         self.customers.get(customer).unwrap_or(NONE)
+    }
+
+    /// [`ImportanceTable::customer_index`] with the id's hash already computed.
+    #[inline]
+    pub(crate) fn customer_index_hashed(&self, hash: u64, customer: &str) -> u32 {
+        self.customers.get_hashed(hash, customer).unwrap_or(NONE)
     }
 
     /// The entry of (merchant, customer) in the table's own indices.
@@ -231,7 +281,7 @@ impl ImportanceTable {
 
     /// The weight of an entry.
     pub(crate) fn entry_weight(&self, entry: u32) -> Option<Weight> {
-        self.weights.get(self.entry_rank(entry) as usize).copied()
+        self.weights.get(self.entry_rank(entry) as usize)
     }
 }
 
@@ -330,6 +380,16 @@ mod tests {
             Some(Weight::new(2_000_000, 1))
         );
         assert_eq!(load.table.rows(), 2);
+    }
+
+    #[test]
+    fn sums_past_i64_keep_their_exact_mean() {
+        let text = "Source,Target,Weight,typeTrans,fraud\nC1,M1,9000000000000,x,0\nC1,M1,9000000000000,x,0\nC2,M1,1,x,0\n";
+        let load = ImportanceTable::parse(text.as_bytes()).unwrap();
+        let w = load.table.weight("M1", "C1").unwrap();
+        assert_eq!(w.micros_sum(), 18_000_000_000_000_000_000);
+        assert_eq!(w, Weight::new(9_000_000_000_000_000_000, 1));
+        assert!(load.table.weight("M1", "C2").unwrap() < w);
     }
 
     #[test]
