@@ -90,9 +90,12 @@ impl Names {
 
     #[inline]
     fn find(&self, hash: u64, name: &str) -> Option<u32> {
-        let (arena, ends) = (&self.arena, &self.ends);
+        let (arena, ends, name) = (self.arena.as_bytes(), &self.ends, name.as_bytes());
         self.index.find(hash, |i| {
-            slice(arena, ends, i).as_bytes() == name.as_bytes()
+            let i = i as usize;
+            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+            let end = ends[i] as usize;
+            end - start == name.len() && arena.get(start..end).is_some_and(|b| same(b, name))
         })
     }
 
@@ -215,6 +218,25 @@ impl Names {
     }
 }
 
+/// Equality of two byte strings of the same length, without a `memcmp` call for the
+/// short ids that are the common case (two overlapping 8-byte words).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if !(8..=16).contains(&n) {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8)
+}
+
 #[inline]
 fn slice<'a>(arena: &'a str, ends: &[u32], i: u32) -> &'a str {
     let i = i as usize;
@@ -243,6 +265,20 @@ mod tests {
         assert_eq!(back.get("ä"), Some(1));
         assert!(Names::from_arena("bb".into(), vec![1, 2], 1).is_err());
         assert!(Names::from_arena("ä".into(), vec![1, 2], 1).is_err());
+    }
+
+    #[test]
+    fn short_equality_checks_every_byte() {
+        for n in 0..20 {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(same(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!same(&a, &b), "{n} {i}");
+            }
+        }
+        assert!(!same(b"abc", b"abcd"));
     }
 
     #[test]

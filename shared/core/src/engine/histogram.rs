@@ -18,11 +18,12 @@ const BLOCK: usize = 64;
 /// Counts of customers per transaction count.
 #[derive(Debug, Clone, Default)]
 pub struct CountHistogram {
-    /// `dense[v]`: customers with count `v` (index 0 unused), for `v < DENSE`; grown in
-    /// powers of two as larger counts appear.
-    dense: Vec<u32>,
-    /// Sum of each 64-value block of `dense`.
-    blocks: Vec<u32>,
+    /// The sum of each block of 64 counts, then customers per count `v < DENSE` (index
+    /// 0 unused), grown in powers of two as larger counts appear: one allocation, so a
+    /// small count and its block sum share a cache line.
+    counts: Vec<u32>,
+    /// Number of block sums at the front of `counts`.
+    blocks: usize,
     /// Customers per count, for counts of at least `DENSE`.
     sparse: BTreeMap<u64, u32>,
     /// Customers with a count below `DENSE`.
@@ -43,7 +44,7 @@ impl CountHistogram {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.dense.capacity() * 4 + self.blocks.capacity() * 4 + self.sparse.len() * 48
+        self.counts.capacity() * 4 + self.sparse.len() * 48
     }
 
     /// Adds (`delta = 1`) or removes (`delta = -1`) one customer with count `value ≥ 1`.
@@ -52,13 +53,12 @@ impl CountHistogram {
         debug_assert!(value >= 1);
         if value < DENSE {
             let v = value as usize;
-            if v >= self.dense.len() {
-                let len = (v + 1).next_power_of_two().max(BLOCK);
-                self.dense.resize(len, 0);
-                self.blocks.resize(len / BLOCK, 0);
+            if v >= self.counts.len() - self.blocks {
+                self.grow(v);
             }
-            self.dense[v] = self.dense[v].wrapping_add_signed(delta);
-            self.blocks[v / BLOCK] = self.blocks[v / BLOCK].wrapping_add_signed(delta);
+            let at = self.blocks + v;
+            self.counts[at] = self.counts[at].wrapping_add_signed(delta);
+            self.counts[v / BLOCK] = self.counts[v / BLOCK].wrapping_add_signed(delta);
             self.dense_total = self.dense_total.wrapping_add_signed(i64::from(delta));
         } else {
             let slot = self.sparse.entry(value).or_insert(0);
@@ -68,6 +68,18 @@ impl CountHistogram {
             }
         }
         self.total = self.total.wrapping_add_signed(i64::from(delta));
+    }
+
+    /// Makes room for count `v` (below `DENSE`).
+    fn grow(&mut self, v: usize) {
+        let dense = (v + 1).next_power_of_two().max(BLOCK);
+        let blocks = dense / BLOCK;
+        let mut counts = vec![0; blocks + dense];
+        counts[..self.blocks].copy_from_slice(&self.counts[..self.blocks]);
+        counts[blocks..blocks + self.counts.len() - self.blocks]
+            .copy_from_slice(&self.counts[self.blocks..]);
+        self.counts = counts;
+        self.blocks = blocks;
     }
 
     /// Moves one customer from count `from` (0 = not yet present) to count `to`.
@@ -100,16 +112,18 @@ impl CountHistogram {
             return None;
         }
         let mut remaining = rank;
-        for (b, &sum) in self.blocks.iter().enumerate() {
+        let (sums, dense) = self.counts.split_at(self.blocks);
+        for (b, &sum) in sums.iter().enumerate() {
             let sum = u64::from(sum);
             if sum < remaining {
                 remaining -= sum;
                 continue;
             }
-            for v in b * BLOCK..(b + 1) * BLOCK {
-                let n = u64::from(self.dense[v]);
+            let start = b * BLOCK;
+            for (v, &n) in dense[start..start + BLOCK].iter().enumerate() {
+                let n = u64::from(n);
                 if n >= remaining {
-                    return Some(v as u64);
+                    return Some((start + v) as u64);
                 }
                 remaining -= n;
             }

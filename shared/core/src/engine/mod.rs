@@ -318,18 +318,29 @@ impl Engine {
         data: &[u8],
         first_row: u64,
     ) -> Result<ChunkOutcome, ApplyError> {
-        self.apply_chunk_with(chunk, data, first_row, &mut |_| {})
+        self.apply(chunk, data, first_row, None)
     }
 
     /// [`Engine::apply_chunk`], also handing each valid row to `on_row` as it is
-    /// applied (in row order), from the same parse. With a closure that does nothing
-    /// the compiler removes the calls, so [`Engine::apply_chunk`] pays nothing for it.
+    /// applied (in row order), from the same parse: for callers that store processed
+    /// rows, so the chunk is never parsed twice. [`Engine::apply_chunk`] does not build
+    /// row views at all (nor look up their weights), so it pays nothing for this.
     pub fn apply_chunk_with(
         &mut self,
         chunk: u64,
         data: &[u8],
         first_row: u64,
-        on_row: &mut impl FnMut(RowView<'_>),
+        on_row: &mut dyn FnMut(RowView<'_>),
+    ) -> Result<ChunkOutcome, ApplyError> {
+        self.apply(chunk, data, first_row, Some(on_row))
+    }
+
+    fn apply(
+        &mut self,
+        chunk: u64,
+        data: &[u8],
+        first_row: u64,
+        mut on_row: Option<&mut dyn FnMut(RowView<'_>)>,
     ) -> Result<ChunkOutcome, ApplyError> {
         if chunk != self.next_chunk {
             return Err(ApplyError::OutOfOrder {
@@ -352,7 +363,7 @@ impl Engine {
                 Ok(tx) => {
                     batch.push(Row::new(tx));
                     if batch.len() == BATCH {
-                        self.apply_batch(&mut batch, &mut touched, chunk, on_row)?;
+                        self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
                         rows += batch.len() as u64;
                         batch.clear();
                     }
@@ -360,7 +371,7 @@ impl Engine {
                 Err(rejection) => rejected.push(rejection),
             }
         }
-        self.apply_batch(&mut batch, &mut touched, chunk, on_row)?;
+        self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
         rows += batch.len() as u64;
         let touched_merchants = self.reindex(&touched);
         let (detections, detected) = self.detect(&touched, &touched_merchants);
@@ -418,7 +429,7 @@ impl Engine {
         batch: &mut [Row<'_>],
         touched: &mut Vec<Touched>,
         chunk: u64,
-        on_row: &mut impl FnMut(RowView<'_>),
+        on_row: &mut Option<&mut dyn FnMut(RowView<'_>)>,
     ) -> Result<(), ApplyError> {
         let mut warm = 0u32;
         for r in batch.iter() {
@@ -463,6 +474,9 @@ impl Engine {
             }
             self.pairs.add(p, 1, u128::from(r.tx.cents));
             self.merchant_stats[r.merchant as usize].txns += 1;
+            let Some(on_row) = on_row.as_mut() else {
+                continue;
+            };
             on_row(RowView {
                 row: r.tx.row,
                 customer: &r.tx.customer,
