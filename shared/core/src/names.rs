@@ -90,7 +90,14 @@ impl Names {
 
     #[inline]
     fn find(&self, hash: u64, name: &str) -> Option<u32> {
-        let (arena, ends, name) = (self.arena.as_bytes(), &self.ends, name.as_bytes());
+        self.find_bytes(hash, name.as_bytes())
+    }
+
+    /// The index of the name whose bytes are `name` (with its [`hash_bytes`]), if known:
+    /// a known name was checked when it was added, so a caller can skip checking it again.
+    #[inline]
+    pub fn find_bytes(&self, hash: u64, name: &[u8]) -> Option<u32> {
+        let (arena, ends) = (self.arena.as_bytes(), &self.ends);
         self.index.find(hash, |i| {
             let i = i as usize;
             let start = if i == 0 { 0 } else { ends[i - 1] as usize };

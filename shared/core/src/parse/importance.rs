@@ -1,12 +1,12 @@
 //! CustomerImportance.csv: the weight of each customer at each merchant.
 
-use super::csv_scan::{strip_bom, strip_single_quotes, Scanner};
+use super::csv_scan::{strip_single_quotes, RowReader, Scanner};
 use super::decimal::parse_micros;
 use super::header::{ColumnMap, HeaderError};
 use super::ids::check_no_nul;
 use super::transactions::{take_id, RejectReason};
 use super::RejectedRow;
-use crate::index::{hash_pair, ShardedIndex};
+use crate::index::{hash_bytes, hash_pair, ShardedIndex};
 use crate::names::{Names, NONE};
 use crate::weight::Weight;
 use rustc_hash::FxHashMap;
@@ -89,6 +89,126 @@ struct Entry {
     weight: u32,
 }
 
+/// Below this many bytes per thread, a file is parsed on one thread.
+const PARALLEL_MIN_BYTES: usize = 4 << 20;
+
+/// Splits rows into about `n` pieces of similar size, each starting at a record
+/// boundary (found by scanning, since a quoted field may hold line breaks).
+fn split_at_records(body: &[u8], n: usize) -> Vec<&[u8]> {
+    if n <= 1 {
+        return vec![body];
+    }
+    let mut scanner = Scanner::new();
+    let (mut pieces, mut start, mut pos) = (Vec::new(), 0, 0);
+    let step = body.len() / n;
+    while let Some(span) = scanner.next_record(body, pos, true) {
+        pos = span.next;
+        if pos >= start + step && pieces.len() + 1 < n {
+            pieces.push(&body[start..pos]);
+            start = pos;
+        }
+    }
+    pieces.push(&body[start..]);
+    pieces
+}
+
+/// One piece of the file, parsed on its own: ids in its own tables, sums by its own
+/// indices, rejected rows numbered from 1 within the piece.
+#[derive(Default)]
+struct Part {
+    merchants: Names,
+    customers: Names,
+    /// (merchant, customer) → (sum of micro-units, rows): 12 bytes of value while sums
+    /// fit (the map stays in cache), exact in `wide` beyond.
+    sums: FxHashMap<u64, (i64, u32)>,
+    wide: FxHashMap<u64, (i128, u64)>,
+    rejected: Vec<RejectedRow>,
+    /// Data rows seen, and rows that contributed.
+    rows: u64,
+    accepted: u64,
+}
+
+impl Part {
+    fn parse(buf: &[u8], columns: &ColumnMap) -> Part {
+        let [source, target, weight] = [0, 1, 2].map(|i| columns.positions[i]);
+        let mut part = Part::default();
+        let mut rows = RowReader::body(buf);
+        while let Some(raw) = rows.next_row() {
+            part.rows += 1;
+            let fields = &mut rows.fields;
+            let parsed = (|| {
+                check_no_nul(raw)?;
+                if fields.len() != columns.width {
+                    return Err(RejectReason::FieldCount {
+                        expected: columns.width,
+                        found: fields.len(),
+                    });
+                }
+                let customer = resolve(&part.customers, &mut fields[source], "Source")?;
+                let merchant = resolve(&part.merchants, &mut fields[target], "Target")?;
+                let text = strip_single_quotes(&fields[weight]);
+                let micros = parse_micros(text).ok_or_else(|| RejectReason::BadWeight {
+                    text: String::from_utf8_lossy(text).into_owned(),
+                })?;
+                let full = |_| RejectReason::TableFull;
+                let m = merchant.intern(&mut part.merchants).map_err(full)?;
+                let c = customer.intern(&mut part.customers).map_err(full)?;
+                Ok((m, c, micros))
+            })();
+            match parsed {
+                Ok((m, c, micros)) => {
+                    part.accepted += 1;
+                    let key = u64::from(m) << 32 | u64::from(c);
+                    let entry = part.sums.entry(key).or_default();
+                    match (entry.0.checked_add(micros), entry.1.checked_add(1)) {
+                        (Some(sum), Some(n)) => *entry = (sum, n),
+                        _ => {
+                            let w = part.wide.entry(key).or_default();
+                            w.0 += i128::from(micros);
+                            w.1 += 1;
+                        }
+                    }
+                }
+                Err(reason) => part.rejected.push(RejectedRow {
+                    row: part.rows,
+                    raw: raw.to_vec(),
+                    reason,
+                }),
+            }
+        }
+        part
+    }
+}
+
+/// An id of a row: already in the table (so already checked), or new and checked now.
+enum Id<'a> {
+    Known(u32),
+    New(Cow<'a, str>, u64),
+}
+
+impl Id<'_> {
+    fn intern(self, names: &mut Names) -> Result<u32, crate::names::NamesFull> {
+        match self {
+            Id::Known(i) => Ok(i),
+            Id::New(name, hash) => names.intern_hashed(hash, &name).map(|(i, _)| i),
+        }
+    }
+}
+
+/// Finds an id field among the names already seen (most rows repeat ids: no check, no
+/// copy), or checks it against the id rule.
+fn resolve<'a>(
+    names: &Names,
+    field: &mut Cow<'a, [u8]>,
+    column: &'static str,
+) -> Result<Id<'a>, RejectReason> {
+    let hash = hash_bytes(strip_single_quotes(field));
+    if let Some(i) = names.find_bytes(hash, strip_single_quotes(field)) {
+        return Ok(Id::Known(i));
+    }
+    take_id(field, column).map(|name| Id::New(name, hash))
+}
+
 /// The table plus the rows that could not be used.
 #[derive(Debug)]
 pub struct ImportanceLoad {
@@ -99,67 +219,76 @@ pub struct ImportanceLoad {
 }
 
 impl ImportanceTable {
-    /// Parses a whole CustomerImportance.csv.
+    /// Parses a whole CustomerImportance.csv. A large file is parsed in parts on
+    /// several threads (split at record boundaries, merged in file order), with the
+    /// same result as one pass.
     pub fn parse(buf: &[u8]) -> Result<ImportanceLoad, HeaderError> {
-        let buf = strip_bom(buf);
-        let mut scanner = Scanner::new();
-        let mut pos = 0;
-        let mut header = None;
-        while let Some(span) = scanner.next_record(buf, pos, true) {
-            pos = span.next;
-            if !span.is_blank() {
-                header = Some(&buf[span.start..span.end]);
-                break;
-            }
-        }
-        let columns = ColumnMap::find("CustomerImportance", header, &IMPORTANCE_COLUMNS)?;
-        let [source, target, weight] = [0, 1, 2].map(|i| columns.positions[i]);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(buf.len() / PARALLEL_MIN_BYTES)
+            .clamp(1, 8);
+        Self::parse_on(buf, threads)
+    }
+
+    /// [`ImportanceTable::parse`] in `threads` pieces.
+    fn parse_on(buf: &[u8], threads: usize) -> Result<ImportanceLoad, HeaderError> {
+        let rows = RowReader::new(buf);
+        let columns = ColumnMap::find("CustomerImportance", rows.header(), &IMPORTANCE_COLUMNS)?;
+        let body = rows.rest();
+        let pieces = split_at_records(body, threads);
+        let mut parts: Vec<Part> = if pieces.len() == 1 {
+            vec![Part::parse(body, &columns)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = pieces
+                    .iter()
+                    .map(|&piece| {
+                        let columns = &columns;
+                        scope.spawn(move || Part::parse(piece, columns))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
         let mut table = ImportanceTable::default();
-        // (merchant, customer) → (sum of micro-units, rows), until the entries are built.
         let mut sums: FxHashMap<u64, (i128, u64)> = FxHashMap::default();
         let mut rejected = Vec::new();
-        let mut fields: Vec<Cow<[u8]>> = Vec::new();
-        let mut row = 0u64;
-        while let Some(span) = scanner.next_record(buf, pos, true) {
-            pos = span.next;
-            if span.is_blank() {
-                continue;
-            }
-            row += 1;
-            let raw = &buf[span.start..span.end];
-            scanner.split_fields(raw, &mut fields);
-            let parsed = (|| {
-                check_no_nul(raw)?;
-                if fields.len() != columns.width {
-                    return Err(RejectReason::FieldCount {
-                        expected: columns.width,
-                        found: fields.len(),
-                    });
+        let mut rows_before = 0u64;
+        for part in parts.drain(..) {
+            table.rows += part.accepted;
+            // The part's own indices → the table's, in first-seen order.
+            let remap = |from: &Names, to: &mut Names| -> Vec<u32> {
+                from.since(0)
+                    .map(|name| to.intern(name).unwrap_or(NONE))
+                    .collect()
+            };
+            let merchants = remap(&part.merchants, &mut table.merchants);
+            let customers = remap(&part.customers, &mut table.customers);
+            let exact = part
+                .sums
+                .into_iter()
+                .map(|(key, (sum, n))| (key, (i128::from(sum), u64::from(n))))
+                .chain(part.wide);
+            for (key, (sum, n)) in exact {
+                let (m, c) = (
+                    merchants[(key >> 32) as usize],
+                    customers[key as u32 as usize],
+                );
+                if m == NONE || c == NONE {
+                    continue; // the table is full; such rows were kept as rejected
                 }
-                let customer = take_id(&mut fields[source], "Source")?;
-                let merchant = take_id(&mut fields[target], "Target")?;
-                let text = strip_single_quotes(&fields[weight]);
-                let micros = parse_micros(text).ok_or_else(|| RejectReason::BadWeight {
-                    text: String::from_utf8_lossy(text).into_owned(),
-                })?;
-                let full = |_| RejectReason::TableFull;
-                let m = table.merchants.intern(&merchant).map_err(full)?;
-                let c = table.customers.intern(&customer).map_err(full)?;
-                Ok((m, c, micros))
-            })();
-            match parsed {
-                Ok((m, c, micros)) => {
-                    table.rows += 1;
-                    let entry = sums.entry(u64::from(m) << 32 | u64::from(c)).or_default();
-                    entry.0 += i128::from(micros);
-                    entry.1 += 1;
-                }
-                Err(reason) => rejected.push(RejectedRow {
-                    row,
-                    raw: raw.to_vec(),
-                    reason,
-                }),
+                let e = sums.entry(u64::from(m) << 32 | u64::from(c)).or_default();
+                e.0 += sum;
+                e.1 += n;
             }
+            rejected.extend(part.rejected.into_iter().map(|mut r| {
+                r.row += rows_before;
+                r
+            }));
+            rows_before += part.rows;
         }
         table.build(sums);
         Ok(ImportanceLoad { table, rejected })
@@ -390,6 +519,49 @@ mod tests {
         assert_eq!(w.micros_sum(), 18_000_000_000_000_000_000);
         assert_eq!(w, Weight::new(9_000_000_000_000_000_000, 1));
         assert!(load.table.weight("M1", "C2").unwrap() < w);
+    }
+
+    #[test]
+    fn parts_parsed_apart_merge_to_the_one_pass_result() {
+        let mut text = String::from("Source,Target,Weight,typeTrans,fraud\n");
+        for i in 0..3000 {
+            let c = i % 97;
+            let m = i % 7;
+            match i % 500 {
+                13 => text.push_str("bad,row\n"),
+                14 => text.push_str(&format!("\"C{c}\n\",M{m},1,x,0\n")),
+                _ => text.push_str(&format!("'C{c}','M{m}',{}.{},'x',0\n", i % 10, i % 7)),
+            }
+        }
+        let (rows, columns) = {
+            let r = RowReader::new(text.as_bytes());
+            let columns = ColumnMap::find("t", r.header(), &IMPORTANCE_COLUMNS).unwrap();
+            (r.rest(), columns)
+        };
+        let whole = ImportanceTable::parse_on(text.as_bytes(), 1).unwrap();
+        // The quoted id holds a line break: a control character, so rejected too.
+        assert_eq!(whole.rejected.len(), 12);
+        assert_eq!(whole.rejected[0].row, 14);
+        assert_eq!(whole.table.rows(), 2988);
+        for n in [2, 3, 7] {
+            let pieces = split_at_records(rows, n);
+            assert_eq!(pieces.len(), n);
+            assert_eq!(pieces.concat(), rows);
+            // A piece never starts inside the quoted line break.
+            assert!(pieces.iter().all(|p| !p.starts_with(b"\",M")));
+            let seen: u64 = pieces.iter().map(|p| Part::parse(p, &columns).rows).sum();
+            assert_eq!(seen, 3000);
+            let split = ImportanceTable::parse_on(text.as_bytes(), n).unwrap();
+            assert_eq!(split.rejected, whole.rejected);
+            assert_eq!(split.table.rows(), whole.table.rows());
+            assert_eq!(split.table.pairs(), whole.table.pairs());
+            for c in 0..98 {
+                for m in 0..8 {
+                    let (c, m) = (format!("C{c}"), format!("M{m}"));
+                    assert_eq!(split.table.weight(&m, &c), whole.table.weight(&m, &c));
+                }
+            }
+        }
     }
 
     #[test]
