@@ -49,6 +49,25 @@ pub fn shard_of(hash: u64) -> usize {
     (hash >> 48) as usize & (SHARDS - 1)
 }
 
+/// A table with at most this many buckets only reads the hash bits [`pack`] keeps.
+const PACKED_BUCKETS: usize = 1 << 24;
+
+/// A position with the parts of its hash a table of up to [`PACKED_BUCKETS`] buckets
+/// reads: the tag byte and the low 24 bits.
+#[inline]
+fn pack(hash: u64, position: u32) -> u64 {
+    (hash & 0xff00_0000_0000_0000) | (hash & 0x00ff_ffff) << 32 | u64::from(position)
+}
+
+/// A hash that such a table treats exactly as the original, and the position.
+#[inline]
+fn unpack(packed: u64) -> (u64, u32) {
+    (
+        (packed & 0xff00_0000_0000_0000) | (packed >> 32) & 0x00ff_ffff,
+        packed as u32,
+    )
+}
+
 #[inline]
 fn tag_of(hash: u64) -> u8 {
     ((hash >> 56) as u8).max(1)
@@ -230,39 +249,58 @@ impl ShardedIndex {
             .sum()
     }
 
-    /// Builds the index of positions `0..hashes.len()` (position `i` has hash
-    /// `hashes[i]`), shards split over `threads` threads. `eq(a, b)` says whether
-    /// positions `a` and `b` have the same key; a repeated key is an error naming the
-    /// later position.
+    /// Builds the index of positions `0..n` (`hash(i)` is position `i`'s hash; called
+    /// twice per position, so it should be cheap), shards split over `threads`
+    /// threads. `eq(a, b)` says whether positions `a` and `b` have the same key; a
+    /// repeated key is an error naming the later position.
     pub fn build(
-        hashes: &[u64],
+        n: usize,
+        hash: impl Fn(u32) -> u64 + Sync,
         threads: usize,
         eq: impl Fn(u32, u32) -> bool + Sync,
     ) -> Result<Self, u32> {
         let threads = threads.clamp(1, SHARDS);
-        // Counting first sizes every table once: no growth, no rehash.
-        let mut per_shard = vec![0usize; SHARDS];
-        for &h in hashes {
-            per_shard[shard_of(h)] += 1;
-        }
+        let n = n.min(u32::MAX as usize) as u32;
         let build_range = |shards: std::ops::Range<usize>| -> Result<Vec<Table>, u32> {
-            let mut tables: Vec<Table> = shards
-                .clone()
-                .map(|s| Table::with_entries(per_shard[s]))
-                .collect();
-            for (i, &h) in hashes.iter().enumerate() {
+            // Entries are first sorted out by shard (sequential appends of the position
+            // with the hash bits a table uses), then each shard's table is sized once
+            // and filled while it is small enough to stay in cache; inserting straight
+            // into the whole index, or reading keys again, would miss the cache on
+            // every entry.
+            let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); shards.len()];
+            for i in 0..n {
+                let h = hash(i);
                 let s = shard_of(h);
-                if !shards.contains(&s) {
-                    continue;
+                if shards.contains(&s) {
+                    by_shard[s - shards.start].push(pack(h, i));
                 }
-                let table = &mut tables[s - shards.start];
-                let i = i as u32;
-                if table.find(h, |j| eq(i, j)).is_some() {
-                    return Err(i);
-                }
-                table.put(h, i);
             }
-            Ok(tables)
+            by_shard
+                .into_iter()
+                .map(|entries| {
+                    let mut table = Table::with_entries(entries.len());
+                    if table.buckets.len() > PACKED_BUCKETS {
+                        // Beyond what the packed bits address: use the keys' hashes.
+                        for &e in &entries {
+                            let i = e as u32;
+                            let h = hash(i);
+                            if table.find(h, |j| eq(i, j)).is_some() {
+                                return Err(i);
+                            }
+                            table.put(h, i);
+                        }
+                        return Ok(table);
+                    }
+                    for e in entries {
+                        let (h, i) = unpack(e);
+                        if table.find(h, |j| eq(i, j)).is_some() {
+                            return Err(i);
+                        }
+                        table.put(h, i);
+                    }
+                    Ok(table)
+                })
+                .collect()
         };
         let per_thread = SHARDS.div_ceil(threads);
         let ranges: Vec<std::ops::Range<usize>> = (0..threads)
@@ -350,9 +388,12 @@ mod tests {
         let keys: Vec<u32> = (0..10_000).map(|i| i * 7).collect();
         let hashes: Vec<u64> = keys.iter().map(|&k| hash_pair(k, 0)).collect();
         for threads in [1, 2, 3] {
-            let index = ShardedIndex::build(&hashes, threads, |a, b| {
-                keys[a as usize] == keys[b as usize]
-            })
+            let index = ShardedIndex::build(
+                hashes.len(),
+                |i| hashes[i as usize],
+                threads,
+                |a, b| keys[a as usize] == keys[b as usize],
+            )
             .unwrap();
             assert_eq!(index.len(), keys.len());
             let mut exact = 0;
@@ -368,7 +409,13 @@ mod tests {
         dup.push(70);
         let hashes: Vec<u64> = dup.iter().map(|&k| hash_pair(k, 0)).collect();
         assert_eq!(
-            ShardedIndex::build(&hashes, 2, |a, b| dup[a as usize] == dup[b as usize]).err(),
+            ShardedIndex::build(
+                hashes.len(),
+                |i| hashes[i as usize],
+                2,
+                |a, b| { dup[a as usize] == dup[b as usize] }
+            )
+            .err(),
             Some(10_000)
         );
     }

@@ -209,12 +209,24 @@ impl Names {
         if ends.len() >= NONE as usize {
             return Err("too many names".into());
         }
-        let hashes: Vec<u64> = (0..ends.len())
-            .map(|i| hash_bytes(slice(&arena, &ends, i as u32).as_bytes()))
-            .collect();
-        let index = ShardedIndex::build(&hashes, threads, |a, b| {
-            slice(&arena, &ends, a) == slice(&arena, &ends, b)
-        })
+        let mut hashes = vec![0u64; ends.len()];
+        let per = ends.len().div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|scope| {
+            for (k, out) in hashes.chunks_mut(per).enumerate() {
+                let (arena, ends) = (&arena, &ends);
+                scope.spawn(move || {
+                    for (j, h) in out.iter_mut().enumerate() {
+                        *h = hash_bytes(slice(arena, ends, (k * per + j) as u32).as_bytes());
+                    }
+                });
+            }
+        });
+        let index = ShardedIndex::build(
+            hashes.len(),
+            |i| hashes[i as usize],
+            threads,
+            |a, b| slice(&arena, &ends, a) == slice(&arena, &ends, b),
+        )
         .map_err(|i| format!("name {i} repeats an earlier one"))?;
         Ok(Names { arena, ends, index })
     }

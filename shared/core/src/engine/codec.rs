@@ -122,6 +122,11 @@ impl<'a> Reader<'a> {
         let body = bytes
             .strip_prefix(magic.as_slice())
             .ok_or(CodecError::BadMagic { what })?;
+        Self::open_body(body, what)
+    }
+
+    /// Decompresses an LZ4 body (size-prepended), refusing a size it cannot hold.
+    pub(super) fn open_body(body: &[u8], what: &'static str) -> Result<Vec<u8>, CodecError> {
         let corrupt = |why: String| CodecError::Corrupt { what, why };
         let size = body
             .get(..4)

@@ -29,7 +29,7 @@ const TOUCHED: u32 = 1 << 30;
 const WIDE: u32 = 1 << 31;
 
 /// One pair's record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PairRecord {
     /// Merchant index.
     pub merchant: u32,
@@ -56,6 +56,47 @@ impl PairRecord {
     /// Whether the pair has a weight.
     pub fn weighted(&self) -> bool {
         self.meta & WEIGHTED != 0
+    }
+
+    /// Marks the pair as having a weight.
+    pub fn set_weighted(&mut self) {
+        self.meta |= WEIGHTED;
+    }
+
+    /// A record as a snapshot stores it (`emitted`: 1 UPGRADE, 2 CHILD), and its
+    /// counters when they do not fit the record (they go to the wide table).
+    pub fn decoded(
+        merchant: u32,
+        customer: u32,
+        txns: u64,
+        cents: u128,
+        gender: Gender,
+        emitted: u8,
+    ) -> (PairRecord, Option<(u64, u128)>) {
+        let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+        let flags = flag(emitted & 1 != 0, EMITTED_UPGRADE) | flag(emitted & 2 != 0, EMITTED_CHILD);
+        let mut r = PairRecord {
+            merchant,
+            customer,
+            meta: u32::from(gender.code()) << GENDER_SHIFT | flags,
+            cents: 0,
+        };
+        match (u32::try_from(txns), u32::try_from(cents)) {
+            (Ok(n), Ok(c)) if n <= TXNS_MAX => {
+                r.meta |= n;
+                r.cents = c;
+                (r, None)
+            }
+            _ => {
+                r.meta |= WIDE;
+                (r, Some((txns, cents)))
+            }
+        }
+    }
+
+    /// n(m,c) if the record holds it (it is not wide).
+    pub fn narrow_txns(&self) -> Option<u64> {
+        (self.meta & WIDE == 0).then_some(u64::from(self.meta & TXNS_MAX))
     }
 }
 
@@ -234,6 +275,11 @@ impl PairTable {
         was
     }
 
+    /// Marks pair `p` as having a weight.
+    pub fn set_weighted(&mut self, p: u32) {
+        self.set_flag(p, WEIGHTED);
+    }
+
     /// Marks `p` touched by the current chunk; returns whether it already was.
     #[inline]
     pub fn touch(&mut self, p: u32) -> bool {
@@ -252,38 +298,31 @@ impl PairTable {
         u8::from(meta & EMITTED_UPGRADE != 0) | u8::from(meta & EMITTED_CHILD != 0) << 1
     }
 
-    /// Appends decoded pairs: records with their counters, then the index is rebuilt by
-    /// `threads` threads. Fails on a repeated pair (naming its position).
-    pub fn extend_decoded(
-        &mut self,
-        pairs: impl IntoIterator<Item = DecodedPair>,
+    /// A table from decoded records (in pair order) and the exact counters of the wide
+    /// ones (position, n, s); the index is built by `threads` threads. Fails on a
+    /// repeated pair, naming its position.
+    pub fn from_records(
+        records: Vec<PairRecord>,
+        wide: Vec<(u32, u64, u128)>,
         threads: usize,
-    ) -> Result<(), u32> {
-        for d in pairs {
-            let p = self.records.len() as u32;
-            let flag = |on: bool, flag: u32| if on { flag } else { 0 };
-            let flags = flag(d.emitted & 1 != 0, EMITTED_UPGRADE)
-                | flag(d.emitted & 2 != 0, EMITTED_CHILD)
-                | flag(d.weight_entry != NONE, WEIGHTED);
-            self.records.push(PairRecord {
-                merchant: d.merchant,
-                customer: d.customer,
-                meta: u32::from(d.gender.code()) << GENDER_SHIFT | flags,
-                cents: 0,
-            });
-            self.add(p, d.txns, d.cents);
-        }
-        let hashes: Vec<u64> = self
-            .records
-            .iter()
-            .map(|r| hash_pair(r.merchant, r.customer))
-            .collect();
-        let records = &self.records;
-        self.index = ShardedIndex::build(&hashes, threads, |a, b| {
-            let (a, b) = (&records[a as usize], &records[b as usize]);
-            a.merchant == b.merchant && a.customer == b.customer
-        })?;
-        Ok(())
+    ) -> Result<Self, u32> {
+        let index = ShardedIndex::build(
+            records.len(),
+            |i| {
+                let r = &records[i as usize];
+                hash_pair(r.merchant, r.customer)
+            },
+            threads,
+            |a, b| {
+                let (a, b) = (&records[a as usize], &records[b as usize]);
+                a.merchant == b.merchant && a.customer == b.customer
+            },
+        )?;
+        Ok(PairTable {
+            records,
+            index,
+            wide: wide.into_iter().map(|(p, n, s)| (p, (n, s))).collect(),
+        })
     }
 
     /// Heap bytes held, for capacity figures.
@@ -292,25 +331,6 @@ impl PairTable {
             + self.index.allocated_bytes()
             + self.wide.capacity() * 40
     }
-}
-
-/// A pair as a snapshot stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodedPair {
-    /// Merchant index.
-    pub merchant: u32,
-    /// Customer index.
-    pub customer: u32,
-    /// n(m,c).
-    pub txns: u64,
-    /// s(m,c).
-    pub cents: u128,
-    /// Gender at m.
-    pub gender: Gender,
-    /// Emitted bits: 1 UPGRADE, 2 CHILD.
-    pub emitted: u8,
-    /// Importance entry, or [`NONE`].
-    pub weight_entry: u32,
 }
 
 #[cfg(test)]

@@ -1,20 +1,25 @@
 //! Snapshots: the whole engine state, as one blob or as several parts of bounded size
 //! that decode in parallel into one engine.
 //!
-//! A part is `TXS2` then an LZ4 body: its place (index, count), the snapshot's id (every
-//! part of one snapshot carries the same), the head (part 0 only: chunk, totals,
-//! merchants and their DEI flags, how many customers and pairs there are), then a range
-//! of customer ids and a range of pairs. Pairs are stored by column (merchants,
-//! customers as differences from the previous pair's, counts, sums, flags), which LZ4
-//! compresses far better than rows. Weights are not stored: they are looked up again in
-//! the importance table, which the stored fingerprint pins.
+//! A part is `TXS2`, a small uncompressed header of varints (its place: index, count,
+//! the snapshot's id that every part of one snapshot shares, whether it holds the head,
+//! its range of customers and their id bytes, its range of pairs), then an LZ4 body: the
+//! head (part 0 only: chunk, totals, merchants and their DEI flags), the customer ids,
+//! and the pairs stored by column (merchants, customers as differences from the previous
+//! pair's, counts, sums, flags), which LZ4 compresses far better than rows. Weights are
+//! not stored: they are looked up again in the importance table, which the stored
+//! fingerprint pins.
 //!
-//! Decoding checks that the parts are one complete snapshot (same id, every index once,
-//! ranges that tile the totals) and never trusts a stored length for an allocation.
-//! The older single-blob `TXS1` form is still read.
+//! Because every header says where its part's data goes, decoding allocates the whole
+//! state once and each thread decodes its parts straight into their own slices: no
+//! intermediate copies, and peak memory is the state plus the parts' bytes. The indexes
+//! and per-merchant statistics are then built on all threads. Decoding checks that the
+//! parts are one complete snapshot (same id, every index once, ranges that tile the
+//! totals) and never trusts a stored length for an allocation before checking it
+//! against the bytes at hand. The older single-blob `TXS1` form is still read.
 
 use super::codec::{CodecError, Reader, Writer};
-use super::pairs::{DecodedPair, PairTable};
+use super::pairs::{PairRecord, PairTable};
 use super::{Engine, MerchantStats, Names, Totals};
 use crate::config::PatternConfig;
 use crate::index::hash_bytes;
@@ -37,23 +42,26 @@ struct Head {
     totals: Totals,
     merchants: Vec<String>,
     dei_emitted: Vec<bool>,
-    customers: u64,
-    pairs: u64,
 }
 
-/// One decoded part, before the parts are joined.
-#[derive(Debug, Default)]
-struct Part {
+/// A part's uncompressed header, and its compressed body.
+struct PartHeader<'a> {
     index: u64,
     count: u64,
     id: u64,
+    has_head: bool,
+    customers: Range<usize>,
+    name_bytes: usize,
+    pairs: Range<usize>,
+    body: &'a [u8],
+}
+
+/// What decoding one part gives besides what it wrote into the shared state.
+#[derive(Default)]
+struct PartOut {
     head: Option<Head>,
-    customers_first: u64,
-    /// Customer ids of the part, concatenated; `ends` relative to this arena.
-    arena: String,
-    ends: Vec<u32>,
-    pairs_first: u64,
-    pairs: Vec<DecodedPair>,
+    /// Pairs whose counters do not fit a record: (position, n, s).
+    wide: Vec<(u32, u64, u128)>,
 }
 
 fn corrupt(why: impl Into<String>) -> CodecError {
@@ -90,31 +98,47 @@ impl Engine {
     pub fn encode_snapshot_parts(&self, max_part_bytes: usize) -> Vec<Vec<u8>> {
         let head = self.encode_head();
         let id = hash_bytes(&head);
-        // LZ4 can expand incompressible input by 1/255 plus a little: leave room.
-        let budget = (max_part_bytes / 256 * 255).saturating_sub(128).max(1);
+        // LZ4 can expand incompressible input by 1/255 plus a little; the header
+        // takes at most 64 bytes: leave room for both.
+        let budget = if max_part_bytes == usize::MAX {
+            usize::MAX
+        } else {
+            (max_part_bytes / 256 * 255).saturating_sub(128).max(1)
+        };
         let plan = self.plan_parts(head.len(), budget);
         let count = plan.len() as u64;
         let encode = |(i, (customers, pairs)): (usize, &PartPlan)| {
+            let names = self.customers.bytes_since(customers.start)
+                - self.customers.bytes_since(customers.end);
             let mut w = Writer::default();
-            w.u64(i as u64);
-            w.u64(count);
-            w.u64(id);
-            if i == 0 {
-                w.u64(1);
-                w.0.extend_from_slice(&head);
-            } else {
-                w.u64(0);
+            for v in [
+                i as u64,
+                count,
+                id,
+                u64::from(i == 0),
+                customers.start as u64,
+                customers.len() as u64,
+                names as u64,
+                pairs.start as u64,
+                pairs.len() as u64,
+            ] {
+                w.u64(v);
             }
-            self.encode_customers(&mut w, customers.clone());
-            self.encode_pairs(&mut w, pairs.clone());
-            w.finish(SNAPSHOT_MAGIC)
+            let mut body = Writer::default();
+            if i == 0 {
+                body.0.extend_from_slice(&head);
+            }
+            for name in self.customers.since(customers.start).take(customers.len()) {
+                body.str(name);
+            }
+            self.encode_pairs(&mut body, pairs.clone());
+            let mut out = SNAPSHOT_MAGIC.to_vec();
+            out.extend_from_slice(&w.0);
+            out.extend_from_slice(&lz4_flex::compress_prepend_size(&body.0));
+            out
         };
-        let threads = threads_for(plan.len());
-        if threads == 1 {
-            return plan.iter().enumerate().map(encode).collect();
-        }
         let jobs: Vec<(usize, &PartPlan)> = plan.iter().enumerate().collect();
-        parallel_map(&jobs, threads, |&job| encode(job))
+        parallel_map(&jobs, threads_for(jobs.len()), |&job| encode(job))
     }
 
     fn encode_head(&self) -> Vec<u8> {
@@ -128,8 +152,6 @@ impl Engine {
         for s in &self.merchant_stats {
             w.u64(u64::from(s.dei_emitted));
         }
-        w.u64(self.customers.len() as u64);
-        w.u64(self.pairs.len() as u64);
         w.0
     }
 
@@ -144,12 +166,12 @@ impl Engine {
         let mut plan = Vec::new();
         let (mut c0, mut p0) = (0, 0);
         // Part 0's head counts as its first item.
-        let (mut size, mut items) = (64 + head, 1);
+        let (mut size, mut items) = (head, 1);
         for (c, name) in self.customers.since(0).enumerate() {
             let item = varint_len(name.len() as u64) + name.len();
             if size + item > budget && items > 0 {
                 plan.push((c0..c, 0..0));
-                (c0, size, items) = (c, 64, 0);
+                (c0, size, items) = (c, 0, 0);
             }
             size += item;
             items += 1;
@@ -164,7 +186,7 @@ impl Engine {
             prev_c = r.customer;
             if size + item > budget && items > 0 {
                 plan.push((c0..customers, p0..p));
-                (c0, p0, size, items) = (customers, p, 64, 0);
+                (c0, p0, size, items) = (customers, p, 0, 0);
             }
             size += item;
             items += 1;
@@ -173,34 +195,29 @@ impl Engine {
         plan
     }
 
-    fn encode_customers(&self, w: &mut Writer, range: Range<usize>) {
-        w.u64(range.start as u64);
-        w.u64(range.len() as u64);
-        for name in self.customers.since(range.start).take(range.len()) {
-            w.str(name);
-        }
-    }
-
+    /// Pairs by column, each column preceded by its length so a decoder reads all
+    /// five side by side in one pass.
     fn encode_pairs(&self, w: &mut Writer, range: Range<usize>) {
-        w.u64(range.start as u64);
-        w.u64(range.len() as u64);
         let records = &self.pairs.records()[range.clone()];
-        for r in records {
-            w.u64(u64::from(r.merchant));
-        }
+        let mut columns: [Writer; 5] = Default::default();
+        // Customers as differences from the previous pair's: small, and repetitive
+        // where pairs were made in bursts.
         let mut prev = 0i64;
-        for r in records {
-            w.u64(zigzag(i64::from(r.customer) - prev));
-            prev = i64::from(r.customer);
-        }
-        for p in range.clone() {
-            w.u64(self.pairs.txns(p as u32));
-        }
-        for p in range.clone() {
-            w.uint(self.pairs.cents(p as u32));
-        }
         for (p, r) in range.zip(records) {
-            w.0.push(r.gender().code() | self.pairs.emitted_bits(p as u32) << 2);
+            columns[0].u64(u64::from(r.merchant));
+            columns[1].u64(zigzag(i64::from(r.customer) - prev));
+            prev = i64::from(r.customer);
+            columns[2].u64(self.pairs.txns(p as u32));
+            columns[3].uint(self.pairs.cents(p as u32));
+            columns[4]
+                .0
+                .push(r.gender().code() | self.pairs.emitted_bits(p as u32) << 2);
+        }
+        for column in &columns {
+            w.u64(column.0.len() as u64);
+        }
+        for column in columns {
+            w.0.extend_from_slice(&column.0);
         }
     }
 
@@ -234,18 +251,11 @@ impl Engine {
         threads: usize,
     ) -> Result<Self, CodecError> {
         let threads = threads.max(1);
-        if parts.is_empty() {
-            return Err(corrupt("no parts"));
+        match parts {
+            [] => Err(corrupt("no parts")),
+            [one] if one.starts_with(SNAPSHOT_MAGIC_V1) => decode_v1(one, config, weights),
+            _ => decode_parts(parts, config, weights, threads),
         }
-        if parts.len() == 1 && parts[0].starts_with(SNAPSHOT_MAGIC_V1) {
-            let part = decode_v1(parts[0])?;
-            return assemble(vec![part], config, weights, threads);
-        }
-        let decoded = parallel_map(parts, threads.min(parts.len()), |bytes| decode_part(bytes));
-        let decoded = decoded
-            .into_iter()
-            .collect::<Result<Vec<Part>, CodecError>>()?;
-        assemble(decoded, config, weights, threads)
     }
 }
 
@@ -281,6 +291,47 @@ fn parallel_map<T: Sync, R: Send>(
     })
 }
 
+fn read_header(bytes: &[u8]) -> Result<PartHeader<'_>, CodecError> {
+    let rest = bytes
+        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+        .ok_or(CodecError::BadMagic { what: WHAT })?;
+    let mut r = Reader {
+        buf: rest,
+        pos: 0,
+        what: WHAT,
+    };
+    let mut next = || r.u64();
+    let (index, count, id, has_head) = (next()?, next()?, next()?, next()? == 1);
+    let range = |first: u64, len: u64| -> Result<Range<usize>, CodecError> {
+        let first = usize::try_from(first).map_err(|_| corrupt("range out of bounds"))?;
+        let len = usize::try_from(len).map_err(|_| corrupt("range out of bounds"))?;
+        Ok(first
+            ..first
+                .checked_add(len)
+                .ok_or_else(|| corrupt("range out of bounds"))?)
+    };
+    let customers = range(next()?, next()?)?;
+    let name_bytes = usize::try_from(next()?).map_err(|_| corrupt("too many id bytes"))?;
+    let pairs = range(next()?, next()?)?;
+    let body = &rest[r.pos..];
+    // Every item takes at least a byte of body (LZ4 expands at most 255 times), so
+    // counts the body cannot hold are refused before anything is allocated for them.
+    let most = body.len().saturating_mul(255).saturating_add(64);
+    if customers.len() > most || pairs.len() > most || name_bytes > most {
+        return Err(corrupt("counts larger than the part"));
+    }
+    Ok(PartHeader {
+        index,
+        count,
+        id,
+        has_head,
+        customers,
+        name_bytes,
+        pairs,
+        body,
+    })
+}
+
 fn decode_head(r: &mut Reader<'_>) -> Result<Head, CodecError> {
     let next_chunk = r.u64()?;
     let totals = Totals {
@@ -298,86 +349,211 @@ fn decode_head(r: &mut Reader<'_>) -> Result<Head, CodecError> {
         totals,
         merchants,
         dei_emitted,
-        customers: r.u64()?,
-        pairs: r.u64()?,
     })
 }
 
-fn decode_part(bytes: &[u8]) -> Result<Part, CodecError> {
-    let buf = Reader::open(bytes, SNAPSHOT_MAGIC, WHAT)?;
+/// One part's share of the state, to be filled by its decoder.
+struct PartSlices<'a> {
+    header: PartHeader<'a>,
+    /// Where the part's id bytes start in the whole arena.
+    arena_base: usize,
+    arena: &'a mut [u8],
+    ends: &'a mut [u32],
+    records: &'a mut [PairRecord],
+}
+
+/// Decodes one part into its slices.
+fn decode_part(s: PartSlices<'_>) -> Result<PartOut, CodecError> {
+    let buf = Reader::open_body(s.header.body, WHAT)?;
     let mut r = Reader {
         buf: &buf,
         pos: 0,
         what: WHAT,
     };
-    let mut part = Part {
-        index: r.u64()?,
-        count: r.u64()?,
-        id: r.u64()?,
-        ..Part::default()
-    };
-    if r.u64()? == 1 {
-        part.head = Some(decode_head(&mut r)?);
+    let mut out = PartOut::default();
+    if s.header.has_head {
+        out.head = Some(decode_head(&mut r)?);
     }
-    part.customers_first = r.u64()?;
-    let n = r.len()?;
-    part.ends.reserve(n);
-    for _ in 0..n {
+    let mut at = 0usize;
+    for end in s.ends.iter_mut() {
         let len = r.len()?;
-        let name = r
-            .buf
-            .get(r.pos..r.pos + len)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or_else(|| r.corrupt("customer id is not UTF-8"))?;
+        let name = &r.buf[r.pos..r.pos + len];
         r.pos += len;
-        part.arena.push_str(name);
-        part.ends
-            .push(u32::try_from(part.arena.len()).map_err(|_| r.corrupt("customer ids too long"))?);
+        std::str::from_utf8(name).map_err(|_| r.corrupt("customer id is not UTF-8"))?;
+        s.arena
+            .get_mut(at..at + len)
+            .ok_or_else(|| r.corrupt("more id bytes than the header says"))?
+            .copy_from_slice(name);
+        at += len;
+        *end = u32::try_from(s.arena_base + at).map_err(|_| r.corrupt("customer ids too long"))?;
     }
-    part.pairs_first = r.u64()?;
-    let n = r.len()?;
-    let mut pairs = vec![
-        DecodedPair {
-            merchant: 0,
-            customer: 0,
-            txns: 0,
-            cents: 0,
-            gender: Gender::Other,
-            emitted: 0,
-            weight_entry: NONE,
+    if at != s.arena.len() {
+        return Err(r.corrupt("fewer id bytes than the header says"));
+    }
+    // Five columns, read side by side: merchants, customers, counts, sums, flags.
+    let mut lens = [0usize; 5];
+    for len in lens.iter_mut() {
+        *len = r.len()?;
+    }
+    if lens.iter().sum::<usize>() != r.buf.len() - r.pos {
+        return Err(r.corrupt("column lengths do not add up"));
+    }
+    let mut columns = lens.map(|len| {
+        let column = Reader {
+            buf: &r.buf[r.pos..r.pos + len],
+            pos: 0,
+            what: WHAT,
         };
-        n
-    ];
-    for p in pairs.iter_mut() {
-        p.merchant = r.u32()?;
-    }
+        r.pos += len;
+        column
+    });
+    let first = s.header.pairs.start;
     let mut prev = 0i64;
-    for p in pairs.iter_mut() {
-        prev += unzigzag(r.u64()?);
-        p.customer = u32::try_from(prev).map_err(|_| r.corrupt("customer index out of range"))?;
-    }
-    for p in pairs.iter_mut() {
-        p.txns = r.u64()?;
-    }
-    for p in pairs.iter_mut() {
-        p.cents = r.uint()?;
-    }
-    for p in pairs.iter_mut() {
-        let flags = *r
+    for (i, rec) in s.records.iter_mut().enumerate() {
+        let merchant = columns[0].u32()?;
+        prev = prev.wrapping_add(unzigzag(columns[1].u64()?));
+        let customer = u32::try_from(prev).map_err(|_| corrupt("customer index out of range"))?;
+        let (txns, cents) = (columns[2].u64()?, columns[3].uint()?);
+        let flags = *columns[4]
             .buf
-            .get(r.pos)
-            .ok_or_else(|| r.corrupt("unexpected end"))?;
-        r.pos += 1;
-        p.gender = Gender::from_code(flags & 0b11);
-        p.emitted = (flags >> 2) & 0b11;
+            .get(columns[4].pos)
+            .ok_or_else(|| corrupt("unexpected end of flags"))?;
+        columns[4].pos += 1;
+        if txns == 0 {
+            return Err(corrupt("a pair has no transactions"));
+        }
+        let (decoded, wide) = PairRecord::decoded(
+            merchant,
+            customer,
+            txns,
+            cents,
+            Gender::from_code(flags & 0b11),
+            (flags >> 2) & 0b11,
+        );
+        *rec = decoded;
+        if let Some((n, c)) = wide {
+            out.wide.push(((first + i) as u32, n, c));
+        }
     }
-    r.done()?;
-    part.pairs = pairs;
-    Ok(part)
+    for column in &columns {
+        column.done()?;
+    }
+    Ok(out)
 }
 
-/// The `TXS1` single-blob form, as one part.
-fn decode_v1(bytes: &[u8]) -> Result<Part, CodecError> {
+/// Checks that the headers are one complete snapshot; returns them in index order.
+fn check_headers(mut headers: Vec<PartHeader<'_>>) -> Result<Vec<PartHeader<'_>>, CodecError> {
+    headers.sort_by_key(|h| h.index);
+    let count = headers.len() as u64;
+    let id = headers[0].id;
+    let (mut customers, mut pairs, mut bytes) = (0usize, 0usize, 0usize);
+    for (i, h) in headers.iter().enumerate() {
+        if h.index != i as u64 || h.count != count || h.id != id {
+            return Err(corrupt(format!(
+                "part {} of {} (snapshot {:x}) does not belong with {count} parts of snapshot {id:x}",
+                h.index, h.count, h.id
+            )));
+        }
+        if (i == 0) != h.has_head {
+            return Err(corrupt("the head must be in part 0 only"));
+        }
+        if h.customers.start != customers || h.pairs.start != pairs {
+            return Err(corrupt("parts leave a gap or overlap"));
+        }
+        (customers, pairs) = (h.customers.end, h.pairs.end);
+        bytes = bytes.saturating_add(h.name_bytes);
+    }
+    if customers >= NONE as usize || pairs >= NONE as usize || bytes > u32::MAX as usize {
+        return Err(corrupt("more ids or pairs than a state can hold"));
+    }
+    Ok(headers)
+}
+
+fn decode_parts(
+    parts: &[&[u8]],
+    config: PatternConfig,
+    weights: Arc<ImportanceTable>,
+    threads: usize,
+) -> Result<Engine, CodecError> {
+    let headers = check_headers(
+        parts
+            .iter()
+            .map(|p| read_header(p))
+            .collect::<Result<Vec<_>, _>>()?,
+    )?;
+    let last = &headers[headers.len() - 1];
+    let (customers, pairs) = (last.customers.end, last.pairs.end);
+    let name_bytes: usize = headers.iter().map(|h| h.name_bytes).sum();
+
+    // The whole state, allocated once; each part gets its own slices of it.
+    let mut arena = vec![0u8; name_bytes];
+    let mut ends = vec![0u32; customers];
+    let mut records = vec![PairRecord::default(); pairs];
+    let mut jobs = Vec::with_capacity(headers.len());
+    {
+        let (mut arena_rest, mut ends_rest, mut records_rest) =
+            (&mut arena[..], &mut ends[..], &mut records[..]);
+        let mut arena_base = 0;
+        for header in headers {
+            let (a, ar) = arena_rest.split_at_mut(header.name_bytes);
+            let (e, er) = ends_rest.split_at_mut(header.customers.len());
+            let (r, rr) = records_rest.split_at_mut(header.pairs.len());
+            (arena_rest, ends_rest, records_rest) = (ar, er, rr);
+            arena_base += header.name_bytes;
+            jobs.push(PartSlices {
+                arena_base: arena_base - header.name_bytes,
+                header,
+                arena: a,
+                ends: e,
+                records: r,
+            });
+        }
+        let outs: Vec<Result<PartOut, CodecError>> = if threads <= 1 || jobs.len() == 1 {
+            jobs.into_iter().map(decode_part).collect()
+        } else {
+            // Parts are handed out round-robin, so threads get similar shares.
+            let mut queues: Vec<Vec<PartSlices<'_>>> =
+                (0..threads.min(jobs.len())).map(|_| Vec::new()).collect();
+            let n = queues.len();
+            for (i, job) in jobs.into_iter().enumerate() {
+                queues[i % n].push(job);
+            }
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = queues
+                    .into_iter()
+                    .map(|queue| {
+                        scope.spawn(move || queue.into_iter().map(decode_part).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| vec![Err(corrupt("a decoding thread failed"))])
+                    })
+                    .collect()
+            })
+        };
+        let mut head = None;
+        let mut wide = Vec::new();
+        for out in outs {
+            let out = out?;
+            head = head.or(out.head);
+            wide.extend(out.wide);
+        }
+        let head = head.ok_or_else(|| corrupt("no head"))?;
+        let arena = String::from_utf8(std::mem::take(&mut arena))
+            .map_err(|_| corrupt("customer ids are not UTF-8"))?;
+        assemble(head, arena, ends, records, wide, config, weights, threads)
+    }
+}
+
+/// The `TXS1` single-blob form.
+fn decode_v1(
+    bytes: &[u8],
+    config: PatternConfig,
+    weights: Arc<ImportanceTable>,
+) -> Result<Engine, CodecError> {
     let buf = Reader::open(bytes, SNAPSHOT_MAGIC_V1, WHAT)?;
     let mut r = Reader {
         buf: &buf,
@@ -392,80 +568,51 @@ fn decode_v1(bytes: &[u8]) -> Result<Part, CodecError> {
     };
     let n = r.len()?;
     let merchants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>, _>>()?;
-    let mut part = Part {
-        count: 1,
-        ..Part::default()
-    };
+    let (mut arena, mut ends) = (String::new(), Vec::new());
     let n = r.len()?;
     for _ in 0..n {
-        part.arena.push_str(&r.str()?);
-        part.ends
-            .push(u32::try_from(part.arena.len()).map_err(|_| r.corrupt("customer ids too long"))?);
+        arena.push_str(&r.str()?);
+        ends.push(u32::try_from(arena.len()).map_err(|_| r.corrupt("customer ids too long"))?);
     }
     let dei_emitted = (0..merchants.len())
         .map(|_| r.u64().map(|v| v != 0))
         .collect::<Result<Vec<_>, _>>()?;
     let n = r.len()?;
-    part.pairs.reserve(n);
-    for _ in 0..n {
-        part.pairs.push(DecodedPair {
-            merchant: r.u32()?,
-            customer: r.u32()?,
-            txns: r.u64()?,
-            cents: r.uint()?,
-            gender: Gender::from_code(r.u64()? as u8),
-            emitted: (r.u64()? as u8) & 0b11,
-            weight_entry: NONE,
-        });
+    let (mut records, mut wide) = (Vec::with_capacity(n), Vec::new());
+    for p in 0..n {
+        let (m, c, txns, cents) = (r.u32()?, r.u32()?, r.u64()?, r.uint()?);
+        let (gender, emitted) = (Gender::from_code(r.u64()? as u8), (r.u64()? as u8) & 0b11);
+        if txns == 0 {
+            return Err(r.corrupt("a pair has no transactions"));
+        }
+        let (record, w) = PairRecord::decoded(m, c, txns, cents, gender, emitted);
+        records.push(record);
+        if let Some((n, s)) = w {
+            wide.push((p as u32, n, s));
+        }
     }
     r.done()?;
-    part.head = Some(Head {
+    let head = Head {
         next_chunk,
         totals,
         merchants,
         dei_emitted,
-        customers: part.ends.len() as u64,
-        pairs: part.pairs.len() as u64,
-    });
-    Ok(part)
+    };
+    assemble(head, arena, ends, records, wide, config, weights, 1)
 }
 
-/// Joins decoded parts into one engine.
+/// Builds the engine from decoded state: indexes, weights and per-merchant stats.
+#[allow(clippy::too_many_arguments)]
 fn assemble(
-    mut parts: Vec<Part>,
+    head: Head,
+    arena: String,
+    ends: Vec<u32>,
+    records: Vec<PairRecord>,
+    wide: Vec<(u32, u64, u128)>,
     config: PatternConfig,
     weights: Arc<ImportanceTable>,
     threads: usize,
 ) -> Result<Engine, CodecError> {
-    parts.sort_by_key(|p| p.index);
-    let count = parts.len() as u64;
-    for (i, p) in parts.iter().enumerate() {
-        if p.index != i as u64 || p.count != count || p.id != parts[0].id {
-            return Err(corrupt(format!(
-                "part {} of {} (snapshot {:x}) does not belong with {count} parts of snapshot {:x}",
-                p.index, p.count, p.id, parts[0].id
-            )));
-        }
-        if (i == 0) != p.head.is_some() {
-            return Err(corrupt("the head must be in part 0 only"));
-        }
-    }
-    let head = parts[0].head.take().ok_or_else(|| corrupt("no head"))?;
-    let (mut next_customer, mut next_pair) = (0u64, 0u64);
-    for p in &parts {
-        if p.customers_first != next_customer || p.pairs_first != next_pair {
-            return Err(corrupt("parts leave a gap or overlap"));
-        }
-        next_customer += p.ends.len() as u64;
-        next_pair += p.pairs.len() as u64;
-    }
-    if next_customer != head.customers || next_pair != head.pairs {
-        return Err(corrupt(format!(
-            "parts hold {next_customer} customers and {next_pair} pairs; the head says {} and {}",
-            head.customers, head.pairs
-        )));
-    }
-
     let mut engine = Engine::new(config, weights);
     engine.next_chunk = head.next_chunk;
     engine.totals = head.totals;
@@ -481,100 +628,84 @@ fn assemble(
         stats.dei_emitted = dei;
         engine.merchant_stats.push(stats);
     }
-
-    // Customers: one arena, indexed on all threads.
-    let total_bytes: usize = parts.iter().map(|p| p.arena.len()).sum();
-    if total_bytes > u32::MAX as usize {
-        return Err(corrupt("customer ids too long"));
-    }
-    let mut arena = String::with_capacity(total_bytes);
-    let mut ends = Vec::with_capacity(next_customer as usize);
-    let mut pairs: Vec<DecodedPair> = Vec::with_capacity(next_pair as usize);
-    for p in &mut parts {
-        let base = arena.len() as u32;
-        arena.push_str(&p.arena);
-        ends.extend(p.ends.iter().map(|e| e + base));
-        p.arena = String::new();
-        p.ends = Vec::new();
-        pairs.append(&mut p.pairs);
-    }
-    drop(parts);
     engine.customers = Names::from_arena(arena, ends, threads).map_err(corrupt)?;
-    // Each customer's index in the importance table, while the pairs need it.
-    let customer_names: Vec<u32> = (0..engine.customers.len() as u32).collect();
-    let weights = &engine.weights;
-    let customers = &engine.customers;
-    let customer_importance = parallel_chunks(&customer_names, threads, |c| {
-        weights.customer_index(customers.name(c))
-    });
-    drop(customer_names);
-
-    // Pairs: checked, their weights found, then indexed on all threads.
     let (merchants, customers) = (engine.merchants.len(), engine.customers.len());
-    let stats = &engine.merchant_stats;
-    let customer_importance = &customer_importance;
-    let checked = parallel_chunks(&pairs, threads, |mut d| {
-        if d.merchant as usize >= merchants || d.customer as usize >= customers || d.txns == 0 {
-            return None;
-        }
-        d.weight_entry = weights
-            .entry(
-                stats[d.merchant as usize].importance,
-                customer_importance[d.customer as usize],
-            )
-            .unwrap_or(NONE);
-        Some(d)
-    });
-    drop(pairs);
-    let pairs: Vec<DecodedPair> = checked
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| corrupt("a pair names an unknown index or has no transactions"))?;
-    let mut table = PairTable::default();
-    table
-        .extend_decoded(pairs.iter().copied(), threads)
-        .map_err(|p| corrupt(format!("pair {p} is a duplicate")))?;
-    engine.pairs = table;
+    if records
+        .iter()
+        .any(|r| r.merchant as usize >= merchants || r.customer as usize >= customers)
+    {
+        return Err(corrupt("a pair names an unknown merchant or customer"));
+    }
 
-    // Merchant stats follow from the pairs.
-    for (p, d) in pairs.iter().enumerate() {
-        let stats = &mut engine.merchant_stats[d.merchant as usize];
-        stats.txns = stats.txns.saturating_add(d.txns);
-        match d.gender {
-            Gender::Female => stats.female += 1,
-            Gender::Male => stats.male += 1,
-            Gender::Other => {}
+    engine.pairs = PairTable::from_records(records, wide, threads)
+        .map_err(|p| corrupt(format!("pair {p} is a duplicate")))?;
+    // Weights: from the importance table's side (usually far fewer entries than pairs),
+    // each entry whose merchant and customer are known finds its pair.
+    let mut engine_merchant = vec![NONE; engine.weights.merchant_count()];
+    for (m, stats) in engine.merchant_stats.iter().enumerate() {
+        if let Some(slot) = engine_merchant.get_mut(stats.importance as usize) {
+            *slot = m as u32;
         }
-        stats.by_count.move_customer(0, d.txns);
-        if let (Some(order), entry) = (&mut stats.by_weight, d.weight_entry) {
-            if entry != NONE {
-                order.insert(entry, p as u32);
+    }
+    let entries: Vec<(u32, &str, u32)> = engine.weights.entries().collect();
+    let (names, pair_table) = (&engine.customers, &engine.pairs);
+    let weighted: Vec<(u32, u32)> = parallel_map(
+        &entries.chunks(4096).collect::<Vec<_>>(),
+        threads,
+        |chunk| {
+            chunk
+                .iter()
+                .filter_map(|&(merchant, customer, entry)| {
+                    let m = *engine_merchant.get(merchant as usize)?;
+                    let c = names.get(customer)?;
+                    Some((pair_table.find(m, c)?, entry))
+                })
+                .collect::<Vec<_>>()
+        },
+    )
+    .into_iter()
+    .flatten()
+    .collect();
+    drop(entries);
+    for &(p, _) in &weighted {
+        engine.pairs.set_weighted(p);
+    }
+    // Merchant stats follow from the pairs: each thread takes a range of merchants and
+    // reads every pair.
+    let pairs = &engine.pairs;
+    let per = engine.merchant_stats.len().div_ceil(threads).max(1);
+    let count = |first: usize, stats: &mut [MerchantStats]| {
+        let range = first..first + stats.len();
+        for (p, r) in pairs.records().iter().enumerate() {
+            if !range.contains(&(r.merchant as usize)) {
+                continue;
             }
+            let stats = &mut stats[r.merchant as usize - first];
+            let txns = r.narrow_txns().unwrap_or_else(|| pairs.txns(p as u32));
+            stats.txns = stats.txns.saturating_add(txns);
+            match r.gender() {
+                Gender::Female => stats.female += 1,
+                Gender::Male => stats.male += 1,
+                Gender::Other => {}
+            }
+            stats.by_count.move_customer(0, txns);
+        }
+    };
+    if threads <= 1 {
+        count(0, &mut engine.merchant_stats);
+    } else {
+        std::thread::scope(|scope| {
+            for (k, stats) in engine.merchant_stats.chunks_mut(per).enumerate() {
+                let count = &count;
+                scope.spawn(move || count(k * per, stats));
+            }
+        });
+    }
+    for (p, entry) in weighted {
+        let m = engine.pairs.record(p).merchant;
+        if let Some(order) = &mut engine.merchant_stats[m as usize].by_weight {
+            order.insert(entry, p);
         }
     }
     Ok(engine)
-}
-
-/// Maps `items` in order on up to `threads` threads.
-fn parallel_chunks<T: Copy + Sync, R: Send + Default + Clone>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(T) -> R + Sync,
-) -> Vec<R> {
-    if threads <= 1 || items.len() < 4096 {
-        return items.iter().map(|&x| f(x)).collect();
-    }
-    let per = items.len().div_ceil(threads);
-    let mut out = vec![R::default(); items.len()];
-    std::thread::scope(|scope| {
-        for (src, dst) in items.chunks(per).zip(out.chunks_mut(per)) {
-            let f = &f;
-            scope.spawn(move || {
-                for (s, d) in src.iter().zip(dst.iter_mut()) {
-                    *d = f(*s);
-                }
-            });
-        }
-    });
-    out
 }

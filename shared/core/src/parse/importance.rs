@@ -319,13 +319,13 @@ impl ImportanceTable {
         for m in 1..self.merchant_start.len() {
             self.merchant_start[m] = self.merchant_start[m].max(self.merchant_start[m - 1]);
         }
-        let hashes: Vec<u64> = self
-            .entries
-            .iter()
-            .map(|e| hash_pair(e.merchant, e.customer))
-            .collect();
+        let entries = &self.entries;
+        let hash = |i: u32| {
+            let e = &entries[i as usize];
+            hash_pair(e.merchant, e.customer)
+        };
         // Keys are distinct: they come from a map.
-        self.index = ShardedIndex::build(&hashes, 1, |_, _| false).unwrap_or_default();
+        self.index = ShardedIndex::build(entries.len(), hash, 1, |_, _| false).unwrap_or_default();
     }
 
     /// `w(m,c)`, if customer `c` has any importance row at merchant `m`.
@@ -367,12 +367,7 @@ impl ImportanceTable {
         self.customers.touch_bucket(hash)
     }
 
-    /// The table's index of a customer id, or [`NONE`].
-    pub(crate) fn customer_index(&self, customer: &str) -> u32 {
-        self.customers.get(customer).unwrap_or(NONE)
-    }
-
-    /// [`ImportanceTable::customer_index`] with the id's hash already computed.
+    /// The table's index of a customer id (with its hash), or [`NONE`].
     #[inline]
     pub(crate) fn customer_index_hashed(&self, hash: u64, customer: &str) -> u32 {
         self.customers.get_hashed(hash, customer).unwrap_or(NONE)
@@ -389,6 +384,19 @@ impl ImportanceTable {
             let e = &entries[i as usize];
             e.merchant == merchant && e.customer == customer
         })
+    }
+
+    /// Every entry: (the table's merchant index, the customer's id, entry position).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (u32, &str, u32)> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.merchant, self.customers.name(e.customer), i as u32))
+    }
+
+    /// Number of merchants the table knows.
+    pub(crate) fn merchant_count(&self) -> usize {
+        self.merchants.len()
     }
 
     /// The entries of a merchant (its customers in weight order), as a range of entry
