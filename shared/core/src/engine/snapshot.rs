@@ -314,10 +314,19 @@ fn read_header(bytes: &[u8]) -> Result<PartHeader<'_>, CodecError> {
     let name_bytes = usize::try_from(next()?).map_err(|_| corrupt("too many id bytes"))?;
     let pairs = range(next()?, next()?)?;
     let body = &rest[r.pos..];
-    // Every item takes at least a byte of body (LZ4 expands at most 255 times), so
-    // counts the body cannot hold are refused before anything is allocated for them.
-    let most = body.len().saturating_mul(255).saturating_add(64);
-    if customers.len() > most || pairs.len() > most || name_bytes > most {
+    // The body says how large it is uncompressed (refused beyond LZ4's 255-fold
+    // expansion); every id takes at least one byte of it plus its bytes, every pair at
+    // least five (one per column). So nothing is allocated for counts the part cannot
+    // hold.
+    let size = body
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| corrupt("no body"))?;
+    let needed = customers
+        .len()
+        .saturating_add(name_bytes)
+        .saturating_add(pairs.len().saturating_mul(5));
+    if size > body.len().saturating_mul(255).saturating_add(64) || needed > size {
         return Err(corrupt("counts larger than the part"));
     }
     Ok(PartHeader {

@@ -722,6 +722,17 @@ fn parts_must_all_belong_to_one_snapshot() {
         mixed[1] = &pb[1];
         assert!(decode(refs(&mixed)).unwrap().contains("snapshot"));
     }
+    // A header claiming more than its body holds is refused before any allocation.
+    let mut w = codec::Writer::default();
+    for v in [0, 1, 7, 1, 0, 1 << 40, 0, 0, 1 << 40] {
+        w.u64(v);
+    }
+    let mut forged = b"TXS2".to_vec();
+    forged.extend_from_slice(&w.0);
+    forged.extend_from_slice(&lz4_flex::compress_prepend_size(b"tiny"));
+    assert!(decode(vec![&forged])
+        .unwrap()
+        .contains("larger than the part"));
     let mut truncated = pa[1].clone();
     truncated.pop();
     let mut broken = all.clone();
