@@ -45,9 +45,11 @@ lint: rust
 test: rust lint lint-infra
 	@$(TOOLS) && $(CARGO) test --workspace
 
-# Engine throughput on one core, then the pipeline's figures against local services.
+# The engine on three cardinality shapes with DuckDB as a yardstick (bench/run.sh;
+# SIZE=rows for the large shapes, default 3,000,000), then the pipeline's figures against
+# local services.
 bench: data
-	@$(TOOLS) && TXPIPE_BENCH_DATA=$(CURDIR)/$(DATA) taskset -c 0 $(CARGO) bench -p txpipe-core --bench engine
+	BIN=$(BIN) CARGO=$(CARGO) bench/run.sh
 	@$(TOOLS) && $(BIN) bench --data $(DATA)
 
 -include infra/infra.mk

@@ -171,12 +171,15 @@ fn main() {
         totals.detections[0], totals.detections[1], totals.detections[2]
     );
     println!(
-        "summary rows={rows} pairs={pairs} rows_per_s={:.0} cpu_rows_per_s={:.0} apply_rows_per_s={:.0} chunk_ms={chunk:.3} delta_bytes={delta:.0} snapshot_bytes={} parts={} decode_ms_1={dec1:.1} decode_ms_n={decn:.1} threads={threads} heap_bytes_per_pair={:.1}",
+        "summary rows={rows} pairs={pairs} rows_per_s={:.0} cpu_rows_per_s={:.0} apply_rows_per_s={:.0} chunk_ms={chunk:.3} delta_bytes={delta:.0} snapshot_bytes={} parts={} decode_ms_1={dec1:.1} decode_ms_n={decn:.1} threads={threads} heap_bytes_per_pair={:.1} detections={}/{}/{}",
         rate * 1e6,
         cpu_rate * 1e6,
         apply_rate * 1e6,
         snapshot.len(),
         parts.len(),
-        memory.total() as f64 / pairs.max(1) as f64
+        memory.total() as f64 / pairs.max(1) as f64,
+        totals.detections[0],
+        totals.detections[1],
+        totals.detections[2]
     );
 }
