@@ -1,4 +1,4 @@
-//! Configuration: every threshold and setting of SPEC §7, with its default, overridable
+//! Configuration: every threshold and setting of docs/behaviour.md, with its default, overridable
 //! from the environment.
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ pub enum ConfigError {
     },
 }
 
-/// The thresholds of the three patterns (SPEC §4).
+/// The thresholds of the three patterns (docs/behaviour.md, patterns).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternConfig {
     /// UPGRADE fires only once the merchant has strictly more transactions than this.
@@ -133,7 +133,7 @@ impl Settings {
 }
 
 impl PatternConfig {
-    /// Reads the thresholds, each defaulting per SPEC §7.
+    /// Reads the thresholds, each defaulting as docs/behaviour.md says.
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
         let d = PatternConfig::default();
         Ok(PatternConfig {
@@ -191,7 +191,7 @@ impl PatternConfig {
     }
 }
 
-/// Rows per chunk (SPEC §2), `TXPIPE_ROWS_PER_CHUNK`.
+/// Rows per chunk (docs/behaviour.md, chunks), `TXPIPE_ROWS_PER_CHUNK`.
 pub fn rows_per_chunk(s: &Settings) -> Result<u64, ConfigError> {
     s.number(
         "TXPIPE_ROWS_PER_CHUNK",
@@ -201,7 +201,7 @@ pub fn rows_per_chunk(s: &Settings) -> Result<u64, ConfigError> {
     )
 }
 
-/// Detections per S3 file (SPEC §6), `TXPIPE_DETECTIONS_PER_FILE`.
+/// Detections per S3 file (docs/behaviour.md, outputs), `TXPIPE_DETECTIONS_PER_FILE`.
 pub fn detections_per_file(s: &Settings) -> Result<u64, ConfigError> {
     s.number(
         "TXPIPE_DETECTIONS_PER_FILE",

@@ -1,4 +1,4 @@
-//! The pattern engine: running stats (behaviour §3) and pattern detection (§4–§5).
+//! The pattern engine: running stats and pattern detection (docs/behaviour.md).
 //!
 //! Pure and synchronous: bytes of a chunk in, detections and a compact [`ChunkDelta`]
 //! out. The cost of a chunk is proportional to its rows and the merchants it touches:
@@ -126,7 +126,7 @@ impl MerchantStats {
 pub struct ChunkOutcome {
     /// The state change, for persistence.
     pub delta: ChunkDelta,
-    /// New detections, in the behaviour's §5 order.
+    /// New detections, in the order docs/behaviour.md gives.
     pub detections: Vec<DetectionKey>,
     /// Rows rejected, with reasons.
     pub rejected: Vec<RejectedRow>,
@@ -952,7 +952,7 @@ fn emitted_flag(pattern: PatternId) -> u32 {
     }
 }
 
-/// `Tcount(m)` (behaviour §4) and the end of the run of importance entries at or below
+/// `Tcount(m)` (docs/behaviour.md, patterns) and the end of the run of importance entries at or below
 /// `Tweight(m)`, or `None` when no customer of m has a weight.
 fn upgrade_thresholds(
     stats: &MerchantStats,

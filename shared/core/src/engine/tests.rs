@@ -1,4 +1,4 @@
-//! Engine tests: one or more per SPEC clause at its boundaries, delta/snapshot round
+//! Engine tests: one or more per rule of docs/behaviour.md at its boundaries, delta/snapshot round
 //! trips, and a property test against a plain recompute-from-scratch reference.
 
 use super::*;
@@ -932,7 +932,7 @@ fn sums_past_u64_stay_exact_through_deltas_and_snapshots() {
 // ---- property test: incremental engine == naive recompute ----
 
 mod reference {
-    //! The SPEC written as plainly as possible: recompute every stat from all rows after
+    //! The behaviour written as plainly as possible: recompute every stat from all rows after
     //! each chunk, sort populations, compare fractions by cross-multiplication.
     use super::super::super::detection::PatternId;
     use super::PatternConfig;
