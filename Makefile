@@ -65,9 +65,11 @@ chaos: rust
 	TXPIPE_CHAOS_ONLY=$(ONLY) TXPIPE_CHAOS_VERBOSE=$(VERBOSE) TXPIPE_CHAOS_KEEP_GOING=$(KEEP_GOING) \
 	RUST_LIB_BACKTRACE=0 $(CARGO) test -p txpipe-e2e --test chaos -- --nocapture
 
-# Engine throughput on one core, then the pipeline's figures against local services.
+# The engine on three cardinality shapes with DuckDB as a yardstick (bench/run.sh;
+# SIZE=rows for the large shapes, default 3,000,000), then the pipeline's figures against
+# local services.
 bench: data
-	@$(TOOLS) && TXPIPE_BENCH_DATA=$(CURDIR)/$(DATA) taskset -c 0 $(CARGO) bench -p txpipe-core --bench engine
+	BIN=$(BIN) CARGO=$(CARGO) bench/run.sh
 	@$(TOOLS) && $(BIN) bench --data $(DATA)
 
 -include infra/infra.mk

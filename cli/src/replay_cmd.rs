@@ -1,4 +1,8 @@
 //! `txpipe replay`: the engine over a local file, chunk by chunk, no AWS at all.
+//!
+//! The file is read piece by piece and each chunk's outputs are written as soon as they
+//! exist, so memory is the engine's state plus about one chunk, whatever the file's size
+//! (the figures it prints end with the process's peak memory per pair of state).
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -8,7 +12,7 @@ use txpipe::config::{patterns, EnvVars};
 use txpipe::detection::PatternId;
 use txpipe::engine::Engine;
 use txpipe::parse::ImportanceTable;
-use txpipe::replay::replay;
+use txpipe::replay::replay_from;
 
 /// Arguments of `txpipe replay`.
 pub struct ReplayArgs {
@@ -41,65 +45,80 @@ pub fn load_importance(path: &Path) -> Result<Arc<ImportanceTable>> {
     Ok(Arc::new(load.table))
 }
 
+/// The process's peak resident memory in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Runs the replay and writes its outputs.
 pub fn run(args: ReplayArgs) -> Result<()> {
+    let started = std::time::Instant::now();
     let config = patterns(&EnvVars::from_env())?;
     let weights = load_importance(&args.importance)?;
-    let source = std::fs::read(&args.transactions)
+    let source = std::fs::File::open(&args.transactions)
         .with_context(|| format!("reading {}", args.transactions.display()))?;
-    let mut engine = Engine::new(config, weights);
-    let started = std::time::Instant::now();
-    let out = replay(
-        &source,
-        &mut engine,
-        args.rows_per_chunk,
-        args.per_file,
-        chrono::Utc::now,
-    )
-    .with_context(|| format!("replaying {}", args.transactions.display()))?;
-    let elapsed = started.elapsed();
-
     let batches_dir = args.out.join("detections");
     std::fs::create_dir_all(&batches_dir)
         .with_context(|| format!("creating {}", batches_dir.display()))?;
     let mut all =
         std::io::BufWriter::new(std::fs::File::create(args.out.join("detections.jsonl"))?);
-    for d in &out.detections {
-        // SPEC §5's fields in their order, then the chunk that produced the detection.
-        let line = d.to_json_line();
-        let body = line.strip_suffix('}').unwrap_or(&line);
-        writeln!(all, "{body},\"chunk\":{}}}", d.chunk)?;
-    }
-    all.flush()?;
-    for batch in &out.batches {
-        std::fs::write(args.out.join(batch.key("detections/")), batch.to_jsonl())?;
-    }
     let mut summary = csv::Writer::from_path(args.out.join("chunks.csv"))?;
     summary.write_record(["chunk", "rows", "rejected", "detections", "engine_micros"])?;
-    for c in &out.chunks {
-        summary.write_record(
-            [c.chunk, c.rows, c.rejected, c.detections, c.micros].map(|v| v.to_string()),
-        )?;
-    }
-    summary.flush()?;
     let mut rejected = csv::Writer::from_path(args.out.join("rejected.csv"))?;
     rejected.write_record(["row", "reason", "raw"])?;
-    for r in &out.rejected {
-        rejected.write_record([
-            r.row.to_string(),
-            r.reason.to_string(),
-            r.raw_text().into_owned(),
-        ])?;
-    }
+
+    let mut engine = Engine::new(config, weights);
+    let mut files = 0u64;
+    let mut chunks = 0u64;
+    let mut engine_micros = 0u64;
+    replay_from(
+        std::io::BufReader::with_capacity(0, source),
+        &mut engine,
+        args.rows_per_chunk,
+        args.per_file,
+        chrono::Utc::now,
+        |chunk| {
+            for d in &chunk.detections {
+                // The behaviour's fields in their order, then the chunk that produced it.
+                let line = d.to_json_line();
+                let body = line.strip_suffix('}').unwrap_or(&line);
+                writeln!(all, "{body},\"chunk\":{}}}", d.chunk)?;
+            }
+            for batch in &chunk.batches {
+                std::fs::write(args.out.join(batch.key("detections/")), batch.to_jsonl())?;
+                files += 1;
+            }
+            let c = &chunk.summary;
+            summary.write_record(
+                [c.chunk, c.rows, c.rejected, c.detections, c.micros].map(|v| v.to_string()),
+            )?;
+            for r in &chunk.rejected {
+                rejected.write_record([
+                    r.row.to_string(),
+                    r.reason.to_string(),
+                    r.raw_text().into_owned(),
+                ])?;
+            }
+            chunks += 1;
+            engine_micros += c.micros;
+            Ok(())
+        },
+    )
+    .with_context(|| format!("replaying {}", args.transactions.display()))?;
+    all.flush()?;
+    summary.flush()?;
     rejected.flush()?;
 
     let totals = engine.totals();
     println!(
-        "replayed {} chunks, {} rows ({} rejected) in {:.2} s",
-        out.chunks.len(),
+        "replayed {chunks} chunks, {} rows ({} rejected) in {:.2} s ({:.2} s in the engine)",
         totals.rows + totals.rejected,
         totals.rejected,
-        elapsed.as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        engine_micros as f64 / 1e6
     );
     for p in PatternId::ALL {
         println!(
@@ -109,10 +128,20 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             totals.detections[p.index()]
         );
     }
-    println!(
-        "  {} detection files in {}",
-        out.batches.len(),
-        batches_dir.display()
+    println!("  {files} detection files in {}", batches_dir.display());
+    let (merchants, customers, pairs) = engine.sizes();
+    let heap = engine.memory();
+    print!(
+        "  state: {merchants} merchants, {customers} customers, {pairs} pairs; engine heap {:.1} MB",
+        heap.total() as f64 / 1e6
     );
+    match peak_rss_bytes() {
+        Some(peak) => println!(
+            "; process peak {:.1} MB = {:.1} bytes per pair",
+            peak as f64 / 1e6,
+            peak as f64 / pairs.max(1) as f64
+        ),
+        None => println!(),
+    }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! S3 output batching (SPEC §6): detections in global order, exactly `per_file` to a
+//! S3 output batching (docs/behaviour.md, outputs): detections in global order, exactly `per_file` to a
 //! file, the remainder carried to the next chunk, a short final file only at the end.
 
 use crate::detection::{Detection, PatternId};

@@ -32,7 +32,7 @@ impl Default for StreamShape {
     }
 }
 
-/// The thresholds of the three patterns.
+/// The thresholds of the three patterns (docs/behaviour.md, patterns).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternConfig {
     /// UPGRADE fires only once the merchant has strictly more transactions than this.

@@ -127,6 +127,160 @@ pub struct ChunkBytes {
     pub last: bool,
 }
 
+/// Reading a source for chunks failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkReadError {
+    /// The source could not be read.
+    #[error("reading the source: {0}")]
+    Io(#[from] std::io::Error),
+    /// The source's header is unusable.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+}
+
+/// One chunk from a [`ChunkReader`], borrowed from its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef<'a> {
+    /// Chunk number.
+    pub k: u64,
+    /// Header line then the rows, as in the source (exactly what the chunker writes).
+    pub bytes: &'a [u8],
+    /// Data rows.
+    pub rows: u64,
+    /// 1-based source row number of the first data row.
+    pub first_row: u64,
+    /// End of stream.
+    pub last: bool,
+}
+
+/// Cuts chunks from a source read piece by piece (a file), holding about one read block
+/// in memory: the same chunks as [`split_source`] without reading the whole file first
+/// or copying each chunk. A chunk must be the header line followed by its rows in one
+/// slice; the reader writes the header into the already consumed bytes just before the
+/// chunk's rows, so the unread rest is only moved when more must be read.
+pub struct ChunkReader<R> {
+    source: R,
+    rows_per_chunk: u64,
+    /// Consumed bytes (or the header), then the bytes not yet cut from `start` on.
+    buf: Vec<u8>,
+    start: usize,
+    /// The header line (empty until read).
+    header: Vec<u8>,
+    at_eof: bool,
+    next_k: u64,
+    next_first_row: u64,
+    finished: bool,
+}
+
+/// How much a [`ChunkReader`] reads at a time.
+const READ_BLOCK: usize = 4 << 20;
+
+impl<R: std::io::Read> ChunkReader<R> {
+    /// A reader cutting `rows_per_chunk` rows per chunk.
+    pub fn new(source: R, rows_per_chunk: u64) -> Self {
+        ChunkReader {
+            source,
+            rows_per_chunk: rows_per_chunk.max(1),
+            buf: Vec::new(),
+            start: 0,
+            header: Vec::new(),
+            at_eof: false,
+            next_k: 0,
+            next_first_row: 1,
+            finished: false,
+        }
+    }
+
+    /// Moves the uncut bytes to just after room for the header, then appends up to one
+    /// block from the source; sets `at_eof` when it has ended.
+    fn fill(&mut self) -> Result<(), std::io::Error> {
+        let room = self.header.len();
+        if self.start > room {
+            self.buf.copy_within(self.start.., room);
+            self.buf.truncate(self.buf.len() - (self.start - room));
+            self.start = room;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + READ_BLOCK, 0);
+        // Fill the whole block (pipes return less per read), or stop at the end.
+        let mut filled = 0;
+        while filled < READ_BLOCK {
+            match self.source.read(&mut self.buf[old + filled..]) {
+                Ok(0) => {
+                    self.at_eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old + filled);
+                    return Err(e);
+                }
+            }
+        }
+        self.buf.truncate(old + filled);
+        Ok(())
+    }
+
+    /// The next chunk, or `None` after the last one (an empty source has none).
+    pub fn next_chunk(&mut self) -> Result<Option<ChunkRef<'_>>, ChunkReadError> {
+        if self.finished {
+            return Ok(None);
+        }
+        if self.header.is_empty() {
+            loop {
+                match read_header(&self.buf, self.at_eof) {
+                    Some(result) => {
+                        let header = result?;
+                        self.start = header.data_offset as usize;
+                        // `line` may have gained a newline the file lacks: the room
+                        // before `start` may be one byte short, so make it fit.
+                        if self.start < header.line.len() {
+                            let pad = header.line.len() - self.start;
+                            self.buf.splice(0..0, std::iter::repeat_n(0, pad));
+                            self.start += pad;
+                        }
+                        self.header = header.line;
+                        break;
+                    }
+                    None => self.fill()?,
+                }
+            }
+        }
+        loop {
+            match cut_rows(&self.buf[self.start..], self.rows_per_chunk, self.at_eof) {
+                Cut::NeedMore => self.fill()?,
+                Cut::Done { rows: 0, .. } => {
+                    self.finished = true;
+                    return Ok(None);
+                }
+                Cut::Done {
+                    consumed,
+                    rows,
+                    last,
+                } => {
+                    // The bytes before `start` are consumed (or a BOM and the header):
+                    // the header goes right in front of the rows.
+                    let from = self.start - self.header.len();
+                    self.buf[from..self.start].copy_from_slice(&self.header);
+                    self.start += consumed;
+                    self.finished = last;
+                    let chunk = ChunkRef {
+                        k: self.next_k,
+                        bytes: &self.buf[from..self.start],
+                        rows,
+                        first_row: self.next_first_row,
+                        last,
+                    };
+                    self.next_k += 1;
+                    self.next_first_row += rows;
+                    return Ok(Some(chunk));
+                }
+            }
+        }
+    }
+}
+
 /// Cuts a whole in-memory source into its chunks (what the chunker writes, in order).
 pub fn split_source(source: &[u8], rows_per_chunk: u64) -> Result<Vec<ChunkBytes>, HeaderError> {
     let header = match read_header(source, true) {
@@ -269,6 +423,68 @@ mod tests {
                 last: false
             }
         );
+    }
+
+    /// A reader that returns at most `step` bytes per call.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn read_all(source: &[u8], rows: u64, step: usize) -> Result<Vec<ChunkBytes>, ChunkReadError> {
+        let mut reader = ChunkReader::new(Trickle { data: source, step }, rows);
+        let mut out = Vec::new();
+        while let Some(c) = reader.next_chunk()? {
+            out.push(ChunkBytes {
+                k: c.k,
+                bytes: c.bytes.to_vec(),
+                rows: c.rows,
+                first_row: c.first_row,
+                last: c.last,
+            });
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn chunk_reader_equals_split_source_whatever_the_reads() {
+        let mut quoted = format!("\u{feff}{SRC}");
+        quoted.push_str("0,\"C\r\n1\",1,F,1,M1,1,c,1.0,0\r\n\n1,C2,1,F,1,M1,1,c,1.0,0\r\n");
+        for text in [
+            source(25, false),
+            source(25, true),
+            source(20, false) + "\n\r\n",
+            quoted,
+        ] {
+            for rows in [1, 3, 10, 100] {
+                let want = split_source(text.as_bytes(), rows).unwrap();
+                for step in [1, 2, 7, 64, 1 << 20] {
+                    assert_eq!(
+                        read_all(text.as_bytes(), rows, step).unwrap(),
+                        want,
+                        "rows {rows} step {step}"
+                    );
+                }
+            }
+        }
+        assert!(read_all(SRC.as_bytes(), 10, 3).unwrap().is_empty());
+        assert!(matches!(
+            read_all(b"", 10, 3),
+            Err(ChunkReadError::Header(_))
+        ));
+        assert!(matches!(
+            read_all(b"a,b\n1,2\n", 10, 3),
+            Err(ChunkReadError::Header(_))
+        ));
     }
 
     #[test]

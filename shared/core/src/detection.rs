@@ -1,4 +1,4 @@
-//! Detection records (SPEC §5): identity, ordering and the exact JSON form.
+//! Detection records (docs/behaviour.md, detections): identity, ordering and the exact JSON form.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -50,7 +50,7 @@ impl PatternId {
     }
 }
 
-/// What the engine found: a detection's identity. Ordered as SPEC §5 orders new
+/// What the engine found: a detection's identity. Ordered as docs/behaviour.md orders new
 /// detections within a chunk: pattern, then merchant, then customer (byte order).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DetectionKey {
@@ -75,7 +75,7 @@ pub struct Detection {
     pub detected_at: DateTime<Utc>,
 }
 
-/// The JSON form, fields in the order SPEC §5 gives.
+/// The JSON form, fields in the order docs/behaviour.md gives.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct DetectionJson {
     /// IST start time of the chunk's processing.
@@ -107,7 +107,7 @@ pub fn format_ist(t: DateTime<Utc>) -> String {
 }
 
 impl Detection {
-    /// The JSON object of SPEC §5.
+    /// The JSON object docs/behaviour.md defines.
     pub fn to_json(&self) -> DetectionJson {
         DetectionJson {
             y_start_time: format_ist(self.y_start),

@@ -3,7 +3,7 @@
 //! command.
 
 use crate::batch::{DetectionBatch, DetectionBatcher};
-use crate::cutting::split_source;
+use crate::cutting::{ChunkReadError, ChunkReader};
 use crate::detection::Detection;
 use crate::engine::{ApplyError, Engine};
 use crate::parse::{HeaderError, RejectedRow};
@@ -37,6 +37,19 @@ pub struct ReplayOutput {
     pub rejected: Vec<RejectedRow>,
 }
 
+/// What one chunk of a streamed replay produced (see [`replay_from`]).
+#[derive(Debug)]
+pub struct ReplayedChunk {
+    /// The chunk's figures.
+    pub summary: ChunkSummary,
+    /// Its new detections, in order.
+    pub detections: Vec<Detection>,
+    /// The S3 batches that became full (and the final one after the last chunk).
+    pub batches: Vec<DetectionBatch>,
+    /// Its rejected rows.
+    pub rejected: Vec<RejectedRow>,
+}
+
 /// A replay could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -46,6 +59,18 @@ pub enum ReplayError {
     /// A chunk could not be applied.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// The source could not be read, or an output not written.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ChunkReadError> for ReplayError {
+    fn from(e: ChunkReadError) -> Self {
+        match e {
+            ChunkReadError::Io(e) => ReplayError::Io(e),
+            ChunkReadError::Header(e) => ReplayError::Header(e),
+        }
+    }
 }
 
 /// Runs `engine` over every chunk of `source`, batching detections `per_file` at a time.
@@ -54,17 +79,39 @@ pub fn replay(
     engine: &mut Engine,
     rows_per_chunk: u64,
     per_file: u64,
-    mut now: impl FnMut() -> DateTime<Utc>,
+    now: impl FnMut() -> DateTime<Utc>,
 ) -> Result<ReplayOutput, ReplayError> {
     let mut out = ReplayOutput::default();
+    replay_from(source, engine, rows_per_chunk, per_file, now, |chunk| {
+        out.chunks.push(chunk.summary);
+        out.rejected.extend(chunk.rejected);
+        out.detections.extend(chunk.detections);
+        out.batches.extend(chunk.batches);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`replay`] over a source read piece by piece, handing each chunk's results to
+/// `on_chunk` as soon as they exist: memory stays about one chunk, whatever the size of
+/// the source.
+pub fn replay_from(
+    source: impl std::io::Read,
+    engine: &mut Engine,
+    rows_per_chunk: u64,
+    per_file: u64,
+    mut now: impl FnMut() -> DateTime<Utc>,
+    mut on_chunk: impl FnMut(ReplayedChunk) -> Result<(), std::io::Error>,
+) -> Result<(), ReplayError> {
     let mut batcher = DetectionBatcher::new(per_file);
-    for chunk in split_source(source, rows_per_chunk)? {
+    let mut chunks = ChunkReader::new(source, rows_per_chunk);
+    while let Some(chunk) = chunks.next_chunk()? {
         let y_start = now();
         let started = std::time::Instant::now();
-        let outcome = engine.apply_chunk(chunk.k, &chunk.bytes, chunk.first_row)?;
+        let outcome = engine.apply_chunk(chunk.k, chunk.bytes, chunk.first_row)?;
         let micros = started.elapsed().as_micros() as u64;
         let detected_at = now();
-        let new: Vec<Detection> = outcome
+        let detections: Vec<Detection> = outcome
             .detections
             .into_iter()
             .map(|key| Detection {
@@ -74,19 +121,22 @@ pub fn replay(
                 detected_at,
             })
             .collect();
-        out.chunks.push(ChunkSummary {
-            chunk: chunk.k,
-            rows: outcome.delta.rows,
-            rejected: outcome.delta.rejected,
-            detections: new.len() as u64,
-            micros,
-        });
-        out.rejected.extend(outcome.rejected);
-        out.detections.extend(new.iter().cloned());
-        out.batches.extend(batcher.push(new));
+        let mut batches = batcher.push(detections.iter().cloned());
         if chunk.last {
-            out.batches.extend(batcher.flush());
+            batches.extend(batcher.flush());
         }
+        on_chunk(ReplayedChunk {
+            summary: ChunkSummary {
+                chunk: chunk.k,
+                rows: outcome.delta.rows,
+                rejected: outcome.delta.rejected,
+                detections: detections.len() as u64,
+                micros,
+            },
+            detections,
+            batches,
+            rejected: outcome.rejected,
+        })?;
     }
-    Ok(out)
+    Ok(())
 }

@@ -1,16 +1,16 @@
-//! Compact binary forms of the engine state: one chunk's [`ChunkDelta`] and a whole
-//! snapshot. LEB128 varints, LZ4-compressed, with a magic tag and version so a reader
-//! never misreads another format. Weights are not stored: they are looked up again in
-//! the importance table, which the stored fingerprint pins.
+//! Compact binary forms of the engine state: one chunk's [`ChunkDelta`] here, snapshots
+//! in `snapshot.rs`. LEB128 varints, LZ4-compressed, with a magic tag and version so a
+//! reader never misreads another format. Decoding never panics and never allocates
+//! from a stored length without first checking it against the bytes that remain.
 
-use super::{Engine, MerchantStats, PairStats, Totals, EMITTED_CHILD, EMITTED_UPGRADE};
-use crate::config::PatternConfig;
 use crate::detection::PatternId;
-use crate::parse::{Gender, ImportanceTable};
-use std::sync::Arc;
+use crate::parse::Gender;
 
 const DELTA_MAGIC: &[u8; 4] = b"TXD1";
-const SNAPSHOT_MAGIC: &[u8; 4] = b"TXS1";
+
+/// LZ4 expands at most 255 times (one byte of a run per 255 bytes of output), so a
+/// stored size above this cannot be genuine: refused before allocating it.
+const LZ4_MAX_RATIO: usize = 255;
 
 /// Stored state could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,11 +70,12 @@ pub struct PairDelta {
     pub gender: Gender,
 }
 
+/// Varint writer for the codecs.
 #[derive(Default)]
-struct Writer(Vec<u8>);
+pub(super) struct Writer(pub(super) Vec<u8>);
 
 impl Writer {
-    fn uint(&mut self, mut v: u128) {
+    pub(super) fn uint(&mut self, mut v: u128) {
         loop {
             let byte = (v & 0x7f) as u8;
             v >>= 7;
@@ -85,43 +86,67 @@ impl Writer {
             self.0.push(byte | 0x80);
         }
     }
-    fn u64(&mut self, v: u64) {
-        self.uint(u128::from(v));
+    #[inline]
+    pub(super) fn u64(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
     }
-    fn str(&mut self, s: &str) {
+    pub(super) fn str(&mut self, s: &str) {
         self.u64(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
     }
-    fn finish(self, magic: &[u8; 4]) -> Vec<u8> {
+    pub(super) fn finish(self, magic: &[u8; 4]) -> Vec<u8> {
         let mut out = magic.to_vec();
         out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.0));
         out
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    what: &'static str,
+/// Varint reader for the codecs.
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) what: &'static str,
 }
 
 impl<'a> Reader<'a> {
-    fn open(bytes: &[u8], magic: &[u8; 4], what: &'static str) -> Result<Vec<u8>, CodecError> {
+    /// Checks the magic and decompresses the body.
+    pub(super) fn open(
+        bytes: &[u8],
+        magic: &[u8; 4],
+        what: &'static str,
+    ) -> Result<Vec<u8>, CodecError> {
         let body = bytes
             .strip_prefix(magic.as_slice())
             .ok_or(CodecError::BadMagic { what })?;
-        lz4_flex::decompress_size_prepended(body).map_err(|e| CodecError::Corrupt {
-            what,
-            why: e.to_string(),
-        })
+        Self::open_body(body, what)
     }
-    fn corrupt(&self, why: &str) -> CodecError {
+
+    /// Decompresses an LZ4 body (size-prepended), refusing a size it cannot hold.
+    pub(super) fn open_body(body: &[u8], what: &'static str) -> Result<Vec<u8>, CodecError> {
+        let corrupt = |why: String| CodecError::Corrupt { what, why };
+        let size = body
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| corrupt("no size".into()))?;
+        if size > body.len().saturating_mul(LZ4_MAX_RATIO).saturating_add(64) {
+            return Err(corrupt(format!(
+                "claims {size} bytes from {} compressed",
+                body.len()
+            )));
+        }
+        lz4_flex::decompress_size_prepended(body).map_err(|e| corrupt(e.to_string()))
+    }
+    pub(super) fn corrupt(&self, why: &str) -> CodecError {
         CodecError::Corrupt {
             what: self.what,
             why: format!("{why} at byte {}", self.pos),
         }
     }
-    fn uint(&mut self) -> Result<u128, CodecError> {
+    pub(super) fn uint(&mut self) -> Result<u128, CodecError> {
         let mut v: u128 = 0;
         for shift in (0..128).step_by(7) {
             let byte = *self
@@ -136,13 +161,13 @@ impl<'a> Reader<'a> {
         }
         Err(self.corrupt("varint too long"))
     }
-    fn u64(&mut self) -> Result<u64, CodecError> {
+    pub(super) fn u64(&mut self) -> Result<u64, CodecError> {
         u64::try_from(self.uint()?).map_err(|_| self.corrupt("value too large"))
     }
-    fn u32(&mut self) -> Result<u32, CodecError> {
+    pub(super) fn u32(&mut self) -> Result<u32, CodecError> {
         u32::try_from(self.uint()?).map_err(|_| self.corrupt("value too large"))
     }
-    fn len(&mut self) -> Result<usize, CodecError> {
+    pub(super) fn len(&mut self) -> Result<usize, CodecError> {
         let n = self.u64()? as usize;
         // A length can never exceed the remaining bytes: guards against huge allocations.
         if n > self.buf.len() - self.pos.min(self.buf.len()) {
@@ -150,20 +175,20 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
-    fn str(&mut self) -> Result<String, CodecError> {
+    pub(super) fn str(&mut self) -> Result<String, CodecError> {
         let n = self.len()?;
         let bytes = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         String::from_utf8(bytes.to_vec()).map_err(|_| self.corrupt("name is not UTF-8"))
     }
-    fn pattern(&mut self) -> Result<PatternId, CodecError> {
+    pub(super) fn pattern(&mut self) -> Result<PatternId, CodecError> {
         let i = self.u64()?;
         PatternId::ALL
             .get(i as usize)
             .copied()
             .ok_or_else(|| self.corrupt("unknown pattern"))
     }
-    fn done(&self) -> Result<(), CodecError> {
+    pub(super) fn done(&self) -> Result<(), CodecError> {
         if self.pos == self.buf.len() {
             Ok(())
         } else {
@@ -250,104 +275,5 @@ impl ChunkDelta {
             pairs,
             detections,
         })
-    }
-}
-
-impl Engine {
-    /// Encodes the whole state (everything but the weights, which come from the
-    /// importance table).
-    pub fn encode_snapshot(&self) -> Vec<u8> {
-        let mut w = Writer::default();
-        w.u64(self.next_chunk);
-        w.u64(self.totals.rows);
-        w.u64(self.totals.rejected);
-        self.totals.detections.iter().for_each(|&d| w.u64(d));
-        for names in [&self.merchants, &self.customers] {
-            w.u64(names.len() as u64);
-            names.since(0).for_each(|n| w.str(n));
-        }
-        // Every named merchant gets a flag, even one whose only rows were rejected.
-        for m in 0..self.merchants.len() {
-            w.u64(u64::from(
-                self.merchant_stats.get(m).is_some_and(|s| s.dei_emitted),
-            ));
-        }
-        w.u64(self.pairs.len() as u64);
-        for p in &self.pairs {
-            w.u64(u64::from(p.merchant));
-            w.u64(u64::from(p.customer));
-            w.u64(p.txns);
-            w.uint(p.cents);
-            w.u64(u64::from(p.gender.code()));
-            w.u64(u64::from(p.emitted));
-        }
-        w.finish(SNAPSHOT_MAGIC)
-    }
-
-    /// Rebuilds an engine from [`Engine::encode_snapshot`] bytes.
-    pub fn decode_snapshot(
-        bytes: &[u8],
-        config: PatternConfig,
-        weights: Arc<ImportanceTable>,
-    ) -> Result<Self, CodecError> {
-        let buf = Reader::open(bytes, SNAPSHOT_MAGIC, "snapshot")?;
-        let mut r = Reader {
-            buf: &buf,
-            pos: 0,
-            what: "snapshot",
-        };
-        let mut engine = Engine::new(config, weights);
-        engine.next_chunk = r.u64()?;
-        engine.totals = Totals {
-            rows: r.u64()?,
-            rejected: r.u64()?,
-            detections: [r.u64()?, r.u64()?, r.u64()?],
-        };
-        for names in [&mut engine.merchants, &mut engine.customers] {
-            let n = r.len()?;
-            for i in 0..n {
-                let name = r.str()?;
-                if names.intern(&name) as usize != i {
-                    return Err(r.corrupt("duplicate name"));
-                }
-            }
-        }
-        engine.merchant_stats = (0..engine.merchants.len())
-            .map(|_| {
-                Ok(MerchantStats {
-                    dei_emitted: r.u64()? != 0,
-                    ..MerchantStats::default()
-                })
-            })
-            .collect::<Result<_, CodecError>>()?;
-        let n = r.len()?;
-        for _ in 0..n {
-            let (m, c) = (r.u32()?, r.u32()?);
-            if m as usize >= engine.merchants.len() || c as usize >= engine.customers.len() {
-                return Err(r.corrupt("pair names an unknown index"));
-            }
-            let (txns, cents) = (r.u64()?, r.uint()?);
-            let gender = Gender::from_code(r.u64()? as u8);
-            let emitted = (r.u64()? as u8) & (EMITTED_UPGRADE | EMITTED_CHILD);
-            if engine.pair_index.contains_key(&(m, c)) {
-                return Err(r.corrupt("duplicate pair"));
-            }
-            let p = engine.pair_for(m, c, gender);
-            let pair: &mut PairStats = &mut engine.pairs[p as usize];
-            pair.txns = txns;
-            pair.cents = cents;
-            pair.emitted = emitted;
-            let weight = pair.weight;
-            let stats = &mut engine.merchant_stats[m as usize];
-            stats.txns += txns;
-            if txns > 0 {
-                stats.by_count.move_customer(0, txns);
-                if let Some(w) = weight {
-                    stats.by_weight.insert((w, p));
-                }
-            }
-        }
-        r.done()?;
-        Ok(engine)
     }
 }

@@ -1,14 +1,33 @@
-//! A histogram of per-customer transaction counts with order statistics (a Fenwick
-//! tree over count values): adding a customer or moving one to a higher count costs
-//! O(log max count), and the k-th smallest count is found in O(log max count).
-//! This keeps PatId1's `Tcount(m)` cheap even when a chunk touches thousands of
-//! customers of one merchant.
+//! A histogram of per-customer transaction counts with order statistics, for PatId1's
+//! `Tcount(m)`.
+//!
+//! Updates are what every touched pair pays, queries only merchants past the UPGRADE
+//! minimum, so updates are O(1): counts of small values (below [`DENSE`]) sit in an
+//! array with a sum per block of 64 values, larger values (rare: a customer with
+//! thousands of transactions at one merchant) in an ordered map. The k-th smallest count
+//! scans block sums, then one block: at most 64 + 64 steps below [`DENSE`], plus the
+//! distinct large values. Memory is bounded by [`DENSE`] per merchant, whatever the
+//! counts (a Fenwick tree over count values would grow with the largest count).
+
+use std::collections::BTreeMap;
+
+/// Counts below this are kept densely.
+pub const DENSE: u64 = 4096;
+const BLOCK: usize = 64;
 
 /// Counts of customers per transaction count.
 #[derive(Debug, Clone, Default)]
 pub struct CountHistogram {
-    /// Fenwick tree over count values `1..=tree.len()` (1-based, index 0 unused).
-    tree: Vec<u32>,
+    /// The sum of each block of 64 counts, then customers per count `v < DENSE` (index
+    /// 0 unused), grown in powers of two as larger counts appear: one allocation, so a
+    /// small count and its block sum share a cache line.
+    counts: Vec<u32>,
+    /// Number of block sums at the front of `counts`.
+    blocks: usize,
+    /// Customers per count, for counts of at least `DENSE`.
+    sparse: BTreeMap<u64, u32>,
+    /// Customers with a count below `DENSE`.
+    dense_total: u64,
     total: u64,
 }
 
@@ -23,25 +42,48 @@ impl CountHistogram {
         self.total == 0
     }
 
-    fn capacity(&self) -> u64 {
-        self.tree.len().saturating_sub(1) as u64
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * 4 + self.sparse.len() * 48
     }
 
     /// Adds (`delta = 1`) or removes (`delta = -1`) one customer with count `value ≥ 1`.
+    #[inline]
     pub fn add(&mut self, value: u64, delta: i32) {
         debug_assert!(value >= 1);
-        if value > self.capacity() {
-            self.grow(value);
-        }
-        let mut i = value as usize;
-        while i < self.tree.len() {
-            self.tree[i] = self.tree[i].wrapping_add_signed(delta);
-            i += i & i.wrapping_neg();
+        if value < DENSE {
+            let v = value as usize;
+            if v >= self.counts.len() - self.blocks {
+                self.grow(v);
+            }
+            let at = self.blocks + v;
+            self.counts[at] = self.counts[at].wrapping_add_signed(delta);
+            self.counts[v / BLOCK] = self.counts[v / BLOCK].wrapping_add_signed(delta);
+            self.dense_total = self.dense_total.wrapping_add_signed(i64::from(delta));
+        } else {
+            let slot = self.sparse.entry(value).or_insert(0);
+            *slot = slot.wrapping_add_signed(delta);
+            if *slot == 0 {
+                self.sparse.remove(&value);
+            }
         }
         self.total = self.total.wrapping_add_signed(i64::from(delta));
     }
 
+    /// Makes room for count `v` (below `DENSE`).
+    fn grow(&mut self, v: usize) {
+        let dense = (v + 1).next_power_of_two().max(BLOCK);
+        let blocks = dense / BLOCK;
+        let mut counts = vec![0; blocks + dense];
+        counts[..self.blocks].copy_from_slice(&self.counts[..self.blocks]);
+        counts[blocks..blocks + self.counts.len() - self.blocks]
+            .copy_from_slice(&self.counts[self.blocks..]);
+        self.counts = counts;
+        self.blocks = blocks;
+    }
+
     /// Moves one customer from count `from` (0 = not yet present) to count `to`.
+    #[inline]
     pub fn move_customer(&mut self, from: u64, to: u64) {
         if from == to {
             return;
@@ -52,56 +94,50 @@ impl CountHistogram {
         self.add(to, 1);
     }
 
-    /// Rebuilds with room for `value` (capacity a power of two, so the tree stays valid).
-    fn grow(&mut self, value: u64) {
-        let new_cap = value.next_power_of_two().max(64) as usize;
-        let mut counts = vec![0u32; new_cap + 1];
-        for (v, slot) in counts.iter_mut().enumerate().take(self.tree.len()).skip(1) {
-            *slot = self.point(v as u64);
-        }
-        let mut tree = vec![0u32; new_cap + 1];
-        for v in 1..=new_cap {
-            tree[v] = tree[v].wrapping_add(counts[v]);
-            let parent = v + (v & v.wrapping_neg());
-            if parent <= new_cap {
-                tree[parent] = tree[parent].wrapping_add(tree[v]);
-            }
-        }
-        self.tree = tree;
-    }
-
-    fn prefix(&self, value: u64) -> u64 {
-        let mut i = (value as usize).min(self.tree.len().saturating_sub(1));
-        let mut sum = 0u64;
-        while i > 0 {
-            sum += u64::from(self.tree[i]);
-            i -= i & i.wrapping_neg();
-        }
-        sum
-    }
-
-    fn point(&self, value: u64) -> u32 {
-        (self.prefix(value) - self.prefix(value - 1)) as u32
-    }
-
     /// The `rank`-th smallest count (1-based), or `None` if out of range.
     pub fn kth(&self, rank: u64) -> Option<u64> {
         if rank == 0 || rank > self.total {
             return None;
         }
-        // Binary lifting: the largest position whose prefix sum is < rank, plus one.
-        let mut pos = 0usize;
-        let mut remaining = rank;
-        let mut step = (self.tree.len() - 1).next_power_of_two();
-        while step > 0 {
-            let next = pos + step;
-            if next < self.tree.len() && u64::from(self.tree[next]) < remaining {
-                pos = next;
-                remaining -= u64::from(self.tree[next]);
+        if rank > self.dense_total {
+            // Among the large counts: scan them from the top.
+            let mut above = self.total - rank;
+            for (&value, &n) in self.sparse.iter().rev() {
+                let n = u64::from(n);
+                if n > above {
+                    return Some(value);
+                }
+                above -= n;
             }
-            step >>= 1;
+            return None;
         }
-        Some(pos as u64 + 1)
+        let mut remaining = rank;
+        let (sums, dense) = self.counts.split_at(self.blocks);
+        for (b, &sum) in sums.iter().enumerate() {
+            let sum = u64::from(sum);
+            if sum < remaining {
+                remaining -= sum;
+                continue;
+            }
+            let start = b * BLOCK;
+            for (v, &n) in dense[start..start + BLOCK].iter().enumerate() {
+                let n = u64::from(n);
+                if n >= remaining {
+                    return Some((start + v) as u64);
+                }
+                remaining -= n;
+            }
+        }
+        None
+    }
+
+    /// Customers per count, ascending (for rebuilding from a snapshot).
+    pub fn from_counts(counts: impl IntoIterator<Item = u64>) -> Self {
+        let mut h = CountHistogram::default();
+        for c in counts {
+            h.add(c, 1);
+        }
+        h
     }
 }
 
@@ -113,12 +149,13 @@ mod tests {
     proptest! {
         #[test]
         fn kth_matches_sorting(moves in proptest::collection::vec((0usize..20, 1u64..5), 1..200)) {
-            // Customers only ever move up, as transaction counts do.
+            // Customers only ever move up, as transaction counts do; customer 3 jumps
+            // past the dense range.
             let mut counts = [0u64; 20];
             let mut h = CountHistogram::default();
             for (c, add) in moves {
                 let from = counts[c];
-                counts[c] += add * if c == 3 { 97 } else { 1 };
+                counts[c] += add * if c == 3 { 1500 } else { 1 };
                 h.move_customer(from, counts[c]);
                 let mut sorted: Vec<u64> = counts.iter().copied().filter(|&v| v > 0).collect();
                 sorted.sort();
@@ -127,7 +164,18 @@ mod tests {
                     prop_assert_eq!(h.kth(i as u64 + 1), Some(*v));
                 }
                 prop_assert_eq!(h.kth(sorted.len() as u64 + 1), None);
+                prop_assert_eq!(h.kth(0), None);
             }
         }
+    }
+
+    #[test]
+    fn dense_and_sparse_meet_at_the_boundary() {
+        let h = CountHistogram::from_counts([DENSE - 1, DENSE, 1, DENSE + 7]);
+        assert_eq!(
+            (1..=4).map(|r| h.kth(r)).collect::<Vec<_>>(),
+            vec![Some(1), Some(DENSE - 1), Some(DENSE), Some(DENSE + 7)]
+        );
+        assert!(h.heap_bytes() <= (DENSE as usize) * 5 + 200);
     }
 }

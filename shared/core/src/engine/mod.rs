@@ -1,27 +1,40 @@
-//! The pattern engine: running stats (SPEC §3) and pattern detection (SPEC §4–§5).
+//! The pattern engine: running stats and pattern detection (docs/behaviour.md).
 //!
 //! Pure and synchronous: bytes of a chunk in, detections and a compact [`ChunkDelta`]
 //! out. The cost of a chunk is proportional to its rows and the merchants it touches:
-//! per merchant it keeps a count histogram with order statistics and the customers
-//! ordered by weight, so the PatId1 thresholds are a logarithmic query and the
-//! candidates a short range from the low-weight end, never a sort.
+//! per merchant it keeps a count histogram with order statistics and its weighted
+//! customers in weight order, so the PatId1 thresholds are a logarithmic query and the
+//! candidates a short run from the low-weight end, never a sort.
+//!
+//! State is laid out for millions of pairs (see `docs/capacity.md` for the figures):
+//! ids are interned once in arenas ([`Names`]); each (merchant, customer) pair is one
+//! 24-byte record in a flat array found through a sharded `u32` hash index
+//! ([`pairs`]); a merchant's weight order is a bitset over the importance table's own
+//! weight-sorted entries ([`weight_order`]), since weights never change during a
+//! stream; "touched in this chunk" is one bit per pair plus a per-chunk list.
 
 mod codec;
 mod histogram;
-mod names;
+pub mod pairs;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+pub mod weight_order;
 
+pub use crate::names::Names;
 pub use codec::{ChunkDelta, CodecError, PairDelta};
 pub use histogram::CountHistogram;
-pub use names::Names;
 
 use crate::config::PatternConfig;
 use crate::detection::{DetectionKey, PatternId};
+use crate::index::{hash_bytes, hash_pair};
+use crate::names::NONE;
 use crate::parse::{Gender, HeaderError, ImportanceTable, RejectedRow, TransactionReader};
 use crate::percentile::{nearest_rank, BP_WHOLE};
 use crate::weight::Weight;
-use rustc_hash::FxHashMap;
-use std::collections::BTreeSet;
+use pairs::{PairTable, EMITTED_CHILD, EMITTED_UPGRADE};
 use std::sync::Arc;
+use weight_order::WeightOrder;
 
 /// A chunk could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +63,15 @@ pub enum ApplyError {
         /// What did not fit.
         why: String,
     },
+    /// The state cannot index more ids or pairs (4 billion, or 4 GiB of id text). Checked
+    /// before the chunk changes anything.
+    #[error("chunk {chunk} cannot be applied: the state is full ({why})")]
+    Capacity {
+        /// The chunk.
+        chunk: u64,
+        /// What is full.
+        why: String,
+    },
 }
 
 /// Running totals across all applied chunks.
@@ -63,27 +85,8 @@ pub struct Totals {
     pub detections: [u64; 3],
 }
 
-/// Stats of one customer at one merchant.
-#[derive(Debug, Clone)]
-struct PairStats {
-    merchant: u32,
-    customer: u32,
-    /// n(m,c).
-    txns: u64,
-    /// s(m,c) in cents.
-    cents: u128,
-    /// Gender of the first valid transaction at m.
-    gender: Gender,
-    /// w(m,c), looked up once when the pair first appears.
-    weight: Option<Weight>,
-    /// Bit per pattern already emitted for this pair (emit-once).
-    emitted: u8,
-    /// `chunk + 1` of the last chunk that touched the pair (0 = never).
-    touched_in: u64,
-}
-
 /// Stats and order statistics of one merchant.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct MerchantStats {
     /// N(m).
     txns: u64,
@@ -91,26 +94,63 @@ struct MerchantStats {
     female: u64,
     male: u64,
     dei_emitted: bool,
+    /// In the current chunk's list of touched merchants.
+    touched: bool,
+    /// The merchant's index in the importance table, or `NONE`.
+    importance: u32,
     /// n(m,c) for every c in C(m): |C(m)| and the count percentile.
     by_count: CountHistogram,
-    /// (w(m,c), pair index) for every c in C(m) that has a weight. Changes only when a
-    /// customer first appears at m, so it is cheap to keep sorted.
-    by_weight: BTreeSet<(Weight, u32)>,
-    touched_in: u64,
+    /// The customers of C(m) that have a weight, in weight order (`None` when the
+    /// merchant has no importance entries).
+    by_weight: Option<WeightOrder>,
 }
 
-const EMITTED_UPGRADE: u8 = 1;
-const EMITTED_CHILD: u8 = 2;
+impl MerchantStats {
+    fn new(importance: u32, weights: &ImportanceTable) -> Self {
+        let run = weights.merchant_entries(importance);
+        MerchantStats {
+            txns: 0,
+            female: 0,
+            male: 0,
+            dei_emitted: false,
+            touched: false,
+            importance,
+            by_count: CountHistogram::default(),
+            by_weight: (!run.is_empty()).then(|| WeightOrder::new(run.start, run.end - run.start)),
+        }
+    }
+}
 
 /// The result of applying one chunk.
 #[derive(Debug)]
 pub struct ChunkOutcome {
     /// The state change, for persistence.
     pub delta: ChunkDelta,
-    /// New detections, in SPEC §5 order.
+    /// New detections, in the order docs/behaviour.md gives.
     pub detections: Vec<DetectionKey>,
     /// Rows rejected, with reasons.
     pub rejected: Vec<RejectedRow>,
+}
+
+/// One valid row of a chunk as the engine applied it, for callers that store processed
+/// rows (the detector's `transactions` table) without parsing the chunk a second time.
+/// See [`Engine::apply_chunk_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowView<'a> {
+    /// 1-based row number in the source file.
+    pub row: u64,
+    /// Customer id (checked by the parser).
+    pub customer: &'a str,
+    /// Merchant id (checked by the parser).
+    pub merchant: &'a str,
+    /// Gender as written.
+    pub gender: Gender,
+    /// Amount in cents.
+    pub cents: u64,
+    /// w(m,c), if the pair has importance rows.
+    pub weight: Option<Weight>,
+    /// The row's original bytes (line terminator excluded).
+    pub raw: &'a [u8],
 }
 
 /// Current stats of one (merchant, customer) pair, for reporting.
@@ -145,6 +185,26 @@ pub struct MerchantView<'a> {
     pub male: u64,
 }
 
+/// Heap bytes held by the engine's parts (see [`Engine::memory`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Merchant and customer ids with their indices.
+    pub names: usize,
+    /// Pair records, their index and the wide counters.
+    pub pairs: usize,
+    /// Per-merchant stats and order statistics, and the customer → importance map.
+    pub merchants: usize,
+    /// The importance table (shared; counted once).
+    pub importance: usize,
+}
+
+impl Memory {
+    /// All of it.
+    pub fn total(&self) -> usize {
+        self.names + self.pairs + self.merchants + self.importance
+    }
+}
+
 /// The running state of mechanism Y.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -153,15 +213,46 @@ pub struct Engine {
     merchants: Names,
     customers: Names,
     merchant_stats: Vec<MerchantStats>,
-    pair_index: FxHashMap<(u32, u32), u32>,
-    pairs: Vec<PairStats>,
+    pairs: PairTable,
     next_chunk: u64,
     totals: Totals,
+}
+
+/// Rows applied per batch: large enough that a batch's cache misses overlap, small
+/// enough that what a batch touches (about five cache lines a row) stays in L2.
+const BATCH: usize = 1024;
+
+/// A valid row on its way through [`Engine::apply_batch`].
+struct Row<'a> {
+    tx: crate::parse::Transaction<'a>,
+    customer_hash: u64,
+    merchant_hash: u64,
+    /// Where the likely customer match's bytes start (cache warming only).
+    hint: u32,
+    merchant: u32,
+    customer: u32,
+    pair_hash: u64,
+}
+
+impl<'a> Row<'a> {
+    fn new(tx: crate::parse::Transaction<'a>) -> Self {
+        Row {
+            customer_hash: hash_bytes(tx.customer.as_bytes()),
+            merchant_hash: hash_bytes(tx.merchant.as_bytes()),
+            tx,
+            hint: NONE,
+            merchant: NONE,
+            customer: NONE,
+            pair_hash: 0,
+        }
+    }
 }
 
 /// A pair touched by the current chunk, with its values before the chunk.
 struct Touched {
     pair: u32,
+    /// The importance entry of a pair new in this chunk, or `NONE`.
+    entry: u32,
     txns_before: u64,
     cents_before: u128,
 }
@@ -175,8 +266,7 @@ impl Engine {
             merchants: Names::default(),
             customers: Names::default(),
             merchant_stats: Vec::new(),
-            pair_index: FxHashMap::default(),
-            pairs: Vec::new(),
+            pairs: PairTable::default(),
             next_chunk: 0,
             totals: Totals::default(),
         }
@@ -202,6 +292,24 @@ impl Engine {
         (self.merchants.len(), self.customers.len(), self.pairs.len())
     }
 
+    /// Heap bytes held, by part.
+    pub fn memory(&self) -> Memory {
+        Memory {
+            names: self.merchants.heap_bytes() + self.customers.heap_bytes(),
+            pairs: self.pairs.heap_bytes(),
+            merchants: self
+                .merchant_stats
+                .iter()
+                .map(|s| {
+                    std::mem::size_of::<MerchantStats>()
+                        + s.by_count.heap_bytes()
+                        + s.by_weight.as_ref().map_or(0, WeightOrder::heap_bytes)
+                })
+                .sum::<usize>(),
+            importance: self.weights.heap_bytes(),
+        }
+    }
+
     /// Applies chunk `chunk` (its bytes, header first) and detects what became true.
     /// `first_row` is the 1-based source row number of the chunk's first data row.
     pub fn apply_chunk(
@@ -210,47 +318,63 @@ impl Engine {
         data: &[u8],
         first_row: u64,
     ) -> Result<ChunkOutcome, ApplyError> {
+        self.apply(chunk, data, first_row, None)
+    }
+
+    /// [`Engine::apply_chunk`], also handing each valid row to `on_row` as it is
+    /// applied (in row order), from the same parse: for callers that store processed
+    /// rows, so the chunk is never parsed twice. [`Engine::apply_chunk`] does not build
+    /// row views at all (nor look up their weights), so it pays nothing for this.
+    pub fn apply_chunk_with(
+        &mut self,
+        chunk: u64,
+        data: &[u8],
+        first_row: u64,
+        on_row: &mut dyn FnMut(RowView<'_>),
+    ) -> Result<ChunkOutcome, ApplyError> {
+        self.apply(chunk, data, first_row, Some(on_row))
+    }
+
+    fn apply(
+        &mut self,
+        chunk: u64,
+        data: &[u8],
+        first_row: u64,
+        mut on_row: Option<&mut dyn FnMut(RowView<'_>)>,
+    ) -> Result<ChunkOutcome, ApplyError> {
         if chunk != self.next_chunk {
             return Err(ApplyError::OutOfOrder {
                 expected: self.next_chunk,
                 got: chunk,
             });
         }
+        // A chunk adds at most one name or pair per byte: checked up front, so a full
+        // table refuses the chunk before anything changes.
+        self.check_room(chunk, data.len(), data.len(), data.len())?;
         let reader = TransactionReader::new(data, first_row)
             .map_err(|source| ApplyError::Header { chunk, source })?;
-        let mark = chunk + 1;
         let (merchants_before, customers_before) = (self.merchants.len(), self.customers.len());
         let mut touched: Vec<Touched> = Vec::new();
         let mut rejected = Vec::new();
         let mut rows = 0u64;
+        let mut batch: Vec<Row<'_>> = Vec::with_capacity(BATCH);
         for row in reader {
-            let tx = match row {
-                Ok(tx) => tx,
-                Err(rejection) => {
-                    rejected.push(rejection);
-                    continue;
+            match row {
+                Ok(tx) => {
+                    batch.push(Row::new(tx));
+                    if batch.len() == BATCH {
+                        self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
+                        rows += batch.len() as u64;
+                        batch.clear();
+                    }
                 }
-            };
-            let m = self.merchants.intern(&tx.merchant);
-            let c = self.customers.intern(&tx.customer);
-            rows += 1;
-            let p = self.pair_for(m, c, tx.gender);
-            let pair = &mut self.pairs[p as usize];
-            if pair.touched_in != mark {
-                pair.touched_in = mark;
-                touched.push(Touched {
-                    pair: p,
-                    txns_before: pair.txns,
-                    cents_before: pair.cents,
-                });
+                Err(rejection) => rejected.push(rejection),
             }
-            pair.txns += 1;
-            pair.cents += u128::from(tx.cents);
-            self.merchant_stats[m as usize].txns += 1;
         }
-        let touched_merchants = self.reindex(&touched, mark);
-        let detections = self.detect(&touched, &touched_merchants);
-
+        self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
+        rows += batch.len() as u64;
+        let touched_merchants = self.reindex(&touched);
+        let (detections, detected) = self.detect(&touched, &touched_merchants);
         let delta = ChunkDelta {
             chunk,
             rows,
@@ -270,25 +394,19 @@ impl Engine {
             pairs: touched
                 .iter()
                 .map(|t| {
-                    let pair = &self.pairs[t.pair as usize];
+                    let pair = self.pairs.record(t.pair);
                     PairDelta {
                         merchant: pair.merchant,
                         customer: pair.customer,
-                        txns: pair.txns - t.txns_before,
-                        cents: pair.cents - t.cents_before,
-                        gender: pair.gender,
+                        txns: self.pairs.txns(t.pair) - t.txns_before,
+                        cents: self.pairs.cents(t.pair) - t.cents_before,
+                        gender: pair.gender(),
                     }
                 })
                 .collect(),
-            detections: detections
-                .iter()
-                .map(|d| {
-                    let m = self.merchants.get(&d.merchant).unwrap_or(u32::MAX);
-                    let c = self.customers.get(&d.customer).unwrap_or(u32::MAX);
-                    (d.pattern, m, c)
-                })
-                .collect(),
+            detections: detected,
         };
+        self.end_chunk(&touched, &touched_merchants);
         self.totals.rows += rows;
         self.totals.rejected += rejected.len() as u64;
         for d in &detections {
@@ -300,6 +418,180 @@ impl Engine {
             detections,
             rejected,
         })
+    }
+
+    /// Applies a batch of valid rows in order. Lookups run in passes that first only read
+    /// the memory each row will need (hash buckets, then candidate keys), so the cache
+    /// misses of the whole batch overlap instead of queueing one behind the other (see
+    /// the `index` module); the last pass does the work, finding everything in cache.
+    fn apply_batch(
+        &mut self,
+        batch: &mut [Row<'_>],
+        touched: &mut Vec<Touched>,
+        chunk: u64,
+        on_row: &mut Option<&mut dyn FnMut(RowView<'_>)>,
+    ) -> Result<(), ApplyError> {
+        let mut warm = 0u32;
+        for r in batch.iter() {
+            warm ^= self.customers.touch_bucket(r.customer_hash);
+            // New customers look themselves up in the importance table (same hash).
+            warm ^= self.weights.touch_customer(r.customer_hash);
+        }
+        for r in batch.iter_mut() {
+            r.hint = self.customers.touch_ends(r.customer_hash);
+        }
+        for r in batch.iter() {
+            warm ^= self.customers.touch_bytes(r.hint);
+        }
+        for r in batch.iter_mut() {
+            r.merchant = self.merchant(r.merchant_hash, &r.tx.merchant, chunk)?;
+            r.customer = self.customer(r.customer_hash, &r.tx.customer, chunk)?;
+        }
+        for r in batch.iter_mut() {
+            r.pair_hash = hash_pair(r.merchant, r.customer);
+            warm ^= self.pairs.touch_bucket(r.pair_hash);
+        }
+        for r in batch.iter() {
+            warm ^= self.pairs.touch_record(r.pair_hash);
+        }
+        std::hint::black_box(warm);
+        for r in batch.iter() {
+            let (p, entry) = self.pair_index(
+                r.pair_hash,
+                r.merchant,
+                r.customer,
+                r.tx.gender,
+                r.customer_hash,
+                &r.tx.customer,
+            );
+            if !self.pairs.touch(p) {
+                touched.push(Touched {
+                    pair: p,
+                    entry,
+                    txns_before: self.pairs.txns(p),
+                    cents_before: self.pairs.cents(p),
+                });
+            }
+            self.pairs.add(p, 1, u128::from(r.tx.cents));
+            self.merchant_stats[r.merchant as usize].txns += 1;
+            let Some(on_row) = on_row.as_mut() else {
+                continue;
+            };
+            on_row(RowView {
+                row: r.tx.row,
+                customer: &r.tx.customer,
+                merchant: &r.tx.merchant,
+                gender: r.tx.gender,
+                cents: r.tx.cents,
+                weight: self.weight_of(p, r.customer_hash, &r.tx.customer),
+                raw: r.tx.raw,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_room(
+        &self,
+        chunk: u64,
+        names: usize,
+        name_bytes: usize,
+        pairs: usize,
+    ) -> Result<(), ApplyError> {
+        let full = |what: &str| ApplyError::Capacity {
+            chunk,
+            why: what.to_string(),
+        };
+        if !self.merchants.has_room(names, name_bytes) {
+            return Err(full("merchant ids"));
+        }
+        if !self.customers.has_room(names, name_bytes) {
+            return Err(full("customer ids"));
+        }
+        if !self.pairs.has_room(pairs) {
+            return Err(full("pairs"));
+        }
+        Ok(())
+    }
+
+    /// The index of a merchant (`hash` is its [`hash_bytes`]), added with its stats if
+    /// new.
+    #[inline]
+    fn merchant(&mut self, hash: u64, name: &str, chunk: u64) -> Result<u32, ApplyError> {
+        let (m, new) =
+            self.merchants
+                .intern_hashed(hash, name)
+                .map_err(|e| ApplyError::Capacity {
+                    chunk,
+                    why: e.to_string(),
+                })?;
+        if new {
+            let importance = self.weights.merchant_index(name);
+            self.merchant_stats
+                .push(MerchantStats::new(importance, &self.weights));
+        }
+        Ok(m)
+    }
+
+    /// The index of a customer (`hash` is its [`hash_bytes`]), added if new.
+    #[inline]
+    fn customer(&mut self, hash: u64, name: &str, chunk: u64) -> Result<u32, ApplyError> {
+        let (c, _) =
+            self.customers
+                .intern_hashed(hash, name)
+                .map_err(|e| ApplyError::Capacity {
+                    chunk,
+                    why: e.to_string(),
+                })?;
+        Ok(c)
+    }
+
+    /// The pair (m, c) (`hash` is its [`hash_pair`]; the customer's id and its
+    /// [`hash_bytes`] find its weight), created with its first-seen gender if new.
+    /// Returns the pair and, for a new pair with a weight, its importance entry.
+    #[inline]
+    fn pair_index(
+        &mut self,
+        hash: u64,
+        m: u32,
+        c: u32,
+        gender: Gender,
+        customer_hash: u64,
+        customer: &str,
+    ) -> (u32, u32) {
+        let mut entry = NONE;
+        let (weights, stats) = (&self.weights, &self.merchant_stats);
+        let (p, new) = self.pairs.find_or_insert_hashed(hash, m, c, gender, || {
+            entry = importance_entry(
+                weights,
+                stats[m as usize].importance,
+                customer_hash,
+                customer,
+            );
+            entry != NONE
+        });
+        if new {
+            let stats = &mut self.merchant_stats[m as usize];
+            match gender {
+                Gender::Female => stats.female += 1,
+                Gender::Male => stats.male += 1,
+                Gender::Other => {}
+            }
+        }
+        (p, entry)
+    }
+
+    /// w(m,c) of pair `p`, whose customer id (with its hash) is given: looked up in the
+    /// importance table, and only for pairs marked weighted.
+    fn weight_of(&self, p: u32, customer_hash: u64, customer: &str) -> Option<Weight> {
+        let pair = self.pairs.record(p);
+        if !pair.weighted() {
+            return None;
+        }
+        let merchant = self.merchant_stats[pair.merchant as usize].importance;
+        match importance_entry(&self.weights, merchant, customer_hash, customer) {
+            NONE => None,
+            entry => self.weights.entry_weight(entry),
+        }
     }
 
     /// Takes chunk `chunk` as wholly rejected because its header is unusable: every
@@ -351,7 +643,8 @@ impl Engine {
     }
 
     /// Replays a stored delta: the same state change as the `apply_chunk` that made it,
-    /// without parsing or detecting again.
+    /// without parsing or detecting again. A delta that does not fit the state is
+    /// refused before anything changes.
     pub fn apply_delta(&mut self, delta: &ChunkDelta) -> Result<(), ApplyError> {
         let bad = |why: String| ApplyError::BadDelta {
             chunk: delta.chunk,
@@ -374,139 +667,171 @@ impl Engine {
                 self.customers.len()
             )));
         }
+        self.validate_delta(delta).map_err(bad)?;
+        let names = delta.new_merchants.len().max(delta.new_customers.len());
+        let bytes = delta
+            .new_merchants
+            .iter()
+            .chain(&delta.new_customers)
+            .map(String::len)
+            .sum();
+        self.check_room(delta.chunk, names, bytes, delta.pairs.len())?;
         for name in &delta.new_merchants {
-            self.merchants.intern(name);
+            self.merchant(hash_bytes(name.as_bytes()), name, delta.chunk)?;
         }
         for name in &delta.new_customers {
-            self.customers.intern(name);
+            self.customer(hash_bytes(name.as_bytes()), name, delta.chunk)?;
         }
-        let mark = delta.chunk + 1;
         let mut touched = Vec::with_capacity(delta.pairs.len());
         for d in &delta.pairs {
-            if d.merchant as usize >= self.merchants.len()
-                || d.customer as usize >= self.customers.len()
-            {
-                return Err(bad(format!(
-                    "pair ({}, {}) names an unknown index",
-                    d.merchant, d.customer
-                )));
-            }
-            let p = self.pair_for(d.merchant, d.customer, d.gender);
-            let pair = &mut self.pairs[p as usize];
-            if pair.touched_in == mark {
-                return Err(bad(format!(
-                    "pair ({}, {}) appears twice",
-                    d.merchant, d.customer
-                )));
-            }
-            pair.touched_in = mark;
+            let customer = self.customers.name(d.customer).to_string();
+            let (p, entry) = self.pair_index(
+                hash_pair(d.merchant, d.customer),
+                d.merchant,
+                d.customer,
+                d.gender,
+                hash_bytes(customer.as_bytes()),
+                &customer,
+            );
+            self.pairs.touch(p);
             touched.push(Touched {
                 pair: p,
-                txns_before: pair.txns,
-                cents_before: pair.cents,
+                entry,
+                txns_before: self.pairs.txns(p),
+                cents_before: 0,
             });
-            pair.txns += d.txns;
-            pair.cents += d.cents;
-            self.merchant_stats[d.merchant as usize].txns += d.txns;
+            self.pairs.add(p, d.txns, d.cents);
+            let stats = &mut self.merchant_stats[d.merchant as usize];
+            stats.txns = stats.txns.saturating_add(d.txns);
         }
-        self.reindex(&touched, mark);
+        let merchants = self.reindex(&touched);
+        self.end_chunk(&touched, &merchants);
         for &(pattern, m, c) in &delta.detections {
-            self.mark_emitted(pattern, m, c).map_err(bad)?;
+            match pattern {
+                PatternId::DeiNeeded => self.merchant_stats[m as usize].dei_emitted = true,
+                PatternId::Upgrade | PatternId::Child => {
+                    if let Some(p) = self.pairs.find(m, c) {
+                        self.pairs.set_flag(p, emitted_flag(pattern));
+                    }
+                }
+            }
             self.totals.detections[pattern.index()] += 1;
         }
-        self.totals.rows += delta.rows;
-        self.totals.rejected += delta.rejected;
+        self.totals.rows = self.totals.rows.saturating_add(delta.rows);
+        self.totals.rejected = self.totals.rejected.saturating_add(delta.rejected);
         self.next_chunk += 1;
         Ok(())
     }
 
-    fn mark_emitted(&mut self, pattern: PatternId, m: u32, c: u32) -> Result<(), String> {
-        let unknown = || format!("detection {pattern:?} names unknown merchant/customer {m}/{c}");
-        match pattern {
-            PatternId::DeiNeeded => {
-                self.merchant_stats
-                    .get_mut(m as usize)
-                    .ok_or_else(unknown)?
-                    .dei_emitted = true
+    /// Everything [`Engine::apply_delta`] needs to hold before it changes anything: new
+    /// names are new and distinct, pairs name known indices once each with at least one
+    /// transaction, detections name known merchants and pairs.
+    fn validate_delta(&self, delta: &ChunkDelta) -> Result<(), String> {
+        for (names, new, what) in [
+            (&self.merchants, &delta.new_merchants, "merchant"),
+            (&self.customers, &delta.new_customers, "customer"),
+        ] {
+            let mut seen = rustc_hash::FxHashSet::default();
+            for name in new {
+                if names.get(name).is_some() || !seen.insert(name.as_str()) {
+                    return Err(format!("new {what} {name:?} is already known"));
+                }
             }
-            PatternId::Upgrade | PatternId::Child => {
-                let p = *self.pair_index.get(&(m, c)).ok_or_else(unknown)?;
-                self.pairs[p as usize].emitted |= if pattern == PatternId::Upgrade {
-                    EMITTED_UPGRADE
-                } else {
-                    EMITTED_CHILD
-                };
+        }
+        let merchants = self.merchants.len() + delta.new_merchants.len();
+        let customers = self.customers.len() + delta.new_customers.len();
+        let mut keys: Vec<u64> = Vec::with_capacity(delta.pairs.len());
+        for d in &delta.pairs {
+            if d.merchant as usize >= merchants || d.customer as usize >= customers {
+                return Err(format!(
+                    "pair ({}, {}) names an unknown index",
+                    d.merchant, d.customer
+                ));
+            }
+            if d.txns == 0 {
+                return Err(format!(
+                    "pair ({}, {}) has no transactions",
+                    d.merchant, d.customer
+                ));
+            }
+            keys.push(u64::from(d.merchant) << 32 | u64::from(d.customer));
+        }
+        keys.sort_unstable();
+        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "pair ({}, {}) appears twice",
+                w[0] >> 32,
+                w[0] as u32
+            ));
+        }
+        for &(pattern, m, c) in &delta.detections {
+            let known = match pattern {
+                PatternId::DeiNeeded => (m as usize) < merchants,
+                PatternId::Upgrade | PatternId::Child => {
+                    self.pairs.find(m, c).is_some()
+                        || keys
+                            .binary_search(&(u64::from(m) << 32 | u64::from(c)))
+                            .is_ok()
+                }
+            };
+            if !known {
+                return Err(format!(
+                    "detection {pattern:?} names unknown merchant/customer {m}/{c}"
+                ));
             }
         }
         Ok(())
     }
 
-    /// The pair (m, c), created (with its first-seen gender and its weight) if new.
-    fn pair_for(&mut self, m: u32, c: u32, gender: Gender) -> u32 {
-        if m as usize >= self.merchant_stats.len() {
-            self.merchant_stats
-                .resize_with(m as usize + 1, MerchantStats::default);
-        }
-        if let Some(&p) = self.pair_index.get(&(m, c)) {
-            return p;
-        }
-        let p = self.pairs.len() as u32;
-        let weight = self
-            .weights
-            .weight(self.merchants.name(m), self.customers.name(c));
-        self.pairs.push(PairStats {
-            merchant: m,
-            customer: c,
-            txns: 0,
-            cents: 0,
-            gender,
-            weight,
-            emitted: 0,
-            touched_in: 0,
-        });
-        self.pair_index.insert((m, c), p);
-        let stats = &mut self.merchant_stats[m as usize];
-        match gender {
-            Gender::Female => stats.female += 1,
-            Gender::Male => stats.male += 1,
-            Gender::Other => {}
-        }
-        p
-    }
-
     /// Moves touched pairs to their new place in their merchant's order statistics and
     /// returns the touched merchants.
-    fn reindex(&mut self, touched: &[Touched], mark: u64) -> Vec<u32> {
+    fn reindex(&mut self, touched: &[Touched]) -> Vec<u32> {
         let mut merchants = Vec::new();
         for t in touched {
-            let pair = &self.pairs[t.pair as usize];
+            let pair = *self.pairs.record(t.pair);
+            let after = self.pairs.txns(t.pair);
             let stats = &mut self.merchant_stats[pair.merchant as usize];
-            if t.txns_before == 0 {
-                if let Some(w) = pair.weight {
-                    stats.by_weight.insert((w, t.pair));
+            if t.txns_before == 0 && after > 0 && t.entry != NONE {
+                if let Some(order) = &mut stats.by_weight {
+                    order.insert(t.entry, t.pair);
                 }
             }
-            stats.by_count.move_customer(t.txns_before, pair.txns);
-            if stats.touched_in != mark {
-                stats.touched_in = mark;
+            stats.by_count.move_customer(t.txns_before, after);
+            if !stats.touched {
+                stats.touched = true;
                 merchants.push(pair.merchant);
             }
         }
         merchants
     }
 
-    /// Finds what newly holds after the chunk, marks it emitted, and returns it in order.
-    fn detect(&mut self, touched: &[Touched], merchants: &[u32]) -> Vec<DetectionKey> {
+    /// Clears the chunk's touched marks.
+    fn end_chunk(&mut self, touched: &[Touched], merchants: &[u32]) {
+        for t in touched {
+            self.pairs.untouch(t.pair);
+        }
+        for &m in merchants {
+            self.merchant_stats[m as usize].touched = false;
+        }
+    }
+
+    /// Finds what newly holds after the chunk and marks it emitted; returns the keys in
+    /// order and the same detections as (pattern, merchant, customer or `NONE`) indices.
+    fn detect(
+        &mut self,
+        touched: &[Touched],
+        merchants: &[u32],
+    ) -> (Vec<DetectionKey>, Vec<(PatternId, u32, u32)>) {
         let cfg = &self.config;
         let mut found: Vec<(PatternId, u32, u32)> = Vec::new();
         // CHILD depends only on the pair's own stats: only touched pairs can change.
         for t in touched {
-            let pair = &mut self.pairs[t.pair as usize];
-            if pair.emitted & EMITTED_CHILD == 0
-                && pair.txns >= cfg.child_min_txns
-                && pair.cents < u128::from(cfg.child_avg_below_cents) * u128::from(pair.txns)
+            let (txns, cents) = (self.pairs.txns(t.pair), self.pairs.cents(t.pair));
+            if txns >= cfg.child_min_txns
+                && cents < u128::from(cfg.child_avg_below_cents) * u128::from(txns)
+                && !self.pairs.set_flag(t.pair, EMITTED_CHILD)
             {
-                pair.emitted |= EMITTED_CHILD;
+                let pair = self.pairs.record(t.pair);
                 found.push((PatternId::Child, pair.merchant, pair.customer));
             }
         }
@@ -515,40 +840,42 @@ impl Engine {
             if !stats.dei_emitted && stats.female > cfg.dei_min_female && stats.female < stats.male
             {
                 stats.dei_emitted = true;
-                found.push((PatternId::DeiNeeded, m, u32::MAX));
+                found.push((PatternId::DeiNeeded, m, NONE));
             }
-            if stats.txns > cfg.upgrade_min_merchant_txns {
-                // Thresholds move when any customer of m changes, so every customer of m
-                // at or below the weight threshold is a candidate, not just touched ones.
-                let Some((t_count, t_weight)) = upgrade_thresholds(stats, cfg) else {
-                    continue;
-                };
-                for &(w, p) in &stats.by_weight {
-                    if w > t_weight {
-                        break;
-                    }
-                    let pair = &mut self.pairs[p as usize];
-                    if pair.emitted & EMITTED_UPGRADE == 0 && pair.txns >= t_count {
-                        pair.emitted |= EMITTED_UPGRADE;
-                        found.push((PatternId::Upgrade, m, pair.customer));
-                    }
+            if stats.txns <= cfg.upgrade_min_merchant_txns {
+                continue;
+            }
+            // Thresholds move when any customer of m changes, so every customer of m at
+            // or below the weight threshold is a candidate, not just touched ones.
+            let Some((t_count, end)) = upgrade_thresholds(stats, cfg, &self.weights) else {
+                continue;
+            };
+            let Some(order) = &stats.by_weight else {
+                continue;
+            };
+            for (_, p) in order.present_below(end) {
+                if self.pairs.txns(p) >= t_count && !self.pairs.set_flag(p, EMITTED_UPGRADE) {
+                    found.push((PatternId::Upgrade, m, self.pairs.record(p).customer));
                 }
             }
         }
-        let mut keys: Vec<DetectionKey> = found
+        let mut keyed: Vec<(DetectionKey, (PatternId, u32, u32))> = found
             .into_iter()
-            .map(|(pattern, m, c)| DetectionKey {
-                pattern,
-                merchant: self.merchants.name(m).to_string(),
-                customer: if c == u32::MAX {
-                    String::new()
-                } else {
-                    self.customers.name(c).to_string()
-                },
+            .map(|(pattern, m, c)| {
+                let key = DetectionKey {
+                    pattern,
+                    merchant: self.merchants.name(m).to_string(),
+                    customer: if c == NONE {
+                        String::new()
+                    } else {
+                        self.customers.name(c).to_string()
+                    },
+                };
+                (key, (pattern, m, c))
             })
             .collect();
-        keys.sort();
-        keys
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.into_iter().unzip()
     }
 
     /// Stats of the pairs a delta touched, as they are now (for the analytics tables).
@@ -563,15 +890,16 @@ impl Engine {
     }
 
     fn pair_view(&self, m: u32, c: u32) -> Option<PairView<'_>> {
-        let p = self.pair_index.get(&(m, c))?;
-        let pair = &self.pairs[*p as usize];
+        let p = self.pairs.find(m, c)?;
+        let pair = self.pairs.record(p);
+        let customer = self.customers.name(c);
         Some(PairView {
             merchant: self.merchants.name(m),
-            customer: self.customers.name(c),
-            txns: pair.txns,
-            cents: pair.cents,
-            gender: pair.gender,
-            weight: pair.weight,
+            customer,
+            txns: self.pairs.txns(p),
+            cents: self.pairs.cents(p),
+            gender: pair.gender(),
+            weight: self.weight_of(p, hash_bytes(customer.as_bytes()), customer),
         })
     }
 
@@ -627,20 +955,58 @@ impl Engine {
     }
 }
 
-/// `Tcount(m)` and `Tweight(m)` (SPEC §4), or `None` when no customer of m has a weight.
-fn upgrade_thresholds(stats: &MerchantStats, cfg: &PatternConfig) -> Option<(u64, Weight)> {
+/// The importance entry of (merchant, customer): the merchant's index in the table and
+/// the customer's id with its [`hash_bytes`].
+#[inline]
+fn importance_entry(
+    weights: &ImportanceTable,
+    merchant: u32,
+    customer_hash: u64,
+    customer: &str,
+) -> u32 {
+    if merchant == NONE {
+        return NONE;
+    }
+    let customer = weights.customer_index_hashed(customer_hash, customer);
+    weights.entry(merchant, customer).unwrap_or(NONE)
+}
+
+fn emitted_flag(pattern: PatternId) -> u32 {
+    if pattern == PatternId::Upgrade {
+        EMITTED_UPGRADE
+    } else {
+        EMITTED_CHILD
+    }
+}
+
+/// `Tcount(m)` (docs/behaviour.md, patterns) and the end of the run of importance entries at or below
+/// `Tweight(m)`, or `None` when no customer of m has a weight.
+fn upgrade_thresholds(
+    stats: &MerchantStats,
+    cfg: &PatternConfig,
+    weights: &ImportanceTable,
+) -> Option<(u64, u32)> {
     let n = stats.by_count.len();
     let t_count = stats
         .by_count
-        .kth(nearest_rank(BP_WHOLE - cfg.upgrade_top_bp, n))?;
-    let nw = stats.by_weight.len() as u64;
-    if nw == 0 {
+        .kth(nearest_rank(BP_WHOLE.saturating_sub(cfg.upgrade_top_bp), n))?;
+    let order = stats.by_weight.as_ref()?;
+    if order.is_empty() {
         return None;
     }
-    let rank_w = nearest_rank(cfg.upgrade_bottom_bp, nw);
-    let t_weight = stats.by_weight.iter().nth((rank_w - 1) as usize)?.0;
-    Some((t_count, t_weight))
+    let t_entry = order.kth(nearest_rank(cfg.upgrade_bottom_bp, order.len()))?;
+    let t_rank = weights.entry_rank(t_entry);
+    // Entries are in weight order: the run at or below Tweight ends at the first entry
+    // after `t_entry` with a greater weight (ties with Tweight all qualify).
+    let run = weights.merchant_entries(stats.importance);
+    let (mut lo, mut hi) = (t_entry, run.end);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if weights.entry_rank(mid) <= t_rank {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Some((t_count, lo))
 }
-
-#[cfg(test)]
-mod tests;

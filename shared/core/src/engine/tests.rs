@@ -1,4 +1,4 @@
-//! Engine tests: one or more per SPEC clause at its boundaries, delta/snapshot round
+//! Engine tests: one or more per rule of docs/behaviour.md at its boundaries, delta/snapshot round
 //! trips, and a property test against a plain recompute-from-scratch reference.
 
 use super::*;
@@ -567,16 +567,372 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = ChunkDelta::decode(&bytes);
-        let mut tagged = b"TXS1".to_vec();
-        tagged.extend_from_slice(&bytes);
-        let _ = Engine::decode_snapshot(&tagged, PatternConfig::default(), Arc::default());
+        for magic in [b"TXS1", b"TXS2"] {
+            let mut tagged = magic.to_vec();
+            tagged.extend_from_slice(&bytes);
+            let _ = Engine::decode_snapshot(&tagged, PatternConfig::default(), Arc::default());
+            let _ = Engine::decode_snapshot_parts_on(&[&tagged, &tagged], PatternConfig::default(), Arc::default(), 2);
+        }
     }
+}
+
+// ---- state at scale: parts, old snapshots, deltas that do not fit, wide sums ----
+
+/// A deterministic stream of `chunks` chunks over 40 customers and 6 merchants, with
+/// weights for some pairs, bad rows, and thresholds low enough that every pattern fires.
+fn busy_stream(chunks: usize) -> (Vec<String>, Arc<ImportanceTable>) {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let genders = ["F", "M", "E", "M"];
+    let mut weights = String::from("Source,Target,Weight,typeTrans,fraud\n");
+    for c in 0..40 {
+        for m in 0..6 {
+            if (c + m) % 3 == 0 {
+                writeln!(weights, "'C{c}','M{m}',{}.{},'x',0", next(5), next(10)).unwrap();
+            }
+        }
+    }
+    let texts = (0..chunks)
+        .map(|_| {
+            let mut s = HEADER.to_string();
+            for _ in 0..60 {
+                let (c, m) = (next(40), next(6));
+                let amount = if next(40) == 0 {
+                    "bad".to_string()
+                } else {
+                    format!("{}.{:02}", next(40), next(100))
+                };
+                writeln!(
+                    s,
+                    "0,'C{c}','3','{}','1','M{m}','1','x',{amount},0",
+                    genders[next(4) as usize]
+                )
+                .unwrap();
+            }
+            s
+        })
+        .collect();
+    (
+        texts,
+        Arc::new(ImportanceTable::parse(weights.as_bytes()).unwrap().table),
+    )
+}
+
+fn busy_config() -> PatternConfig {
+    PatternConfig {
+        upgrade_min_merchant_txns: 30,
+        upgrade_top_bp: 3000,
+        upgrade_bottom_bp: 3000,
+        child_min_txns: 6,
+        child_avg_below_cents: 2000,
+        dei_min_female: 2,
+    }
+}
+
+fn run_busy(e: &mut Engine, texts: &[String]) -> Vec<DetectionKey> {
+    let mut out = Vec::new();
+    for text in texts {
+        let k = e.next_chunk();
+        out.extend(e.apply_chunk(k, text.as_bytes(), 1).unwrap().detections);
+    }
+    out
+}
+
+#[test]
+fn busy_stream_fires_every_pattern() {
+    let (texts, w) = busy_stream(30);
+    let mut e = engine(busy_config(), w);
+    run_busy(&mut e, &texts);
+    assert!(
+        e.totals().detections.iter().all(|&n| n > 0),
+        "{:?}",
+        e.totals()
+    );
+}
+
+#[test]
+fn snapshot_parts_decode_to_the_same_state_in_any_order() {
+    let (texts, w) = busy_stream(30);
+    let mut straight = engine(busy_config(), w.clone());
+    let want = run_busy(&mut straight, &texts);
+    for cut in [0, 1, 12, 29] {
+        let mut e = engine(busy_config(), w.clone());
+        let mut got = run_busy(&mut e, &texts[..cut]);
+        let blob = e.encode_snapshot();
+        for max in [64, 300, 4096, usize::MAX] {
+            let parts = e.encode_snapshot_parts(max);
+            if max == 64 && cut >= 12 {
+                assert!(parts.len() > 3, "small parts: {}", parts.len());
+            }
+            if max != usize::MAX {
+                // Bounded unless a part must hold the head.
+                assert!(parts[1..].iter().all(|p| p.len() <= max.max(200)));
+            } else {
+                assert_eq!(parts, vec![blob.clone()]);
+            }
+            let mut refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            refs.reverse();
+            for threads in [1, 3] {
+                let back =
+                    Engine::decode_snapshot_parts_on(&refs, busy_config(), w.clone(), threads)
+                        .unwrap();
+                assert_eq!(back.encode_snapshot(), blob, "cut {cut} max {max}");
+                assert_eq!(back.totals(), e.totals());
+            }
+        }
+        let mut resumed = Engine::decode_snapshot(&blob, busy_config(), w.clone()).unwrap();
+        got.extend(run_busy(&mut resumed, &texts[cut..]));
+        assert_eq!(got, want);
+        assert_eq!(resumed.encode_snapshot(), straight.encode_snapshot());
+    }
+}
+
+#[test]
+fn parts_must_all_belong_to_one_snapshot() {
+    let (texts, w) = busy_stream(10);
+    let mut a = engine(busy_config(), w.clone());
+    run_busy(&mut a, &texts[..5]);
+    let mut b = a.clone();
+    run_busy(&mut b, &texts[5..6]);
+    let pa = a.encode_snapshot_parts(200);
+    let pb = b.encode_snapshot_parts(200);
+    assert!(pa.len() >= 3);
+    fn refs<'a>(parts: &[&'a Vec<u8>]) -> Vec<&'a [u8]> {
+        parts.iter().map(|p| p.as_slice()).collect()
+    }
+    let decode = |parts: Vec<&[u8]>| {
+        Engine::decode_snapshot_parts_on(&parts, busy_config(), w.clone(), 2)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let all: Vec<&Vec<u8>> = pa.iter().collect();
+    assert_eq!(decode(refs(&all)), None);
+    // Missing, repeated, and foreign parts.
+    assert!(decode(refs(&all[1..])).is_some());
+    let mut repeated = all.clone();
+    repeated[1] = all[0];
+    assert!(decode(refs(&repeated)).is_some());
+    if pb.len() == pa.len() {
+        let mut mixed = all.clone();
+        mixed[1] = &pb[1];
+        assert!(decode(refs(&mixed)).unwrap().contains("snapshot"));
+    }
+    // A header claiming more than its body holds is refused before any allocation.
+    let mut w = codec::Writer::default();
+    for v in [0, 1, 7, 1, 0, 1 << 40, 0, 0, 1 << 40] {
+        w.u64(v);
+    }
+    let mut forged = b"TXS2".to_vec();
+    forged.extend_from_slice(&w.0);
+    forged.extend_from_slice(&lz4_flex::compress_prepend_size(b"tiny"));
+    assert!(decode(vec![&forged])
+        .unwrap()
+        .contains("larger than the part"));
+    let mut truncated = pa[1].clone();
+    truncated.pop();
+    let mut broken = all.clone();
+    broken[1] = &truncated;
+    assert!(decode(refs(&broken)).is_some());
+}
+
+/// The `TXS1` form as the previous engine wrote it.
+fn encode_v1(e: &Engine) -> Vec<u8> {
+    let mut w = codec::Writer::default();
+    w.u64(e.next_chunk);
+    w.u64(e.totals.rows);
+    w.u64(e.totals.rejected);
+    e.totals.detections.iter().for_each(|&d| w.u64(d));
+    for names in [&e.merchants, &e.customers] {
+        w.u64(names.len() as u64);
+        names.since(0).for_each(|n| w.str(n));
+    }
+    for s in &e.merchant_stats {
+        w.u64(u64::from(s.dei_emitted));
+    }
+    w.u64(e.pairs.len() as u64);
+    for (p, r) in e.pairs.records().iter().enumerate() {
+        w.u64(u64::from(r.merchant));
+        w.u64(u64::from(r.customer));
+        w.u64(e.pairs.txns(p as u32));
+        w.uint(e.pairs.cents(p as u32));
+        w.u64(u64::from(r.gender().code()));
+        w.u64(u64::from(e.pairs.emitted_bits(p as u32)));
+    }
+    w.finish(b"TXS1")
+}
+
+#[test]
+fn txs1_snapshots_still_decode() {
+    let (texts, w) = busy_stream(12);
+    let mut e = engine(busy_config(), w.clone());
+    run_busy(&mut e, &texts);
+    let back = Engine::decode_snapshot(&encode_v1(&e), busy_config(), w).unwrap();
+    assert_eq!(back.encode_snapshot(), e.encode_snapshot());
+}
+
+#[test]
+fn a_delta_that_does_not_fit_changes_nothing() {
+    let (texts, w) = busy_stream(2);
+    let mut e = engine(busy_config(), w.clone());
+    run_busy(&mut e, &texts[..1]);
+    let mut live = e.clone();
+    let good = live.apply_chunk(1, texts[1].as_bytes(), 1).unwrap().delta;
+    assert!(!good.pairs.is_empty() && !good.new_customers.is_empty());
+    let before = e.encode_snapshot();
+    let mut breakers: Vec<(&str, ChunkDelta)> = Vec::new();
+    let mut d = good.clone();
+    d.pairs.push(d.pairs[0].clone());
+    breakers.push(("repeated pair", d));
+    let mut d = good.clone();
+    d.pairs[0].customer = 10_000;
+    breakers.push(("unknown index", d));
+    let mut d = good.clone();
+    d.pairs.last_mut().unwrap().txns = 0;
+    breakers.push(("no transactions", d));
+    let mut d = good.clone();
+    d.detections.push((PatternId::Child, 0, 9_999));
+    breakers.push(("unknown detection", d));
+    let mut d = good.clone();
+    d.new_customers.push(e.customers.name(0).to_string());
+    breakers.push(("known name", d));
+    let mut d = good.clone();
+    d.new_customers.push(d.new_customers[0].clone());
+    breakers.push(("repeated name", d));
+    for (why, delta) in breakers {
+        assert!(
+            matches!(e.apply_delta(&delta), Err(ApplyError::BadDelta { .. })),
+            "{why}"
+        );
+        assert_eq!(e.encode_snapshot(), before, "{why} changed the state");
+        assert_eq!(e.next_chunk(), 1);
+    }
+    e.apply_delta(&good).unwrap();
+    assert_eq!(e.encode_snapshot(), live.encode_snapshot());
+}
+
+#[test]
+fn deltas_rebuild_a_busy_stream_chunk_by_chunk() {
+    let (texts, w) = busy_stream(25);
+    let mut live = engine(busy_config(), w.clone());
+    let mut rebuilt = engine(busy_config(), w.clone());
+    for text in &texts {
+        let k = live.next_chunk();
+        let out = live.apply_chunk(k, text.as_bytes(), 1).unwrap();
+        rebuilt
+            .apply_delta(&ChunkDelta::decode(&out.delta.encode()).unwrap())
+            .unwrap();
+        assert_eq!(rebuilt.encode_snapshot(), live.encode_snapshot());
+        for p in live.pairs_of(&out.delta) {
+            assert_eq!(rebuilt.pair(p.merchant, p.customer), Some(p));
+        }
+    }
+    assert!(live.totals().detections.iter().all(|&n| n > 0));
+}
+
+#[test]
+fn row_callback_sees_every_valid_row_once_with_its_weight() {
+    let (texts, w) = busy_stream(6);
+    let mut with = engine(busy_config(), w.clone());
+    let mut without = engine(busy_config(), w.clone());
+    for (k, text) in texts.iter().enumerate() {
+        let mut seen = Vec::new();
+        let a = with
+            .apply_chunk_with(k as u64, text.as_bytes(), 100, &mut |r| {
+                seen.push((
+                    r.row,
+                    r.customer.to_string(),
+                    r.merchant.to_string(),
+                    r.gender,
+                    r.cents,
+                    r.weight,
+                    r.raw.to_vec(),
+                ))
+            })
+            .unwrap();
+        let b = without.apply_chunk(k as u64, text.as_bytes(), 100).unwrap();
+        assert_eq!((a.detections, a.delta), (b.detections, b.delta));
+        let want: Vec<_> = TransactionReader::new(text.as_bytes(), 100)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|t| {
+                let weight = w.weight(&t.merchant, &t.customer);
+                (
+                    t.row,
+                    t.customer.to_string(),
+                    t.merchant.to_string(),
+                    t.gender,
+                    t.cents,
+                    weight,
+                    t.raw.to_vec(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, want);
+        assert!(seen.iter().any(|r| r.5.is_some()) && seen.iter().any(|r| r.5.is_none()));
+    }
+    assert_eq!(with.encode_snapshot(), without.encode_snapshot());
+}
+
+#[test]
+fn sums_past_u64_stay_exact_through_deltas_and_snapshots() {
+    // One pair gets 200,000 maximal amounts through deltas: 2e19 cents, past u64.
+    let max = 99_999_999_999_999u128;
+    let mut e = engine(busy_config(), Arc::default());
+    let first = e
+        .apply_chunk(
+            0,
+            chunk_text(&[("C1", "F", "M1", "999999999999.99")]).as_bytes(),
+            1,
+        )
+        .unwrap();
+    assert_eq!(e.pair("M1", "C1").unwrap().cents, max);
+    let mut rebuilt = engine(busy_config(), Arc::default());
+    rebuilt.apply_delta(&first.delta).unwrap();
+    for k in 1..=2u64 {
+        let delta = ChunkDelta {
+            chunk: k,
+            rows: 100_000,
+            rejected: 0,
+            merchants_before: 1,
+            customers_before: 1,
+            new_merchants: vec![],
+            new_customers: vec![],
+            pairs: vec![PairDelta {
+                merchant: 0,
+                customer: 0,
+                txns: 100_000,
+                cents: max * 100_000,
+                gender: Gender::Female,
+            }],
+            detections: vec![],
+        };
+        let delta = ChunkDelta::decode(&delta.encode()).unwrap();
+        e.apply_delta(&delta).unwrap();
+        rebuilt.apply_delta(&delta).unwrap();
+    }
+    let pair = e.pair("M1", "C1").unwrap();
+    assert_eq!((pair.txns, pair.cents), (200_001, max * 200_001));
+    assert!(pair.cents > u128::from(u64::MAX));
+    let back =
+        Engine::decode_snapshot(&e.encode_snapshot(), busy_config(), Arc::default()).unwrap();
+    assert_eq!(back.pair("M1", "C1"), Some(pair.clone()));
+    assert_eq!(rebuilt.pair("M1", "C1"), Some(pair));
+    // And it keeps counting exactly, in a chunk.
+    let mut back = back;
+    back.apply_chunk(3, chunk_text(&[("C1", "F", "M1", "1.00")]).as_bytes(), 1)
+        .unwrap();
+    assert_eq!(back.pair("M1", "C1").unwrap().cents, max * 200_001 + 100);
 }
 
 // ---- property test: incremental engine == naive recompute ----
 
 mod reference {
-    //! The SPEC written as plainly as possible: recompute every stat from all rows after
+    //! The behaviour written as plainly as possible: recompute every stat from all rows after
     //! each chunk, sort populations, compare fractions by cross-multiplication.
     use super::super::super::detection::PatternId;
     use super::PatternConfig;

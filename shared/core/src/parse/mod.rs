@@ -1,4 +1,4 @@
-//! Reading the two input files exactly as the behaviour document's §1 describes.
+//! Reading the two input files exactly as docs/behaviour.md (inputs) describes.
 //!
 //! The parser is the only gate: every row it yields is storable by every sink (ids of 1
 //! to 128 bytes of UTF-8 without control characters, amounts of at most 12 integer

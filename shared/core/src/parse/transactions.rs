@@ -1,7 +1,7 @@
 //! transactions.csv (BankSim format) rows: validated into [`Transaction`]s or kept as
 //! [`RejectedRow`]s with the reason.
 
-use super::csv_scan::{strip_bom, strip_single_quotes, Scanner};
+use super::csv_scan::{strip_single_quotes, RowReader};
 use super::decimal::{parse_amount, AmountError, MAX_AMOUNT_INT_DIGITS};
 use super::header::{ColumnMap, HeaderError};
 use super::ids::{check_id, check_no_nul};
@@ -124,6 +124,10 @@ pub enum RejectReason {
         /// The limit.
         limit: usize,
     },
+    /// The id table cannot take another id (more than 4 billion ids or 4 GiB of id
+    /// text); the row is kept so nothing is lost silently.
+    #[error("the table of ids is full; the row cannot be indexed")]
+    TableFull,
     /// The chunk the row came in has an unusable header, so no row of it can be read.
     #[error("the chunk's header is unusable: {why}")]
     UnreadableChunk {
@@ -168,12 +172,9 @@ impl Transaction<'_> {
 
 /// Iterates over the data rows of a transactions.csv file or chunk.
 pub struct TransactionReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    rows: RowReader<'a>,
     columns: ColumnMap,
     next_row: u64,
-    fields: Vec<Cow<'a, [u8]>>,
-    scanner: Scanner,
 }
 
 impl<'a> TransactionReader<'a> {
@@ -181,25 +182,12 @@ impl<'a> TransactionReader<'a> {
     /// is the 1-based number of the first data row, so rejected rows carry their row
     /// number in the source file.
     pub fn new(buf: &'a [u8], first_row: u64) -> Result<Self, HeaderError> {
-        let buf = strip_bom(buf);
-        let mut scanner = Scanner::new();
-        let mut pos = 0;
-        let mut header = None;
-        while let Some(span) = scanner.next_record(buf, pos, true) {
-            pos = span.next;
-            if !span.is_blank() {
-                header = Some(&buf[span.start..span.end]);
-                break;
-            }
-        }
-        let columns = ColumnMap::find("transactions", header, &TRANSACTION_COLUMNS)?;
+        let rows = RowReader::new(buf);
+        let columns = ColumnMap::find("transactions", rows.header(), &TRANSACTION_COLUMNS)?;
         Ok(TransactionReader {
-            buf,
-            pos,
+            rows,
             columns,
             next_row: first_row,
-            fields: Vec::new(),
-            scanner,
         })
     }
 
@@ -208,75 +196,20 @@ impl<'a> TransactionReader<'a> {
         &self.columns.names
     }
 
-    /// Finds the next record and splits it into `self.fields`; returns its text, or
-    /// `None` at the end. The common case (no double quote) is one pass of `memchr3`;
-    /// a line with a double quote goes to csv-core through the scanner (see
-    /// `csv_scan.rs` for why the fast path stays, with figures).
-    fn next_fields(&mut self) -> Option<&'a [u8]> {
-        let buf: &'a [u8] = self.buf;
-        loop {
-            if self.pos >= buf.len() {
-                return None;
-            }
-            let rest = &buf[self.pos..];
-            self.fields.clear();
-            let mut field_start = 0;
-            let mut line_end = rest.len();
-            let mut quoted = false;
-            for i in memchr::memchr3_iter(b',', b'\n', b'"', rest) {
-                match rest[i] {
-                    b',' => {
-                        self.fields.push(Cow::Borrowed(&rest[field_start..i]));
-                        field_start = i + 1;
-                    }
-                    b'\n' => {
-                        line_end = i;
-                        break;
-                    }
-                    _ => {
-                        quoted = true;
-                        break;
-                    }
-                }
-            }
-            if quoted {
-                let span = self.scanner.next_record(buf, self.pos, true)?;
-                self.pos = span.next;
-                if span.is_blank() {
-                    continue;
-                }
-                let raw = &buf[span.start..span.end];
-                self.scanner.split_fields(raw, &mut self.fields);
-                return Some(raw);
-            }
-            self.pos += (line_end + 1).min(rest.len());
-            let text_end = if line_end > 0 && rest[line_end - 1] == b'\r' {
-                line_end - 1
-            } else {
-                line_end
-            };
-            if text_end == 0 {
-                continue; // a blank line is not a row
-            }
-            self.fields
-                .push(Cow::Borrowed(&rest[field_start.min(text_end)..text_end]));
-            return Some(&rest[..text_end]);
-        }
-    }
-
     fn parse(&mut self, raw: &'a [u8], row: u64) -> Result<Transaction<'a>, RejectReason> {
         check_no_nul(raw)?;
-        if self.fields.len() != self.columns.width {
+        let fields = &mut self.rows.fields;
+        if fields.len() != self.columns.width {
             return Err(RejectReason::FieldCount {
                 expected: self.columns.width,
-                found: self.fields.len(),
+                found: fields.len(),
             });
         }
         let [customer, gender, merchant, amount] = [0, 1, 2, 3].map(|i| self.columns.positions[i]);
-        let customer = take_id(&mut self.fields[customer], "customer")?;
-        let merchant = take_id(&mut self.fields[merchant], "merchant")?;
-        let gender = Gender::from_field(strip_single_quotes(&self.fields[gender]));
-        let amount_text = strip_single_quotes(&self.fields[amount]);
+        let customer = take_id(&mut fields[customer], "customer")?;
+        let merchant = take_id(&mut fields[merchant], "merchant")?;
+        let gender = Gender::from_field(strip_single_quotes(&fields[gender]));
+        let amount_text = strip_single_quotes(&fields[amount]);
         let cents = parse_amount(amount_text).map_err(|e| {
             let text = String::from_utf8_lossy(amount_text).into_owned();
             match e {
@@ -315,7 +248,7 @@ impl<'a> Iterator for TransactionReader<'a> {
     type Item = Result<Transaction<'a>, RejectedRow>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let raw = self.next_fields()?;
+        let raw = self.rows.next_row()?;
         let row = self.next_row;
         self.next_row += 1;
         Some(self.parse(raw, row).map_err(|reason| RejectedRow {
