@@ -22,6 +22,8 @@ const SMALL: &[(&str, &str)] = &[
     ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS", "3000"),
     ("TXPIPE_DEI_MIN_FEMALE", "20"),
     ("TXPIPE_SNAPSHOT_MAX_DELTAS", "7"),
+    // Small parts, so every snapshot here is written and read back in many parts.
+    ("TXPIPE_SNAPSHOT_PART_BYTES", "4096"),
     ("TXPIPE_PG_TRANSACTIONS", "on"),
 ];
 
@@ -337,7 +339,12 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
     // Duplicates are no-ops.
     let reply = deliver(&a, &keys[3..5]).await?;
     assert!(reply.streams[0].duplicate);
-    // A new process rebuilds from snapshot + deltas and finishes.
+    let snapshot = head(&a, &stack.stream().await?)
+        .await?
+        .snapshot
+        .ok_or_else(|| anyhow::anyhow!("no snapshot after 10 chunks"))?;
+    assert!(snapshot.parts > 1, "{snapshot:?}");
+    // A new process rebuilds from the snapshot's parts + deltas and finishes.
     let b = stack.detector(SMALL).await?;
     deliver(&b, &keys[keys.len() - 1..]).await?;
     let head = head(&b, &stack.stream().await?).await?;

@@ -272,7 +272,8 @@ impl Detector {
         if !(last || deltas >= self.settings.snapshot_max_deltas || enough_bytes) {
             return Ok(st.head.snapshot);
         }
-        let parts = vec![st.engine.encode_snapshot()];
+        let part_bytes = usize::try_from(self.settings.snapshot_part_bytes).unwrap_or(usize::MAX);
+        let parts = st.engine.encode_snapshot_parts(part_bytes);
         Ok(Some(
             self.archive().put_snapshot(stream, j + 1, parts).await?,
         ))

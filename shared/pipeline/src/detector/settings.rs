@@ -18,6 +18,8 @@ pub struct DetectorSettings {
     /// A snapshot is written once this many deltas follow the last one (or their bytes
     /// reach its size, or the stream ends).
     pub snapshot_max_deltas: u64,
+    /// The largest snapshot part object, in bytes.
+    pub snapshot_part_bytes: u64,
     /// Failed attempts at one chunk, for a reason that repeats, before it is parked.
     pub park_after_attempts: u64,
     /// Pattern thresholds.
@@ -33,6 +35,7 @@ impl DetectorSettings {
             importance_key: c.source.importance_key.clone(),
             shape: c.shape,
             snapshot_max_deltas: c.detector.snapshot_max_deltas,
+            snapshot_part_bytes: c.detector.snapshot_part_bytes,
             park_after_attempts: c.detector.park_after_attempts,
             patterns: c.patterns.clone(),
         }
