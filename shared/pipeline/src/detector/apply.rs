@@ -13,7 +13,6 @@ use txpipe_core::batch::DetectionBatch;
 use txpipe_core::detection::Detection;
 use txpipe_core::engine::{ApplyError, ChunkOutcome};
 use txpipe_core::layout::StreamName;
-use txpipe_core::parse::{ImportanceTable, TransactionReader};
 
 /// A chunk object read from S3, with what its metadata says.
 struct ChunkInput {
@@ -34,6 +33,8 @@ const FIRST_SNAPSHOT_AFTER_BYTES: u64 = 4 << 20;
 struct Applied {
     outcome: ChunkOutcome,
     detections: Vec<Detection>,
+    /// The chunk's valid rows, from the engine's own parse, when the sink stores them.
+    rows: Vec<ProcessedRow>,
     started: DateTime<Utc>,
 }
 
@@ -152,10 +153,20 @@ impl Detector {
         };
         let j = input.number;
         let bytes = &input.object.bytes;
-        let outcome = match st.engine.apply_chunk(j, bytes, input.first_row) {
+        let mut rows = Vec::new();
+        let applied = match self.sink.wants_transactions() {
+            true => st
+                .engine
+                .apply_chunk_with(j, bytes, input.first_row, &mut |r| {
+                    rows.push(ProcessedRow::from(r))
+                }),
+            false => st.engine.apply_chunk(j, bytes, input.first_row),
+        };
+        let outcome = match applied {
             Ok(outcome) => outcome,
             Err(ApplyError::Header { source, .. }) => {
                 tracing::error!(chunk = j, key = %input.key, error = %source, "chunk header unusable; every row of the chunk is rejected");
+                rows.clear();
                 st.engine
                     .reject_chunk(j, bytes, input.first_row, &source.to_string())
                     .map_err(bad)?
@@ -176,6 +187,7 @@ impl Detector {
         Ok(Applied {
             outcome,
             detections,
+            rows,
             started,
         })
     }
@@ -216,10 +228,6 @@ impl Detector {
         applied: &Applied,
     ) -> Result<(), DetectorError> {
         let delta = &applied.outcome.delta;
-        let transactions = match self.sink.wants_transactions() {
-            true => processed_rows(&input.object.bytes, input.first_row, &self.importance),
-            false => Vec::new(),
-        };
         let pairs: Vec<PairRow> = st
             .engine
             .pairs_of(delta)
@@ -242,7 +250,7 @@ impl Detector {
                 started: applied.started,
                 detections: &applied.detections,
                 rejected: &applied.outcome.rejected,
-                transactions: &transactions,
+                transactions: &applied.rows,
                 pairs: &pairs,
             })
             .await?;
@@ -345,26 +353,4 @@ impl Detector {
             }
         }
     }
-}
-
-/// The valid rows of a chunk with their weights, for the processed-transactions table.
-fn processed_rows(bytes: &[u8], first_row: u64, importance: &ImportanceTable) -> Vec<ProcessedRow> {
-    let Ok(reader) = TransactionReader::new(bytes, first_row) else {
-        return Vec::new();
-    };
-    reader
-        .filter_map(Result::ok)
-        .filter_map(|tx| {
-            let (customer, merchant) = tx.ids().ok()?;
-            Some(ProcessedRow {
-                row: tx.row,
-                weight: importance.weight(merchant, customer),
-                customer: customer.to_string(),
-                merchant: merchant.to_string(),
-                gender: tx.gender,
-                cents: tx.cents,
-                raw: tx.raw.to_vec(),
-            })
-        })
-        .collect()
 }

@@ -5,6 +5,7 @@ use crate::store::Retry;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use txpipe_core::detection::Detection;
+use txpipe_core::engine::RowView;
 use txpipe_core::layout::StreamName;
 use txpipe_core::parse::{Gender, RejectedRow};
 use txpipe_core::weight::Weight;
@@ -47,6 +48,20 @@ pub struct ProcessedRow {
     pub weight: Option<Weight>,
     /// The original line, byte for byte.
     pub raw: Vec<u8>,
+}
+
+impl From<RowView<'_>> for ProcessedRow {
+    fn from(r: RowView<'_>) -> Self {
+        ProcessedRow {
+            row: r.row,
+            customer: r.customer.to_string(),
+            merchant: r.merchant.to_string(),
+            gender: r.gender,
+            cents: r.cents,
+            weight: r.weight,
+            raw: r.raw.to_vec(),
+        }
+    }
 }
 
 /// Current stats of a (merchant, customer) pair the chunk touched.
