@@ -1,6 +1,6 @@
 -- txpipe outputs. Every table is keyed so that writing a chunk again leaves the same rows.
 
--- SPEC §5/§6: each detection once per stream, with the chunk that produced it.
+-- docs/behaviour.md (detections, outputs): each detection once per stream, with the chunk that produced it.
 CREATE TABLE IF NOT EXISTS detections (
     stream          text        NOT NULL,
     pattern_id      text        NOT NULL,
