@@ -736,7 +736,8 @@ def static_checks(cfn, params, label):
     emitted = {"chunker": {"Ticks", "LagChunks", "ParkedChunks", "WaitingForInput", "BackpressureWaits", "DetectorKicks",
                            "ChunksCreated", "ChunkRows", "ChunkerMillis"},
                "detector": {"ChunksApplied", "RowsProcessed", "RowsRejected", "DetectionsPatId1", "DetectionsPatId2",
-                            "DetectionsPatId3", "ChunkMillis", "LagChunks", "ChunksParked", "MissingChunks"}}
+                            "DetectionsPatId3", "ChunkMillis", "LagChunks", "ChunksParked", "MissingChunks",
+                            "StatePairs", "StateBytes", "StateMemoryPercent"}}
     read = set()
     for a in alarms.values():
         for m in [a] + [x["MetricStat"]["Metric"] for x in a.get("Metrics", []) if "MetricStat" in x]:
@@ -748,7 +749,8 @@ def static_checks(cfn, params, label):
     unknown = sorted(f"{f}/{m}" for f, m in read if m not in emitted.get(f, set()))
     check(not unknown and len(read) >= 15, f"{label}: the {len(read)} txpipe metrics alarms and dashboard read are all emitted"
                                           + (f" (unknown: {unknown})" if unknown else ""))
-    for m, dim in (("ParkedChunks", "Function"), ("Throttles", "FunctionName"), ("AsyncEventAge", "FunctionName")):
+    for m, dim in (("ParkedChunks", "Function"), ("Throttles", "FunctionName"), ("AsyncEventAge", "FunctionName"),
+                   ("StateMemoryPercent", "Function")):
         check(any(a.get("MetricName") == m for a in alarms.values()), f"{label}: an alarm on {m}")
     check(sum(a.get("MetricName") == "Throttles" for a in alarms.values()) == 2, f"{label}: throttle alarms for both functions")
     stalled = [a for a in alarms.values() if "Metrics" in a and "applied" in json.dumps(a["Metrics"])]

@@ -331,10 +331,22 @@ async fn early_event_catches_up_and_cold_start_continues_identically() -> Result
     let stack = Stack::start(true).await?;
     let data = data()?;
     let mut keys = chunk_some(&stack, SOURCE_KEY, &data, Some(10)).await?;
-    let a = stack.detector(SMALL).await?;
+    // A function of 128 MB, as Lambda would say in the environment.
+    let mut small_function = SMALL.to_vec();
+    small_function.push(("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"));
+    let a = stack.detector(&small_function).await?;
     // An event for chunk 9 first: chunks 0..=9 are applied in order.
     let reply = deliver(&a, &keys[9..10]).await?;
     assert_eq!(reply.streams[0].applied, (0..10).collect::<Vec<u64>>());
+    // Each applied chunk reports the state's size against the function's memory: the
+    // baseline alone is 100 of 128 MiB.
+    let last = &reply.applied[9];
+    assert!(last.state_pairs > 0 && last.state_bytes > 0, "{last:?}");
+    assert!(
+        last.memory_percent.is_some_and(|p| p >= 78),
+        "{:?}",
+        last.memory_percent
+    );
     keys.extend(chunk_some(&stack, SOURCE_KEY, &data, None).await?);
     // Duplicates are no-ops.
     let reply = deliver(&a, &keys[3..5]).await?;

@@ -202,6 +202,9 @@ pub struct DetectorConfig {
     pub snapshot_part_bytes: u64,
     /// Failed attempts at one chunk, for a reason that repeats, before it is parked.
     pub park_after_attempts: u64,
+    /// The function's memory in MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, set by Lambda),
+    /// against which the state's projected peak is reported.
+    pub memory_limit_mb: Option<u64>,
 }
 
 /// Everything the pipeline reads from its environment.
@@ -301,6 +304,15 @@ impl Config {
                     1..=100,
                     "attempts from 1 to 100",
                 )?,
+                memory_limit_mb: match env.string("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+                    Some(_) => Some(env.number(
+                        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                        0,
+                        1..=1_048_576,
+                        "megabytes",
+                    )?),
+                    None => None,
+                },
             },
             postgres: PgSettings::from_vars(env)?,
         })
@@ -423,7 +435,24 @@ mod tests {
         assert_eq!(c.chunker.max_lag_chunks, DEFAULT_MAX_LAG_CHUNKS);
         assert_eq!(c.detector.snapshot_max_deltas, DEFAULT_SNAPSHOT_MAX_DELTAS);
         assert_eq!(c.detector.snapshot_part_bytes, DEFAULT_SNAPSHOT_PART_BYTES);
+        assert_eq!(c.detector.memory_limit_mb, None);
         assert!(c.postgres.is_none());
+    }
+
+    #[test]
+    fn the_functions_memory_comes_from_lambda() {
+        let base = [("TXPIPE_BUCKET", "b"), ("TXPIPE_STATE_TABLE", "t")];
+        let with = |mb: &'static str| {
+            let mut v = base.to_vec();
+            v.push(("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", mb));
+            Config::from_vars(&vars(&v))
+        };
+        assert_eq!(with("1769").unwrap().detector.memory_limit_mb, Some(1769));
+        let err = with("lots").unwrap_err();
+        assert!(
+            err.to_string().contains("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"),
+            "{err}"
+        );
     }
 
     #[test]

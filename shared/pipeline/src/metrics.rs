@@ -13,6 +13,10 @@ pub enum Unit {
     Count,
     /// Milliseconds.
     Milliseconds,
+    /// Bytes.
+    Bytes,
+    /// A percentage.
+    Percent,
 }
 
 impl Unit {
@@ -20,6 +24,8 @@ impl Unit {
         match self {
             Unit::Count => "Count",
             Unit::Milliseconds => "Milliseconds",
+            Unit::Bytes => "Bytes",
+            Unit::Percent => "Percent",
         }
     }
 }

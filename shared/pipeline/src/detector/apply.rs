@@ -86,7 +86,14 @@ impl Detector {
         for d in &applied.detections {
             per_pattern[d.key.pattern.index()] += 1;
         }
+        let state_bytes = st.engine.memory().total() as u64;
         Ok(Some(AppliedChunk {
+            state_pairs: st.engine.sizes().2 as u64,
+            state_bytes,
+            memory_percent: self
+                .settings
+                .memory_limit_mb
+                .map(|mb| super::projected_memory_percent(state_bytes, mb)),
             stream: stream.clone(),
             chunk: j,
             rows: applied.outcome.delta.rows,

@@ -121,6 +121,13 @@ pub struct AppliedChunk {
     /// Chunks the chunker had created beyond this one when the invocation ended
     /// (lag; from the cursor when the stream is the configured source's).
     pub behind: u64,
+    /// Distinct (merchant, customer) pairs in the stream's state after this chunk.
+    pub state_pairs: u64,
+    /// Heap bytes of the stream's state after this chunk.
+    pub state_bytes: u64,
+    /// The process's projected peak memory as a percentage of the function's memory
+    /// (see [`projected_memory_percent`]), when the function's memory is known.
+    pub memory_percent: Option<u64>,
     /// Milliseconds per step.
     pub millis: StepMillis,
 }
@@ -188,6 +195,19 @@ pub struct Detector {
     clock: Arc<dyn Clock>,
     /// This container's name on stream leases.
     owner: String,
+}
+
+/// What a detector process needs besides its streams' state: binary, SDK clients,
+/// importance table, a chunk in flight (81 MiB measured with a small state).
+pub const MEMORY_BASELINE_BYTES: u64 = 100 << 20;
+
+/// The process's projected peak memory, as a percentage of `limit_mb`, for a state of
+/// `state_bytes`: the baseline plus 1.5 times the state, for the snapshot being encoded
+/// and allocator slack (`docs/capacity.md` measured 1.1–1.3 times). A stream whose
+/// state would not fit must be seen months before the container dies at every start.
+pub fn projected_memory_percent(state_bytes: u64, limit_mb: u64) -> u64 {
+    let projected = MEMORY_BASELINE_BYTES + state_bytes.saturating_mul(3) / 2;
+    projected.saturating_mul(100) / limit_mb.max(1).saturating_mul(1 << 20)
 }
 
 /// Commit attempts before giving up on a contended stream.
@@ -489,4 +509,21 @@ fn content_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::projected_memory_percent;
+
+    #[test]
+    fn projected_memory_is_baseline_plus_one_and_a_half_times_the_state() {
+        // 100 MiB baseline of a 200 MiB function, no state yet.
+        assert_eq!(projected_memory_percent(0, 200), 50);
+        // 10 M pairs at 40 B (the measured heap): 100 MiB + 600 MB of 1024 MB.
+        assert_eq!(projected_memory_percent(400_000_000, 1024), 65);
+        // The same state in 512 MB is over the limit, and says so.
+        assert_eq!(projected_memory_percent(400_000_000, 512), 131);
+        // Nothing overflows or divides by zero.
+        assert!(projected_memory_percent(u64::MAX, 0) > 100);
+    }
 }

@@ -223,6 +223,10 @@ fn log_catch_up(stream: &StreamName, requested: u64, report: &super::CatchUp) {
     }
 }
 
+/// Projected memory use at which the detector warns (the template's alarm uses the
+/// same figure).
+const MEMORY_WARN_PERCENT: u64 = 80;
+
 /// Logs one applied chunk and emits its metrics.
 fn report_applied(a: &AppliedChunk) {
     tracing::info!(
@@ -244,19 +248,33 @@ fn report_applied(a: &AppliedChunk) {
         snapshot_ms = a.millis.snapshot,
         commit_ms = a.millis.commit,
         ms = a.millis.total,
+        state_pairs = a.state_pairs,
+        state_bytes = a.state_bytes,
         "chunk applied"
     );
-    emit(
-        "detector",
-        &[
-            ("ChunksApplied", 1.0, Unit::Count),
-            ("RowsProcessed", a.rows as f64, Unit::Count),
-            ("RowsRejected", a.rejected as f64, Unit::Count),
-            ("DetectionsPatId1", a.detections[0] as f64, Unit::Count),
-            ("DetectionsPatId2", a.detections[1] as f64, Unit::Count),
-            ("DetectionsPatId3", a.detections[2] as f64, Unit::Count),
-            ("ChunkMillis", a.millis.total as f64, Unit::Milliseconds),
-            ("LagChunks", a.behind as f64, Unit::Count),
-        ],
-    );
+    if let Some(percent) = a.memory_percent.filter(|p| *p >= MEMORY_WARN_PERCENT) {
+        tracing::warn!(
+            stream = %a.stream,
+            state_pairs = a.state_pairs,
+            state_bytes = a.state_bytes,
+            memory_percent = percent,
+            "the stream's state nears the function's memory: raise DetectorMemory (docs/capacity.md) before a cold start fails for want of it"
+        );
+    }
+    let mut values = vec![
+        ("ChunksApplied", 1.0, Unit::Count),
+        ("RowsProcessed", a.rows as f64, Unit::Count),
+        ("RowsRejected", a.rejected as f64, Unit::Count),
+        ("DetectionsPatId1", a.detections[0] as f64, Unit::Count),
+        ("DetectionsPatId2", a.detections[1] as f64, Unit::Count),
+        ("DetectionsPatId3", a.detections[2] as f64, Unit::Count),
+        ("ChunkMillis", a.millis.total as f64, Unit::Milliseconds),
+        ("LagChunks", a.behind as f64, Unit::Count),
+        ("StatePairs", a.state_pairs as f64, Unit::Count),
+        ("StateBytes", a.state_bytes as f64, Unit::Bytes),
+    ];
+    if let Some(percent) = a.memory_percent {
+        values.push(("StateMemoryPercent", percent as f64, Unit::Percent));
+    }
+    emit("detector", &values);
 }

@@ -24,6 +24,8 @@ pub struct DetectorSettings {
     pub park_after_attempts: u64,
     /// Pattern thresholds.
     pub patterns: PatternConfig,
+    /// The function's memory in MB, when known (Lambda sets it).
+    pub memory_limit_mb: Option<u64>,
 }
 
 impl DetectorSettings {
@@ -38,6 +40,7 @@ impl DetectorSettings {
             snapshot_part_bytes: c.detector.snapshot_part_bytes,
             park_after_attempts: c.detector.park_after_attempts,
             patterns: c.patterns.clone(),
+            memory_limit_mb: c.detector.memory_limit_mb,
         }
     }
 }
