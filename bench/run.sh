@@ -13,7 +13,7 @@
 # chunks. Data goes to data/bench/<shape> (regenerated when its parameters change).
 #
 # Needs: cargo, python3 (DuckDB is installed, pinned, into a venv outside the repo:
-# ${TXPIPE_TOOLS_DIR:-$HOME/.cache/txpipe-tools}/bench-venv). Linux (reads /proc).
+# ${TXPIPE_TOOLS_DIR:-<repo>/.tools}/bench-venv, like the other tools). Linux (reads /proc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,7 @@ SIZE=${SIZE:-3000000}
 RUNS=${RUNS:-5}
 REPLAYS=${REPLAYS:-3}
 DUCKDB_VERSION=1.1.3
-TOOLS_DIR=${TXPIPE_TOOLS_DIR:-$HOME/.cache/txpipe-tools}
+TOOLS_DIR=${TXPIPE_TOOLS_DIR:-$PWD/.tools}
 VENV=$TOOLS_DIR/bench-venv
 OUT=${OUT:-data/bench}
 

@@ -35,7 +35,7 @@ pub const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 3;
 /// Default number of deltas after which the detector writes a snapshot (sooner when
 /// their bytes reach the last snapshot's size).
 pub const DEFAULT_SNAPSHOT_MAX_DELTAS: u64 = 200;
-/// Default size of one snapshot part object. Parts are written and read 16 at a time
+/// Default bytes of state in one snapshot part object (before compression). Parts are written and read 16 at a time
 /// and decoded on every core, so a reload's time follows the largest part, not the
 /// whole state; 16 MiB is where S3's per-request throughput levels off.
 pub const DEFAULT_SNAPSHOT_PART_BYTES: u64 = 16 << 20;

@@ -203,8 +203,9 @@ pub const MEMORY_BASELINE_BYTES: u64 = 100 << 20;
 
 /// The process's projected peak memory, as a percentage of `limit_mb`, for a state of
 /// `state_bytes`: the baseline plus 1.5 times the state, for the snapshot being encoded
-/// and allocator slack (`docs/capacity.md` measured 1.1–1.3 times). A stream whose
-/// state would not fit must be seen months before the container dies at every start.
+/// and allocator slack (`docs/capacity.md`: whole processes peaked at 1.06–1.28 times
+/// the engine's heap). A state that will not fit must be seen long before a container
+/// dies at every start.
 pub fn projected_memory_percent(state_bytes: u64, limit_mb: u64) -> u64 {
     let projected = MEMORY_BASELINE_BYTES + state_bytes.saturating_mul(3) / 2;
     projected.saturating_mul(100) / limit_mb.max(1).saturating_mul(1 << 20)
