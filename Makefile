@@ -45,6 +45,12 @@ lint: rust
 	@# The Lambdas carry no local stand-ins or test seams: the test kit stays out of them.
 	@! $(CARGO) tree -p chunker -p detector -e normal --prefix none | grep -E '^txpipe-(testkit|cli|e2e) ' \
 	  || { echo "a Lambda depends on the test kit or the CLI"; exit 1; }
+	@# ... and the built binaries show it: none of the stand-ins' commands is in them.
+	$(CARGO) build -q -p chunker -p detector
+	@for f in chunker detector; do \
+	  if grep -aqE 'initdb|pg_ctl|moto_server|moto\.server' "$(CARGO_TARGET_DIR)/debug/$$f"; then \
+	    echo "the $$f Lambda binary contains local stand-in code (initdb/pg_ctl/moto)"; exit 1; fi; \
+	done; echo "Lambda binaries: no initdb, pg_ctl or moto strings"
 
 # ... then the SAM stack in moto with the real handlers (infra/infra.mk: deploy-check).
 test: rust lint lint-infra

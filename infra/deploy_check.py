@@ -712,6 +712,21 @@ def check_calls(moto, label, function, entries, table):
 
 
 # ------------------------------------------------------------------ static checks
+def emitted_metrics():
+    """The metric names each service emits, read from its sources: every
+    `("Name", value, Unit::...)` under shared/pipeline/src/<service>/."""
+    found = {}
+    for service in ("chunker", "detector"):
+        names = set()
+        folder = os.path.join(ROOT, "shared", "pipeline", "src", service)
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".rs"):
+                with open(os.path.join(folder, name)) as f:
+                    names |= set(re.findall(r'"(\w+)",\s*[^,";]+,\s*Unit::', f.read()))
+        found[service] = names
+    return found
+
+
 def static_checks(cfn, params, label):
     r = cfn["Resources"]
     fn = {lid: x for lid, x in r.items() if x["Type"] == "AWS::Lambda::Function"}
@@ -732,12 +747,12 @@ def static_checks(cfn, params, label):
         check(a is not None and json.dumps(a["Dimensions"]) == chunker_dim and a["TreatMissingData"] == "breaching",
               f"{label}: alarm on the chunker's {m}, missing data breaching")
     check(("txpipe", "ChunksCreated") not in by_metric, f"{label}: no alarm on ChunksCreated (fired before the upload and after the end)")
-    # Every txpipe metric an alarm or the dashboard reads is one the code emits.
-    emitted = {"chunker": {"Ticks", "LagChunks", "ParkedChunks", "WaitingForInput", "BackpressureWaits", "DetectorKicks",
-                           "ChunksCreated", "ChunkRows", "ChunkerMillis"},
-               "detector": {"ChunksApplied", "RowsProcessed", "RowsRejected", "DetectionsPatId1", "DetectionsPatId2",
-                            "DetectionsPatId3", "ChunkMillis", "LagChunks", "ChunksParked", "MissingChunks",
-                            "StatePairs", "StateBytes", "StateMemoryPercent"}}
+    # Every txpipe metric an alarm or the dashboard reads is one the code emits: the
+    # names are read from the services' sources (a metric name next to its Unit), so
+    # removing an emit breaks this check.
+    emitted = emitted_metrics()
+    check(len(emitted["chunker"]) >= 9 and len(emitted["detector"]) >= 13,
+          f"{label}: metric names found in the sources ({len(emitted['chunker'])} chunker, {len(emitted['detector'])} detector)")
     read = set()
     for a in alarms.values():
         for m in [a] + [x["MetricStat"]["Metric"] for x in a.get("Metrics", []) if "MetricStat" in x]:
@@ -750,7 +765,7 @@ def static_checks(cfn, params, label):
     check(not unknown and len(read) >= 15, f"{label}: the {len(read)} txpipe metrics alarms and dashboard read are all emitted"
                                           + (f" (unknown: {unknown})" if unknown else ""))
     for m, dim in (("ParkedChunks", "Function"), ("Throttles", "FunctionName"), ("AsyncEventAge", "FunctionName"),
-                   ("StateMemoryPercent", "Function")):
+                   ("StateMemoryPercent", "Function"), ("MissingChunks", "Function")):
         check(any(a.get("MetricName") == m for a in alarms.values()), f"{label}: an alarm on {m}")
     check(sum(a.get("MetricName") == "Throttles" for a in alarms.values()) == 2, f"{label}: throttle alarms for both functions")
     stalled = [a for a in alarms.values() if "Metrics" in a and "applied" in json.dumps(a["Metrics"])]
