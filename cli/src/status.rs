@@ -29,6 +29,8 @@ pub struct Status {
     pub chunker_finished: bool,
     /// The source file is not uploaded yet.
     pub waiting_for_input: bool,
+    /// Backpressure: the chunker cuts nothing while the lag is this or more.
+    pub max_lag_chunks: u64,
     /// Chunks applied by the detector.
     pub chunks_applied: u64,
     /// Valid and rejected rows applied.
@@ -100,6 +102,15 @@ impl Status {
                 ""
             }
         );
+        if !self.chunker_finished && self.max_lag_chunks > 0 && self.lag() >= self.max_lag_chunks {
+            let _ = writeln!(
+                s,
+                "backpressure      the chunker waits: the detector is {} chunks behind (at most {} \
+                 may wait); it cuts again as the detector catches up",
+                self.lag(),
+                self.max_lag_chunks
+            );
+        }
         if let Some((version, snapshot)) = self.head {
             let _ = writeln!(
                 s,
@@ -167,6 +178,7 @@ pub async fn read_status(
     let source = &config.source;
     let mut status = Status {
         source: format!("s3://{}/{}", source.bucket, source_key),
+        max_lag_chunks: config.chunker.max_lag_chunks,
         ..Status::default()
     };
     let id = ChunkCursor::source_id(&source.bucket, source_key);

@@ -1,7 +1,8 @@
 //! What keeps a stream going for months, against moto and a real Postgres: a chunk the
 //! database refuses is parked loudly and resumed; the chunker's tick wakes a detector
 //! that lost its events; backpressure; a pause longer than every retention; deadlines;
-//! two detectors at once; limits no chunk can hit; settings pinned per stream
+//! two detectors at once; limits no chunk can hit; settings pinned per stream; a blocked
+//! statement cut short by the statement timeout
 //! (`docs/architecture.md#keeping-a-stream-alive`).
 
 use anyhow::Result;
@@ -202,10 +203,22 @@ async fn backpressure_holds_the_chunker_while_the_detector_is_far_behind() -> Re
     assert!(response.backpressure_waits >= 1);
     assert!(!response.finished);
     let stream = stack.stream().await?;
-    // Nothing more while nothing is applied.
+    // Nothing more while nothing is applied, and `txpipe status` says why.
     assert!(tick(&chunker).await?.chunks.is_empty());
+    let config = stack.config(&extra)?;
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, SOURCE_KEY, None)
+        .await?
+        .render();
+    assert!(
+        status.contains("backpressure      the chunker waits: the detector is 3 chunks behind"),
+        "{status}"
+    );
     let detector = stack.detector(&extra).await?;
     deliver(&detector, &[stream.chunk_key(2)]).await?;
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, SOURCE_KEY, None)
+        .await?
+        .render();
+    assert!(!status.contains("backpressure"), "{status}");
     assert_eq!(tick(&chunker).await?.chunks, vec![3, 4, 5]);
     Ok(())
 }
@@ -583,5 +596,60 @@ async fn a_held_lease_answers_busy_and_blocks_nothing_else() -> Result<()> {
     state.release_lease(&stream, "someone-else").await?;
     let reply = deliver(&detector, &[stream.chunk_key(1)]).await?;
     assert_eq!(reply.streams[0].applied, vec![0, 1]);
+    Ok(())
+}
+
+/// A statement that cannot finish (here: it waits on a lock another session holds) is
+/// cancelled by the statement timeout instead of holding the detector until Lambda kills
+/// it; the failure is counted as a passing one, and the chunk applies once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_statement_times_out_and_the_chunk_applies_after() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 6_000).await?;
+    // One chunk at a time (backpressure at a lag of 1), a short statement timeout.
+    let extra = settings(&[
+        ("TXPIPE_PG_STATEMENT_TIMEOUT_MS", "300"),
+        ("TXPIPE_MAX_LAG_CHUNKS", "1"),
+    ]);
+    let chunker = stack.chunker(&extra)?;
+    assert_eq!(tick(&chunker).await?.chunks, vec![0]);
+    let stream = stack.stream().await?;
+    let detector = stack.detector(&extra).await?;
+    // The first chunk opens the detector's session while nothing blocks.
+    deliver(&detector, &[stream.chunk_key(0)]).await?;
+    assert_eq!(tick(&chunker).await?.chunks, vec![1]);
+
+    // Another session holds the chunk ledger.
+    let mut blocker = stack.pg_client().await?;
+    let lock = blocker.transaction().await?;
+    lock.batch_execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    // Without the timeout the detector would wait on the lock for ever.
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        deliver(&detector, &[stream.chunk_key(1)]),
+    )
+    .await
+    .expect("the detector gives up on the blocked statement by itself")
+    .expect_err("the chunk cannot be written while the ledger is locked");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("statement timeout") && text.contains("57014"),
+        "{text}"
+    );
+    let failure = head(&detector, &stream)
+        .await?
+        .failure
+        .expect("the failed attempt is recorded");
+    assert_eq!(
+        (failure.chunk, failure.attempts, failure.parked),
+        (1, 1, false)
+    );
+
+    lock.rollback().await?;
+    deliver(&detector, &[stream.chunk_key(1)]).await?;
+    let h = head(&detector, &stream).await?;
+    assert_eq!(h.next_chunk, 2);
+    assert!(h.failure.is_none());
     Ok(())
 }
