@@ -653,3 +653,71 @@ async fn a_blocked_statement_times_out_and_the_chunk_applies_after() -> Result<(
     assert!(h.failure.is_none());
     Ok(())
 }
+
+/// The largest amount the parser accepts (12 integer digits) goes through to Postgres
+/// exactly, as a transaction and summed per pair; one more digit is a rejected row, not
+/// a chunk the database refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_amounts_are_stored_exactly() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let mut text = String::from(
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+    );
+    for _ in 0..2_000 {
+        text.push_str("0,'C1','2','F','28007','M1','28007','es_food',999999999999.99,0\n");
+    }
+    text.push_str("0,'C1','2','F','28007','M1','28007','es_food',1000000000000.00,0\n");
+    stack.put(SOURCE_KEY, text.into_bytes()).await?;
+    stack
+        .put(
+            IMPORTANCE_KEY,
+            b"Source,Target,Weight,typeTrans,fraud\n".to_vec(),
+        )
+        .await?;
+    let extra = [
+        ("TXPIPE_ROWS_PER_CHUNK", "5000"),
+        ("TXPIPE_PG_TRANSACTIONS", "on"),
+    ];
+    stack.chunker(&extra)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    let detector = stack.detector(&extra).await?;
+    let reply = deliver(&detector, &[stream.chunk_key(0)]).await?;
+    assert_eq!(
+        (reply.applied[0].rows, reply.applied[0].rejected),
+        (2_000, 1)
+    );
+
+    let pg = stack.pg_client().await?;
+    let stats = pg
+        .query_one(
+            "SELECT txns, amount::text, avg_amount::text FROM customer_stats WHERE stream = $1",
+            &[&stream.as_str()],
+        )
+        .await?;
+    let got: (i64, String, String) = (stats.get(0), stats.get(1), stats.get(2));
+    assert_eq!(
+        got,
+        (
+            2_000,
+            "1999999999999980.00".to_string(),
+            "999999999999.990000".to_string()
+        )
+    );
+    let sum: String = pg
+        .query_one(
+            "SELECT sum(amount)::text FROM transactions WHERE stream = $1",
+            &[&stream.as_str()],
+        )
+        .await?
+        .get(0);
+    assert_eq!(sum, "1999999999999980.00");
+    let reason: String = pg
+        .query_one(
+            "SELECT reason FROM rejected_rows WHERE source = $1",
+            &[&stream.as_str()],
+        )
+        .await?
+        .get(0);
+    assert!(reason.contains("amount"), "{reason}");
+    Ok(())
+}

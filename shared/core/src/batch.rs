@@ -285,6 +285,56 @@ mod tests {
         assert!(unknown.encode_pending(&engine).is_err());
     }
 
+    /// The head carries at most one file's worth of pending detections less one: at the
+    /// largest `per_file`, with 128-byte ids and times all different, it stays far
+    /// below DynamoDB's 400 KB item limit (133 KB).
+    #[test]
+    fn the_most_a_head_can_pend_is_small() {
+        use crate::config::MAX_DETECTIONS_PER_FILE;
+        use std::fmt::Write as _;
+        let per_file = MAX_DETECTIONS_PER_FILE;
+        let name = |i: u64| format!("C{i:0>127}");
+        let mut text = String::from(
+            "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+        );
+        for i in 0..per_file {
+            // Customer i at merchant 0, and merchant i, so every name is known.
+            for (customer, merchant) in [(i, 0), (0, i)] {
+                let row = format!("'{}','1','F','1','{}'", name(customer), name(merchant));
+                let _ = writeln!(text, "0,{row},'1','c',1.00,0");
+            }
+        }
+        let mut engine = Engine::new(Default::default(), Default::default());
+        engine.apply_chunk(0, text.as_bytes(), 1).unwrap();
+        let start = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let pending: Vec<Detection> = (0..per_file - 1)
+            .map(|i| Detection {
+                key: match PatternId::ALL[i as usize % 3] {
+                    // A merchant-level detection names no customer.
+                    PatternId::DeiNeeded => DetectionKey {
+                        pattern: PatternId::DeiNeeded,
+                        merchant: name(i),
+                        customer: String::new(),
+                    },
+                    pattern => DetectionKey {
+                        pattern,
+                        merchant: name(0),
+                        customer: name(i),
+                    },
+                },
+                chunk: i * 1_000,
+                y_start: start + chrono::Duration::milliseconds(i as i64 * 997_331),
+                detected_at: start + chrono::Duration::milliseconds(i as i64 * 1_000_003),
+            })
+            .collect();
+        let mut b = DetectionBatcher::new(per_file);
+        assert!(b.push(pending).is_empty());
+        let bytes = b.encode_pending(&engine).unwrap();
+        assert!(bytes.len() < 200 * 1024, "{} bytes", bytes.len());
+        let restored = DetectionBatcher::restore(per_file, 0, &bytes, &engine).unwrap();
+        assert!(restored == b, "the pending detections did not round-trip");
+    }
+
     #[test]
     fn jsonl_and_keys() {
         let batch = DetectionBatch {
