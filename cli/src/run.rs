@@ -123,6 +123,9 @@ pub struct RunSummary {
     pub interrupted: bool,
 }
 
+/// What the view shows. The detector's figures are read from the streams' heads, which
+/// move with every chunk committed (an invocation's reply only comes once it has caught
+/// up, which would make the view jump).
 #[derive(Default)]
 struct Progress {
     created: AtomicU64,
@@ -131,9 +134,37 @@ struct Progress {
     rejected: AtomicU64,
     detections: [AtomicU64; 3],
     done: AtomicBool,
+    streams: std::sync::Mutex<Vec<StreamName>>,
 }
 
 impl Progress {
+    /// Reads the detector's figures from the heads of the streams seen so far.
+    async fn refresh(&self, state: &dyn txpipe::store::StateStore) -> Result<()> {
+        let streams = match self.streams.lock() {
+            Ok(streams) => streams.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let (mut applied, mut rows, mut rejected, mut detections) = (0, 0, 0, [0u64; 3]);
+        for stream in &streams {
+            if let Some(head) = state.load_head(stream).await? {
+                applied += head.next_chunk;
+                rows += head.totals.rows;
+                rejected += head.totals.rejected;
+                for (sum, n) in detections.iter_mut().zip(head.totals.detections) {
+                    *sum += n;
+                }
+            }
+        }
+        // Heads only move forward; an older read finishing late must not win.
+        self.applied.fetch_max(applied, Ordering::Relaxed);
+        self.rows.fetch_max(rows, Ordering::Relaxed);
+        self.rejected.fetch_max(rejected, Ordering::Relaxed);
+        for (slot, n) in self.detections.iter().zip(detections) {
+            slot.fetch_max(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn line(&self) -> String {
         let created = self.created.load(Ordering::Relaxed);
         let applied = self.applied.load(Ordering::Relaxed);
@@ -258,7 +289,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     let (applied_tx, mut applied_rx) = mpsc::unbounded_channel::<AppliedChunk>();
     let dispatch_task = {
         let config = config.clone();
-        let stores = stores.clone();
+        let progress = progress.clone();
         async move {
             let mut queues: HashMap<StreamName, mpsc::UnboundedSender<String>> = HashMap::new();
             let mut workers = Vec::new();
@@ -267,13 +298,16 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
                     continue;
                 };
                 if !queues.contains_key(&stream) {
+                    if let Ok(mut streams) = progress.streams.lock() {
+                        streams.push(stream.clone());
+                    }
                     let (tx, rx) = mpsc::unbounded_channel();
-                    let detector = DetectorService::new(
-                        stores.clone(),
-                        stores.postgres(clients, &config)?,
-                        &config,
-                    )
-                    .await?;
+                    // Each stream's detector is its own container, with its own request
+                    // count (the figures per chunk are then per stream).
+                    let own = Stores::aws(clients, &config);
+                    let detector =
+                        DetectorService::new(own.clone(), own.postgres(clients, &config)?, &config)
+                            .await?;
                     workers.push(tokio::spawn(detect_stream(
                         detector,
                         rx,
@@ -294,25 +328,31 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         }
     };
     let tally_task = {
-        let progress = progress.clone();
         let summary = &mut summary;
         async move {
             while let Some(a) = applied_rx.recv().await {
-                progress.applied.fetch_add(1, Ordering::Relaxed);
-                progress.rows.fetch_add(a.rows, Ordering::Relaxed);
-                progress.rejected.fetch_add(a.rejected, Ordering::Relaxed);
-                for (i, n) in a.detections.iter().enumerate() {
-                    progress.detections[i].fetch_add(*n, Ordering::Relaxed);
-                }
                 summary.lag_samples.push(a.behind);
                 summary.chunk_millis.push(a.millis.total);
                 summary.chunk_requests.push(a.requests);
             }
-            progress.done.store(true, Ordering::Relaxed);
             anyhow::Ok(())
         }
     };
     let view_task = show_progress(progress.clone(), opts.view, expected_chunks);
+    // The view reads heads through its own stores, so its reads do not count as the
+    // detector's requests.
+    let view_state = Stores::aws(clients, &config).state;
+    let refresh_task = {
+        let progress = progress.clone();
+        let state = view_state.clone();
+        tokio::spawn(async move {
+            while !progress.done.load(Ordering::Relaxed) {
+                // A failed read only delays the view; the final refresh below reports.
+                let _ = progress.refresh(state.as_ref()).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
 
     let pipeline = async { tokio::try_join!(chunk_task, dispatch_task, tally_task) };
     tokio::select! {
@@ -321,8 +361,13 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
             summary.interrupted = true;
         }
     }
-    progress.done.store(true, Ordering::Relaxed);
     summary.wall = started.elapsed();
+    progress
+        .refresh(view_state.as_ref())
+        .await
+        .context("reading the detector heads")?;
+    progress.done.store(true, Ordering::Relaxed);
+    refresh_task.await.ok();
     view_task.await.ok();
 
     summary.chunks_created = progress.created.load(Ordering::Relaxed);
