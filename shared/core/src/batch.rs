@@ -3,6 +3,7 @@
 
 use crate::detection::{Detection, PatternId};
 use crate::engine::Engine;
+use crate::varint;
 use chrono::{DateTime, Utc};
 
 /// One output file's worth of detections.
@@ -104,23 +105,23 @@ impl DetectionBatcher {
     /// differences — so a full file's worth stays far below a DynamoDB item's limit.
     pub fn encode_pending(&self, engine: &Engine) -> Result<Vec<u8>, BatcherStateError> {
         let mut out = Vec::with_capacity(self.pending.len() * 8 + 4);
-        varint(&mut out, self.pending.len() as u64);
+        varint::put(&mut out, self.pending.len() as u64);
         let (mut chunk, mut ys, mut dt) = (0u64, 0i64, 0i64);
         for d in &self.pending {
             let (m, c) = engine.detection_indices(&d.key).ok_or_else(|| {
                 BatcherStateError(format!("pending detection {:?} names no known id", d.key))
             })?;
-            varint(&mut out, d.key.pattern.index() as u64);
-            varint(&mut out, u64::from(m));
-            varint(&mut out, u64::from(c));
-            varint(&mut out, d.chunk.wrapping_sub(chunk));
-            varint(
+            varint::put(&mut out, d.key.pattern.index() as u64);
+            varint::put(&mut out, u64::from(m));
+            varint::put(&mut out, u64::from(c));
+            varint::put(&mut out, d.chunk.wrapping_sub(chunk));
+            varint::put(
                 &mut out,
-                zigzag(d.y_start.timestamp_millis().wrapping_sub(ys)),
+                varint::zigzag(d.y_start.timestamp_millis().wrapping_sub(ys)),
             );
-            varint(
+            varint::put(
                 &mut out,
-                zigzag(d.detected_at.timestamp_millis().wrapping_sub(dt)),
+                varint::zigzag(d.detected_at.timestamp_millis().wrapping_sub(dt)),
             );
             chunk = d.chunk;
             ys = d.y_start.timestamp_millis();
@@ -138,7 +139,7 @@ impl DetectionBatcher {
     ) -> Result<Self, BatcherStateError> {
         let bad = |why: &str| BatcherStateError(why.to_string());
         let mut pos = 0;
-        let mut next = || read_varint(pending, &mut pos).ok_or_else(|| bad("truncated"));
+        let mut next = || varint::read(pending, &mut pos).ok_or_else(|| bad("truncated"));
         let mut restored = Vec::new();
         if !pending.is_empty() {
             let n = next()?;
@@ -154,8 +155,8 @@ impl DetectionBatcher {
                 let m = u32::try_from(next()?).map_err(|_| bad("merchant index too large"))?;
                 let c = u32::try_from(next()?).map_err(|_| bad("customer index too large"))?;
                 chunk = chunk.wrapping_add(next()?);
-                ys = ys.wrapping_add(unzigzag(next()?));
-                dt = dt.wrapping_add(unzigzag(next()?));
+                ys = ys.wrapping_add(varint::unzigzag(next()?));
+                dt = dt.wrapping_add(varint::unzigzag(next()?));
                 let time = |ms: i64| {
                     DateTime::<Utc>::from_timestamp_millis(ms)
                         .ok_or_else(|| BatcherStateError(format!("bad time {ms}")))
@@ -179,39 +180,6 @@ impl DetectionBatcher {
             pending: restored,
         })
     }
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod names;
 pub mod parse;
 pub mod percentile;
 pub mod replay;
+pub mod varint;
 pub mod weight;
 
 pub use config::PatternConfig;

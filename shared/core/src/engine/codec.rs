@@ -87,12 +87,8 @@ impl Writer {
         }
     }
     #[inline]
-    pub(super) fn u64(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
+    pub(super) fn u64(&mut self, v: u64) {
+        crate::varint::put(&mut self.0, v);
     }
     pub(super) fn str(&mut self, s: &str) {
         self.u64(s.len() as u64);

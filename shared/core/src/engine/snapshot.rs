@@ -25,6 +25,7 @@ use crate::config::PatternConfig;
 use crate::index::hash_bytes;
 use crate::names::NONE;
 use crate::parse::{Gender, ImportanceTable};
+use crate::varint;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -69,18 +70,6 @@ fn corrupt(why: impl Into<String>) -> CodecError {
         what: WHAT,
         why: why.into(),
     }
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
 impl Engine {
@@ -168,7 +157,7 @@ impl Engine {
         // Part 0's head counts as its first item.
         let (mut size, mut items) = (head, 1);
         for (c, name) in self.customers.since(0).enumerate() {
-            let item = varint_len(name.len() as u64) + name.len();
+            let item = varint::len(name.len() as u64) + name.len();
             if size + item > budget && items > 0 {
                 plan.push((c0..c, 0..0));
                 (c0, size, items) = (c, 0, 0);
@@ -178,10 +167,10 @@ impl Engine {
         }
         let mut prev_c = 0u32;
         for (p, r) in self.pairs.records().iter().enumerate() {
-            let item = varint_len(u64::from(r.merchant))
-                + varint_len(zigzag(i64::from(r.customer) - i64::from(prev_c)))
-                + varint_len(self.pairs.txns(p as u32))
-                + varint_len(u64::try_from(self.pairs.cents(p as u32)).unwrap_or(u64::MAX))
+            let item = varint::len(u64::from(r.merchant))
+                + varint::len(varint::zigzag(i64::from(r.customer) - i64::from(prev_c)))
+                + varint::len(self.pairs.txns(p as u32))
+                + varint::len(u64::try_from(self.pairs.cents(p as u32)).unwrap_or(u64::MAX))
                 + 3;
             prev_c = r.customer;
             if size + item > budget && items > 0 {
@@ -205,7 +194,7 @@ impl Engine {
         let mut prev = 0i64;
         for (p, r) in range.zip(records) {
             columns[0].u64(u64::from(r.merchant));
-            columns[1].u64(zigzag(i64::from(r.customer) - prev));
+            columns[1].u64(varint::zigzag(i64::from(r.customer) - prev));
             prev = i64::from(r.customer);
             columns[2].u64(self.pairs.txns(p as u32));
             columns[3].uint(self.pairs.cents(p as u32));
@@ -420,7 +409,7 @@ fn decode_part(s: PartSlices<'_>) -> Result<PartOut, CodecError> {
     let mut prev = 0i64;
     for (i, rec) in s.records.iter_mut().enumerate() {
         let merchant = columns[0].u32()?;
-        prev = prev.wrapping_add(unzigzag(columns[1].u64()?));
+        prev = prev.wrapping_add(varint::unzigzag(columns[1].u64()?));
         let customer = u32::try_from(prev).map_err(|_| corrupt("customer index out of range"))?;
         let (txns, cents) = (columns[2].u64()?, columns[3].uint()?);
         let flags = *columns[4]

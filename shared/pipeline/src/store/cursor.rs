@@ -2,6 +2,7 @@
 //! starts, and where the recent chunks started (to re-cut one that went missing).
 
 use txpipe_core::layout::StreamName;
+use txpipe_core::varint;
 
 /// Position of the chunker in one source object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +89,11 @@ impl ChunkCursor {
             offset: 0,
             first_row: 0,
         };
-        varint(&mut out, self.recent.len() as u64);
+        varint::put(&mut out, self.recent.len() as u64);
         for s in &self.recent {
-            varint(&mut out, s.chunk.wrapping_sub(prev.chunk));
-            varint(&mut out, s.offset.wrapping_sub(prev.offset));
-            varint(&mut out, s.first_row.wrapping_sub(prev.first_row));
+            varint::put(&mut out, s.chunk.wrapping_sub(prev.chunk));
+            varint::put(&mut out, s.offset.wrapping_sub(prev.offset));
+            varint::put(&mut out, s.first_row.wrapping_sub(prev.first_row));
             prev = *s;
         }
         out
@@ -101,7 +102,7 @@ impl ChunkCursor {
     /// Reads [`ChunkCursor::encode_recent`]'s form; `None` if it is damaged.
     pub fn decode_recent(bytes: &[u8]) -> Option<Vec<ChunkStart>> {
         let mut pos = 0;
-        let n = read_varint(bytes, &mut pos)? as usize;
+        let n = varint::read(bytes, &mut pos)? as usize;
         if n > RECENT_CHUNK_STARTS {
             return None;
         }
@@ -113,40 +114,15 @@ impl ChunkCursor {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let s = ChunkStart {
-                chunk: prev.chunk.wrapping_add(read_varint(bytes, &mut pos)?),
-                offset: prev.offset.wrapping_add(read_varint(bytes, &mut pos)?),
-                first_row: prev.first_row.wrapping_add(read_varint(bytes, &mut pos)?),
+                chunk: prev.chunk.wrapping_add(varint::read(bytes, &mut pos)?),
+                offset: prev.offset.wrapping_add(varint::read(bytes, &mut pos)?),
+                first_row: prev.first_row.wrapping_add(varint::read(bytes, &mut pos)?),
             };
             out.push(s);
             prev = s;
         }
         (pos == bytes.len()).then_some(out)
     }
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
