@@ -23,7 +23,9 @@ use txpipe::detector::{DetectorError, DetectorResponse, DetectorService};
 use txpipe::layout::StreamName;
 use txpipe::setup::Stores;
 use txpipe::store::{ChunkCursor, DetectorHead, ObjectStore};
-use txpipe_e2e::outputs::{exactly_once, first_difference, reference, stream_outputs, Reference};
+use txpipe_e2e::outputs::{
+    exactly_once, first_difference, reference, stream_outputs, Reference, StatsRow,
+};
 use txpipe_e2e::*;
 use txpipe_testkit::chaos::{
     BusCounts, CrashMode, CrashSwitch, CrashingCursors, CrashingObjects, CrashingSink,
@@ -1349,20 +1351,7 @@ impl<'a> Schedule<'a> {
                 )));
             }
         }
-        let stats: Vec<CleanStats> = got
-            .stats
-            .iter()
-            .map(|s| {
-                (
-                    s.0.clone(),
-                    s.1.clone(),
-                    s.2,
-                    s.3.clone(),
-                    s.4.clone(),
-                    s.5.clone(),
-                )
-            })
-            .collect();
+        let stats = without_last_chunk(&got.stats);
         if stats != clean_stats {
             let i = (0..stats.len().max(clean_stats.len()))
                 .find(|&i| stats.get(i) != clean_stats.get(i))
@@ -1436,6 +1425,23 @@ async fn recover(stack: &mut Stack) -> Result<()> {
 
 /// A customer_stats row without `last_chunk` (which shifts with the poison rows).
 type CleanStats = (String, String, i64, String, String, Option<String>);
+
+/// Customer stats rows with `last_chunk` dropped.
+fn without_last_chunk(stats: &[StatsRow]) -> Vec<CleanStats> {
+    stats
+        .iter()
+        .map(|s| {
+            (
+                s.0.clone(),
+                s.1.clone(),
+                s.2,
+                s.3.clone(),
+                s.4.clone(),
+                s.5.clone(),
+            )
+        })
+        .collect()
+}
 
 /// Customer stats of the source without poison rows.
 static CLEAN: std::sync::OnceLock<Vec<CleanStats>> = std::sync::OnceLock::new();
@@ -1529,21 +1535,7 @@ async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
             per_pattern.iter().all(|&n| n > 0),
             "every pattern must fire on the chaos data: {per_pattern:?}"
         );
-        let stats = clean
-            .outputs
-            .stats
-            .iter()
-            .map(|s| {
-                (
-                    s.0.clone(),
-                    s.1.clone(),
-                    s.2,
-                    s.3.clone(),
-                    s.4.clone(),
-                    s.5.clone(),
-                )
-            })
-            .collect();
+        let stats = without_last_chunk(&clean.outputs.stats);
         let _ = CLEAN.set(stats);
     }
     let mut total = Figures::default();

@@ -40,6 +40,17 @@ async fn upload(stack: &Stack, rows: u64) -> Result<()> {
     Ok(())
 }
 
+/// Rows of the chunk ledger for `stream`.
+async fn ledger_rows(pg: &tokio_postgres::Client, stream: &StreamName) -> Result<i64> {
+    Ok(pg
+        .query_one(
+            "SELECT count(*) FROM chunks WHERE stream = $1",
+            &[&stream.as_str()],
+        )
+        .await?
+        .get(0))
+}
+
 async fn head(detector: &DetectorService, stream: &StreamName) -> Result<DetectorHead> {
     detector
         .detector()
@@ -137,13 +148,7 @@ async fn a_chunk_the_database_refuses_is_parked_shown_and_resumed() -> Result<()
     assert_eq!(reply.streams[0].applied, vec![2, 3, 4, 5]);
     let h = head(&detector, &stream).await?;
     assert!(h.finished && h.failure.is_none());
-    let ledger: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM chunks WHERE stream = $1",
-            &[&stream.as_str()],
-        )
-        .await?
-        .get(0);
+    let ledger = ledger_rows(&pg, &stream).await?;
     assert_eq!(ledger, 6);
     Ok(())
 }
@@ -361,13 +366,7 @@ async fn two_detectors_at_once_apply_each_chunk_once() -> Result<()> {
         ra.streams[0].busy || rb.streams[0].busy || ra.applied.is_empty() || rb.applied.is_empty()
     );
     let pg = stack.pg_client().await?;
-    let ledger: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM chunks WHERE stream = $1",
-            &[&stream.as_str()],
-        )
-        .await?
-        .get(0);
+    let ledger = ledger_rows(&pg, &stream).await?;
     assert_eq!(ledger, 10);
     Ok(())
 }
