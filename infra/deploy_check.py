@@ -23,7 +23,9 @@ detector's Lambda binary (second argument; a debug build is fine).
 
 import ast
 import base64
+import contextlib
 import copy
+import io
 import datetime
 import http.server
 import json
@@ -52,7 +54,10 @@ from samtranslator.yaml_helper import yaml_parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "infra", "db"))
+sys.path.insert(0, os.path.join(ROOT, "infra"))
 import app_role  # noqa: E402
+import preflight  # noqa: E402
+import teardown  # noqa: E402
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's account
@@ -274,11 +279,11 @@ class LambdaRuntime:
         self.workdir = workdir
         self.proc = None
 
-    def start(self, binary, env, name):
+    def start(self, binary, env, name, memory=256, log_name=None):
         env = dict(env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{self.port}", AWS_LAMBDA_FUNCTION_NAME=name,
-                   AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256", AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+                   AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory), AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
                    AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{name}", AWS_LAMBDA_LOG_STREAM_NAME="deploy-check")
-        self.log = os.path.join(self.workdir, f"{name}.log")
+        self.log = os.path.join(self.workdir, f"{log_name or name}.log")
         self.proc = subprocess.Popen([binary], env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
 
     def invoke(self, event, timeout=120):
@@ -576,7 +581,8 @@ def role_statements(moto, function):
                 doc = json.loads(text)
             except json.JSONDecodeError:
                 doc = ast.literal_eval(text)  # moto keeps CloudFormation's inline policies as a Python repr
-        statements += as_list(doc["Statement"])
+        # moto keeps an Fn::If's AWS::NoValue in a list as null; CloudFormation drops it.
+        statements += [st for st in as_list(doc["Statement"]) if st is not None]
     return statements
 
 
@@ -730,21 +736,16 @@ def emitted_metrics():
 def static_checks(cfn, params, label):
     r = cfn["Resources"]
     fn = {lid: x for lid, x in r.items() if x["Type"] == "AWS::Lambda::Function"}
-    check("ReservedConcurrentExecutions" not in fn["ChunkerFunction"]["Properties"],
-          f"{label}: the chunker has no reserved concurrency")
     det = fn["DetectorFunction"]["Properties"]
-    # The detector never refers to the chunker (the chunker refers to the detector).
-    check("Chunker" not in json.dumps(det), f"{label}: the detector does not reference the chunker (no cycle)")
     alarms = {lid: x["Properties"] for lid, x in r.items() if x["Type"] == "AWS::CloudWatch::Alarm"}
-    names = {lid: a["AlarmName"] for lid, a in alarms.items()}
-    check(all(json.dumps(n).startswith('{"Fn::Sub": "${AWS::StackName}-') for n in names.values()),
-          f"{label}: all {len(alarms)} alarms are named <stack>-… (the topic's key and policy allow those)")
-    metric = lambda a: (a.get("Namespace"), a.get("MetricName"), json.dumps(a.get("Dimensions")))  # noqa: E731
-    chunker_dim = json.dumps([{"Name": "Function", "Value": "chunker"}])
-    by_metric = {metric(a)[:2]: a for a in alarms.values() if a.get("MetricName")}
+    by_metric = {(a.get("Namespace"), a.get("MetricName")): a for a in alarms.values() if a.get("MetricName")}
+    # Which function a txpipe metric query selects: the FunctionName dimension names the
+    # chunker's or the detector's own name (the two-stack check shows what it reads).
+    role = {"ChunkerFunction": "chunker", "DetectorFunction": "detector"}
+    selects = lambda m: role.get((m.get("Dimensions") or [{}])[0].get("Value", {}).get("Ref"))  # noqa: E731
     for m in ("Ticks", "LagChunks"):
         a = by_metric.get(("txpipe", m))
-        check(a is not None and json.dumps(a["Dimensions"]) == chunker_dim and a["TreatMissingData"] == "breaching",
+        check(a is not None and selects(a) == "chunker" and a["TreatMissingData"] == "breaching",
               f"{label}: alarm on the chunker's {m}, missing data breaching")
     check(("txpipe", "ChunksCreated") not in by_metric, f"{label}: no alarm on ChunksCreated (fired before the upload and after the end)")
     # Every txpipe metric an alarm or the dashboard reads is one the code emits: the
@@ -757,10 +758,10 @@ def static_checks(cfn, params, label):
     for a in alarms.values():
         for m in [a] + [x["MetricStat"]["Metric"] for x in a.get("Metrics", []) if "MetricStat" in x]:
             if m.get("Namespace") == "txpipe":
-                read.add((m["Dimensions"][0]["Value"], m["MetricName"]))
+                read.add((selects(m), m["MetricName"]))
     sub = r["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     body = sub[0] if isinstance(sub, list) else sub
-    read |= {(f, m) for m, f in re.findall(r'"txpipe", "(\w+)", "Function", "(\w+)"', body)}
+    read |= {(f.lower(), m) for m, f in re.findall(r'"txpipe", "(\w+)", "FunctionName", "\$\{(Chunker|Detector)\}"', body)}
     unknown = sorted(f"{f}/{m}" for f, m in read if m not in emitted.get(f, set()))
     check(not unknown and len(read) >= 15, f"{label}: the {len(read)} txpipe metrics alarms and dashboard read are all emitted"
                                           + (f" (unknown: {unknown})" if unknown else ""))
@@ -772,11 +773,6 @@ def static_checks(cfn, params, label):
     check(len(stalled) == 1 and "lag > 0" in json.dumps(stalled[0]["Metrics"]),
           f"{label}: a stalled alarm (lag > 0 and nothing applied)")
     if params.get("AlarmEmail"):
-        topic = r["AlarmTopic"]["Properties"]
-        check(topic.get("KmsMasterKeyId") == {"Ref": "AlarmKey"}, f"{label}: the alarm topic uses the stack's KMS key, not alias/aws/sns")
-        pol = json.dumps(r["AlarmKey"]["Properties"]["KeyPolicy"])
-        check("cloudwatch.amazonaws.com" in pol and "aws:SourceArn" in pol and "aws:SourceAccount" in pol,
-              f"{label}: the key policy lets CloudWatch use the key for this stack's alarms (SourceArn, SourceAccount)")
         check(all(a.get("AlarmActions") == {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
                   for a in alarms.values()), f"{label}: every alarm notifies the topic")
     perm = r["DetectorS3Permission"]["Properties"]
@@ -817,26 +813,6 @@ def static_checks(cfn, params, label):
 
 
 # ------------------------------------------------------------------ handlers
-def invoke(binary, function, env, workdir, event=None, timeout=60):
-    args = [binary, "invoke", function, "--timeout", str(timeout)]
-    if event is not None:
-        path = os.path.join(workdir, f"{function}-event.json")
-        with open(path, "w") as f:
-            json.dump(event, f)
-        args += ["--event", path]
-    log = os.path.join(workdir, f"{function}.log")
-    with open(log, "w") as errf:
-        out = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=errf, text=True, timeout=timeout + 60)
-    if out.returncode != 0:
-        with open(log) as f:
-            tail = "".join(f.readlines()[-25:])
-        raise CheckFailed(f"txpipe invoke {function} exited {out.returncode}:\n{tail}")
-    try:
-        return json.loads(out.stdout)
-    except json.JSONDecodeError:
-        raise CheckFailed(f"txpipe invoke {function} printed no JSON answer: {out.stdout[:500]!r}") from None
-
-
 def handler_env(moto, function, overrides):
     cfg = moto.client("lambda").get_function_configuration(FunctionName=function)
     variables = {k: str(v) for k, v in cfg.get("Environment", {}).get("Variables", {}).items()}
@@ -870,13 +846,635 @@ def list_keys(s3, bucket, prefix):
     return keys
 
 
+# ------------------------------------------------------------------ a Lambda, as Lambda runs it
+RUNS = [0]
+
+
+def run_lambda(moto, binary, function, workdir, event, overrides=None, timeout=120):
+    """Runs the function's real bootstrap binary for one event under the Runtime API
+    stand-in, with its environment and memory from moto's Lambda (AWS_LAMBDA_FUNCTION_NAME
+    = its name, as Lambda sets it). Returns (its answer, the EMF metric records it printed:
+    what CloudWatch Logs would turn into metrics, the AWS calls it made: moto's recording)."""
+    cfg = moto.client("lambda").get_function_configuration(FunctionName=function)
+    _, env = handler_env(moto, function, overrides or {})
+    RUNS[0] += 1
+    runtime = LambdaRuntime(workdir)
+    runtime.start(binary, env, function, memory=cfg.get("MemorySize", 128), log_name=f"{function}-{RUNS[0]}")
+    moto.start_recording()
+    try:
+        kind, body, _ = runtime.invoke(event, timeout=timeout)
+    finally:
+        calls = moto.stop_recording()
+        runtime.stop()
+    if kind != "response":
+        raise CheckFailed(f"{function}: the handler failed ({kind}): {body[:500]}\n{runtime.tail()}")
+    with open(runtime.log) as f:
+        records = emf_records(f, function)
+    return json.loads(body), records, calls
+
+
+def emf_records(lines, origin):
+    """Metric records from Embedded Metric Format lines, as CloudWatch Logs extracts them:
+    per directive, per dimension set, per metric. `origin` is the function that printed them."""
+    out = []
+    for line in lines:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or "_aws" not in doc:
+            continue
+        for d in doc["_aws"]["CloudWatchMetrics"]:
+            for dims in d["Dimensions"]:
+                for m in d["Metrics"]:
+                    out.append({"origin": origin, "namespace": d["Namespace"], "name": m["Name"],
+                                "unit": m.get("Unit", "None"), "value": float(doc[m["Name"]]),
+                                "dimensions": [{"Name": k, "Value": str(doc[k])} for k in dims],
+                                "timestamp": doc["_aws"]["Timestamp"] / 1000})
+    return out
+
+
+def publish(moto, records):
+    cw = moto.client("cloudwatch")
+    for r in records:
+        cw.put_metric_data(Namespace=r["namespace"], MetricData=[{
+            "MetricName": r["name"], "Dimensions": r["dimensions"], "Value": r["value"], "Unit": r["unit"],
+            "Timestamp": datetime.datetime.fromtimestamp(r["timestamp"], datetime.timezone.utc)}])
+
+
+# ------------------------------------------------------------------ a created stack
+NO_VALUE = object()
+
+
+class Stack:
+    """A stack moto created, with what it is needed to resolve the template's intrinsic
+    functions the way CloudFormation did (for what moto's CloudFormation skips)."""
+
+    def __init__(self, moto, name, cfn, params, resources, outputs):
+        self.moto, self.name, self.cfn, self.params = moto, name, cfn, params
+        self.resources, self.outputs = resources, outputs
+        self.physical = {lid: r["PhysicalResourceId"] for lid, r in resources.items()}
+        self.id = moto.client("cloudformation").describe_stacks(StackName=name)["Stacks"][0]["StackId"]
+        self.values = param_values(cfn, params)
+        self.cache = {}
+        self.records = []  # EMF records its functions printed
+        self.made = set()  # what creating it added to the account (inventory)
+
+    def of_type(self, kind):
+        return {lid for lid, r in self.cfn["Resources"].items() if r["Type"] == kind and lid in self.physical}
+
+    def functions(self):
+        return {self.physical[lid] for lid in self.of_type("AWS::Lambda::Function")}
+
+    def condition(self, name):
+        return condition(name, self.values, self.cfn.get("Conditions", {}), self.cache)
+
+    def pseudo(self, name):
+        return {"AWS::StackName": self.name, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+                "AWS::Partition": "aws", "AWS::StackId": self.id, "AWS::URLSuffix": "amazonaws.com"}[name]
+
+    def ref(self, name):
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        if name.startswith("AWS::"):
+            return self.pseudo(name)
+        if name in self.values:
+            v = self.values[name]
+            return v if isinstance(v, list) else str(v)
+        if name in self.physical:
+            return self.physical[name]
+        raise CheckFailed(f"{self.name}: {name} was not made by moto; deploy-check cannot resolve a Ref to it")
+
+    def getatt(self, lid, attr):
+        kind = self.cfn["Resources"][lid]["Type"]
+        phys = self.ref(lid)
+        if kind == "AWS::Lambda::Function" and attr == "Arn":
+            return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{phys}"
+        if kind == "AWS::SQS::Queue" and attr in ("QueueName", "Arn"):
+            name = phys.rsplit("/", 1)[1]
+            return name if attr == "QueueName" else f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+        raise CheckFailed(f"deploy-check cannot resolve {lid}.{attr}")
+
+    def resolve(self, node):
+        if isinstance(node, list):
+            return [v for v in (self.resolve(x) for x in node) if v is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (fn, arg), = node.items()
+            if fn == "Ref":
+                return self.ref(arg)
+            if fn == "Fn::If":
+                return self.resolve(arg[1] if self.condition(arg[0]) else arg[2])
+            if fn == "Fn::GetAtt":
+                lid, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self.getatt(lid, attr)
+            if fn == "Fn::Join":
+                return arg[0].join(str(x) for x in self.resolve(arg[1]))
+            if fn == "Fn::Select":
+                return self.resolve(arg[1])[int(self.resolve(arg[0]))]
+            if fn == "Fn::Split":
+                return str(self.resolve(arg[1])).split(arg[0])
+            if fn == "Fn::Sub":
+                text, mapping = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+
+                def var(m):
+                    name = m.group(1)
+                    if name.startswith("!"):
+                        return "${" + name[1:] + "}"
+                    if name in mapping:
+                        return str(mapping[name])
+                    if "." in name:
+                        return str(self.getatt(*name.split(".", 1)))
+                    return str(self.ref(name))
+                return re.sub(r"\$\{([^}]+)\}", var, text)
+        out = {k: self.resolve(v) for k, v in node.items()}
+        return {k: v for k, v in out.items() if v is not NO_VALUE}
+
+    def alarms(self):
+        """The template's alarms, as CloudFormation would create them in this stack."""
+        out = {}
+        for lid, r in self.cfn["Resources"].items():
+            if r["Type"] == "AWS::CloudWatch::Alarm" and ("Condition" not in r or self.condition(r["Condition"])):
+                out[lid] = self.resolve(r["Properties"])
+        return out
+
+
+def inventory(moto):
+    """What the account holds, by kind, in the services the stacks use (CloudWatch
+    alarms aside: moto's CloudFormation does not make them)."""
+    c = moto.client
+
+    def pages(client, op, key, **kw):
+        return [x for p in client.get_paginator(op).paginate(**kw) for x in p[key]]
+    kms = c("kms")
+    ec2 = c("ec2")
+    vpcs = [v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"] if not v.get("IsDefault")]
+    in_vpcs = [{"Name": "vpc-id", "Values": vpcs}]
+    items = {("s3 bucket", b["Name"]) for b in c("s3").list_buckets()["Buckets"]}
+    items |= {("dynamodb table", t) for t in pages(c("dynamodb"), "list_tables", "TableNames")}
+    items |= {("lambda function", f["FunctionName"]) for f in pages(c("lambda"), "list_functions", "Functions")}
+    items |= {("iam role", r["RoleName"]) for r in pages(c("iam"), "list_roles", "Roles")}
+    items |= {("log group", g["logGroupName"]) for g in pages(c("logs"), "describe_log_groups", "logGroups")}
+    items |= {("sqs queue", q) for q in c("sqs").list_queues().get("QueueUrls", [])}
+    items |= {("sns topic", t["TopicArn"]) for t in c("sns").list_topics()["Topics"]}
+    # Customer managed keys (moto deletes a stack's key at once; CloudFormation schedules
+    # its deletion). AWS managed keys (alias/aws/rds, made by RDS's encryption) stay in an
+    # account by design.
+    aliases = kms.list_aliases()["Aliases"]
+    managed = {a.get("TargetKeyId") for a in aliases if a["AliasName"].startswith("alias/aws/")}
+    items |= {("kms key", k["KeyId"]) for k in kms.list_keys()["Keys"] if k["KeyId"] not in managed}
+    items |= {("kms alias", a["AliasName"]) for a in aliases if not a["AliasName"].startswith("alias/aws/")}
+    items |= {("events rule", r["Name"]) for r in c("events").list_rules()["Rules"]}
+    items |= {("dashboard", d["DashboardName"]) for d in c("cloudwatch").list_dashboards()["DashboardEntries"]}
+    items |= {("secret", s["ARN"]) for s in c("secretsmanager").list_secrets()["SecretList"] if not s.get("DeletedDate")}
+    items |= {("vpc", v) for v in vpcs}
+    if vpcs:
+        items |= {("subnet", s["SubnetId"]) for s in ec2.describe_subnets(Filters=in_vpcs)["Subnets"]}
+        items |= {("route table", t["RouteTableId"]) for t in ec2.describe_route_tables(Filters=in_vpcs)["RouteTables"]}
+        items |= {("security group", g["GroupId"]) for g in ec2.describe_security_groups(Filters=in_vpcs)["SecurityGroups"]}
+        items |= {("vpc endpoint", e["VpcEndpointId"]) for e in ec2.describe_vpc_endpoints(Filters=in_vpcs)["VpcEndpoints"]}
+    rds = c("rds")
+    items |= {("rds instance", d["DBInstanceIdentifier"]) for d in rds.describe_db_instances()["DBInstances"]}
+    items |= {("rds subnet group", g["DBSubnetGroupName"]) for g in rds.describe_db_subnet_groups()["DBSubnetGroups"]}
+    items |= {("rds parameter group", g["DBParameterGroupName"]) for g in rds.describe_db_parameter_groups()["DBParameterGroups"]
+              if not g["DBParameterGroupName"].startswith("default.")}
+    return items
+
+
+def create_stack_counted(moto, name, cfn, params):
+    """create_stack, and what it added to the account (for the teardown check)."""
+    before = inventory(moto)
+    resources, outputs = create_stack(moto, name, cfn, params)
+    stack = Stack(moto, name, cfn, params, resources, outputs)
+    stack.made = inventory(moto) - before
+    return stack
+
+
+# ------------------------------------------------------------------ dependency graph
+def dependency_graph(cfn, params):
+    """Each resource CloudFormation creates with these parameters -> the resources it
+    depends on (DependsOn, Ref, Fn::GetAtt, Fn::Sub), branches of Fn::If not taken left out."""
+    values = param_values(cfn, params)
+    conds, cache = cfn.get("Conditions", {}), {}
+    present = set(expected_resources(cfn, params))
+
+    def refs(node):
+        if isinstance(node, list):
+            return set().union(*(refs(x) for x in node)) if node else set()
+        if not isinstance(node, dict):
+            return set()
+        if "Fn::If" in node:
+            name, yes, no = node["Fn::If"]
+            return refs(yes if condition(name, values, conds, cache) else no)
+        if "Ref" in node:
+            return {node["Ref"]} & present
+        if "Fn::GetAtt" in node:
+            arg = node["Fn::GetAtt"]
+            return {arg[0] if isinstance(arg, list) else arg.split(".", 1)[0]} & present
+        if "Fn::Sub" in node:
+            arg = node["Fn::Sub"]
+            text, mapping = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+            names = {n.split(".", 1)[0] for n in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+            return (names & present) | refs(mapping)
+        return set().union(*(refs(v) for v in node.values())) if node else set()
+
+    graph = {}
+    for lid in present:
+        r = cfn["Resources"][lid]
+        graph[lid] = (refs(r.get("Properties", {})) | (set(as_list(r.get("DependsOn", []))) & present)) - {lid}
+    return graph
+
+
+def find_cycle(graph):
+    """A dependency cycle as a list of resources, or None (depth-first search)."""
+    colour = {n: 0 for n in graph}  # 0 unseen, 1 on the path, 2 done
+    for start in sorted(graph):
+        if colour[start]:
+            continue
+        path, stack = [], [(start, iter(sorted(graph[start])))]
+        colour[start] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                colour[node] = 2
+                stack.pop()
+                path.pop()
+            elif colour[child] == 1:
+                return path[path.index(child):] + [child]
+            elif colour[child] == 0:
+                colour[child] = 1
+                path.append(child)
+                stack.append((child, iter(sorted(graph[child]))))
+    return None
+
+
+def ancestors(graph, node):
+    seen, todo = set(), [node]
+    while todo:
+        for dep in graph[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def network_needs(cfn, params, graph):
+    """What each resource that calls AWS from the stack's private subnets needs to exist
+    while it runs: every function in the VPC, and every custom resource such a function
+    backs (it answers CloudFormation through S3, also at delete time). Needs: the route
+    table associations of its subnets (without them a subnet uses the VPC's main table,
+    which has no endpoint routes) and the stack's endpoint for each of S3, DynamoDB and
+    Secrets Manager its role calls. Returns {resource: (needs, missing)} and the services
+    with no endpoint in the stack."""
+    values = param_values(cfn, params)
+    conds, cache = cfn.get("Conditions", {}), {}
+    res = cfn["Resources"]
+
+    def taken(node):  # Fn::If resolved to the branch taken
+        if isinstance(node, dict) and "Fn::If" in node:
+            name, yes, no = node["Fn::If"]
+            return taken(yes if condition(name, values, conds, cache) else no)
+        if isinstance(node, dict):
+            return {k: taken(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [taken(x) for x in node if not (isinstance(x, dict) and x.get("Ref") == "AWS::NoValue")]
+        return node
+
+    endpoints = {}
+    for lid in graph:
+        if res[lid]["Type"] == "AWS::EC2::VPCEndpoint":
+            name = res[lid]["Properties"]["ServiceName"]
+            endpoints[lid] = (name["Fn::Sub"] if isinstance(name, dict) else name).rsplit(".", 1)[1]
+    associations = {lid: res[lid]["Properties"]["SubnetId"].get("Ref") for lid in graph
+                    if res[lid]["Type"] == "AWS::EC2::SubnetRouteTableAssociation"}
+    backing = {}  # function -> the custom resources it backs
+    for lid in graph:
+        if res[lid]["Type"].startswith("Custom::") or res[lid]["Type"] == "AWS::CloudFormation::CustomResource":
+            token = res[lid]["Properties"]["ServiceToken"].get("Fn::GetAtt")
+            backing.setdefault(token[0] if isinstance(token, list) else token.split(".")[0], []).append(lid)
+    out, no_endpoint = {}, set()
+    for lid in sorted(graph):
+        r = res[lid]
+        if r["Type"] != "AWS::Lambda::Function":
+            continue
+        vpc = taken(r["Properties"].get("VpcConfig"))
+        if not isinstance(vpc, dict):
+            continue
+        subnets = {s["Ref"] for s in as_list(vpc.get("SubnetIds", [])) if isinstance(s, dict) and "Ref" in s}
+        if not subnets:
+            continue  # subnets given as parameters: infra/preflight.py checks their routes
+        role = taken(res[r["Properties"]["Role"]["Fn::GetAtt"][0]]["Properties"])
+        actions = {a for p in role.get("Policies", []) for st in as_list(p["PolicyDocument"]["Statement"])
+                   for a in as_list(st.get("Action", []))}
+        services = {a.split(":", 1)[0] for a in actions} & set(preflight.SERVICES)
+        if lid in backing:
+            services.add("s3")  # the answer to CloudFormation: a PUT to a presigned S3 URL
+        no_endpoint |= services - set(endpoints.values())
+        needs = {a for a, subnet in associations.items() if subnet in subnets}
+        needs |= {e for e, service in endpoints.items() if service in services}
+        for who in [lid] + backing.get(lid, []):
+            out[who] = (needs, needs - ancestors(graph, who))
+    return out, no_endpoint
+
+
+def check_dependencies(cfn, params, label):
+    graph = dependency_graph(cfn, params)
+    cycle = find_cycle(graph)
+    edges = sum(len(v) for v in graph.values())
+    check(cycle is None, f"{label}: no dependency cycle among the {len(graph)} resources ({edges} dependencies, "
+                         "depth-first search of the translated template)" + (f": {' -> '.join(cycle)}" if cycle else ""))
+    needs, no_endpoint = network_needs(cfn, params, graph)
+    check(not no_endpoint, f"{label}: an endpoint in the stack for every service the VPC functions call"
+                           + (f" (none for {sorted(no_endpoint)})" if no_endpoint else ""))
+    missing = {who: sorted(m) for who, (_, m) in needs.items() if m}
+    if not needs:
+        note(f"{label}: no function in the stack's own subnets (none, or subnets given as parameters)")
+        return graph
+    check(not missing, f"{label}: {', '.join(sorted(needs))} depend on the route table associations and endpoints "
+                       f"they reach AWS through ({sum(len(n) for n, _ in needs.values())} needs, found by graph "
+                       "search), so CloudFormation creates those first and deletes them last"
+                       + (f"; missing: {missing}" if missing else ""))
+    # The search finds the gap it guards against: the template without the DependsOn and
+    # the detector's network tag has the dependencies the issue found missing.
+    broken = copy.deepcopy(cfn)
+    broken["Resources"]["DbSetupFunction"].pop("DependsOn", None)
+    broken["Resources"]["DetectorFunction"]["Properties"].pop("Tags", None)
+    gaps, _ = network_needs(broken, params, dependency_graph(broken, params))
+    found = {(who, dep) for who, (_, m) in gaps.items() for dep in m}
+    check(("DbSetup", "PrivateSubnetARoutes") in found and ("DetectorFunction", "SecretsManagerEndpoint") in found,
+          f"{label}: without DbSetupFunction's DependsOn and the detector's network tag the search reports "
+          f"{len(found)} missing dependencies (e.g. DbSetup -> PrivateSubnetARoutes)")
+    return graph
+
+
+# ------------------------------------------------------------------ resource policies
+def allowed_for_service(policy, service, action, resource, context):
+    """A resource policy's decision for a request from an AWS service principal."""
+    def names(st):
+        p = st.get("Principal", {})
+        if p == "*":
+            return True
+        return service in as_list(p.get("Service", []))
+    return decide([st for st in as_list(policy["Statement"]) if names(st)], action, resource, context)
+
+
+def check_alarm_delivery(moto, stack, other):
+    """CloudWatch publishing this stack's alarms to its KMS-encrypted topic, as the key
+    policy (read back from moto) and the topic policy decide it."""
+    step(f"{stack.name}: can CloudWatch publish this stack's alarms to its encrypted topic? (key and topic policies evaluated)")
+    topic = stack.outputs["AlarmTopicArn"]
+    key = moto.client("sns").get_topic_attributes(TopicArn=topic)["Attributes"].get("KmsMasterKeyId", "")
+    check(key and not key.startswith("alias/aws/"), f"the alarm topic is encrypted with the stack's own key {key[:8]}…, "
+                                                     "not alias/aws/sns (whose policy CloudWatch cannot use)")
+    key_arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key}"
+    key_policy = moto.client("kms").get_key_policy(KeyId=key, PolicyName="default")["Policy"]
+    key_policy = json.loads(key_policy) if isinstance(key_policy, str) else key_policy
+    topic_policy = stack.resolve(stack.cfn["Resources"]["AlarmTopicPolicy"]["Properties"]["PolicyDocument"])
+    alarm = lambda s, what: f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{s}-{what}"  # noqa: E731
+    own = {"aws:SourceArn": alarm(stack.name, "lag"), "aws:SourceAccount": ACCOUNT, "aws:SecureTransport": "true"}
+    cases = [
+        ("its own alarm", own, True),
+        (f"an alarm of stack {other.name}", dict(own, **{"aws:SourceArn": alarm(other.name, "lag")}), False),
+        ("an alarm in another account", dict(own, **{"aws:SourceAccount": "210987654321",
+                                                      "aws:SourceArn": alarm(stack.name, "lag").replace(ACCOUNT, "210987654321")}), False),
+    ]
+    for what, ctx, want in cases:
+        got = [allowed_for_service(key_policy, "cloudwatch.amazonaws.com", a, key_arn, ctx)
+               for a in ("kms:GenerateDataKey", "kms:Decrypt")]
+        got.append(allowed_for_service(topic_policy, "cloudwatch.amazonaws.com", "sns:Publish", topic, ctx))
+        check(got == [want] * 3, f"cloudwatch.amazonaws.com for {what}: kms:GenerateDataKey, kms:Decrypt on the key and "
+                                 f"sns:Publish to the topic {'allowed' if want else 'denied'} ({got})")
+    plain = dict(own, **{"aws:SecureTransport": "false"})
+    check(not allowed_for_service(topic_policy, "cloudwatch.amazonaws.com", "sns:Publish", topic, plain),
+          "sns:Publish without TLS: denied")
+
+
+# ------------------------------------------------------------------ two stacks, one account
+def read(moto, stat_query, start, end):
+    got = moto.client("cloudwatch").get_metric_data(
+        MetricDataQueries=[dict(stat_query, Id="q", ReturnData=True)], StartTime=start, EndTime=end)
+    return got["MetricDataResults"][0]["Values"]
+
+
+def aggregate(stat, values):
+    if not values:
+        return None
+    return {"Sum": sum, "Maximum": max, "Minimum": min, "SampleCount": sum}[stat](values)
+
+
+def check_two_stacks(moto, stacks):
+    """Two stacks in one account: each alarm and each dashboard widget reads the metrics
+    of its own stack's functions, and no other."""
+    step("two stacks in one account: each alarm and dashboard widget reads only its own stack's metrics")
+    records = [r for s in stacks for r in s.records]
+    publish(moto, records)
+    ok(f"{len(records)} metric records the functions printed (EMF) put into moto's CloudWatch, as CloudWatch Logs would: "
+       + ", ".join(f"{s.name} {len(s.records)}" for s in stacks))
+    start = datetime.datetime.fromtimestamp(min(r["timestamp"] for r in records) - 3600, datetime.timezone.utc)
+    end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+    cw = moto.client("cloudwatch")
+    for s in stacks:
+        for props in s.alarms().values():
+            args = {k: v for k, v in props.items() if k != "Metrics"}
+            for k in ("Threshold",):
+                args[k] = float(args[k])
+            for k in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):
+                if k in args:
+                    args[k] = int(args[k])
+            if "Metrics" in props:
+                args["Metrics"] = props["Metrics"]
+            cw.put_metric_alarm(**args)
+    own_resources = {s.name: set(s.physical.values()) | {q.rsplit("/", 1)[1] for q in s.physical.values() if "/" in q}
+                     for s in stacks}
+    summary = {}
+    for s in stacks:
+        alarms = [a for a in cw.describe_alarms(AlarmNamePrefix=f"{s.name}-")["MetricAlarms"]]
+        wrong, reads, nonempty = [], 0, 0
+        for a in alarms:
+            queries = [{"MetricStat": {"Metric": {"Namespace": a["Namespace"], "MetricName": a["MetricName"],
+                                                  "Dimensions": a["Dimensions"]},
+                                       "Period": a["Period"], "Stat": a["Statistic"]}}] if a.get("MetricName") else \
+                [{"MetricStat": m["MetricStat"]} for m in a.get("Metrics", []) if "MetricStat" in m]
+            for q in queries:
+                metric = q["MetricStat"]["Metric"]
+                dims = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+                if not set(dims.values()) <= own_resources[s.name]:
+                    wrong.append(f"{a['AlarmName']} selects {dims}, not a resource of its stack")
+                    continue
+                if metric["Namespace"] != "txpipe":
+                    continue
+                reads += 1
+                fn, stat = dims.get("FunctionName"), q["MetricStat"]["Stat"]
+                mine = [r["value"] for r in records if r["origin"] == fn and r["name"] == metric["MetricName"]]
+                want, got = aggregate(stat, mine), aggregate(stat, read(moto, q, start, end))
+                nonempty += want is not None
+                if got != want:
+                    wrong.append(f"{a['AlarmName']}: {metric['MetricName']} {stat} reads {got}, its function printed {want}")
+                if a["AlarmName"] == f"{s.name}-chunker-heartbeat":
+                    summary[s.name] = got
+        check(not wrong and nonempty >= 3,
+              f"{s.name}: its {len(alarms)} alarms select its own resources; their {reads} txpipe metric queries read "
+              f"exactly what its own functions printed ({nonempty} with data)" + (": " + "; ".join(wrong) if wrong else ""))
+        body = json.loads(cw.get_dashboard(DashboardName=s.name)["DashboardBody"])
+        rows = [row for w in body["widgets"] for row in w["properties"].get("metrics", [])
+                if row and row[0] == "txpipe"]
+        bad = []
+        for row in rows:
+            name, dims = row[1], dict(zip(row[2:-1:2], row[3:-1:2])) if isinstance(row[-1], dict) else dict(zip(row[2::2], row[3::2]))
+            fn = dims.get("FunctionName")
+            q = {"MetricStat": {"Metric": {"Namespace": "txpipe", "MetricName": name,
+                                           "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()]},
+                                "Period": 60, "Stat": "SampleCount"}}
+            mine = len([r for r in records if r["origin"] == fn and r["name"] == name])
+            got = aggregate("SampleCount", read(moto, q, start, end)) or 0
+            if fn not in s.functions() or got != mine:
+                bad.append(f"{name} {dims}: reads {got} points, its function printed {mine}")
+        check(rows and not bad, f"{s.name}: the dashboard's {len(rows)} txpipe metric rows (as moto's CloudFormation "
+                                f"made it) each read only their own function's points" + (": " + "; ".join(bad) if bad else ""))
+    a, b = stacks
+    check(summary.get(a.name) and summary.get(b.name) and summary[a.name] != summary[b.name],
+          f"heartbeat: {a.name} reads {summary.get(a.name):.0f} tick(s), {b.name} {summary.get(b.name):.0f}: neither "
+          "hears the other's chunker (with a shared dimension both would read "
+          f"{(summary.get(a.name) or 0) + (summary.get(b.name) or 0):.0f})")
+
+
+# ------------------------------------------------------------------ preflight and teardown against moto
+def check_preflight(moto, create, existing, workdir):
+    step("infra/preflight.py (make deploy's first and last steps) against moto")
+    ec2 = moto.client("ec2")
+    private = [create.physical["PrivateSubnetA"], create.physical["PrivateSubnetB"]]
+    # moto's CloudFormation records AWS::EC2::SubnetRouteTableAssociation but does not
+    # apply it to the route table (DescribeRouteTables does not show it): applied here
+    # through the EC2 API, as CloudFormation does, and undone before the teardown.
+    applied = [ec2.associate_route_table(RouteTableId=create.physical["PrivateRouteTable"], SubnetId=s)["AssociationId"]
+               for s in private]
+    note("stand-in: the two subnet route table associations applied through the EC2 API (moto's CloudFormation "
+         "records them without applying them)")
+    paths = preflight.subnet_paths(ec2, REGION, private)
+    check(not preflight.reach_problems(paths) and all(how and "endpoint" in how for p in paths.values() for how in p.values()),
+          "the create-mode subnets reach S3, DynamoDB and Secrets Manager through the stack's endpoints (no NAT, "
+          "no internet route): " + "; ".join(f"{k} via {v}" for k, v in paths[private[0]].items()))
+    # A subnet of the same VPC without the association uses the main route table: the
+    # Secrets Manager endpoint (private DNS) still answers, S3 and DynamoDB do not.
+    bare = ec2.create_subnet(VpcId=create.physical["Vpc"], CidrBlock="10.42.9.0/24")["Subnet"]["SubnetId"]
+    try:
+        found = preflight.subnet_paths(ec2, REGION, [bare])[bare]
+        check(found["s3"] is None and found["dynamodb"] is None and found["secretsmanager"],
+              f"a subnet without the route table association: no way to S3 or DynamoDB, Secrets Manager via {found['secretsmanager']}")
+        cwd = os.path.join(workdir, "preflight")
+        os.makedirs(cwd, exist_ok=True)
+        runs = []
+
+        def run(*args, samconfig=None, limit=1000, **env):
+            """preflight's before (or --after) in this process, against moto, in a directory
+            with this samconfig.toml. moto has no Lambda GetAccountSettings: a stand-in
+            answers with `limit` (1000 is the standard quota, 10 a new account's)."""
+            path = os.path.join(cwd, "samconfig.toml")
+            if os.path.exists(path):
+                os.remove(path)
+            if samconfig:
+                with open(path, "w") as f:
+                    f.write(f'version = 0.1\n[default.deploy.parameters]\nparameter_overrides = "{samconfig}"\n')
+
+            class Boto3:
+                @staticmethod
+                def client(service):
+                    c = moto.client(service)
+                    if service == "lambda":
+                        c.get_account_settings = lambda: {"AccountLimit": {
+                            "ConcurrentExecutions": limit, "UnreservedConcurrentExecutions": limit}}
+                    return c
+            saved_env, saved_cwd = dict(os.environ), os.getcwd()
+            out, err = io.StringIO(), io.StringIO()
+            try:
+                for k in ("STACK", "DETECTOR_CONCURRENCY", "DETECTOR_MEMORY", "SKIP_MEMORY_CHECK"):
+                    os.environ.pop(k, None)
+                os.environ.update(env)
+                os.chdir(cwd)
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    rc = preflight.after(Boto3, int(args[1])) if args[:1] == ("--after",) else preflight.before(Boto3)
+            finally:
+                os.chdir(saved_cwd)
+                os.environ.clear()
+                os.environ.update(saved_env)
+            runs.append(f"preflight {' '.join(args)} {env} -> {rc}\n{out.getvalue()}{err.getvalue()}")
+            return rc, out.getvalue().splitlines() + ["", ""], err.getvalue()
+
+        def said(cond, msg):  # a check, with what the preflight said when it fails
+            check(cond, msg if cond else f"{msg}\n{runs[-1]}")
+        rc, out, err = run(STACK=existing.name)
+        said(rc == 0 and out[0] == "--no-disable-rollback" and "DetectorReservedConcurrency=0" in out[1],
+             f"{existing.name} (exists): updates roll back as usual (--no-disable-rollback), unreserved")
+        rc, out, err = run(STACK="txpipe-new")
+        said(rc == 0 and out[0] == "--disable-rollback" and "first create" in err and "AlarmEmail is empty" in err,
+             "a new stack: created with --disable-rollback (a failed first create keeps what it made), and a warning "
+             "that AlarmEmail is empty")
+        rc, out, err = run(STACK="s" * 56)
+        said(rc == 1 and "at most 55" in err, "a 56-character stack name: stopped before anything is created")
+        rc, out, err = run(STACK="txpipe-new", DETECTOR_MEMORY="4096", limit=10)
+        said(rc == 1 and "3,008 MB" in err and "Service Quotas" in err,
+             "DetectorMemory=4096 in an account with a new account's quotas (limit 10): stopped, saying what to ask AWS for")
+        rc, out, err = run(STACK="txpipe-new", DETECTOR_MEMORY="4096", DETECTOR_CONCURRENCY="2", limit=1000)
+        said(rc == 0 and "DetectorMemory=4096" in out[1] and "DetectorReservedConcurrency=2" in out[1],
+             "the same with the standard quotas (limit 1000): DetectorMemory=4096 and a reservation of 2 deploy")
+        rc, out, err = run(STACK="txpipe-new", DETECTOR_CONCURRENCY="2", limit=10)
+        said(rc == 0 and "DetectorReservedConcurrency=0" in out[1] and "deploying the detector unreserved" in err,
+             "a reservation of 2 at limit 10: deployed unreserved, and said so")
+        sg = create.physical["DetectorSecurityGroup"]
+        rc, out, err = run(STACK="txpipe-new", samconfig=f"DatabaseMode=existing ExistingSubnetIds={bare} ExistingSecurityGroupIds={sg}")
+        said(rc == 1 and f"subnet {bare} has no way to s3" in err and "dynamodb" in err,
+             "existing database in a subnet without a way to S3 and DynamoDB: stopped, naming the subnet and services")
+        rc, out, err = run(STACK="txpipe-new", samconfig=f"DatabaseMode=existing ExistingSubnetIds={','.join(private)} "
+                                                        f"ExistingSecurityGroupIds={sg}")
+        said(rc == 0 and "s3 via gateway endpoint" in err, "existing database in the create-mode subnets: they pass")
+        rc, out, err = run("--after", "0", STACK=existing.name)
+        said(rc == 0 and "alarm e-mail ops@example.com: " in err and f"--alarm-name {existing.name}-failure-queue" in err,
+             "after the deploy: the alarm e-mail's subscription state, and the set-alarm-state test to run")
+    finally:
+        ec2.delete_subnet(SubnetId=bare)
+        for a in applied:
+            ec2.disassociate_route_table(AssociationId=a)
+
+
+def check_teardown(moto, stack, purge):
+    step(f"make teardown{' PURGE=1' if purge else ''} of {stack.name} in moto (infra/teardown.py)")
+    protected = moto.client("dynamodb").describe_table(
+        TableName=stack.physical["StateTable"])["Table"].get("DeletionProtectionEnabled")
+    # moto's CloudFormation models no delete for these two types (it skips them, and then
+    # cannot delete the VPC): deleted here through the EC2 API, where CloudFormation
+    # deletes them itself.
+    ec2 = moto.client("ec2")
+    endpoints = [stack.physical[lid] for lid in stack.of_type("AWS::EC2::VPCEndpoint")]
+    tables = [stack.physical[lid] for lid in stack.of_type("AWS::EC2::RouteTable")]
+    if endpoints:
+        ec2.delete_vpc_endpoints(VpcEndpointIds=endpoints)
+    for t in tables:
+        ec2.delete_route_table(RouteTableId=t)
+    if endpoints or tables:
+        note(f"stand-in: {len(endpoints)} VPC endpoints and {len(tables)} route table deleted through the EC2 API "
+             "(moto's CloudFormation has no delete for them)")
+    kept = teardown.teardown(moto.client, stack.name, purge=purge, poll=0.2)
+    left = stack.made & inventory(moto)
+    want = set() if purge else {("dynamodb table", stack.physical["StateTable"])}
+    check(left == want and len(kept) == len(want),
+          f"{stack.name}: of the {len(stack.made)} things creating it added to the account, "
+          + ("none is left" if purge else "only the state table is left (DeletionPolicy Retain), and named")
+          + (f" (the table's deletion protection was {'on' if protected else 'off'} and lifted)" if purge else "")
+          + (f"; left: {sorted(left - want)}" if left - want else "")
+          + (f"; expected but gone: {sorted(want - left)}" if want - left else ""))
+
+
 # ------------------------------------------------------------------ the check
 def check_create_mode(moto, pg, detector_bin, workdir):
     step("DatabaseMode=create: translate, stand in for what moto lacks, create the stack")
-    params = {"DatabaseMode": "create", "BucketNamePrefix": "txpipe-create", "AlarmEmail": "ops@example.com",
-              "DeletionProtection": "false"}
+    # DeletionProtection left at its default (true): the teardown below must lift it.
+    params = {"DatabaseMode": "create", "BucketNamePrefix": "txpipe-create", "AlarmEmail": "ops@example.com"}
     cfn = translate(params)
     static_checks(cfn, params, "create")
+    check_dependencies(cfn, params, "create")
     expected = expected_resources(cfn, params)
     db = cfn["Resources"]["Database"]["Properties"]
     check(db["MaxAllocatedStorage"] == {"Ref": "DbMaxAllocatedStorage"} and db["StorageEncrypted"] is True,
@@ -918,15 +1516,18 @@ def check_create_mode(moto, pg, detector_bin, workdir):
     expected.pop("DbSetup")
     check(setup["Properties"].get("ServiceTimeout") == 300 and setup["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["DbSetupFunction", "Arn"]},
           "create: DbSetup custom resource runs DbSetupFunction, gives up after 300 s")
-    check(set(as_list(setup.get("DependsOn", []))) >= {"SecretsManagerEndpoint", "S3Endpoint"},
-          "create: DbSetup waits for the Secrets Manager and S3 endpoints (its secrets, its answer; no NAT)")
     standins.append("Custom::TxpipeDbSetup left out of the stack (moto cannot run a Lambda-backed custom resource "
                     "without Docker); its handler runs below under a stand-in Lambda Runtime API")
-    resources, outputs = create_stack(moto, "txpipe-create", cfn, params)
+    stack = create_stack_counted(moto, "txpipe-create", cfn, params)
+    resources, outputs = stack.resources, stack.outputs
     report_types(expected, resources, standins)
-    rds = moto.client("rds").describe_db_instances()["DBInstances"]
-    check(len(rds) == 1 and rds[0]["StorageEncrypted"] and not rds[0]["PubliclyAccessible"],
-          "create: one RDS instance, encrypted, not public")
+    rds = moto.client("rds").describe_db_instances(DBInstanceIdentifier=stack.physical["Database"])["DBInstances"]
+    group = f"/aws/rds/instance/{rds[0]['DBInstanceIdentifier']}/postgresql"
+    groups = moto.client("logs").describe_log_groups(logGroupNamePrefix=group)["logGroups"]
+    check(rds[0]["DBInstanceIdentifier"] == "txpipe-" + stack.id.split("/")[2] and len(groups) == 1
+          and groups[0].get("retentionInDays") == 30,
+          f"create: the database {rds[0]['DBInstanceIdentifier']} (txpipe-<stack UUID>) exports to {group}, "
+          "which the stack made, with 30 days' retention")
     lam = moto.client("lambda")
     det = lam.get_function_configuration(FunctionName="txpipe-create-detector")
     env = det["Environment"]["Variables"]
@@ -939,12 +1540,12 @@ def check_create_mode(moto, pg, detector_bin, workdir):
     setup_env = lam.get_function_configuration(FunctionName="txpipe-create-db-setup")["Environment"]["Variables"]
     check(setup_env.get("TXPIPE_MODE") == "db-setup" and setup_env.get("TXPIPE_PG_ADMIN_SECRET_ARN", "").startswith("arn:")
           and setup_env.get("TXPIPE_PG_SECRET_ARN") == app_secret, "create: DbSetupFunction has the master and app secrets")
-    det_pol = json.dumps(role_statements(moto, "txpipe-create-detector"))
-    check(outputs["DatabaseSecretArn"] not in det_pol, "create: the detector's role cannot read the master secret")
-    ec2 = moto.client("ec2")
-    igws = ec2.describe_internet_gateways()["InternetGateways"]
-    check(not igws, "create: the VPC has no internet gateway")
+    det_role = role_statements(moto, "txpipe-create-detector")
+    check(not decide(det_role, "secretsmanager:GetSecretValue", outputs["DatabaseSecretArn"], {})
+          and decide(det_role, "ec2:CreateNetworkInterface", "*", {}),
+          "create: the detector's role cannot read the master secret; it may make its VPC network interfaces")
     check_db_setup(moto, pg, detector_bin, workdir, setup["Properties"], outputs, master_password, password)
+    return stack
 
 
 def check_db_setup(moto, pg, detector_bin, workdir, properties, outputs, master_password, app_password):
@@ -1056,7 +1657,7 @@ def check_reservation():
     ok(out.stderr.strip())
 
 
-def check_existing_mode(moto, binary, workdir, pg):
+def check_existing_mode(moto, binary, chunker_bin, detector_bin, workdir, pg):
     step("DatabaseMode=existing: the app role from infra/db/app-role.sql (infra/db/app_role.py), as an operator makes it")
     # As an operator would on RDS: as the master user (not a superuser; made in the
     # create-mode step), owner of the database.
@@ -1077,25 +1678,20 @@ def check_existing_mode(moto, binary, workdir, pg):
               "DeletionProtection": "false"}
     cfn = translate(params)
     static_checks(cfn, params, "existing")
+    check_dependencies(cfn, params, "existing")
     expected = expected_resources(cfn, params)
-    resources, outputs = create_stack(moto, STACK, cfn, params)
+    stack = create_stack_counted(moto, STACK, cfn, params)
+    resources, outputs = stack.resources, stack.outputs
     report_types(expected, resources)
     lam = moto.client("lambda")
     chunker_fn, detector_fn = outputs["ChunkerFunctionName"], outputs["DetectorFunctionName"]
     for fn in (chunker_fn, detector_fn):
         conc = lam.get_function_concurrency(FunctionName=fn).get("ReservedConcurrentExecutions")
         check(conc is None, f"{fn}: unreserved")
-    key = moto.client("sns").get_topic_attributes(TopicArn=outputs["AlarmTopicArn"])["Attributes"].get("KmsMasterKeyId", "")
-    policy = moto.client("kms").get_key_policy(KeyId=key, PolicyName="default")["Policy"] if key else "{}"
-    policy = json.loads(policy) if isinstance(policy, str) else policy
-    check(key and "alias/aws/sns" not in key and any(
-        s.get("Principal", {}).get("Service") == "cloudwatch.amazonaws.com" for s in policy.get("Statement", [])),
-        "in moto: the alarm topic is encrypted with the stack's key, whose policy admits CloudWatch")
 
-    step("chunker: txpipe invoke chunker with the chunker's environment from moto's Lambda")
+    step("chunker: its Lambda binary (bootstrap) with the chunker's environment from moto's Lambda, one tick")
     bucket = outputs["PipelineBucketName"]
-    chunker_vars, chunker_env = handler_env(moto, chunker_fn, {
-        "TXPIPE_CHUNKER_BUDGET_SECS": "20", "TXPIPE_CHUNK_INTERVAL_MS": "0"})
+    chunker_vars, _ = handler_env(moto, chunker_fn, {})
     check("TXPIPE_DETECTOR_FUNCTION" not in chunker_vars and int(chunker_vars["TXPIPE_DETECTOR_STALL_SECS"]) > 0,
           f"chunker env: TXPIPE_DETECTOR_STALL_SECS={chunker_vars['TXPIPE_DETECTOR_STALL_SECS']} (a stalled detector "
           "is woken by writing its next chunk again), no function to invoke")
@@ -1107,10 +1703,10 @@ def check_existing_mode(moto, binary, workdir, pg):
     s3.upload_file(os.path.join(data, "CustomerImportance.csv"), src_bucket, chunker_vars.get("TXPIPE_IMPORTANCE_KEY", "input/CustomerImportance.csv"))
     s3.upload_file(os.path.join(data, "transactions.csv"), src_bucket, chunker_vars["TXPIPE_SOURCE_KEY"])
     ok(f"generated {ROWS} rows / {CUSTOMERS} customers, uploaded to s3://{src_bucket}/input/")
-    moto.start_recording()
     t0 = time.monotonic()
-    answer = invoke(binary, "chunker", chunker_env, workdir, timeout=60)
-    chunker_calls = moto.stop_recording()
+    answer, records, chunker_calls = run_lambda(moto, chunker_bin, chunker_fn, workdir, {}, {
+        "TXPIPE_CHUNKER_BUDGET_SECS": "20", "TXPIPE_CHUNK_INTERVAL_MS": "0"}, timeout=60)
+    stack.records += records
     per_chunk = int(chunker_vars["TXPIPE_ROWS_PER_CHUNK"])
     want = -(-ROWS // per_chunk)
     chunks = sorted(list_keys(s3, bucket, "chunks/"))
@@ -1119,24 +1715,24 @@ def check_existing_mode(moto, binary, workdir, pg):
     note(f"chunker answered {json.dumps(answer)[:200]}")
     check_calls(moto, "chunker", chunker_fn, chunker_calls, outputs["StateTableName"])
 
-    step("detector: txpipe invoke detector --event <ObjectCreated for the last chunk> with the detector's environment")
+    step("detector: its Lambda binary with the detector's environment, the ObjectCreated event of the last chunk")
     last_key, last_size = chunks[-1]
     ca_file = os.path.join(workdir, "test-ca.pem")
     with open(ca_file, "w") as f:
         f.write(pg.ca_pem)
     with open(os.path.join(ROOT, "shared", "pipeline", "certs", "rds-global-bundle.pem")) as f:
         rds_bundle = f.read()
-    detector_vars, detector_env = handler_env(moto, detector_fn, {"TXPIPE_PG_CA_FILE": ca_file})
+    detector_vars, _ = handler_env(moto, detector_fn, {})
     check(detector_vars["TXPIPE_PG_SSLMODE"] == "verify-full" and detector_vars["TXPIPE_PG_SECRET_ARN"] == secret_arn,
           "detector env: verify-full, the app role's secret")
     note(f"TXPIPE_PG_CA_FILE = the test CA only (the RDS bundle, {rds_bundle.count('BEGIN CERTIFICATE')} certs, "
          "is built into the binary); no other override")
     check(detector_vars["TXPIPE_SNAPSHOT_MAX_DELTAS"] == "200" and detector_vars["TXPIPE_PARK_AFTER_ATTEMPTS"] == "3",
           "detector env: TXPIPE_SNAPSHOT_MAX_DELTAS=200, TXPIPE_PARK_AFTER_ATTEMPTS=3 (the defaults)")
-    moto.start_recording()
     t0 = time.monotonic()
-    answer = invoke(binary, "detector", detector_env, workdir, event=s3_event(bucket, last_key, last_size), timeout=120)
-    detector_calls = moto.stop_recording()
+    answer, records, detector_calls = run_lambda(moto, detector_bin, detector_fn, workdir,
+                                                 s3_event(bucket, last_key, last_size), {"TXPIPE_PG_CA_FILE": ca_file})
+    stack.records += records
     note(f"detector answered in {time.monotonic() - t0:.1f} s: {json.dumps(answer)[:300]}")
     if answer.get("status") != "ok":
         raise CheckFailed(f"the detector did not apply the event: {json.dumps(answer)}")
@@ -1178,6 +1774,22 @@ def check_existing_mode(moto, binary, workdir, pg):
          + f"; state/ objects: {len(list_keys(s3, bucket, 'state/'))}")
     check_calls(moto, "detector", detector_fn, detector_calls, outputs["StateTableName"])
     least_privilege_probes(moto, chunker_fn, detector_fn, outputs)
+    return stack
+
+
+def tick_other_stack(moto, stack, chunker_bin, workdir, ticks=2):
+    """The other stack's chunker, before its input is uploaded: it ticks (heartbeat),
+    waits for input, cuts nothing."""
+    step(f"{stack.name}: its chunker's Lambda binary, {ticks} ticks before any input (the second stack's heartbeat)")
+    fn = stack.outputs["ChunkerFunctionName"]
+    calls = []
+    for _ in range(ticks):
+        answer, records, made = run_lambda(moto, chunker_bin, fn, workdir, {}, timeout=60)
+        stack.records += records
+        calls += made
+    waiting = [r["value"] for r in stack.records if r["name"] == "WaitingForInput"]
+    check(waiting == [1.0] * ticks, f"{fn}: {ticks} ticks, each waiting for input ({json.dumps(answer)[:120]})")
+    check_calls(moto, "chunker (waiting)", fn, calls, stack.outputs["StateTableName"])
 
 
 def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
@@ -1186,6 +1798,7 @@ def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
     bucket = f"arn:aws:s3:::{outputs['PipelineBucketName']}"
     lead = lambda k: {"dynamodb:LeadingKeys": [k]}  # noqa: E731
     chunker, detector = role_statements(moto, chunker_fn), role_statements(moto, detector_fn)
+    stream = lambda fn: f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{fn}:log-stream:2025/01/01/[$LATEST]0"  # noqa: E731
     must = [
         (chunker, "dynamodb:PutItem", table, lead("head#s"), False, "chunker PutItem head#"),
         (chunker, "dynamodb:GetItem", table, lead("head#s"), True, "chunker GetItem head#"),
@@ -1209,20 +1822,30 @@ def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
         (detector, "s3:PutObject", f"{bucket}/chunks/s/00000000.csv", {}, False, "detector PutObject chunks/"),
         (detector, "s3:DeleteObject", f"{bucket}/chunks/s/00000000.csv", {}, False, "detector DeleteObject chunks/"),
         (detector, "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{chunker_fn}", {}, False, "detector invokes the chunker"),
+        (chunker, "logs:PutLogEvents", stream(chunker_fn), {}, True, "chunker PutLogEvents to its own log group"),
+        (chunker, "logs:PutLogEvents", stream(detector_fn), {}, False, "chunker PutLogEvents to the detector's log group"),
+        (detector, "logs:CreateLogStream", stream(detector_fn), {}, True, "detector CreateLogStream in its own log group"),
+        (detector, "logs:CreateLogGroup", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{detector_fn}", {}, False,
+         "detector CreateLogGroup (the stack makes it)"),
+        (detector, "logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/other:log-stream:x", {}, False,
+         "detector PutLogEvents to another log group"),
+        (detector, "ec2:CreateNetworkInterface", "*", {}, False, "detector (no VPC in this mode) CreateNetworkInterface"),
+        (chunker, "ec2:CreateNetworkInterface", "*", {}, False, "chunker CreateNetworkInterface"),
     ]
     wrong = [f"{what}: {'allowed' if not want else 'denied'}"
              for st, action, res, ctx, want, what in must if decide(st, action, res, ctx) != want]
     if wrong:
         raise CheckFailed("least privilege: " + "; ".join(wrong))
-    ok(f"least privilege: {len(must)} probes (e.g. chunker invokes the detector, detector PutItem delta#, Scan) decided as intended")
+    ok(f"least privilege: {len(must)} probes (e.g. chunker invokes the detector, detector PutItem delta#, Scan, logs "
+       "outside its own group, network interfaces without a VPC) decided as intended")
 
 
 def main():
-    if len(sys.argv) != 3:
-        print("usage: deploy_check.py <txpipe binary> <detector binary>", file=sys.stderr)
+    if len(sys.argv) != 4:
+        print("usage: deploy_check.py <txpipe binary> <chunker binary> <detector binary>", file=sys.stderr)
         return 2
-    binary, detector_bin = (os.path.abspath(a) for a in sys.argv[1:3])
-    for b in (binary, detector_bin):
+    binary, chunker_bin, detector_bin = (os.path.abspath(a) for a in sys.argv[1:4])
+    for b in (binary, chunker_bin, detector_bin):
         if not os.access(b, os.X_OK):
             print(f"deploy-check: {b} is not an executable", file=sys.stderr)
             return 2
@@ -1237,14 +1860,20 @@ def main():
         s3.create_bucket(Bucket="txpipe-check-artifacts")
         buf = BytesIO()
         with zipfile.ZipFile(buf, "w") as z:
-            z.writestr("bootstrap", "stand-in: the handlers run here through txpipe invoke")
+            z.writestr("bootstrap", "stand-in: the handlers run here under the Lambda Runtime API stand-in")
         s3.put_object(Bucket="txpipe-check-artifacts", Key="bootstrap.zip", Body=buf.getvalue())
         check_reservation()
         step("throwaway Postgres: TLS from a test CA, hostssl + scram-sha-256 only (like RDS with rds.force_ssl)")
         pg = Postgres(workdir)
         ok(f"Postgres on port {pg.port}")
-        check_create_mode(moto, pg, detector_bin, workdir)
-        check_existing_mode(moto, binary, workdir, pg)
+        create = check_create_mode(moto, pg, detector_bin, workdir)
+        existing = check_existing_mode(moto, binary, chunker_bin, detector_bin, workdir, pg)
+        tick_other_stack(moto, create, chunker_bin, workdir)
+        check_two_stacks(moto, [existing, create])
+        check_alarm_delivery(moto, existing, create)
+        check_preflight(moto, create, existing, workdir)
+        check_teardown(moto, existing, purge=False)
+        check_teardown(moto, create, purge=True)
     except CheckFailed as e:
         print(f"\ndeploy-check FAILED: {e}\n(logs in {workdir})", file=sys.stderr, flush=True)
         print(f"deploy-check: {PASSED[0]} passed, 1 failed", flush=True)

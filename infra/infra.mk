@@ -12,9 +12,11 @@ STACK_ARG := $(if $(STACK),--stack-name $(STACK))
 # Optional: DETECTOR_CONCURRENCY=N asks for a detector reservation (make deploy checks
 # the account can grant it, else deploys it unreserved and says so).
 DETECTOR_CONCURRENCY ?=
-# The binaries the deploy check drives (debug: they reuse make test's build): the txpipe
-# CLI, and the detector's Lambda binary for the DbSetup custom resource (db-setup mode).
+# The binaries the deploy check drives (debug: they reuse make lint's build): the txpipe
+# CLI (test data), and both Lambda binaries, run as Lambda runs them (the detector's
+# also as the DbSetup custom resource, in db-setup mode).
 DEPLOY_CHECK_BIN := $(CARGO_TARGET_DIR)/debug/txpipe
+DEPLOY_CHECK_CHUNKER := $(CARGO_TARGET_DIR)/debug/chunker
 DEPLOY_CHECK_DETECTOR := $(CARGO_TARGET_DIR)/debug/detector
 
 .PHONY: lint-infra infra-tools build-lambdas deploy deploy-check teardown
@@ -29,8 +31,8 @@ infra-tools:
 
 # The stack in moto's CloudFormation and the real handlers against it (part of make test).
 deploy-check: rust
-	$(CARGO) build -p txpipe-cli -p detector
-	infra/deploy-check.sh $(DEPLOY_CHECK_BIN) $(DEPLOY_CHECK_DETECTOR)
+	$(CARGO) build -p txpipe-cli -p chunker -p detector
+	infra/deploy-check.sh $(DEPLOY_CHECK_BIN) $(DEPLOY_CHECK_CHUNKER) $(DEPLOY_CHECK_DETECTOR)
 
 $(CARGO_LAMBDA):
 	@infra/tools.sh cargo-lambda >/dev/null
@@ -41,22 +43,29 @@ build-lambdas: rust $(CARGO_LAMBDA)
 	@for f in chunker detector; do stat -c '%s %n' $(CARGO_TARGET_DIR)/lambda/$$f/bootstrap; done \
 	  | awk '{ printf "%6.1f MB  %s\n", $$1 / 1e6, $$2 }'
 
-# Lint, check the account's Lambda concurrency quota against DetectorReservedConcurrency
-# (infra/preflight.py), sam build, then sam deploy (--guided the first time: it writes
-# samconfig.toml). sam build runs cargo lambda in the workspace root (CodeUri) and copies
+# Lint, then infra/preflight.py: the stack name's length, the account's Lambda quotas
+# (reservation, memory), an existing database's subnets, AlarmEmail, and how a failure
+# is handled (a first create runs with rollback disabled, updates roll back); then sam
+# build, sam deploy (--guided the first time: it writes samconfig.toml; STACK=<name> is
+# needed then), and what to do next (a failed first create, the alarm e-mail to
+# confirm). sam build runs cargo lambda in the workspace root (CodeUri) and copies
 # <root>/target/lambda/<bin>/bootstrap, so it needs the target dir there, whatever
 # CARGO_TARGET_DIR says.
+# Optional: DETECTOR_MEMORY=MB overrides DetectorMemory.
+DETECTOR_MEMORY ?=
+PREFLIGHT := STACK=$(STACK) DETECTOR_CONCURRENCY=$(DETECTOR_CONCURRENCY) DETECTOR_MEMORY=$(DETECTOR_MEMORY) \
+  $(TXPIPE_TOOLS_DIR)/sam/bin/python infra/preflight.py
 deploy: lint-infra $(CARGO_LAMBDA)
-	@overrides=$$(STACK=$(STACK) DETECTOR_CONCURRENCY=$(DETECTOR_CONCURRENCY) $(TXPIPE_TOOLS_DIR)/sam/bin/python infra/preflight.py) || exit 1; \
+	@out=$$($(PREFLIGHT)) || exit 1; \
+	failure=$$(sed -n 1p <<<"$$out"); overrides=$$(sed -n 2p <<<"$$out"); \
 	$(INFRA_PATH) CARGO_TARGET_DIR=$(CURDIR)/target $(SAM) build -t infra/template.yaml --beta-features || exit 1; \
-	if [ -f samconfig.toml ]; then \
-	  echo "$(SAM) deploy $(STACK_ARG) --parameter-overrides $$overrides"; \
-	  $(INFRA_PATH) $(SAM) deploy $(STACK_ARG) --parameter-overrides "$$overrides"; \
-	else \
-	  echo "$(SAM) deploy --guided $(STACK_ARG) --parameter-overrides $$overrides"; \
-	  $(INFRA_PATH) $(SAM) deploy --guided $(STACK_ARG) --capabilities CAPABILITY_IAM --parameter-overrides "$$overrides"; \
-	fi
+	guided=$$([ -f samconfig.toml ] || echo --guided); \
+	echo "$(SAM) deploy $$guided $(STACK_ARG) $$failure --parameter-overrides $$overrides"; \
+	$(INFRA_PATH) $(SAM) deploy $$guided $(STACK_ARG) --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset $$failure --parameter-overrides "$$overrides"; \
+	status=$$?; $(PREFLIGHT) --after $$status; exit $$status
 
-# Deletes the stack (empty the versioned bucket and lift DeletionProtection first: see docs/deploy.md).
+# infra/teardown.py: stops the functions, lifts deletion protection, empties the bucket,
+# deletes the stack and waits. PURGE=1 also deletes what the template keeps on purpose
+# (the state table, the database's final snapshot); without it they are listed.
 teardown: infra-tools
-	$(INFRA_PATH) $(SAM) delete $(STACK_ARG)
+	STACK=$(STACK) $(TXPIPE_TOOLS_DIR)/sam/bin/python infra/teardown.py $(if $(PURGE),--purge)
