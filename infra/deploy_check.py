@@ -1,24 +1,28 @@
 #!/usr/bin/env python3
-"""make deploy-check: the SAM template, deployed and exercised without an AWS account.
+"""make deploy-check: the SAM template, deployed, exercised and torn down without an AWS account.
 
-1. Translates infra/template.yaml with samtranslator (as sam deploy would) and creates
-   the stack in moto's CloudFormation (moto server mode, so the Rust handlers reach the
-   resources it made): DatabaseMode=existing with the real handlers, and DatabaseMode=
-   create with the parts moto cannot model replaced by stand-ins.
-2. Runs the real handlers (`txpipe invoke chunker|detector`) against the resources the
-   stack created, configured by the stack's own Lambda environment: input uploaded to
-   the stack's bucket, a throwaway Postgres behind verify-full TLS and password auth,
-   reached through a Secrets Manager secret of the application role (infra/db/app-role.sql).
-   In create mode, the DbSetup custom resource's handler - the detector binary with
-   DbSetupFunction's environment (TXPIPE_MODE=db-setup) - runs under a stand-in for the
-   Lambda Runtime API and answers a stand-in ResponseURL, as CloudFormation drives it.
+1. Translates infra/template.yaml with samtranslator (as sam deploy would), computes its
+   dependency graph (no cycle; what runs in the private subnets depends on their route
+   table associations and endpoints), and creates two stacks in one moto account (moto
+   server mode, so the Rust binaries reach what it made): DatabaseMode=create, with the
+   parts moto cannot model replaced by stand-ins, and DatabaseMode=existing.
+2. Runs the real Lambda binaries as Lambda runs them - under a stand-in for the Lambda
+   Runtime API, with each function's environment and memory from moto's Lambda - against
+   the resources the stacks created: the DbSetup custom resource (the detector binary in
+   db-setup mode, answering a stand-in ResponseURL as CloudFormation drives it), then the
+   chunker and the detector, with input in the stack's bucket and a throwaway Postgres
+   behind verify-full TLS, reached through a Secrets Manager secret of the application
+   role (infra/db/app-role.sql); and the other stack's chunker.
 3. Checks every AWS call each handler made against its role's IAM policy (moto records
    the calls; conditions such as dynamodb:LeadingKeys are evaluated here, as moto does
-   not), and checks statically what moto accepts but does not model.
+   not); puts the metrics the binaries printed (EMF) into moto's CloudWatch and checks
+   that each stack's alarms and dashboard read only its own; evaluates the alarm key and
+   topic policies for CloudWatch; runs infra/preflight.py and infra/teardown.py against
+   moto, and checks that a teardown leaves nothing the stack made.
 
 Fails loudly, with the cause, at the first problem. Needs TXPIPE_MOTO_CMD and
-TXPIPE_PG_BIN (tests/ensure-tools.sh), the txpipe binary (first argument) and the
-detector's Lambda binary (second argument; a debug build is fine).
+TXPIPE_PG_BIN (tests/ensure-tools.sh), the txpipe binary (test data) and the chunker's
+and the detector's Lambda binaries (debug builds are fine).
 """
 
 import ast
@@ -1292,7 +1296,9 @@ def check_two_stacks(moto, stacks):
     summary = {}
     for s in stacks:
         alarms = [a for a in cw.describe_alarms(AlarmNamePrefix=f"{s.name}-")["MetricAlarms"]]
-        wrong, reads, nonempty = [], 0, 0
+        # Named <stack>-…, as the key and topic policies require (see check_alarm_delivery).
+        wrong, reads, nonempty = ([] if len(alarms) == len(s.alarms()) else
+                                  [f"{len(s.alarms()) - len(alarms)} alarms not named {s.name}-…"]), 0, 0
         for a in alarms:
             queries = [{"MetricStat": {"Metric": {"Namespace": a["Namespace"], "MetricName": a["MetricName"],
                                                   "Dimensions": a["Dimensions"]},

@@ -89,7 +89,13 @@ def teardown(client, stack: str, purge: bool = False, poll: float = 10.0) -> lis
     rds = client("rds")
     instances = ids(by_type, "AWS::RDS::DBInstance")
     for db in instances:
-        rds.modify_db_instance(DBInstanceIdentifier=db, DeletionProtection=False, ApplyImmediately=True)
+        try:
+            rds.modify_db_instance(DBInstanceIdentifier=db, DeletionProtection=False, ApplyImmediately=True)
+        except rds.exceptions.InvalidDBInstanceStateFault:
+            # Still being created (a failed first create does not wait for it): wait.
+            say(f"database {db}: waiting until it is available to lift its deletion protection")
+            rds.get_waiter("db_instance_available").wait(DBInstanceIdentifier=db)
+            rds.modify_db_instance(DBInstanceIdentifier=db, DeletionProtection=False, ApplyImmediately=True)
         say(f"database {db}: deletion protection off")
     s3 = client("s3")
     buckets = ids(by_type, "AWS::S3::Bucket")
