@@ -1883,12 +1883,11 @@ def main():
     except CheckFailed as e:
         print(f"\ndeploy-check FAILED: {e}\n(logs in {workdir})", file=sys.stderr, flush=True)
         print(f"deploy-check: {PASSED[0]} passed, 1 failed", flush=True)
+        return 1
+    finally:  # also after an unexpected exception, which leaves its traceback
         for service in (pg, moto):
             if service:
                 service.stop()
-        return 1
-    pg.stop()
-    moto.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"deploy-check: all checks passed in {time.monotonic() - START:.1f} s", flush=True)
     print(f"deploy-check: {PASSED[0]} passed, 0 failed", flush=True)
