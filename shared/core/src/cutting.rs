@@ -52,6 +52,79 @@ pub fn read_header(buf: &[u8], at_eof: bool) -> Option<Result<SourceHeader, Head
     }
 }
 
+/// The header of one file of a prefix stream, as the chunker reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHeader {
+    /// The header line the file's rows go under in a chunk, with its line terminator:
+    /// the file's own, or `columns` for a file without one. Empty for a file with no
+    /// records at all.
+    pub line: Vec<u8>,
+    /// Byte offset in the file where its data rows start.
+    pub data_offset: u64,
+    /// Why the file's rows cannot be read (its header lacks a needed column): they go
+    /// into chunks as they are and are rejected with this reason.
+    pub problem: Option<HeaderError>,
+}
+
+/// Reads the header of one file of a prefix stream from its first bytes (`None`: more
+/// bytes are needed). The first record is the header when it names the needed
+/// columns. Otherwise, with `columns` (a header line for files written without one, as
+/// a Firehose delivery stream writes them), the first record is data; without, the
+/// file's rows are unreadable and [`FileHeader::problem`] says why.
+pub fn read_file_header(buf: &[u8], at_eof: bool, columns: Option<&[u8]>) -> Option<FileHeader> {
+    let bom = buf.len() - strip_bom(buf).len();
+    let body = &buf[bom..];
+    let mut scanner = Scanner::new();
+    let mut pos = 0;
+    let terminated = |mut line: Vec<u8>| {
+        if !line.is_empty() && !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        line
+    };
+    loop {
+        let Some(span) = scanner.next_record(body, pos, at_eof) else {
+            if !at_eof {
+                return None;
+            }
+            return Some(FileHeader {
+                line: terminated(columns.unwrap_or_default().to_vec()),
+                data_offset: buf.len() as u64,
+                problem: None,
+            });
+        };
+        pos = span.next;
+        if span.is_blank() {
+            continue;
+        }
+        let record = &body[span.start..span.end];
+        let own = || terminated(body[span.start..span.next].to_vec());
+        let after = (bom + span.next) as u64;
+        return Some(
+            match (
+                ColumnMap::find("transactions", Some(record), &TRANSACTION_COLUMNS),
+                columns,
+            ) {
+                (Ok(_), _) => FileHeader {
+                    line: own(),
+                    data_offset: after,
+                    problem: None,
+                },
+                (Err(_), Some(columns)) => FileHeader {
+                    line: terminated(columns.to_vec()),
+                    data_offset: (bom + span.start) as u64,
+                    problem: None,
+                },
+                (Err(problem), None) => FileHeader {
+                    line: own(),
+                    data_offset: after,
+                    problem: Some(problem),
+                },
+            },
+        );
+    }
+}
+
 /// The outcome of trying to cut one chunk from a buffer of data rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {

@@ -29,6 +29,9 @@ pub const DEFAULT_MAX_LAG_CHUNKS: u64 = 600;
 /// Default time without detector progress (while it lags) after which the chunker's
 /// tick invokes the detector.
 pub const DEFAULT_DETECTOR_STALL_SECS: u64 = 90;
+/// Default quiet time after which a prefix stream's rows that do not fill a chunk are
+/// cut as a short one.
+pub const DEFAULT_FLUSH_AFTER_SECS: u64 = 60;
 /// Default number of failed attempts at a chunk, for a reason that repeats, before the
 /// detector parks it.
 pub const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 3;
@@ -162,8 +165,11 @@ pub struct SourceConfig {
     /// Bucket of the input files.
     pub bucket: String,
     /// Keys of the transactions files, each its own stream (most deployments have
-    /// one); the first is the one status and operator commands default to.
+    /// one); the first is the one status and operator commands default to. A key
+    /// ending in `/` is a prefix: every `.csv` file under it joins one stream.
     pub transactions_keys: Vec<String>,
+    /// The header line for a prefix stream's files written without one.
+    pub columns: Option<String>,
     /// Key of CustomerImportance.csv, shared by every stream.
     pub importance_key: String,
 }
@@ -190,6 +196,9 @@ pub struct ChunkerConfig {
     pub max_lag_chunks: u64,
     /// A lagging detector that made no progress for this long is invoked by the tick.
     pub detector_stall: Duration,
+    /// A prefix stream's rows that do not fill a chunk are cut once no new file has
+    /// joined for this long.
+    pub flush_after: Duration,
 }
 
 /// How the detector keeps its state and when it gives up on a chunk.
@@ -256,6 +265,7 @@ impl Config {
                     .string("TXPIPE_SOURCE_BUCKET")
                     .unwrap_or_else(|| bucket.clone()),
                 transactions_keys: source_keys(env)?,
+                columns: env.string("TXPIPE_SOURCE_COLUMNS"),
                 importance_key: env
                     .string("TXPIPE_IMPORTANCE_KEY")
                     .unwrap_or_else(|| DEFAULT_IMPORTANCE_KEY.into()),
@@ -281,6 +291,12 @@ impl Config {
                 detector_stall: Duration::from_secs(env.number(
                     "TXPIPE_DETECTOR_STALL_SECS",
                     DEFAULT_DETECTOR_STALL_SECS,
+                    1..=86_400,
+                    "seconds from 1 to 86400",
+                )?),
+                flush_after: Duration::from_secs(env.number(
+                    "TXPIPE_FLUSH_AFTER_SECS",
+                    DEFAULT_FLUSH_AFTER_SECS,
                     1..=86_400,
                     "seconds from 1 to 86400",
                 )?),
@@ -319,9 +335,21 @@ impl Config {
     }
 }
 
-/// The transactions files: `TXPIPE_SOURCE_KEYS` (comma-separated, several streams at
-/// once) or `TXPIPE_SOURCE_KEY` (one).
+/// The transactions files: `TXPIPE_SOURCE_PREFIX` (one stream over every file under
+/// it), `TXPIPE_SOURCE_KEYS` (comma-separated, several streams at once) or
+/// `TXPIPE_SOURCE_KEY` (one).
 fn source_keys(env: &EnvVars) -> Result<Vec<String>, ConfigError> {
+    if let Some(prefix) = env.string("TXPIPE_SOURCE_PREFIX") {
+        let trimmed = prefix.trim().trim_matches('/');
+        if trimmed.is_empty() || env.string("TXPIPE_SOURCE_KEYS").is_some() {
+            return Err(ConfigError::Invalid {
+                var: "TXPIPE_SOURCE_PREFIX",
+                value: prefix,
+                expected: "a non-empty key prefix such as `transactions/` (and no TXPIPE_SOURCE_KEYS beside it)",
+            });
+        }
+        return Ok(vec![format!("{trimmed}/")]);
+    }
     let Some(list) = env.string("TXPIPE_SOURCE_KEYS") else {
         return Ok(vec![env
             .string("TXPIPE_SOURCE_KEY")
@@ -503,5 +531,16 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("TXPIPE_SOURCE_KEYS"), "{err}");
+        let prefix = Config::from_vars(&vars(&[
+            ("TXPIPE_BUCKET", "b"),
+            ("TXPIPE_STATE_TABLE", "t"),
+            ("TXPIPE_SOURCE_PREFIX", "/feed/transactions"),
+            ("TXPIPE_SOURCE_COLUMNS", "step,customer"),
+            ("TXPIPE_FLUSH_AFTER_SECS", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(prefix.source.transactions_keys, vec!["feed/transactions/"]);
+        assert_eq!(prefix.source.columns.as_deref(), Some("step,customer"));
+        assert_eq!(prefix.chunker.flush_after, Duration::from_secs(5));
     }
 }

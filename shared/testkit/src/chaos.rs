@@ -263,6 +263,17 @@ impl ObjectStore for CrashingObjects {
         let op = || format!("list {}", object_kind(prefix));
         self.switch.call(op, self.inner.list(bucket, prefix)).await
     }
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        max_keys: u32,
+    ) -> Result<txpipe::store::ListPage, txpipe::store::StoreError> {
+        let op = || format!("list a page of {prefix}");
+        let call = self.inner.list_page(bucket, prefix, start_after, max_keys);
+        self.switch.call(op, call).await
+    }
 }
 
 /// A [`StateStore`] whose calls go through a [`CrashSwitch`].
@@ -348,6 +359,43 @@ impl CursorStore for CrashingCursors {
         let op = || "replace cursor".to_string();
         let call = self.inner.replace_cursor(cursor, expected_stream);
         self.switch.call(op, call).await
+    }
+
+    async fn join_files(
+        &self,
+        cursor: &ChunkCursor,
+        files: &[txpipe::store::SourceFile],
+    ) -> Result<Fenced, StoreError> {
+        let op = || format!("join {} files", files.len());
+        self.switch.call(op, self.inner.join_files(cursor, files)).await
+    }
+
+    async fn file_at(
+        &self,
+        stream: &StreamName,
+        index: u64,
+    ) -> Result<Option<txpipe::store::SourceFile>, StoreError> {
+        let op = || format!("read file log entry {index}");
+        self.switch.call(op, self.inner.file_at(stream, index)).await
+    }
+
+    async fn files_by_key(
+        &self,
+        stream: &StreamName,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, txpipe::store::SourceFile>, StoreError> {
+        let op = || format!("read {} file log entries", keys.len());
+        self.switch.call(op, self.inner.files_by_key(stream, keys)).await
+    }
+
+    async fn mark_changed(
+        &self,
+        stream: &StreamName,
+        file: &txpipe::store::SourceFile,
+        change: &str,
+    ) -> Result<(), StoreError> {
+        let op = || "mark a file changed".to_string();
+        self.switch.call(op, self.inner.mark_changed(stream, file, change)).await
     }
 }
 

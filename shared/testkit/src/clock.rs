@@ -138,4 +138,14 @@ impl ObjectStore for Expiring {
         self.expire_due().await?;
         self.inner.list(bucket, prefix).await
     }
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        max_keys: u32,
+    ) -> Result<txpipe::store::ListPage, txpipe::store::StoreError> {
+        self.expire_due().await?;
+        self.inner.list_page(bucket, prefix, start_after, max_keys).await
+    }
 }

@@ -104,6 +104,15 @@ impl txpipe::store::ObjectStore for Notifying {
     ) -> Result<Vec<String>, txpipe::store::StoreError> {
         self.inner.list(bucket, prefix).await
     }
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        max_keys: u32,
+    ) -> Result<txpipe::store::ListPage, txpipe::store::StoreError> {
+        self.inner.list_page(bucket, prefix, start_after, max_keys).await
+    }
 }
 
 #[cfg(test)]

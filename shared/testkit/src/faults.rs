@@ -157,6 +157,15 @@ impl ObjectStore for FaultyObjects {
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.inner.list(bucket, prefix).await
     }
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        max_keys: u32,
+    ) -> Result<txpipe::store::ListPage, txpipe::store::StoreError> {
+        self.inner.list_page(bucket, prefix, start_after, max_keys).await
+    }
 }
 
 /// A [`StateStore`] whose commit fails, or loses its answer, on command.

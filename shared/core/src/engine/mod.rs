@@ -36,6 +36,31 @@ use pairs::{PairTable, EMITTED_CHILD, EMITTED_UPGRADE};
 use std::sync::Arc;
 use weight_order::WeightOrder;
 
+/// The rows under an unusable header line (the first non-blank line of `segment`):
+/// every non-blank line after it, kept as a rejected row with `why`.
+fn unreadable_rows(segment: &[u8], first_row: u64, why: &str) -> Vec<RejectedRow> {
+    let mut rejected = Vec::new();
+    let mut pos = 0;
+    let mut header_seen = false;
+    let mut scanner = crate::parse::csv_scan::Scanner::new();
+    while let Some(span) = scanner.next_record(segment, pos, true) {
+        pos = span.next;
+        if span.is_blank() {
+            continue;
+        }
+        if !header_seen {
+            header_seen = true;
+            continue;
+        }
+        rejected.push(RejectedRow {
+            row: first_row + rejected.len() as u64,
+            raw: segment[span.start..span.end].to_vec(),
+            reason: crate::parse::RejectReason::UnreadableChunk { why: why.into() },
+        });
+    }
+    rejected
+}
+
 /// A chunk could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -46,6 +71,14 @@ pub enum ApplyError {
         chunk: u64,
         /// What is wrong with the header.
         source: HeaderError,
+    },
+    /// The chunk's metadata places its segments' headers outside it.
+    #[error("chunk {chunk}: its segments are unusable: {why}")]
+    BadSegments {
+        /// The chunk.
+        chunk: u64,
+        /// What is wrong.
+        why: String,
     },
     /// Chunks must be applied in order, each once.
     #[error("chunk {got} cannot be applied: the engine expects chunk {expected} next")]
@@ -318,7 +351,7 @@ impl Engine {
         data: &[u8],
         first_row: u64,
     ) -> Result<ChunkOutcome, ApplyError> {
-        self.apply(chunk, data, first_row, None)
+        self.apply(chunk, data, &[], first_row, None, true)
     }
 
     /// [`Engine::apply_chunk`], also handing each valid row to `on_row` as it is
@@ -332,15 +365,36 @@ impl Engine {
         first_row: u64,
         on_row: &mut dyn FnMut(RowView<'_>),
     ) -> Result<ChunkOutcome, ApplyError> {
-        self.apply(chunk, data, first_row, Some(on_row))
+        self.apply(chunk, data, &[], first_row, Some(on_row), true)
     }
 
+    /// Applies chunk `chunk` whose bytes hold one or more segments, each a header line
+    /// and the rows under it: `later_headers` are the byte offsets where the segments
+    /// after the first start (a chunk of a prefix stream that spans files, each with
+    /// its own header). A segment whose header is unusable has each of its rows
+    /// rejected with the reason and the others apply, so one bad file never stops the
+    /// stream. Row numbers run on across segments from `first_row`.
+    pub fn apply_segments(
+        &mut self,
+        chunk: u64,
+        data: &[u8],
+        later_headers: &[usize],
+        first_row: u64,
+        on_row: Option<&mut dyn FnMut(RowView<'_>)>,
+    ) -> Result<ChunkOutcome, ApplyError> {
+        self.apply(chunk, data, later_headers, first_row, on_row, false)
+    }
+
+    /// `strict`: an unusable header is an error (one segment only) instead of rejected
+    /// rows.
     fn apply(
         &mut self,
         chunk: u64,
         data: &[u8],
+        later_headers: &[usize],
         first_row: u64,
         mut on_row: Option<&mut dyn FnMut(RowView<'_>)>,
+        strict: bool,
     ) -> Result<ChunkOutcome, ApplyError> {
         if chunk != self.next_chunk {
             return Err(ApplyError::OutOfOrder {
@@ -351,25 +405,51 @@ impl Engine {
         // A chunk adds at most one name or pair per byte: checked up front, so a full
         // table refuses the chunk before anything changes.
         self.check_room(chunk, data.len(), data.len(), data.len())?;
-        let reader = TransactionReader::new(data, first_row)
-            .map_err(|source| ApplyError::Header { chunk, source })?;
+        let mut bounds = Vec::with_capacity(later_headers.len() + 2);
+        bounds.push(0);
+        bounds.extend_from_slice(later_headers);
+        bounds.push(data.len());
+        if !bounds.windows(2).all(|w| w[0] < w[1]) && !(bounds.len() == 2 && data.is_empty()) {
+            return Err(ApplyError::BadSegments {
+                chunk,
+                why: format!(
+                    "header offsets {later_headers:?} are not increasing inside its {} bytes",
+                    data.len()
+                ),
+            });
+        }
         let (merchants_before, customers_before) = (self.merchants.len(), self.customers.len());
         let mut touched: Vec<Touched> = Vec::new();
         let mut rejected = Vec::new();
         let mut rows = 0u64;
         let mut batch: Vec<Row<'_>> = Vec::with_capacity(BATCH);
-        for row in reader {
-            match row {
-                Ok(tx) => {
-                    batch.push(Row::new(tx));
-                    if batch.len() == BATCH {
-                        self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
-                        rows += batch.len() as u64;
-                        batch.clear();
-                    }
+        let mut next_row = first_row;
+        for w in bounds.windows(2) {
+            let segment = &data[w[0]..w[1]];
+            let mut reader = match TransactionReader::new(segment, next_row) {
+                Ok(reader) => reader,
+                Err(source) if strict => return Err(ApplyError::Header { chunk, source }),
+                Err(source) => {
+                    let unreadable = unreadable_rows(segment, next_row, &source.to_string());
+                    next_row += unreadable.len() as u64;
+                    rejected.extend(unreadable);
+                    continue;
                 }
-                Err(rejection) => rejected.push(rejection),
+            };
+            for row in reader.by_ref() {
+                match row {
+                    Ok(tx) => {
+                        batch.push(Row::new(tx));
+                        if batch.len() == BATCH {
+                            self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
+                            rows += batch.len() as u64;
+                            batch.clear();
+                        }
+                    }
+                    Err(rejection) => rejected.push(rejection),
+                }
             }
+            next_row = reader.next_row();
         }
         self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
         rows += batch.len() as u64;
@@ -592,54 +672,6 @@ impl Engine {
             NONE => None,
             entry => self.weights.entry_weight(entry),
         }
-    }
-
-    /// Takes chunk `chunk` as wholly rejected because its header is unusable: every
-    /// non-blank line after the first is kept as a rejected row with `why`, and the
-    /// stream moves on, so one bad object never stops it.
-    pub fn reject_chunk(
-        &mut self,
-        chunk: u64,
-        data: &[u8],
-        first_row: u64,
-        why: &str,
-    ) -> Result<ChunkOutcome, ApplyError> {
-        let mut rejected = Vec::new();
-        let mut pos = 0;
-        let mut header_seen = false;
-        let mut scanner = crate::parse::csv_scan::Scanner::new();
-        while let Some(span) = scanner.next_record(data, pos, true) {
-            pos = span.next;
-            if span.is_blank() {
-                continue;
-            }
-            if !header_seen {
-                header_seen = true;
-                continue;
-            }
-            rejected.push(RejectedRow {
-                row: first_row + rejected.len() as u64,
-                raw: data[span.start..span.end].to_vec(),
-                reason: crate::parse::RejectReason::UnreadableChunk { why: why.into() },
-            });
-        }
-        let delta = ChunkDelta {
-            chunk,
-            rows: 0,
-            rejected: rejected.len() as u64,
-            merchants_before: self.merchants.len() as u32,
-            customers_before: self.customers.len() as u32,
-            new_merchants: Vec::new(),
-            new_customers: Vec::new(),
-            pairs: Vec::new(),
-            detections: Vec::new(),
-        };
-        self.apply_delta(&delta)?;
-        Ok(ChunkOutcome {
-            delta,
-            detections: Vec::new(),
-            rejected,
-        })
     }
 
     /// Replays a stored delta: the same state change as the `apply_chunk` that made it,

@@ -129,7 +129,7 @@ pub enum RejectReason {
     #[error("the table of ids is full; the row cannot be indexed")]
     TableFull,
     /// The chunk the row came in has an unusable header, so no row of it can be read.
-    #[error("the chunk's header is unusable: {why}")]
+    #[error("the header line above the row is unusable: {why}")]
     UnreadableChunk {
         /// What is wrong with the header.
         why: String,
@@ -189,6 +189,11 @@ impl<'a> TransactionReader<'a> {
             columns,
             next_row: first_row,
         })
+    }
+
+    /// The row number the next data row gets.
+    pub fn next_row(&self) -> u64 {
+        self.next_row
     }
 
     /// The header's column names.

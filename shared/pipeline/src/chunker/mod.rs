@@ -2,18 +2,29 @@
 //! move the cursor with a conditional write. The chunk key depends only on the source
 //! and the chunk number, so a crash between the two steps rewrites the same object
 //! with the same bytes; two overlapping runs are fenced by the cursor condition.
+//!
+//! A source is one file, or a prefix whose files join one stream in the order they are
+//! discovered ([`prefix`]); a chunk of a prefix stream may span files, each file's rows
+//! under its own header line.
 
+mod prefix;
 mod service;
 mod watch;
 
+pub use prefix::{close_stream, is_data_file, skip_file};
 pub use service::{ChunkerResponse, ChunkerService, SourceTick};
 pub use watch::{StreamWatch, Watch};
 
+use crate::clock::{self, Clock};
 use crate::config::Config;
+use crate::metrics::{emit, Unit};
 use crate::store::cursor::ChunkStart;
-use crate::store::{ChunkCursor, CursorStore, Fenced, ObjectStore, StateStore, StoreError};
+use crate::store::{
+    ChunkCursor, CursorStore, Fenced, ObjectStore, SourceFile, StateStore, StoreError,
+};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use txpipe_core::cutting::{cut_rows, read_header, Cut};
+use txpipe_core::cutting::{cut_rows, read_file_header, read_header, Cut};
 use txpipe_core::layout::{stream_for_source_version, StreamName};
 use txpipe_core::parse::HeaderError;
 
@@ -27,8 +38,16 @@ pub const META_LAST: &str = "txpipe-last";
 pub const META_ROWS_PER_CHUNK: &str = "txpipe-rows-per-chunk";
 /// Object metadata: the chunker's cursor the chunk came from (`s3://bucket/key`).
 pub const META_SOURCE: &str = "txpipe-source";
-/// Object metadata: the ETag of the source version the chunk was cut from.
+/// Object metadata: the ETag of the source version the chunk was cut from (of the
+/// file its first row is in).
 pub const META_SOURCE_ETAG: &str = "txpipe-source-etag";
+/// Object metadata on a chunk that spans files: the byte offsets (comma-separated) in
+/// the chunk where each later file's header line starts.
+pub const META_HEADERS: &str = "txpipe-headers";
+
+/// The most files after its first that one chunk spans: their offsets must fit in S3's
+/// 2 KB of user metadata. A chunk that reaches it ends at that file's end, short.
+pub const MAX_LATER_FILES: usize = 100;
 
 /// What the chunker reads and writes, and how fast: the plain values it takes from
 /// the [`Config`].
@@ -50,6 +69,13 @@ pub struct ChunkerSettings {
     pub read_window: u64,
     /// Backpressure: no chunk is cut while the detector is this many chunks behind.
     pub max_lag_chunks: u64,
+    /// Prefix stream: the header line (with its terminator) for files without one.
+    pub columns: Option<Vec<u8>>,
+    /// Prefix stream: rows that do not fill a chunk are cut once no file has joined
+    /// for this long.
+    pub flush_after: Duration,
+    /// Prefix stream: how often an invocation waiting for data looks for new files.
+    pub poll: Duration,
 }
 
 impl ChunkerSettings {
@@ -69,7 +95,19 @@ impl ChunkerSettings {
             budget: c.chunker.budget,
             read_window: c.chunker.read_window,
             max_lag_chunks: c.chunker.max_lag_chunks,
+            columns: c.source.columns.as_ref().map(|line| {
+                let mut line = line.trim_end().as_bytes().to_vec();
+                line.push(b'\n');
+                line
+            }),
+            flush_after: c.chunker.flush_after,
+            poll: Duration::from_secs(5),
         }
+    }
+
+    /// Whether the source is a prefix whose files join one stream.
+    pub fn is_prefix(&self) -> bool {
+        self.source_key.ends_with('/')
     }
 
     /// The cursor id of the source.
@@ -126,6 +164,21 @@ pub enum ChunkerError {
         /// The oldest chunk whose start is remembered.
         oldest: u64,
     },
+    /// A file of a prefix stream changed or vanished after it joined, before all of it
+    /// was cut: the stream stops there rather than mix two versions.
+    #[error("stream {stream} stops at file {index} s3://{bucket}/{key}: it changed or vanished after it joined (joined with ETag {etag}). Restore it as it was, or run `txpipe skip-file --key {key}` to end it where the stream stands and go on with the next file (upload new content under a new key: a new key joins the stream)")]
+    FileChanged {
+        /// The stream.
+        stream: StreamName,
+        /// Bucket.
+        bucket: String,
+        /// The file's key.
+        key: String,
+        /// Its place in the order files joined.
+        index: u64,
+        /// The ETag it joined with.
+        etag: String,
+    },
     /// The source ends before its stated size.
     #[error("source s3://{bucket}/{key} ended at byte {at} before its size {size}")]
     Truncated {
@@ -147,14 +200,19 @@ pub struct PreparedChunk {
     pub number: u64,
     /// Object key.
     pub key: String,
-    /// Header line then the rows.
+    /// Header line then the rows (and, spanning files, each later file's header line
+    /// then its rows).
     pub bytes: Vec<u8>,
+    /// Where each later file's header line starts in `bytes`.
+    pub later_headers: Vec<usize>,
     /// Data rows.
     pub rows: u64,
     /// Source row number of the first data row.
     pub first_row: u64,
     /// End of stream.
     pub last: bool,
+    /// ETag of the file the chunk starts in.
+    pub etag: String,
     /// The cursor after this chunk.
     pub next: ChunkCursor,
 }
@@ -193,6 +251,14 @@ pub struct ChunkerRun {
     pub waiting_for_input: bool,
     /// Chunk slots skipped because the detector was too far behind.
     pub backpressure_waits: u64,
+    /// Prefix stream: files that joined during this invocation.
+    pub files_joined: u64,
+    /// Prefix stream: files found late (keys sorting before joined ones) this time.
+    pub late_files: u64,
+    /// Prefix stream: files found changed after joining this time.
+    pub changed_files: u64,
+    /// Prefix stream: the invocation ended waiting for more rows.
+    pub waiting_for_data: bool,
 }
 
 /// What opening the cursor found.
@@ -223,13 +289,46 @@ pub enum Step {
     Lost(ChunkCursor),
     /// The source is finished; nothing to do.
     Finished(ChunkCursor),
+    /// A prefix stream has fewer than R rows left and its tail is not due yet.
+    Waiting(ChunkCursor),
 }
 
-/// Bytes read ahead of the cursor, kept between chunks of one invocation.
+/// Bytes read ahead of the cursor in one file, kept between chunks of one invocation.
 #[derive(Debug, Default)]
 struct ReadAhead {
+    key: String,
+    etag: String,
     offset: u64,
     bytes: Vec<u8>,
+}
+
+/// One file of the source, opened: its version and the header its rows go under.
+#[derive(Debug, Clone)]
+struct OpenFile {
+    index: u64,
+    key: String,
+    etag: String,
+    size: u64,
+    header: Vec<u8>,
+    /// Where its data rows start.
+    data_offset: u64,
+}
+
+/// Rows cut from one or more files, and where the cut ended.
+#[derive(Debug)]
+struct Span {
+    bytes: Vec<u8>,
+    later_headers: Vec<usize>,
+    rows: u64,
+    /// The file the cut ended in (`None`: a prefix stream with no file yet).
+    end: Option<OpenFile>,
+    offset: u64,
+    /// Nothing but blank lines follows in the file the cut ended in.
+    file_end: bool,
+    /// ETag of the file the first row is in.
+    etag: String,
+    /// The chunk spans [`MAX_LATER_FILES`] files after its first and ends here.
+    capped: bool,
 }
 
 /// The chunker over an object store and a cursor store; with the detector's heads,
@@ -239,6 +338,7 @@ pub struct Chunker<'a> {
     cursors: &'a dyn CursorStore,
     heads: Option<&'a dyn StateStore>,
     settings: ChunkerSettings,
+    clock: Arc<dyn Clock>,
     ahead: ReadAhead,
 }
 
@@ -254,6 +354,7 @@ impl<'a> Chunker<'a> {
             cursors,
             heads: None,
             settings,
+            clock: clock::system(),
             ahead: ReadAhead::default(),
         }
     }
@@ -265,6 +366,12 @@ impl<'a> Chunker<'a> {
         self
     }
 
+    /// Reads time from `clock` (a prefix stream's join times and quiet tail).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The settings.
     pub fn settings(&self) -> &ChunkerSettings {
         &self.settings
@@ -272,8 +379,10 @@ impl<'a> Chunker<'a> {
 
     /// Emits chunks until the source is finished or `deadline` leaves no room for
     /// another, pacing one per interval (none in burst mode) and holding back while the
-    /// detector is too far behind. `max_chunks` caps this run (tests and replays);
-    /// `on_chunk` sees each chunk as it is committed.
+    /// detector is too far behind. A prefix stream looks for new files first and, out
+    /// of rows, again every poll period, and is cut as fast as rows are there.
+    /// `max_chunks` caps this run (tests and replays); `on_chunk` sees each chunk as it
+    /// is committed.
     pub async fn run(
         &mut self,
         deadline: Instant,
@@ -290,6 +399,11 @@ impl<'a> Chunker<'a> {
                 return Ok(run);
             }
         };
+        let prefix = cursor.is_prefix();
+        if prefix && !cursor.finished {
+            cursor = self.discover(cursor, true, &mut run).await?;
+        }
+        let interval = self.settings.interval.filter(|_| !prefix);
         // Worst chunk time seen, so a paced run stops before it would overrun.
         let mut slowest = Duration::from_millis(200);
         let mut ticks = 0u32;
@@ -298,7 +412,7 @@ impl<'a> Chunker<'a> {
             if cursor.finished || max_chunks.is_some_and(|m| run.written.len() as u64 >= m) {
                 break;
             }
-            let tick = match self.settings.interval {
+            let tick = match interval {
                 Some(interval) => started + interval * ticks,
                 None => Instant::now(),
             };
@@ -309,7 +423,7 @@ impl<'a> Chunker<'a> {
             if self.held_back(&cursor, &mut applied).await? {
                 run.backpressure_waits += 1;
                 ticks += 1;
-                if self.settings.interval.is_none() {
+                if interval.is_none() {
                     break; // burst mode: nothing to wait for within this run
                 }
                 continue;
@@ -328,11 +442,22 @@ impl<'a> Chunker<'a> {
                     cursor = stored;
                 }
                 Step::Finished(c) => cursor = c,
+                Step::Waiting(c) => {
+                    match self.wait_for_data(c, deadline, slowest, &mut run).await? {
+                        Some(c) => cursor = c,
+                        None => {
+                            run.waiting_for_data = true;
+                            cursor = self.reload(&cursor.id()).await?;
+                            break;
+                        }
+                    }
+                }
             }
         }
         run.finished = cursor.finished;
         run.next_chunk = cursor.next_chunk;
         run.stream = Some(cursor.stream);
+        prefix::report_discovery(&run);
         Ok(run)
     }
 
@@ -367,13 +492,26 @@ impl<'a> Chunker<'a> {
         Ok(held)
     }
 
-    /// Loads the cursor, creating it from the source's header if there is none. A
-    /// source replaced after its stream finished starts a new stream; one replaced
-    /// while its stream is still running is refused (never mixed into it).
+    /// Loads the cursor, creating it if there is none (from the source's header, or
+    /// an empty prefix stream). A source replaced after its stream finished starts a
+    /// new stream once the detector has applied every chunk of the old one; one
+    /// replaced while its stream is still running is refused (never mixed into it).
     pub async fn open(&mut self) -> Result<Opened, ChunkerError> {
         let s = &self.settings;
         let id = s.source_id();
         let stored = self.cursors.load_cursor(&id).await?;
+        if s.is_prefix() {
+            return match stored {
+                Some(cursor) => self.check_rows_per_chunk(cursor).map(Opened::Cursor),
+                None => {
+                    let fresh = self.fresh_prefix_cursor();
+                    match self.cursors.create_cursor(&fresh).await? {
+                        Fenced::Written => Ok(Opened::Cursor(fresh)),
+                        Fenced::Lost => Ok(Opened::Cursor(self.reload(&id).await?)),
+                    }
+                }
+            };
+        }
         let Some(info) = self.objects.head(&s.source_bucket, &s.source_key).await? else {
             return match stored {
                 // Finished streams need their source no longer.
@@ -387,16 +525,7 @@ impl<'a> Chunker<'a> {
         };
         if let Some(cursor) = stored {
             if cursor.etag == info.etag {
-                if cursor.rows_per_chunk != s.rows_per_chunk {
-                    return Err(ChunkerError::RowsPerChunkChanged {
-                        bucket: s.source_bucket.clone(),
-                        key: s.source_key.clone(),
-                        stream: cursor.stream,
-                        pinned: cursor.rows_per_chunk,
-                        configured: s.rows_per_chunk,
-                    });
-                }
-                return Ok(Opened::Cursor(cursor));
+                return self.check_rows_per_chunk(cursor).map(Opened::Cursor);
             }
             if !cursor.finished {
                 return Err(StoreError::SourceChanged {
@@ -405,6 +534,23 @@ impl<'a> Chunker<'a> {
                     expected: cursor.etag,
                 }
                 .into());
+            }
+            // The old stream is cut but maybe not applied: keep its cursor (so the
+            // watch goes on announcing its chunks) until the detector has them all.
+            if let Some(heads) = self.heads {
+                let applied = heads
+                    .load_head(&cursor.stream)
+                    .await?
+                    .map_or(0, |h| h.next_chunk);
+                if applied < cursor.next_chunk {
+                    tracing::info!(
+                        stream = %cursor.stream,
+                        applied,
+                        cut = cursor.next_chunk,
+                        "source replaced; the new file starts once the old stream is applied"
+                    );
+                    return Ok(Opened::Cursor(cursor));
+                }
             }
             let fresh = self.fresh_cursor(info.etag, info.size).await?;
             tracing::info!(
@@ -423,6 +569,20 @@ impl<'a> Chunker<'a> {
             // Another invocation created it first: use theirs.
             Fenced::Lost => Ok(Opened::Cursor(self.reload(&id).await?)),
         }
+    }
+
+    fn check_rows_per_chunk(&self, cursor: ChunkCursor) -> Result<ChunkCursor, ChunkerError> {
+        let s = &self.settings;
+        if cursor.rows_per_chunk != s.rows_per_chunk {
+            return Err(ChunkerError::RowsPerChunkChanged {
+                bucket: s.source_bucket.clone(),
+                key: s.source_key.clone(),
+                stream: cursor.stream,
+                pinned: cursor.rows_per_chunk,
+                configured: s.rows_per_chunk,
+            });
+        }
+        Ok(cursor)
     }
 
     /// A cursor at chunk 0 of the source version `etag`, from its header.
@@ -450,13 +610,15 @@ impl<'a> Chunker<'a> {
                 )
                 .await?;
             if more.is_empty() {
-                return Err(self.truncated(from, size));
+                return Err(self.truncated(&s.source_key, from, size));
             }
             buf.extend_from_slice(&more);
         };
         Ok(ChunkCursor {
             source_bucket: s.source_bucket.clone(),
             source_key: s.source_key.clone(),
+            file_key: s.source_key.clone(),
+            file: 0,
             stream: stream_for_source_version(&s.source_bucket, &s.source_key, &etag),
             etag,
             rows_per_chunk: s.rows_per_chunk,
@@ -467,6 +629,15 @@ impl<'a> Chunker<'a> {
             rows_emitted: 0,
             finished: false,
             recent: Vec::new(),
+            version: 0,
+            files: 0,
+            newest_key: String::new(),
+            walk_after: String::new(),
+            closing: false,
+            tail_ms: 0,
+            late_files: 0,
+            changed_files: 0,
+            flagged: Vec::new(),
         })
     }
 
@@ -476,10 +647,10 @@ impl<'a> Chunker<'a> {
         })
     }
 
-    fn truncated(&self, at: u64, size: u64) -> ChunkerError {
+    fn truncated(&self, key: &str, at: u64, size: u64) -> ChunkerError {
         ChunkerError::Truncated {
             bucket: self.settings.source_bucket.clone(),
-            key: self.settings.source_key.clone(),
+            key: key.to_string(),
             at,
             size,
         }
@@ -489,9 +660,13 @@ impl<'a> Chunker<'a> {
     pub async fn step(&mut self, cursor: &ChunkCursor) -> Result<Step, ChunkerError> {
         let t = Instant::now();
         let Some(prepared) = self.prepare(cursor).await? else {
-            return Ok(Step::Finished(cursor.clone()));
+            return Ok(match cursor.finished {
+                true => Step::Finished(cursor.clone()),
+                false => Step::Waiting(cursor.clone()),
+            });
         };
-        if prepared.rows > 0 {
+        let cut = prepared.next.next_chunk > cursor.next_chunk;
+        if cut {
             self.put(&prepared).await?;
         }
         match self
@@ -508,7 +683,7 @@ impl<'a> Chunker<'a> {
                     last: prepared.last,
                     micros: t.elapsed().as_micros() as u64,
                 };
-                if prepared.rows == 0 {
+                if !cut {
                     // An empty source: finished with no chunk at all.
                     return Ok(Step::Finished(prepared.next));
                 }
@@ -521,8 +696,11 @@ impl<'a> Chunker<'a> {
         }
     }
 
-    /// Cuts the chunk at `cursor` (None when the cursor is finished). A source with no
-    /// data rows gives a 0-row prepared chunk that only finishes the cursor.
+    /// Cuts the chunk at `cursor`: `None` when the cursor is finished, or when a prefix
+    /// stream has fewer than R rows left and neither closing nor a quiet tail says to
+    /// cut them. A source with no data rows gives a 0-row prepared chunk that only
+    /// finishes the cursor; a closing prefix stream whose rows ended exactly at a chunk
+    /// boundary gets a last chunk of no rows, so the end is still marked.
     pub async fn prepare(
         &mut self,
         cursor: &ChunkCursor,
@@ -530,128 +708,331 @@ impl<'a> Chunker<'a> {
         if cursor.finished {
             return Ok(None);
         }
-        let start = ChunkStart {
-            chunk: cursor.next_chunk,
-            offset: cursor.offset,
-            first_row: cursor.rows_emitted + 1,
+        let start = cursor.next_start();
+        let r = cursor.rows_per_chunk;
+        let span = self.cut_span(cursor, start, r).await?;
+        let last = if !cursor.is_prefix() {
+            span.file_end
+        } else if span.rows == r || span.capped {
+            let end = span.end.as_ref().map_or(0, |f| f.index);
+            cursor.closing
+                && span.file_end
+                && self.cursors.file_at(&cursor.stream, end + 1).await?.is_none()
+        } else if cursor.closing {
+            true
+        } else {
+            let quiet = self.clock.now_ms() - cursor.tail_ms;
+            if span.rows == 0 || quiet < self.settings.flush_after.as_millis() as i64 {
+                return Ok(None);
+            }
+            false
         };
-        let (bytes, consumed, rows, last) = self.cut_at(cursor, start).await?;
+        let cut = span.rows > 0 || (last && cursor.is_prefix() && cursor.next_chunk > 0);
         let mut next = ChunkCursor {
-            next_chunk: cursor.next_chunk + u64::from(rows > 0),
-            offset: cursor.offset + consumed,
-            rows_emitted: cursor.rows_emitted + rows,
+            next_chunk: cursor.next_chunk + u64::from(cut),
+            offset: span.offset,
+            rows_emitted: cursor.rows_emitted + span.rows,
             finished: last,
+            version: cursor.version + 1,
             ..cursor.clone()
         };
-        if rows > 0 {
+        if let Some(end) = &span.end {
+            next.file = end.index;
+            next.file_key = end.key.clone();
+            next.etag = end.etag.clone();
+            next.size = end.size;
+            next.header = end.header.clone();
+        }
+        if cut {
             // The backpressure window, plus room for the chunks of one tick in flight.
             next.remember(start, self.settings.max_lag_chunks as usize + 64);
         }
         Ok(Some(PreparedChunk {
             number: cursor.next_chunk,
             key: cursor.stream.chunk_key(cursor.next_chunk),
-            bytes,
-            rows,
+            bytes: span.bytes,
+            later_headers: span.later_headers,
+            rows: span.rows,
             first_row: start.first_row,
             last,
+            etag: span.etag,
             next,
         }))
     }
 
     /// Cuts chunk `k` again, exactly as it was first cut (chunks are deterministic
-    /// slices of one source version), to restore a chunk object that went missing or to
-    /// announce it to the detector again.
+    /// slices of pinned file versions), to restore a chunk object that went missing or
+    /// to announce it to the detector again.
     pub async fn recut(
         &mut self,
         cursor: &ChunkCursor,
         k: u64,
     ) -> Result<PreparedChunk, ChunkerError> {
+        let cannot = || ChunkerError::CannotRecut {
+            stream: cursor.stream.clone(),
+            chunk: k,
+            oldest: cursor.recent.first().map_or(cursor.next_chunk, |s| s.chunk),
+        };
         let start = cursor
             .start_of(k)
             .filter(|_| k < cursor.next_chunk)
-            .ok_or_else(|| ChunkerError::CannotRecut {
-                stream: cursor.stream.clone(),
-                chunk: k,
-                oldest: cursor.recent.first().map_or(cursor.next_chunk, |s| s.chunk),
-            })?;
-        let (bytes, _, rows, last) = self.cut_at(cursor, start).await?;
+            .ok_or_else(cannot)?;
+        let want = match cursor.is_prefix() {
+            true => cursor.rows_of(k).ok_or_else(cannot)?,
+            false => cursor.rows_per_chunk,
+        };
+        let span = self.cut_span(cursor, start, want).await?;
+        let last = match cursor.is_prefix() {
+            true => cursor.finished && k + 1 == cursor.next_chunk,
+            false => span.file_end,
+        };
         Ok(PreparedChunk {
             number: k,
             key: cursor.stream.chunk_key(k),
-            bytes,
-            rows,
+            bytes: span.bytes,
+            later_headers: span.later_headers,
+            rows: span.rows,
             first_row: start.first_row,
             last,
+            etag: span.etag,
             next: cursor.clone(),
         })
     }
 
-    /// The chunk starting at `start`: its bytes (header first), the source bytes it
-    /// takes, its rows, and whether it ends the stream.
-    async fn cut_at(
+    /// The file with index `index` in `cursor`'s stream, opened (`None`: a prefix
+    /// stream with no such file yet).
+    async fn file_for(
+        &self,
+        cursor: &ChunkCursor,
+        index: u64,
+    ) -> Result<Option<OpenFile>, ChunkerError> {
+        if !cursor.is_prefix() || (index == cursor.file && !cursor.file_key.is_empty()) {
+            return Ok(Some(OpenFile {
+                index: cursor.file,
+                key: cursor.file_key.clone(),
+                etag: cursor.etag.clone(),
+                size: cursor.size,
+                header: cursor.header.clone(),
+                data_offset: 0,
+            }));
+        }
+        match self.cursors.file_at(&cursor.stream, index).await? {
+            Some(file) => Ok(Some(self.open_file(&cursor.stream, &file).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the header of a prefix stream's file: its own, or the configured columns
+    /// for a file without one. A file whose header lacks a needed column still goes
+    /// into chunks (its rows are rejected with the reason), and is counted.
+    async fn open_file(
+        &self,
+        stream: &StreamName,
+        file: &SourceFile,
+    ) -> Result<OpenFile, ChunkerError> {
+        let columns = self.settings.columns.as_deref();
+        let mut buf = Vec::new();
+        let header = loop {
+            let at_eof = buf.len() as u64 >= file.size;
+            if let Some(header) = read_file_header(&buf, at_eof, columns) {
+                break header;
+            }
+            let from = buf.len() as u64;
+            let more = self
+                .file_range(stream, file, from, (from + (64 << 10).max(from)).min(file.size))
+                .await?;
+            if more.is_empty() {
+                return Err(self.truncated(&file.key, from, file.size));
+            }
+            buf.extend_from_slice(&more);
+        };
+        if let Some(problem) = &header.problem {
+            tracing::error!(stream = %stream, file = %file.key, error = %problem, "file header unusable: each of its rows is rejected with the reason; the stream goes on");
+            emit("chunker", &[("BadHeaderFiles", 1.0, Unit::Count)]);
+        }
+        Ok(OpenFile {
+            index: file.index,
+            key: file.key.clone(),
+            etag: file.etag.clone(),
+            size: file.size,
+            header: header.line,
+            data_offset: header.data_offset,
+        })
+    }
+
+    /// Bytes of a prefix stream's file, only from the version that joined.
+    async fn file_range(
+        &self,
+        stream: &StreamName,
+        file: &SourceFile,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, ChunkerError> {
+        let bucket = &self.settings.source_bucket;
+        match self
+            .objects
+            .get_range(bucket, &file.key, start, end, &file.etag)
+            .await
+        {
+            Err(StoreError::SourceChanged { .. }) => Err(ChunkerError::FileChanged {
+                stream: stream.clone(),
+                bucket: bucket.clone(),
+                key: file.key.clone(),
+                index: file.index,
+                etag: file.etag.clone(),
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Up to `want` rows from `start`: from the file it is in and, in a prefix stream,
+    /// on through the files that joined after it, each later file's rows under its
+    /// own header line.
+    async fn cut_span(
         &mut self,
         cursor: &ChunkCursor,
         start: ChunkStart,
-    ) -> Result<(Vec<u8>, u64, u64, bool), ChunkerError> {
-        if self.ahead.offset != start.offset {
+        want: u64,
+    ) -> Result<Span, ChunkerError> {
+        let mut span = Span {
+            bytes: Vec::new(),
+            later_headers: Vec::new(),
+            rows: 0,
+            end: None,
+            offset: start.offset,
+            file_end: false,
+            etag: cursor.etag.clone(),
+            capped: false,
+        };
+        let Some(mut file) = self.file_for(cursor, start.file).await? else {
+            return Ok(span);
+        };
+        let mut offset = start.offset.max(file.data_offset);
+        span.etag = file.etag.clone();
+        let mut rows_bytes = Vec::new();
+        loop {
+            rows_bytes.clear();
+            let (n, file_end) = self
+                .cut_in_file(cursor, &file, offset, want - span.rows, &mut rows_bytes)
+                .await?;
+            if n > 0 || (span.bytes.is_empty() && !cursor.is_prefix()) {
+                if span.bytes.is_empty() {
+                    span.etag = file.etag.clone();
+                } else {
+                    if !span.bytes.ends_with(b"\n") {
+                        span.bytes.push(b'\n'); // a file's last row may be unterminated
+                    }
+                    span.later_headers.push(span.bytes.len());
+                }
+                span.bytes.extend_from_slice(&file.header);
+                span.bytes.extend_from_slice(&rows_bytes);
+            }
+            offset += rows_bytes.len() as u64;
+            span.rows += n;
+            span.file_end = file_end;
+            if span.rows == want || !file_end || !cursor.is_prefix() {
+                break;
+            }
+            if span.later_headers.len() >= MAX_LATER_FILES {
+                span.capped = true;
+                break;
+            }
+            match self.cursors.file_at(&cursor.stream, file.index + 1).await? {
+                Some(next) => {
+                    file = self.open_file(&cursor.stream, &next).await?;
+                    offset = file.data_offset;
+                }
+                None => break,
+            }
+        }
+        if span.bytes.is_empty() {
+            span.bytes = file.header.clone();
+        }
+        span.offset = offset;
+        span.end = Some(file);
+        Ok(span)
+    }
+
+    /// Up to `want` rows of `file` from `offset`, appended to `out`: the rows cut and
+    /// whether nothing but blank lines follows them in the file.
+    async fn cut_in_file(
+        &mut self,
+        cursor: &ChunkCursor,
+        file: &OpenFile,
+        offset: u64,
+        want: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(u64, bool), ChunkerError> {
+        let a = &self.ahead;
+        if a.offset != offset || a.key != file.key || a.etag != file.etag {
             self.ahead = ReadAhead {
-                offset: start.offset,
+                key: file.key.clone(),
+                etag: file.etag.clone(),
+                offset,
                 bytes: Vec::new(),
             };
         }
         let mut window = self.settings.read_window.max(1);
         let (consumed, rows, last) = loop {
-            let end = start.offset + self.ahead.bytes.len() as u64;
-            let at_eof = end >= cursor.size;
-            match cut_rows(&self.ahead.bytes, cursor.rows_per_chunk, at_eof) {
+            let end = offset + self.ahead.bytes.len() as u64;
+            let at_eof = end >= file.size;
+            match cut_rows(&self.ahead.bytes, want, at_eof) {
                 Cut::Done {
                     consumed,
                     rows,
                     last,
                 } => break (consumed, rows, last),
                 Cut::NeedMore => {
-                    let more = self
-                        .objects
-                        .get_range(
-                            &cursor.source_bucket,
-                            &cursor.source_key,
-                            end,
-                            (end + window).min(cursor.size),
-                            &cursor.etag,
-                        )
-                        .await?;
+                    let stop = (end + window).min(file.size);
+                    let more = match cursor.is_prefix() {
+                        true => {
+                            let joined = SourceFile {
+                                index: file.index,
+                                key: file.key.clone(),
+                                etag: file.etag.clone(),
+                                size: file.size,
+                                joined_ms: 0,
+                                late: false,
+                                changed: None,
+                            };
+                            self.file_range(&cursor.stream, &joined, end, stop).await?
+                        }
+                        false => {
+                            self.objects
+                                .get_range(&cursor.source_bucket, &file.key, end, stop, &file.etag)
+                                .await?
+                        }
+                    };
                     if more.is_empty() {
-                        return Err(self.truncated(end, cursor.size));
+                        return Err(self.truncated(&file.key, end, file.size));
                     }
                     self.ahead.bytes.extend_from_slice(&more);
                     window = window.saturating_mul(2);
                 }
             }
         };
-        let mut bytes = Vec::with_capacity(cursor.header.len() + consumed);
-        bytes.extend_from_slice(&cursor.header);
-        bytes.extend_from_slice(&self.ahead.bytes[..consumed]);
+        out.extend_from_slice(&self.ahead.bytes[..consumed]);
         self.ahead.bytes.drain(..consumed);
         self.ahead.offset += consumed as u64;
-        Ok((bytes, consumed as u64, rows, last))
+        Ok((rows, last))
     }
 
     /// Writes a prepared chunk under its deterministic key.
     pub async fn put(&self, chunk: &PreparedChunk) -> Result<(), ChunkerError> {
+        let mut metadata = vec![
+            (META_FIRST_ROW, chunk.first_row.to_string()),
+            (META_ROWS, chunk.rows.to_string()),
+            (META_LAST, chunk.last.to_string()),
+            (META_ROWS_PER_CHUNK, chunk.next.rows_per_chunk.to_string()),
+            (META_SOURCE, chunk.next.id()),
+            (META_SOURCE_ETAG, chunk.etag.clone()),
+        ];
+        if !chunk.later_headers.is_empty() {
+            let offsets: Vec<String> = chunk.later_headers.iter().map(|o| o.to_string()).collect();
+            metadata.push((META_HEADERS, offsets.join(",")));
+        }
         self.objects
-            .put(
-                &self.settings.bucket,
-                &chunk.key,
-                chunk.bytes.clone(),
-                &[
-                    (META_FIRST_ROW, chunk.first_row.to_string()),
-                    (META_ROWS, chunk.rows.to_string()),
-                    (META_LAST, chunk.last.to_string()),
-                    (META_ROWS_PER_CHUNK, chunk.next.rows_per_chunk.to_string()),
-                    (META_SOURCE, chunk.next.id()),
-                    (META_SOURCE_ETAG, chunk.next.etag.clone()),
-                ],
-            )
+            .put(&self.settings.bucket, &chunk.key, chunk.bytes.clone(), &metadata)
             .await?;
         Ok(())
     }

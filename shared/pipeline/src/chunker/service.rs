@@ -56,6 +56,10 @@ pub struct SourceTick {
     pub lost_races: u64,
     /// Chunk slots skipped because the detector was too far behind.
     pub backpressure_waits: u64,
+    /// Prefix stream: files that joined in this tick.
+    pub files_joined: u64,
+    /// Prefix stream: the tick ended waiting for more rows (or for closing).
+    pub waiting_for_data: bool,
     /// Chunks cut but not yet applied by the detector, after this tick.
     pub lag: u64,
     /// The chunk the detector has parked, if any: resume with `txpipe resume`.
@@ -160,6 +164,8 @@ impl ChunkerService {
             waiting_for_input: run.waiting_for_input,
             lost_races: run.lost_races,
             backpressure_waits: run.backpressure_waits,
+            files_joined: run.files_joined,
+            waiting_for_data: run.waiting_for_data,
             lag: watch.lag,
             parked: watch.parked.map(|p| p.chunk),
             kicked: watch.kicked,
@@ -185,6 +191,7 @@ impl ChunkerService {
             settings.clone(),
         )
         .with_backpressure(self.stores.state.as_ref())
+        .with_clock(self.clock.clone())
     }
 
     async fn run_with(

@@ -5,13 +5,16 @@
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, Detector, DetectorError, StepMillis, StreamState};
-use crate::chunker::{META_FIRST_ROW, META_LAST, META_ROWS_PER_CHUNK, META_SOURCE};
+use crate::chunker::{
+    META_FIRST_ROW, META_HEADERS, META_LAST, META_ROWS_PER_CHUNK, META_SOURCE,
+};
 use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
 use chrono::{DateTime, Utc};
 use txpipe_core::batch::DetectionBatch;
 use txpipe_core::detection::Detection;
 use txpipe_core::engine::{ApplyError, ChunkOutcome};
+use txpipe_core::parse::RejectReason;
 use txpipe_core::layout::StreamName;
 
 /// A chunk object read from S3, with what its metadata says.
@@ -20,6 +23,8 @@ struct ChunkInput {
     key: String,
     object: StoredObject,
     first_row: u64,
+    /// Byte offsets of the header lines after the first (a chunk spanning files).
+    later_headers: Vec<usize>,
     last: bool,
     /// The chunker's cursor the chunk came from.
     source: Option<String>,
@@ -135,18 +140,32 @@ impl Detector {
             .unwrap_or(j * rows_per_chunk + 1);
         let last = meta(META_LAST) == Some("true");
         let source = meta(META_SOURCE).map(str::to_string);
+        let later_headers = match meta(META_HEADERS) {
+            None | Some("") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|v| v.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| DetectorError::State {
+                    stream: stream.clone(),
+                    why: format!(
+                        "chunk {key}: metadata {META_HEADERS}={list:?} is not a list of byte offsets"
+                    ),
+                })?,
+        };
         Ok(Some(ChunkInput {
             number: j,
             key,
             object,
             first_row,
+            later_headers,
             last,
             source,
         }))
     }
 
-    /// Step 2: the engine applies the chunk and finds what became true. A chunk whose
-    /// header is unusable has every row rejected with the reason; the stream goes on.
+    /// Step 2: the engine applies the chunk and finds what became true. The rows under
+    /// an unusable header are rejected with the reason; the stream goes on.
     fn apply_to_engine(
         &self,
         st: &mut StreamState,
@@ -161,25 +180,22 @@ impl Detector {
         let j = input.number;
         let bytes = &input.object.bytes;
         let mut rows = Vec::new();
-        let applied = match self.sink.wants_transactions() {
-            true => st
-                .engine
-                .apply_chunk_with(j, bytes, input.first_row, &mut |r| {
-                    rows.push(ProcessedRow::from(r))
-                }),
-            false => st.engine.apply_chunk(j, bytes, input.first_row),
+        let mut keep_row = |r: txpipe_core::engine::RowView<'_>| rows.push(ProcessedRow::from(r));
+        let on_row: Option<&mut dyn FnMut(txpipe_core::engine::RowView<'_>)> = match self.sink.wants_transactions() {
+            true => Some(&mut keep_row),
+            false => None,
         };
-        let outcome = match applied {
-            Ok(outcome) => outcome,
-            Err(ApplyError::Header { source, .. }) => {
-                tracing::error!(chunk = j, key = %input.key, error = %source, "chunk header unusable; every row of the chunk is rejected");
-                rows.clear();
-                st.engine
-                    .reject_chunk(j, bytes, input.first_row, &source.to_string())
-                    .map_err(bad)?
-            }
-            Err(e) => return Err(bad(e)),
-        };
+        let outcome = st
+            .engine
+            .apply_segments(j, bytes, &input.later_headers, input.first_row, on_row)
+            .map_err(bad)?;
+        if let Some(r) = outcome
+            .rejected
+            .iter()
+            .find(|r| matches!(r.reason, RejectReason::UnreadableChunk { .. }))
+        {
+            tracing::error!(chunk = j, key = %input.key, error = %r.reason, "rows under an unusable header line are rejected");
+        }
         let detected_at = self.clock.now();
         let detections = outcome
             .detections

@@ -2,14 +2,17 @@
 //! number, always 0).
 //!
 //! Items: `cursor#s3://bucket/key` (the chunker's cursor), `head#<stream>` (the
-//! detector's commit point) and `lease#<stream>` (which invocation applies the stream).
+//! detector's commit point) and `lease#<stream>` (which invocation applies the stream);
+//! for a prefix stream, its file log: `files#<stream>` with `sk` the order in which
+//! each file joined, and `file#<stream>#<key>` (sk 0) marking that key as joined.
 //! Every item is small and bounded; the adapter refuses one over DynamoDB's 400 KB
 //! limit before sending it.
 
 use super::cursor::ChunkStart;
 use super::head::{ChunkFailure, SnapshotRef};
 use super::{
-    ChunkCursor, CursorStore, DetectorHead, Fenced, RequestCounter, Retry, StateStore, StoreError,
+    ChunkCursor, CursorStore, DetectorHead, Fenced, RequestCounter, Retry, SourceFile, StateStore,
+    StoreError,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -52,13 +55,17 @@ impl DynamoTable {
     }
 
     async fn get_item(&self, pk: &str) -> Result<Option<Item>, StoreError> {
+        self.get_item_at(pk, 0).await
+    }
+
+    async fn get_item_at(&self, pk: &str, sk: u64) -> Result<Option<Item>, StoreError> {
         self.requests.add(1);
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .key("sk", n(0))
+            .key("sk", n(sk))
             .consistent_read(true)
             .send()
             .await
@@ -266,7 +273,73 @@ fn cursor_item(c: &ChunkCursor) -> Item {
         ("finished".into(), AttributeValue::Bool(c.finished)),
         ("recent".into(), b(c.encode_recent())),
         ("updated_ms".into(), n(now_ms())),
+        ("file_key".into(), s(&c.file_key)),
+        ("file".into(), n(c.file)),
+        ("version".into(), n(c.version)),
+        ("files".into(), n(c.files)),
+        ("newest_key".into(), s(&c.newest_key)),
+        ("walk_after".into(), s(&c.walk_after)),
+        ("closing".into(), AttributeValue::Bool(c.closing)),
+        ("tail_ms".into(), n(c.tail_ms)),
+        ("late_files".into(), n(c.late_files)),
+        ("changed_files".into(), n(c.changed_files)),
+        ("flagged".into(), s(c.flagged.join("\n"))),
     ])
+}
+
+/// The condition that the stored cursor is at the version before `c`'s (cursors
+/// written before versions existed count as version 0).
+fn version_condition(c: &ChunkCursor) -> (&'static str, Item) {
+    let prev = c.version.saturating_sub(1);
+    let cond = match prev {
+        0 => "(attribute_not_exists(version) OR version = :prev)",
+        _ => "version = :prev",
+    };
+    (cond, HashMap::from([(":prev".into(), n(prev))]))
+}
+
+fn files_pk(stream: &StreamName) -> String {
+    format!("files#{stream}")
+}
+
+fn file_pk(stream: &StreamName, key: &str) -> String {
+    format!("file#{stream}#{key}")
+}
+
+fn file_items(stream: &StreamName, f: &SourceFile) -> [Item; 2] {
+    let mut entry = HashMap::from([
+        ("key".into(), s(&f.key)),
+        ("index".into(), n(f.index)),
+        ("etag".into(), s(&f.etag)),
+        ("size".into(), n(f.size)),
+        ("joined_ms".into(), n(f.joined_ms)),
+        ("late".into(), AttributeValue::Bool(f.late)),
+    ]);
+    if let Some(change) = &f.changed {
+        entry.insert("changed".into(), s(change));
+    }
+    let mut log = entry.clone();
+    log.insert("pk".into(), s(files_pk(stream)));
+    log.insert("sk".into(), n(f.index));
+    entry.insert("pk".into(), s(file_pk(stream, &f.key)));
+    entry.insert("sk".into(), n(0));
+    [log, entry]
+}
+
+fn source_file(item: &Item, at: &str) -> Result<SourceFile, StoreError> {
+    let f = Fields { item, at };
+    Ok(SourceFile {
+        index: f.number("index")?,
+        key: f.string("key")?,
+        etag: f.string("etag")?,
+        size: f.number("size")?,
+        joined_ms: f.number("joined_ms")?,
+        late: f.flag("late")?,
+        changed: match f.has("changed") {
+            true => Some(f.string("changed")?),
+            false => None,
+        },
+    })
 }
 
 fn head_item(h: &DetectorHead) -> Item {
@@ -330,11 +403,39 @@ impl CursorStore for DynamoTable {
             item: &item,
             at: &at,
         };
-        let recent: Vec<ChunkStart> = ChunkCursor::decode_recent(&f.bytes("recent")?)
-            .ok_or_else(|| f.missing("recent", "a list of chunk starts"))?;
+        let source_key = f.string("source_key")?;
+        let recent: Vec<ChunkStart> =
+            ChunkCursor::decode_recent(&f.bytes("recent")?, source_key.ends_with('/'))
+                .ok_or_else(|| f.missing("recent", "a list of chunk starts"))?;
+        // Cursors written before prefix streams lack the attributes after `recent`.
+        let or = |name: &str, default: u64| match f.has(name) {
+            true => f.number(name),
+            false => Ok(default),
+        };
+        let text_or = |name: &str, default: &str| match f.has(name) {
+            true => f.string(name),
+            false => Ok(default.to_string()),
+        };
         Ok(Some(ChunkCursor {
             source_bucket: f.string("source_bucket")?,
-            source_key: f.string("source_key")?,
+            file_key: text_or("file_key", &source_key)?,
+            file: or("file", 0)?,
+            version: or("version", 0)?,
+            files: or("files", 0)?,
+            newest_key: text_or("newest_key", "")?,
+            walk_after: text_or("walk_after", "")?,
+            closing: f.has("closing") && f.flag("closing")?,
+            tail_ms: match f.has("tail_ms") {
+                true => f.number("tail_ms")?,
+                false => 0,
+            },
+            late_files: or("late_files", 0)?,
+            changed_files: or("changed_files", 0)?,
+            flagged: text_or("flagged", "")?
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            source_key,
             etag: f.string("etag")?,
             stream: f.stream("stream")?,
             rows_per_chunk: f.number("rows_per_chunk")?,
@@ -358,15 +459,146 @@ impl CursorStore for DynamoTable {
         cursor: &ChunkCursor,
         expected_next: u64,
     ) -> Result<Fenced, StoreError> {
+        let (version, mut values) = version_condition(cursor);
+        values.insert(":expected".into(), n(expected_next));
+        values.insert(":stream".into(), s(cursor.stream.as_str()));
         self.put_if(
             cursor_item(cursor),
-            "next_chunk = :expected AND #stream = :stream",
-            HashMap::from([
-                (":expected".into(), n(expected_next)),
-                (":stream".into(), s(cursor.stream.as_str())),
-            ]),
+            &format!("next_chunk = :expected AND #stream = :stream AND {version}"),
+            values,
         )
         .await
+    }
+
+    async fn join_files(
+        &self,
+        cursor: &ChunkCursor,
+        files: &[SourceFile],
+    ) -> Result<Fenced, StoreError> {
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+        // DynamoDB takes at most 100 items per transaction: the cursor and 2 per file.
+        if files.len() > 49 {
+            return Err(StoreError::Limit {
+                what: format!("a transaction joining {} files", files.len()),
+                size: 1 + 2 * files.len() as u64,
+                limit: 100,
+            });
+        }
+        let item = cursor_item(cursor);
+        let size = item_size(&item);
+        if size > ITEM_LIMIT_BYTES {
+            return Err(StoreError::Limit {
+                what: format!("DynamoDB item {}", cursor_pk(&cursor.id())),
+                size,
+                limit: ITEM_LIMIT_BYTES,
+            });
+        }
+        let (version, values) = version_condition(cursor);
+        let put = |item: Item, cond: &str, values: Option<Item>| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression(cond)
+                .set_expression_attribute_values(values)
+                .build()
+                .map(|p| TransactWriteItem::builder().put(p).build())
+                .map_err(|e| StoreError::remote("building TransactWriteItems", e))
+        };
+        let mut writes = vec![put(item, version, Some(values))?];
+        for f in files {
+            for item in file_items(&cursor.stream, f) {
+                writes.push(put(item, "attribute_not_exists(pk)", None)?);
+            }
+        }
+        self.requests.add(1);
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Fenced::Written),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+            {
+                Ok(Fenced::Lost)
+            }
+            Err(e) => Err(remote(
+                format!("TransactWriteItems joining {} files", files.len()),
+                &e,
+            )),
+        }
+    }
+
+    async fn file_at(
+        &self,
+        stream: &StreamName,
+        index: u64,
+    ) -> Result<Option<SourceFile>, StoreError> {
+        let pk = files_pk(stream);
+        match self.get_item_at(&pk, index).await? {
+            Some(item) => Ok(Some(source_file(&item, &format!("{pk} sk={index}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn files_by_key(
+        &self,
+        stream: &StreamName,
+        keys: &[String],
+    ) -> Result<HashMap<String, SourceFile>, StoreError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = HashMap::new();
+        if keys.is_empty() {
+            return Ok(found);
+        }
+        let mut request = KeysAndAttributes::builder().consistent_read(true);
+        for key in keys {
+            request = request.keys(HashMap::from([
+                ("pk".to_string(), s(file_pk(stream, key))),
+                ("sk".to_string(), n(0)),
+            ]));
+        }
+        let mut pending = Some(HashMap::from([(
+            self.table.clone(),
+            request
+                .build()
+                .map_err(|e| StoreError::remote("building BatchGetItem", e))?,
+        )]));
+        while let Some(items) = pending.take().filter(|m| !m.is_empty()) {
+            self.requests.add(1);
+            let out = self
+                .client
+                .batch_get_item()
+                .set_request_items(Some(items))
+                .send()
+                .await
+                .map_err(|e| remote(format!("BatchGetItem of {} file keys", keys.len()), &e))?;
+            for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                let file = source_file(item, "file log entry")?;
+                found.insert(file.key.clone(), file);
+            }
+            pending = out.unprocessed_keys().cloned();
+        }
+        Ok(found)
+    }
+
+    async fn mark_changed(
+        &self,
+        stream: &StreamName,
+        file: &SourceFile,
+        change: &str,
+    ) -> Result<(), StoreError> {
+        let changed = SourceFile {
+            changed: Some(change.to_string()),
+            ..file.clone()
+        };
+        for item in file_items(stream, &changed) {
+            self.put_if(item, "attribute_exists(pk)", Item::new()).await?;
+        }
+        Ok(())
     }
 
     async fn replace_cursor(

@@ -149,6 +149,55 @@ pub trait ObjectStore: Send + Sync {
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError>;
     /// Keys under a prefix, in key order (for status, pruning and tests).
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// One page (at most `max_keys`, at most 1,000) of the objects under `prefix` whose
+    /// keys sort after `start_after`, in key order: one `ListObjectsV2` request.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError>;
+}
+
+/// An object found by listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: String,
+    /// Its ETag.
+    pub etag: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// The objects, in key order.
+    pub objects: Vec<Listed>,
+    /// More keys follow.
+    pub truncated: bool,
+}
+
+/// One file of a prefix stream, as it joined: the file log's entry, never changed but
+/// for `changed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Its place in the order files joined (0, 1, …).
+    pub index: u64,
+    /// Its key.
+    pub key: String,
+    /// The ETag it joined with: its rows are read from this version only.
+    pub etag: String,
+    /// Its size when it joined.
+    pub size: u64,
+    /// When it joined (Unix ms).
+    pub joined_ms: i64,
+    /// It joined after files whose keys sort after it.
+    pub late: bool,
+    /// What happened to it after it joined, if anything (`overwritten: ETag …`).
+    pub changed: Option<String>,
 }
 
 /// Result of a conditional write.
@@ -181,6 +230,33 @@ pub trait CursorStore: Send + Sync {
         cursor: &ChunkCursor,
         expected_stream: &StreamName,
     ) -> Result<Fenced, StoreError>;
+    /// Prefix stream: records `files` (the last `files.len()` of `cursor.files`) in the
+    /// file log and writes `cursor`, in one transaction, only if the stored cursor is
+    /// still at `cursor.version - 1` and none of the keys joined before.
+    async fn join_files(
+        &self,
+        cursor: &ChunkCursor,
+        files: &[SourceFile],
+    ) -> Result<Fenced, StoreError>;
+    /// Prefix stream: the file that joined `index`-th.
+    async fn file_at(
+        &self,
+        stream: &StreamName,
+        index: u64,
+    ) -> Result<Option<SourceFile>, StoreError>;
+    /// Prefix stream: the files among `keys` (at most 100) that joined, by key.
+    async fn files_by_key(
+        &self,
+        stream: &StreamName,
+        keys: &[String],
+    ) -> Result<HashMap<String, SourceFile>, StoreError>;
+    /// Prefix stream: records that a joined file changed after it joined.
+    async fn mark_changed(
+        &self,
+        stream: &StreamName,
+        file: &SourceFile,
+        change: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// Where the detector keeps each stream's head (DynamoDB): the one small record whose

@@ -1,6 +1,8 @@
 //! [`ObjectStore`] over Amazon S3.
 
-use super::{ObjectInfo, ObjectStore, RequestCounter, Retry, StoreError, StoredObject};
+use super::{
+    ListPage, Listed, ObjectInfo, ObjectStore, RequestCounter, Retry, StoreError, StoredObject,
+};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -245,5 +247,40 @@ impl ObjectStore for S3Store {
         }
         keys.sort();
         Ok(keys)
+    }
+
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError> {
+        self.requests.add(1);
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .start_after(start_after)
+            .max_keys(max_keys.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| remote(format!("LIST s3://{bucket}/{prefix} after {start_after:?}"), &e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(Listed {
+                    key: o.key()?.to_string(),
+                    etag: o.e_tag().unwrap_or_default().to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect();
+        Ok(ListPage {
+            objects,
+            truncated: out.is_truncated() == Some(true),
+        })
     }
 }
