@@ -1,7 +1,7 @@
 //! Cutting exactly R data rows out of transactions.csv into chunks, from a byte buffer
 //! that may end anywhere (the chunker's ranged reads) or from a whole file (replay).
 
-use crate::parse::csv_scan::{strip_bom, Scanner};
+use crate::parse::csv_scan::{strip_bom, strip_single_quotes, Scanner};
 use crate::parse::header::ColumnMap;
 use crate::parse::transactions::TRANSACTION_COLUMNS;
 use crate::parse::HeaderError;
@@ -110,12 +110,12 @@ pub fn read_file_header(buf: &[u8], at_eof: bool, columns: Option<&[u8]>) -> Opt
                     data_offset: after,
                     problem: None,
                 },
-                (Err(_), Some(columns)) => FileHeader {
+                (Err(_), Some(columns)) if !names_a_column(record) => FileHeader {
                     line: terminated(columns.to_vec()),
                     data_offset: (bom + span.start) as u64,
                     problem: None,
                 },
-                (Err(problem), None) => FileHeader {
+                (Err(problem), _) => FileHeader {
                     line: own(),
                     data_offset: after,
                     problem: Some(problem),
@@ -123,6 +123,17 @@ pub fn read_file_header(buf: &[u8], at_eof: bool, columns: Option<&[u8]>) -> Opt
             },
         );
     }
+}
+
+/// Whether a record names one of the needed columns: then it is a header (maybe an
+/// incomplete one), not a data row, whose ids and amounts never read as column names.
+fn names_a_column(record: &[u8]) -> bool {
+    let mut fields = Vec::new();
+    Scanner::new().split_fields(record, &mut fields);
+    fields.iter().any(|f| {
+        let name = String::from_utf8_lossy(strip_single_quotes(f));
+        TRANSACTION_COLUMNS.contains(&name.trim())
+    })
 }
 
 /// The outcome of trying to cut one chunk from a buffer of data rows.

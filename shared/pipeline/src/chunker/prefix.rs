@@ -43,7 +43,7 @@ impl Chunker<'_> {
             // A stream started again over the same prefix is a new stream.
             stream: stream_for_source_version(
                 &s.source_bucket,
-                &s.source_key,
+                s.source_key.trim_end_matches('/'),
                 &created.to_string(),
             ),
             rows_per_chunk: s.rows_per_chunk,

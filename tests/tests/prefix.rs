@@ -1,0 +1,306 @@
+//! Prefix streams against moto and Postgres: every file under a prefix joins one
+//! stream (`docs/behaviour.md#streams-over-a-prefix`). The same data split into parts
+//! gives the single file's outputs; files join once, in order, late ones after; a file
+//! that changes stops the stream visibly; a quiet tail is cut; closing ends it.
+
+use anyhow::Result;
+use std::time::{Duration, Instant};
+use txpipe::chunker::{close_stream, skip_file, ChunkerError, ChunkerService};
+use txpipe::detector::DetectorService;
+use txpipe::layout::StreamName;
+use txpipe_e2e::outputs::{stream_outputs, StreamOutputs};
+use txpipe_e2e::*;
+
+const PREFIX: &str = "feed/";
+const R: &str = "2000";
+
+fn settings(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut s = vec![
+        ("TXPIPE_ROWS_PER_CHUNK", R),
+        ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS", "2000"),
+        ("TXPIPE_DEI_MIN_FEMALE", "30"),
+        ("TXPIPE_PG_TRANSACTIONS", "on"),
+    ];
+    s.extend_from_slice(extra);
+    s
+}
+
+fn prefix_settings(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut s = settings(&[("TXPIPE_SOURCE_PREFIX", PREFIX)]);
+    s.extend_from_slice(extra);
+    s
+}
+
+/// Ticks of the chunker, each chunk delivered to the detector as S3 would, until the
+/// chunker has nothing more to cut now (or the stream is finished). Short deadlines:
+/// an invocation out of rows returns instead of polling.
+async fn drive(chunker: &ChunkerService, detector: &DetectorService) -> Result<(StreamName, bool)> {
+    loop {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let tick = chunker.handle(&serde_json::json!({}), deadline).await?;
+        let source = &tick.sources[0];
+        let stream = StreamName::parse(source.stream.as_deref().unwrap_or_default())
+            .expect("a stream");
+        for k in &source.chunks {
+            deliver(detector, &[stream.chunk_key(*k)]).await?;
+        }
+        if source.finished || source.chunks.is_empty() {
+            return Ok((stream, source.finished));
+        }
+    }
+}
+
+/// Splits a file's data rows into parts of the given row counts (the rest in the
+/// last), each with the header, in the ways real extracts differ.
+fn parts(source: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let text = std::str::from_utf8(source).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for (i, &n) in sizes.iter().chain(std::iter::once(&usize::MAX)).enumerate() {
+        let take = &rows[at..at.saturating_add(n).min(rows.len())];
+        at += take.len();
+        let mut part = String::new();
+        let eol = if i % 3 == 2 { "\r\n" } else { "\n" };
+        if i == 4 {
+            part.push('\u{feff}'); // a BOM
+        }
+        part.push_str(header);
+        part.push_str(eol);
+        for (j, row) in take.iter().enumerate() {
+            part.push_str(row);
+            // One part ends without a final line terminator.
+            if !(i == 5 && j + 1 == take.len()) {
+                part.push_str(eol);
+            }
+        }
+        out.push(part.into_bytes());
+    }
+    out
+}
+
+fn part_key(i: usize) -> String {
+    format!("{PREFIX}2026/12/04/{:02}/part-{:04}.csv", 10 + i / 4, i + 1)
+}
+
+/// Outputs that do not depend on the stream's name: the ledger without chunk keys.
+fn comparable(mut o: StreamOutputs) -> StreamOutputs {
+    for row in &mut o.ledger {
+        row.1.clear();
+    }
+    o
+}
+
+async fn single_file_outputs(stack: &Stack, source: &[u8]) -> Result<StreamOutputs> {
+    stack.put(SOURCE_KEY, source.to_vec()).await?;
+    let s = settings(&[]);
+    let (stream, finished) = drive(&stack.chunker(&s)?, &stack.detector(&s).await?).await?;
+    assert!(finished);
+    Ok(comparable(stream_outputs(stack, &stream, true).await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_of_uneven_sizes_give_the_single_files_outputs() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("prefix-parts")?;
+    let (transactions, importance) = generate(&dir, 21_000, 7, 900)?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    let want = single_file_outputs(&stack, &transactions).await?;
+
+    let s = prefix_settings(&[]);
+    let chunker = stack.chunker(&s)?;
+    let detector = stack.detector(&s).await?;
+    // An empty file, a header-only part, a one-row part, boundaries off R, CRLF, a
+    // BOM, an unterminated last row; half uploaded before the first tick, half while
+    // the stream runs.
+    let parts = parts(&transactions, &[0, 1, 2999, 4000, 7, 5000, 1]);
+    stack.put(&format!("{PREFIX}2026/12/04/09/empty.csv"), Vec::new()).await?;
+    let (first, rest) = parts.split_at(4);
+    for (i, p) in first.iter().enumerate() {
+        stack.put(&part_key(i), p.clone()).await?;
+    }
+    let (stream, finished) = drive(&chunker, &detector).await?;
+    assert!(!finished, "a prefix stream does not end before it is closed");
+    for (i, p) in rest.iter().enumerate() {
+        stack.put(&part_key(first.len() + i), p.clone()).await?;
+    }
+    drive(&chunker, &detector).await?;
+    let stores = stack.stores(&stack.config(&s)?);
+    let id = chunker.settings().source_id();
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(cursor.files, parts.len() as u64 + 1);
+    assert_eq!(cursor.late_files, 0);
+    assert!(close_stream(stores.cursors.as_ref(), &cursor).await?);
+    let (again, finished) = drive(&chunker, &detector).await?;
+    assert!(finished);
+    assert_eq!(again, stream);
+
+    let got = comparable(stream_outputs(&stack, &stream, true).await?);
+    assert!(!got.detections.is_empty());
+    assert_eq!(got.batches, want.batches, "detection files");
+    assert_eq!(got.detections, want.detections, "Postgres detections");
+    assert_eq!(got.rejected, want.rejected, "rejected rows");
+    assert_eq!(got.stats, want.stats, "customer stats");
+    assert_eq!(got.ledger, want.ledger, "ledger (chunk, rows, rejected, detections)");
+    assert_eq!(got.transactions, want.transactions, "transactions copy");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headerless_reordered_and_bad_header_files_in_one_stream() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("prefix-headers")?;
+    let (transactions, importance) = generate(&dir, 9_000, 3, 500)?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    let want = single_file_outputs(&stack, &transactions).await?;
+    let text = std::str::from_utf8(&transactions)?;
+    let header = text.lines().next().unwrap().to_string();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    // Part 1 with no header (as Firehose writes), part 2 with its columns reversed,
+    // then a file whose header lacks `amount`, then the rest with the header.
+    let mut p1 = rows[..3000].join("\n");
+    p1.push('\n');
+    let reversed = |line: &str| line.split(',').rev().collect::<Vec<_>>().join(",");
+    let mut p2 = reversed(&header) + "\n";
+    for row in &rows[3000..6000] {
+        p2.push_str(&reversed(row));
+        p2.push('\n');
+    }
+    let bad = "step,customer,merchant\n1,'C1','M1'\n2,'C2','M2'\n".to_string();
+    let p4 = format!("{header}\n{}\n", rows[6000..].join("\n"));
+    stack.put(&part_key(0), p1.into_bytes()).await?;
+    stack.put(&part_key(1), p2.into_bytes()).await?;
+    stack.put(&part_key(2), bad.into_bytes()).await?;
+    stack.put(&part_key(3), p4.into_bytes()).await?;
+
+    let columns = Box::leak(header.clone().into_boxed_str());
+    let s = prefix_settings(&[("TXPIPE_SOURCE_COLUMNS", columns)]);
+    let chunker = stack.chunker(&s)?;
+    let detector = stack.detector(&s).await?;
+    drive(&chunker, &detector).await?;
+    let stores = stack.stores(&stack.config(&s)?);
+    let cursor = stores
+        .cursors
+        .load_cursor(&chunker.settings().source_id())
+        .await?
+        .unwrap();
+    close_stream(stores.cursors.as_ref(), &cursor).await?;
+    let (stream, finished) = drive(&chunker, &detector).await?;
+    assert!(finished);
+    let got = stream_outputs(&stack, &stream, false).await?;
+    // The bad file's two rows are rejected with the reason, numbered in the stream;
+    // everything else is the single file's.
+    let bad_rows: Vec<_> = got
+        .rejected
+        .iter()
+        .filter(|r| r.3.contains("header line above the row is unusable"))
+        .collect();
+    assert_eq!(bad_rows.len(), 2, "{:?}", got.rejected);
+    assert_eq!(bad_rows[0].0, 6001);
+    assert_eq!(got.batches, want.batches, "detection files");
+    assert_eq!(got.detections.len(), want.detections.len());
+    // The two extra rows move chunk boundaries: the stats but their last chunk agree.
+    let no_chunk = |o: &StreamOutputs| -> Vec<_> {
+        o.stats.iter().map(|s| (s.0.clone(), s.1.clone(), s.2, s.3.clone())).collect()
+    };
+    assert_eq!(no_chunk(&got), no_chunk(&want));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_files_join_after_and_changed_files_stop_the_stream_visibly() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("prefix-late")?;
+    let (transactions, importance) = generate(&dir, 6_000, 5, 300)?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    let p = parts(&transactions, &[2500, 2500, 500]);
+    let s = prefix_settings(&[("TXPIPE_ROWS_PER_CHUNK", "1000")]);
+    let config = stack.config(&s)?;
+    let stores = stack.stores(&config);
+    let chunker = stack.chunker(&s)?;
+    let detector = stack.detector(&s).await?;
+    let id = chunker.settings().source_id();
+    stack.put(&part_key(5), p[0].clone()).await?;
+    drive(&chunker, &detector).await?;
+    // A key sorting before the one that joined: it still joins, after it, as late.
+    stack.put(&part_key(1), p[1].clone()).await?;
+    drive(&chunker, &detector).await?;
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(cursor.files, 2);
+    assert_eq!(cursor.late_files, 1);
+    assert_eq!(cursor.flagged, vec![format!("late: {}", part_key(1))]);
+    let late = stores.cursors.file_at(&cursor.stream, 1).await?.unwrap();
+    assert_eq!((late.key.as_str(), late.late), (part_key(1).as_str(), true));
+    assert_eq!(cursor.rows_emitted, 5000, "both files cut, in join order");
+
+    // A file already cut is overwritten: recorded and counted, never applied again.
+    stack.put(&part_key(5), b"overwritten".to_vec()).await?;
+    // The next file joins (500 rows wait for more), then changes before it is cut.
+    stack.put(&part_key(7), p[2].clone()).await?;
+    drive(&chunker, &detector).await?;
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(cursor.changed_files, 1, "{:?}", cursor.flagged);
+    assert!(cursor.flagged.iter().any(|f| f.starts_with(&format!("changed: {}", part_key(5)))));
+    assert_eq!(cursor.rows_emitted, 5000);
+    stack.put(&part_key(7), b"step,customer\n".to_vec()).await?;
+    stack.put(&part_key(8), p[3].clone()).await?;
+    let before = stores.cursors.load_cursor(&id).await?.unwrap();
+    let err = chunker
+        .handle(&serde_json::json!({}), Instant::now() + Duration::from_secs(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ChunkerError::FileChanged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&part_key(7)) && text.contains("txpipe skip-file"), "{text}");
+    // Nothing moved: the stream stands where it was, and says so on every tick.
+    let after = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!((after.next_chunk, after.rows_emitted), (before.next_chunk, before.rows_emitted));
+
+    // The operator skips the file; the stream goes on with the next one.
+    let file = stores.cursors.file_at(&after.stream, 2).await?.unwrap();
+    assert_eq!(file.key, part_key(7));
+    skip_file(stores.cursors.as_ref(), &after, &file).await.map_err(anyhow::Error::msg)?;
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    close_stream(stores.cursors.as_ref(), &cursor).await?;
+    let (_, finished) = drive(&chunker, &detector).await?;
+    assert!(finished);
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(cursor.files, 4);
+    assert_eq!(cursor.rows_emitted, 5500, "the skipped file's rows are not in the stream");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let dir = temp_dir("prefix-flush")?;
+    let stack = { drop(stack); Stack::start(true).await? };
+    let (transactions, importance) = generate(&dir, 2_500, 9, 200)?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    let s = prefix_settings(&[("TXPIPE_ROWS_PER_CHUNK", "1000"), ("TXPIPE_FLUSH_AFTER_SECS", "2")]);
+    let clock = txpipe_testkit::clock::TestClock::new();
+    let config = stack.config(&s)?;
+    let stores = stack.stores(&config);
+    let chunker = stack.chunker_over(&s, stores.clone(), clock.clone())?;
+    let detector = stack.detector(&s).await?;
+    let id = chunker.settings().source_id();
+    stack.put(&part_key(0), transactions).await?;
+    let (stream, _) = drive(&chunker, &detector).await?;
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!((cursor.next_chunk, cursor.rows_emitted), (2, 2000), "500 rows wait");
+    clock.advance(chrono::Duration::seconds(3));
+    drive(&chunker, &detector).await?;
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!((cursor.next_chunk, cursor.rows_emitted), (3, 2500), "the tail is cut short");
+    assert!(!cursor.finished);
+    // Closing at a chunk boundary still marks the end: a last chunk with no rows.
+    close_stream(stores.cursors.as_ref(), &cursor).await?;
+    let (_, finished) = drive(&chunker, &detector).await?;
+    assert!(finished);
+    let head = stores.state.load_head(&stream).await?.unwrap();
+    assert_eq!(head.next_chunk, 4);
+    assert!(head.finished, "{head:?}");
+    Ok(())
+}
