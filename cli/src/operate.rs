@@ -80,11 +80,15 @@ pub async fn resume(
     match cursor.filter(|c| c.stream == stream && head.next_chunk < c.next_chunk) {
         Some(cursor) => {
             let mut chunker = Chunker::new(stores.objects.as_ref(), stores.cursors.as_ref(), settings);
-            let chunk = chunker.recut(&cursor, head.next_chunk).await?;
-            chunker.put(&chunk).await?;
+            let k = head.next_chunk;
+            match chunker.recut(&cursor, k).await {
+                Ok(chunk) => chunker.put(&chunk).await?,
+                Err(e) if e.source_is_gone() => chunker.rewrite_stored(&cursor, k, e).await?,
+                Err(e) => return Err(e.into()),
+            }
             out.push_str(&format!(
                 "wrote {} again: its S3 event invokes the detector, which catches up from there\n",
-                chunk.key
+                cursor.stream.chunk_key(k)
             ));
         }
         None => out.push_str("nothing cut beyond the detector's head yet: the next chunk's event continues the stream\n"),

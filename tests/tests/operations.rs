@@ -720,3 +720,48 @@ async fn the_largest_amounts_are_stored_exactly() -> Result<()> {
     assert!(reason.contains("amount"), "{reason}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_before_its_stream_is_applied_finishes_the_old_stream_first() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 8_000).await?;
+    let clock = TestClock::new();
+    let (stores, mut incoming) = announcing(&stack, SMALL)?;
+    let chunker = stack.chunker_over(SMALL, stores, clock.clone())?;
+    let config = stack.config(SMALL)?;
+    let detector = stack
+        .detector_over(SMALL, stack.stores(&config), stack.sink(&config)?, clock.clone())
+        .await?;
+    let old = stack.stream().await?;
+    // Three chunks cut and applied; the last one is cut, but its event is lost (the
+    // detector stays one behind).
+    chunker.run(far(), Some(3)).await?;
+    deliver(&detector, &drain(&mut incoming)).await?;
+    let response = tick(&chunker).await?;
+    assert!(response.finished);
+    assert_eq!(drain(&mut incoming).len(), 1);
+    assert_eq!(head(&detector, &old).await?.next_chunk, 3);
+    // The daily extract replaces the file at the same key.
+    let dir = temp_dir("operations-replaced")?;
+    let (replacement, _) = generate(&dir, 4_000, 6, 700)?;
+    stack.put(SOURCE_KEY, replacement).await?;
+    let new = stack.stream().await?;
+    // The old stream is kept until every chunk of it is applied: its cursor stays, so
+    // the lag shows and the watch announces its last chunk again after the stall.
+    let response = tick(&chunker).await?;
+    assert_eq!(response.stream.as_deref(), Some(old.as_str()));
+    assert_eq!(response.lag, 1);
+    clock.advance(chrono::Duration::seconds(90));
+    let response = tick(&chunker).await?;
+    assert_eq!(response.kicked, Some(3));
+    deliver(&detector, &drain(&mut incoming)).await?;
+    let h = head(&detector, &old).await?;
+    assert!(h.finished && h.next_chunk == 4, "{h:?}");
+    let files = stack.list(&old.detections_prefix()).await?;
+    assert!(!files.is_empty(), "the old stream's detection files are written");
+    // Only then does the new file start, as a new stream.
+    let response = tick(&chunker).await?;
+    assert_eq!(response.stream.as_deref(), Some(new.as_str()));
+    assert_eq!(response.next_chunk, 2);
+    Ok(())
+}

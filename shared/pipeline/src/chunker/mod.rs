@@ -193,6 +193,18 @@ pub enum ChunkerError {
     },
 }
 
+impl ChunkerError {
+    /// The source (or a prefix stream's file) changed or vanished since it was cut.
+    pub fn source_is_gone(&self) -> bool {
+        matches!(
+            self,
+            ChunkerError::Store(StoreError::SourceChanged { .. })
+                | ChunkerError::FileChanged { .. }
+                | ChunkerError::NoSource { .. }
+        )
+    }
+}
+
 /// A chunk cut from the source and ready to write, with the cursor that follows it.
 #[derive(Debug, Clone)]
 pub struct PreparedChunk {
@@ -1015,6 +1027,31 @@ impl<'a> Chunker<'a> {
         self.ahead.bytes.drain(..consumed);
         self.ahead.offset += consumed as u64;
         Ok((rows, last))
+    }
+
+    /// Writes chunk `k`'s stored object again, as it is (its write announces it to the
+    /// detector), when it cannot be cut again because `why` (the source is gone). With
+    /// no object left, the chunk is lost for good: `why` says so, loudly.
+    pub async fn rewrite_stored(
+        &self,
+        cursor: &ChunkCursor,
+        k: u64,
+        why: ChunkerError,
+    ) -> Result<(), ChunkerError> {
+        let key = cursor.stream.chunk_key(k);
+        let Some(stored) = self.objects.get(&self.settings.bucket, &key).await? else {
+            tracing::error!(stream = %cursor.stream, chunk = k, error = %why, "a chunk the detector has not applied is gone, and its source too");
+            return Err(why);
+        };
+        let metadata: Vec<(&str, String)> = stored
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        self.objects
+            .put(&self.settings.bucket, &key, stored.bytes, &metadata)
+            .await?;
+        Ok(())
     }
 
     /// Writes a prepared chunk under its deterministic key.

@@ -77,8 +77,13 @@ impl StreamWatch<'_> {
         // expired. Writing an existing one again is harmless (same key, same bytes).
         let upto = cursor.next_chunk.min(applied + REWRITE_PER_TICK);
         for k in applied..upto {
-            let chunk = chunker.recut(&cursor, k).await?;
-            chunker.put(&chunk).await?;
+            match chunker.recut(&cursor, k).await {
+                Ok(chunk) => chunker.put(&chunk).await?,
+                // The source was replaced after it was cut: the chunk object, if it is
+                // still there, is written again as it is.
+                Err(e) if e.source_is_gone() => chunker.rewrite_stored(&cursor, k, e).await?,
+                Err(e) => return Err(e),
+            }
             watch.rewritten += 1;
         }
         tracing::warn!(
