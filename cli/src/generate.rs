@@ -84,6 +84,11 @@ pub struct GenerateArgs {
     /// Output directory.
     #[arg(long, default_value = "data")]
     pub out: PathBuf,
+    /// Write the transactions as a `transactions/` folder of this many parts (keys
+    /// like `2026/12/04/10/part-0001.csv`, four to an hour), for a prefix stream,
+    /// instead of one transactions.csv.
+    #[arg(long)]
+    pub parts: Option<usize>,
 }
 
 /// `txpipe generate`: writes the files and says what it wrote.
@@ -106,11 +111,94 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         },
         &args.out,
     )?;
+    if let Some(parts) = args.parts {
+        let written = write_parts(&args.out, parts)?;
+        println!(
+            "wrote {rows} rows in {written} parts under {}, {customers} customers",
+            args.out.join(PARTS_DIR).display()
+        );
+        return Ok(());
+    }
     println!(
         "wrote {rows} rows, {customers} customers to {}",
         args.out.display()
     );
     Ok(())
+}
+
+/// The folder of a data set's parts (a prefix stream's files).
+pub const PARTS_DIR: &str = "transactions";
+
+/// The key of part `i` (0-based) under the parts folder: four parts to an hour, as a
+/// Firehose delivery stream lays out its objects.
+pub fn part_key(i: usize) -> String {
+    format!("2026/12/04/{:02}/part-{:04}.csv", 10 + i / 4, i + 1)
+}
+
+/// Splits `dir/transactions.csv` into `parts` files under `dir/transactions/` (each
+/// with the header, row counts uneven by design) and removes it; returns the parts
+/// written. The parts' rows, in key order, are the file's rows.
+pub fn write_parts(dir: &Path, parts: usize) -> Result<usize> {
+    if parts == 0 {
+        bail!("--parts must be at least 1");
+    }
+    let path = dir.join("transactions.csv");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header = lines.next().context("transactions.csv is empty")?;
+    let rows: Vec<&str> = lines.collect();
+    let folder = dir.join(PARTS_DIR);
+    let _ = std::fs::remove_dir_all(&folder);
+    // Uneven sizes: part i gets a share weighted 1, 2, 3, 1, 2, 3, …
+    let weights: Vec<usize> = (0..parts).map(|i| 1 + i % 3).collect();
+    let total: usize = weights.iter().sum();
+    let mut at = 0;
+    for (i, w) in weights.iter().enumerate() {
+        let n = match i + 1 == parts {
+            true => rows.len() - at,
+            false => (rows.len() * w / total).min(rows.len() - at),
+        };
+        let file = folder.join(part_key(i));
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut body = String::with_capacity(header.len() + 1 + n * 80);
+        body.push_str(header);
+        body.push('\n');
+        for row in &rows[at..at + n] {
+            body.push_str(row);
+            body.push('\n');
+        }
+        std::fs::write(&file, body).with_context(|| format!("writing {}", file.display()))?;
+        at += n;
+    }
+    std::fs::remove_file(&path)?;
+    Ok(parts)
+}
+
+/// The parts under `dir/transactions/`, as (key under the folder, path), in key order.
+pub fn list_parts(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let folder = dir.join(PARTS_DIR);
+    let mut found = Vec::new();
+    let mut pending = vec![folder.clone()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(rel) = path.strip_prefix(&folder) {
+                let key = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                found.push((key, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// (category, mean amount in rupees, male lean: >1 attracts men).

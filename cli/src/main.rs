@@ -90,6 +90,16 @@ enum Command {
     /// Start a replaced source file as a new stream, abandoning the old stream where it
     /// stands (the chunker refuses to mix two versions of a file).
     RestartSource,
+    /// Close a prefix stream: no more files join it, and the chunker cuts the rows left
+    /// as its last chunk (the last detection file is written).
+    CloseStream,
+    /// End the file that stops a prefix stream (changed or vanished after it joined)
+    /// where the stream stands, and go on with the next file.
+    SkipFile {
+        /// The file's key.
+        #[arg(long)]
+        key: String,
+    },
     /// Run one invocation of a Lambda function here: the same handler code, configured
     /// from the same environment variables (AWS_*, TXPIPE_*) as the deployed function.
     /// Prints the function's JSON answer.
@@ -236,6 +246,24 @@ fn main() -> Result<()> {
             let said = tokio::runtime::Runtime::new()?.block_on(async {
                 let clients = txpipe::aws::AwsClients::from_env().await;
                 txpipe_cli::operate::restart_source(&clients, &config).await
+            })?;
+            print!("{said}");
+        }
+        Command::CloseStream => {
+            init_logs();
+            let config = txpipe::config::Config::from_env()?;
+            let said = tokio::runtime::Runtime::new()?.block_on(async {
+                let clients = txpipe::aws::AwsClients::from_env().await;
+                txpipe_cli::operate::close_stream(&clients, &config).await
+            })?;
+            print!("{said}");
+        }
+        Command::SkipFile { key } => {
+            init_logs();
+            let config = txpipe::config::Config::from_env()?;
+            let said = tokio::runtime::Runtime::new()?.block_on(async {
+                let clients = txpipe::aws::AwsClients::from_env().await;
+                txpipe_cli::operate::skip_file(&clients, &config, &key).await
             })?;
             print!("{said}");
         }

@@ -106,6 +106,21 @@ pub async fn restart_source(clients: &AwsClients, config: &Config) -> Result<Str
     let Some(old) = stores.cursors.load_cursor(&id).await? else {
         bail!("{id} has no cursor yet: the chunker starts the file by itself");
     };
+    if settings.is_prefix() {
+        // A new stream over the prefix: every file under it joins again, from the first.
+        let chunker = Chunker::new(stores.objects.as_ref(), stores.cursors.as_ref(), settings);
+        let fresh = chunker.fresh_prefix_cursor();
+        return match stores.cursors.replace_cursor(&fresh, &old.stream).await? {
+            Fenced::Written => Ok(format!(
+                "stream {} {} after {} chunks; stream {} starts over the prefix from its first file on the next tick\n",
+                old.stream,
+                if old.finished { "finished" } else { "abandoned" },
+                old.next_chunk,
+                fresh.stream
+            )),
+            Fenced::Lost => bail!("the cursor of {id} changed meanwhile; run `txpipe status` and try again"),
+        };
+    }
     let Some(info) = stores
         .objects
         .head(&settings.source_bucket, &settings.source_key)
@@ -131,4 +146,64 @@ pub async fn restart_source(clients: &AwsClients, config: &Config) -> Result<Str
         )),
         Fenced::Lost => bail!("the cursor of {id} changed meanwhile; run `txpipe status` and try again"),
     }
+}
+
+/// The configured prefix stream's cursor, or why there is none.
+async fn prefix_cursor(stores: &Stores, config: &Config) -> Result<ChunkCursor> {
+    let settings = ChunkerSettings::from_config(config);
+    if !settings.is_prefix() {
+        bail!(
+            "s3://{}/{} is a single file (closed when it is cut); set TXPIPE_SOURCE_PREFIX to the prefix stream's prefix",
+            settings.source_bucket,
+            settings.source_key
+        );
+    }
+    stores
+        .cursors
+        .load_cursor(&settings.source_id())
+        .await?
+        .with_context(|| {
+            format!(
+                "{} has no stream yet: the chunker starts it on its next tick",
+                settings.source_id()
+            )
+        })
+}
+
+/// `txpipe close-stream`: the prefix stream takes no more files; the chunker cuts the
+/// rows left as its last chunk, so the last detection file is written.
+pub async fn close_stream(clients: &AwsClients, config: &Config) -> Result<String> {
+    let stores = Stores::aws(clients, config);
+    let cursor = prefix_cursor(&stores, config).await?;
+    match txpipe::chunker::close_stream(stores.cursors.as_ref(), &cursor).await? {
+        true => Ok(format!(
+            "stream {} is closing: {} files joined, {} rows cut so far; the chunker's next tick cuts the rest as the last chunk. New files under the prefix no longer join it: `txpipe restart-source` starts a new stream over the prefix\n",
+            cursor.stream, cursor.files, cursor.rows_emitted
+        )),
+        false => Ok(format!(
+            "stream {} is already {}\n",
+            cursor.stream,
+            if cursor.finished { "finished" } else { "closing" }
+        )),
+    }
+}
+
+/// `txpipe skip-file`: the file that stops a prefix stream (changed or vanished after
+/// it joined) ends where the stream stands; the chunker goes on with the next file.
+pub async fn skip_file(clients: &AwsClients, config: &Config, key: &str) -> Result<String> {
+    let stores = Stores::aws(clients, config);
+    let cursor = prefix_cursor(&stores, config).await?;
+    let files = stores
+        .cursors
+        .files_by_key(&cursor.stream, &[key.to_string()])
+        .await?;
+    let Some(file) = files.get(key) else {
+        bail!(
+            "{key} has not joined stream {}: nothing to skip",
+            cursor.stream
+        );
+    };
+    txpipe::chunker::skip_file(stores.cursors.as_ref(), &cursor, file)
+        .await
+        .map_err(anyhow::Error::msg)
 }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use txpipe::chunker::ChunkerService;
 use txpipe::config::{stream_shape, Config, EnvVars};
-use txpipe::cutting::split_source;
 use txpipe::detector::{AppliedChunk, DetectorService};
 use txpipe::layout::StreamName;
 use txpipe::setup::Stores;
@@ -36,6 +35,96 @@ pub fn source_key(n: usize) -> String {
     }
 }
 
+/// Where the `n`-th data set's parts go when it holds a `transactions/` folder: a
+/// prefix stream over `input/transactions/` (`input/transactions-<n>/` for the others).
+pub fn source_prefix(n: usize) -> String {
+    match n {
+        0 => "input/transactions/".into(),
+        n => format!("input/transactions-{}/", n + 1),
+    }
+}
+
+/// Whether a data set is a folder of parts (a prefix stream) rather than one file.
+fn has_parts(dir: &Path) -> bool {
+    dir.join(crate::generate::PARTS_DIR).is_dir()
+}
+
+/// The source key (or prefix) of each data set.
+fn source_keys(data: &[PathBuf]) -> Vec<String> {
+    data.iter()
+        .enumerate()
+        .map(|(n, dir)| match has_parts(dir) {
+            true => source_prefix(n),
+            false => source_key(n),
+        })
+        .collect()
+}
+
+/// Data rows of a data set (its file, or all its parts).
+fn data_rows(dir: &Path) -> Result<u64> {
+    let files: Vec<PathBuf> = match has_parts(dir) {
+        true => crate::generate::list_parts(dir)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect(),
+        false => vec![dir.join("transactions.csv")],
+    };
+    let mut rows = 0;
+    for path in files {
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        rows += text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(|b| b.is_ascii_whitespace()))
+            .count()
+            .saturating_sub(1) as u64;
+    }
+    Ok(rows)
+}
+
+/// Uploads a data set's parts one at a time while its prefix stream runs — the next
+/// once the chunker has joined the last and cut all but less than a chunk of it — then
+/// closes the stream once every part has joined.
+async fn upload_parts(stack: &LocalStack, config: &Config, dir: &Path, prefix: &str) -> Result<()> {
+    let stores = Stores::aws(&stack.clients, config);
+    let id = txpipe::store::ChunkCursor::source_id(&config.source.bucket, prefix);
+    let r = config.shape.rows_per_chunk;
+    let parts = crate::generate::list_parts(dir)?;
+    let mut uploaded_rows = 0u64;
+    for (i, (key, path)) in parts.iter().enumerate() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        uploaded_rows += bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            .saturating_sub(1) as u64;
+        stack.put(&format!("{prefix}{key}"), bytes).await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Some(c) = stores.cursors.load_cursor(&id).await? else {
+                continue;
+            };
+            if c.files > i as u64 && c.rows_emitted + r > uploaded_rows {
+                break;
+            }
+        }
+    }
+    loop {
+        let cursor = stores
+            .cursors
+            .load_cursor(&id)
+            .await?
+            .context("no cursor for the parts")?;
+        if cursor.files >= parts.len() as u64
+            && txpipe::chunker::close_stream(stores.cursors.as_ref(), &cursor)
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Starts moto and Postgres and uploads each data set's `transactions.csv` (see
 /// [`source_key`]) and the first one's `CustomerImportance.csv` (the importance file is
 /// one per deployment, shared by every stream).
@@ -44,9 +133,12 @@ pub async fn start_stack(data: &[PathBuf]) -> Result<LocalStack> {
     let read =
         |path: PathBuf| std::fs::read(&path).with_context(|| format!("reading {}", path.display()));
     for (n, dir) in data.iter().enumerate() {
-        stack
-            .put(&source_key(n), read(dir.join("transactions.csv"))?)
-            .await?;
+        // A folder of parts is uploaded while its stream runs.
+        if !has_parts(dir) {
+            stack
+                .put(&source_key(n), read(dir.join("transactions.csv"))?)
+                .await?;
+        }
     }
     let first = data.first().context("no data set given")?;
     stack
@@ -135,9 +227,30 @@ struct Progress {
     detections: [AtomicU64; 3],
     done: AtomicBool,
     streams: std::sync::Mutex<Vec<StreamName>>,
+    /// Prefix streams: files joined.
+    files: AtomicU64,
+    /// Whether any stream is a prefix stream.
+    prefix: AtomicBool,
 }
 
 impl Progress {
+    /// Reads the chunker's figures from the cursors (after the heads, so X ≥ Y).
+    async fn refresh_cursors(&self, stores: &Stores, ids: &[String]) -> Result<()> {
+        let (mut created, mut files) = (0, 0);
+        for id in ids {
+            if let Some(c) = stores.cursors.load_cursor(id).await? {
+                created += c.next_chunk;
+                files += c.files;
+                if c.is_prefix() {
+                    self.prefix.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        self.created.fetch_max(created, Ordering::Relaxed);
+        self.files.fetch_max(files, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Reads the detector's figures from the heads of the streams seen so far.
     async fn refresh(&self, state: &dyn txpipe::store::StateStore) -> Result<()> {
         let streams = match self.streams.lock() {
@@ -168,8 +281,12 @@ impl Progress {
     fn line(&self) -> String {
         let created = self.created.load(Ordering::Relaxed);
         let applied = self.applied.load(Ordering::Relaxed);
+        let files = match self.prefix.load(Ordering::Relaxed) {
+            true => format!(" ({} files joined)", self.files.load(Ordering::Relaxed)),
+            false => String::new(),
+        };
         format!(
-            "X {created} chunks | Y {applied} applied, lag {} | {} rows, {} rejected | PatId1 {} PatId2 {} PatId3 {}",
+            "X {created} chunks{files} | Y {applied} applied, lag {} | {} rows, {} rejected | PatId1 {} PatId2 {} PatId3 {}",
             created.saturating_sub(applied),
             self.rows.load(Ordering::Relaxed),
             self.rejected.load(Ordering::Relaxed),
@@ -207,8 +324,11 @@ fn local_env(opts: &RunOptions, stack: &LocalStack) -> EnvVars {
         Rate::Max => "0".into(),
     };
     env.set("TXPIPE_CHUNK_INTERVAL_MS", interval);
-    let keys: Vec<String> = (0..opts.data.len()).map(source_key).collect();
-    env.set("TXPIPE_SOURCE_KEYS", keys.join(","));
+    env.set("TXPIPE_SOURCE_KEYS", source_keys(&opts.data).join(","));
+    // Parts are uploaded one after another: look for them often.
+    if env.string("TXPIPE_POLL_MS").is_none() {
+        env.set("TXPIPE_POLL_MS", "200");
+    }
     env
 }
 
@@ -224,13 +344,9 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     let env = local_env(&opts, &stack);
     let config = Config::from_vars(&env)?;
     let mut expected_chunks = 0;
+    let r = stream_shape(&env)?.rows_per_chunk;
     for dir in &opts.data {
-        let path = dir.join("transactions.csv");
-        let transactions =
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        expected_chunks += split_source(&transactions, stream_shape(&env)?.rows_per_chunk)
-            .map(|c| c.len() as u64)
-            .unwrap_or(0);
+        expected_chunks += data_rows(dir)?.div_ceil(r);
     }
     let pg_url = stack.pg.as_ref().map(|p| p.url()).unwrap_or_default();
     say(&format!(
@@ -273,7 +389,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let response = chunker.handle(&serde_json::json!({}), deadline).await?;
                 let created = response.sources.iter().map(|s| s.next_chunk).sum();
-                progress.created.store(created, Ordering::Relaxed);
+                progress.created.fetch_max(created, Ordering::Relaxed);
                 if response.finished() {
                     break;
                 }
@@ -341,20 +457,39 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     let view_task = show_progress(progress.clone(), opts.view, expected_chunks);
     // The view reads heads through its own stores, so its reads do not count as the
     // detector's requests.
-    let view_state = Stores::aws(clients, &config).state;
+    let view_stores = Stores::aws(clients, &config);
+    let view_state = view_stores.state.clone();
+    let source_ids: Vec<String> = config
+        .source
+        .transactions_keys
+        .iter()
+        .map(|k| txpipe::store::ChunkCursor::source_id(&config.source.bucket, k))
+        .collect();
     let refresh_task = {
         let progress = progress.clone();
         let state = view_state.clone();
+        let ids = source_ids.clone();
         tokio::spawn(async move {
             while !progress.done.load(Ordering::Relaxed) {
                 // A failed read only delays the view; the final refresh below reports.
                 let _ = progress.refresh(state.as_ref()).await;
+                let _ = progress.refresh_cursors(&view_stores, &ids).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
     };
 
-    let pipeline = async { tokio::try_join!(chunk_task, dispatch_task, tally_task) };
+    let upload_task = async {
+        let uploads = opts
+            .data
+            .iter()
+            .zip(&config.source.transactions_keys)
+            .filter(|(dir, _)| has_parts(dir))
+            .map(|(dir, prefix)| upload_parts(&stack, &config, dir, prefix));
+        futures_util::future::try_join_all(uploads).await?;
+        anyhow::Ok(())
+    };
+    let pipeline = async { tokio::try_join!(chunk_task, dispatch_task, tally_task, upload_task) };
     tokio::select! {
         result = pipeline => { result?; }
         _ = tokio::signal::ctrl_c() => {

@@ -47,6 +47,8 @@ pub struct Status {
     pub detection_files: usize,
     /// Row counts of the Postgres tables, if reachable.
     pub tables: Vec<(String, i64)>,
+    /// A prefix stream's files.
+    pub prefix: Option<PrefixView>,
 }
 
 impl Status {
@@ -59,6 +61,9 @@ impl Status {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "source            {}", self.source);
+        if let Some(p) = &self.prefix {
+            p.render(&mut s);
+        }
         if self.waiting_for_input {
             let _ = writeln!(
                 s,
@@ -79,10 +84,13 @@ impl Status {
         };
         let _ = writeln!(
             s,
-            "chunker (X)       {} chunks created, {} rows, {:.1}% of the file{}",
+            "chunker (X)       {} chunks created, {} rows{}{}",
             self.chunks_created,
             self.rows_chunked,
-            pct,
+            match self.prefix {
+                Some(_) => String::new(),
+                None => format!(", {pct:.1}% of the file"),
+            },
             if self.chunker_finished {
                 ", finished"
             } else {
@@ -166,6 +174,100 @@ impl Status {
     }
 }
 
+/// Where a prefix stream stands among its files.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixView {
+    /// Files joined.
+    pub files: u64,
+    /// The greatest key that joined.
+    pub newest_key: String,
+    /// Files that joined late, and that changed after joining.
+    pub late: u64,
+    /// Files changed after joining.
+    pub changed: u64,
+    /// The latest late, changed or skipped files.
+    pub flagged: Vec<String>,
+    /// The file the cursor is in: (index, key, offset, size).
+    pub current: Option<(u64, String, u64, u64)>,
+    /// Seconds since a file last joined.
+    pub tail_age_secs: i64,
+    /// `txpipe close-stream` was run.
+    pub closing: bool,
+    /// The file that stops the stream, with what to do.
+    pub blocked: Option<String>,
+}
+
+impl PrefixView {
+    fn render(&self, s: &mut String) {
+        let _ =
+            writeln!(
+            s,
+            "files             {} joined, newest {}, {} late, {} changed; last joined {}s ago{}",
+            self.files,
+            if self.newest_key.is_empty() { "-" } else { &self.newest_key },
+            self.late,
+            self.changed,
+            self.tail_age_secs,
+            if self.closing { "; closing" } else { "" }
+        );
+        if let Some((index, key, offset, size)) = &self.current {
+            let _ = writeln!(
+                s,
+                "                  cutting file {index} {key} at byte {offset} of {size}"
+            );
+        }
+        for note in &self.flagged {
+            let _ = writeln!(s, "                  {note}");
+        }
+        if let Some(blocked) = &self.blocked {
+            let _ = writeln!(s, "BLOCKED           {blocked}");
+        }
+    }
+}
+
+/// Reads a prefix stream's view: the cursor's files, and whether the file it must read
+/// next changed or vanished (the stream stands there until the operator acts).
+async fn prefix_view(stores: &Stores, c: &ChunkCursor) -> Result<PrefixView> {
+    let mut view = PrefixView {
+        files: c.files,
+        newest_key: c.newest_key.clone(),
+        late: c.late_files,
+        changed: c.changed_files,
+        flagged: c.flagged.clone(),
+        current: (!c.file_key.is_empty()).then(|| (c.file, c.file_key.clone(), c.offset, c.size)),
+        tail_age_secs: (chrono::Utc::now().timestamp_millis() - c.tail_ms) / 1000,
+        closing: c.closing,
+        blocked: None,
+    };
+    if c.finished {
+        return Ok(view);
+    }
+    // The file the next row comes from: the current one, or the next to join.
+    let next = match !c.file_key.is_empty() && c.offset < c.size {
+        true => stores.cursors.file_at(&c.stream, c.file).await?,
+        false => {
+            stores
+                .cursors
+                .file_at(&c.stream, c.file + u64::from(!c.file_key.is_empty()))
+                .await?
+        }
+    };
+    if let Some(f) = next {
+        let now = stores.objects.head(&c.source_bucket, &f.key).await?;
+        if now.as_ref().map(|i| &i.etag) != Some(&f.etag) {
+            view.blocked = Some(format!(
+                "file {} {} {} after it joined (ETag {}): restore it, or run `txpipe skip-file --key {}` to end it where the stream stands and go on",
+                f.index,
+                f.key,
+                if now.is_some() { "changed" } else { "vanished" },
+                f.etag,
+                f.key
+            ));
+        }
+    }
+    Ok(view)
+}
+
 /// Reads where the source `source_key` stands: its current stream, or `stream` if
 /// given.
 pub async fn read_status(
@@ -196,8 +298,11 @@ pub async fn read_status(
         status.offset = (c.offset, c.size);
         status.chunker_finished = c.finished;
         status.rows_per_chunk = c.rows_per_chunk;
+        if c.is_prefix() {
+            status.prefix = Some(prefix_view(&stores, c).await.context("reading the files")?);
+        }
     }
-    if cursor.is_none() {
+    if cursor.is_none() && !source_key.ends_with('/') {
         status.waiting_for_input = stores
             .objects
             .head(&source.bucket, source_key)

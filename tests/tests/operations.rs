@@ -722,7 +722,8 @@ async fn the_largest_amounts_are_stored_exactly() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_replaced_before_its_stream_is_applied_finishes_the_old_stream_first() -> Result<()> {
+async fn a_file_replaced_before_its_stream_is_applied_finishes_the_old_stream_first() -> Result<()>
+{
     let stack = Stack::start(true).await?;
     upload(&stack, 8_000).await?;
     let clock = TestClock::new();
@@ -730,7 +731,12 @@ async fn a_file_replaced_before_its_stream_is_applied_finishes_the_old_stream_fi
     let chunker = stack.chunker_over(SMALL, stores, clock.clone())?;
     let config = stack.config(SMALL)?;
     let detector = stack
-        .detector_over(SMALL, stack.stores(&config), stack.sink(&config)?, clock.clone())
+        .detector_over(
+            SMALL,
+            stack.stores(&config),
+            stack.sink(&config)?,
+            clock.clone(),
+        )
         .await?;
     let old = stack.stream().await?;
     // Three chunks cut and applied; the last one is cut, but its event is lost (the
@@ -758,7 +764,10 @@ async fn a_file_replaced_before_its_stream_is_applied_finishes_the_old_stream_fi
     let h = head(&detector, &old).await?;
     assert!(h.finished && h.next_chunk == 4, "{h:?}");
     let files = stack.list(&old.detections_prefix()).await?;
-    assert!(!files.is_empty(), "the old stream's detection files are written");
+    assert!(
+        !files.is_empty(),
+        "the old stream's detection files are written"
+    );
     // Only then does the new file start, as a new stream.
     let response = tick(&chunker).await?;
     assert_eq!(response.stream.as_deref(), Some(new.as_str()));

@@ -39,8 +39,8 @@ async fn drive(chunker: &ChunkerService, detector: &DetectorService) -> Result<(
         let deadline = Instant::now() + Duration::from_secs(3);
         let tick = chunker.handle(&serde_json::json!({}), deadline).await?;
         let source = &tick.sources[0];
-        let stream = StreamName::parse(source.stream.as_deref().unwrap_or_default())
-            .expect("a stream");
+        let stream =
+            StreamName::parse(source.stream.as_deref().unwrap_or_default()).expect("a stream");
         for k in &source.chunks {
             deliver(detector, &[stream.chunk_key(*k)]).await?;
         }
@@ -116,13 +116,18 @@ async fn parts_of_uneven_sizes_give_the_single_files_outputs() -> Result<()> {
     // BOM, an unterminated last row; half uploaded before the first tick, half while
     // the stream runs.
     let parts = parts(&transactions, &[0, 1, 2999, 4000, 7, 5000, 1]);
-    stack.put(&format!("{PREFIX}2026/12/04/09/empty.csv"), Vec::new()).await?;
+    stack
+        .put(&format!("{PREFIX}2026/12/04/09/empty.csv"), Vec::new())
+        .await?;
     let (first, rest) = parts.split_at(4);
     for (i, p) in first.iter().enumerate() {
         stack.put(&part_key(i), p.clone()).await?;
     }
     let (stream, finished) = drive(&chunker, &detector).await?;
-    assert!(!finished, "a prefix stream does not end before it is closed");
+    assert!(
+        !finished,
+        "a prefix stream does not end before it is closed"
+    );
     for (i, p) in rest.iter().enumerate() {
         stack.put(&part_key(first.len() + i), p.clone()).await?;
     }
@@ -143,7 +148,10 @@ async fn parts_of_uneven_sizes_give_the_single_files_outputs() -> Result<()> {
     assert_eq!(got.detections, want.detections, "Postgres detections");
     assert_eq!(got.rejected, want.rejected, "rejected rows");
     assert_eq!(got.stats, want.stats, "customer stats");
-    assert_eq!(got.ledger, want.ledger, "ledger (chunk, rows, rejected, detections)");
+    assert_eq!(
+        got.ledger, want.ledger,
+        "ledger (chunk, rows, rejected, detections)"
+    );
     assert_eq!(got.transactions, want.transactions, "transactions copy");
     Ok(())
 }
@@ -203,7 +211,10 @@ async fn headerless_reordered_and_bad_header_files_in_one_stream() -> Result<()>
     assert_eq!(got.detections.len(), want.detections.len());
     // The two extra rows move chunk boundaries: the stats but their last chunk agree.
     let no_chunk = |o: &StreamOutputs| -> Vec<_> {
-        o.stats.iter().map(|s| (s.0.clone(), s.1.clone(), s.2, s.3.clone())).collect()
+        o.stats
+            .iter()
+            .map(|s| (s.0.clone(), s.1.clone(), s.2, s.3.clone()))
+            .collect()
     };
     assert_eq!(no_chunk(&got), no_chunk(&want));
     Ok(())
@@ -242,33 +253,50 @@ async fn late_files_join_after_and_changed_files_stop_the_stream_visibly() -> Re
     drive(&chunker, &detector).await?;
     let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
     assert_eq!(cursor.changed_files, 1, "{:?}", cursor.flagged);
-    assert!(cursor.flagged.iter().any(|f| f.starts_with(&format!("changed: {}", part_key(5)))));
+    assert!(cursor
+        .flagged
+        .iter()
+        .any(|f| f.starts_with(&format!("changed: {}", part_key(5)))));
     assert_eq!(cursor.rows_emitted, 5000);
     stack.put(&part_key(7), b"step,customer\n".to_vec()).await?;
     stack.put(&part_key(8), p[3].clone()).await?;
     let before = stores.cursors.load_cursor(&id).await?.unwrap();
     let err = chunker
-        .handle(&serde_json::json!({}), Instant::now() + Duration::from_secs(3))
+        .handle(
+            &serde_json::json!({}),
+            Instant::now() + Duration::from_secs(3),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ChunkerError::FileChanged { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains(&part_key(7)) && text.contains("txpipe skip-file"), "{text}");
+    assert!(
+        text.contains(&part_key(7)) && text.contains("txpipe skip-file"),
+        "{text}"
+    );
     // Nothing moved: the stream stands where it was, and says so on every tick.
     let after = stores.cursors.load_cursor(&id).await?.unwrap();
-    assert_eq!((after.next_chunk, after.rows_emitted), (before.next_chunk, before.rows_emitted));
+    assert_eq!(
+        (after.next_chunk, after.rows_emitted),
+        (before.next_chunk, before.rows_emitted)
+    );
 
     // The operator skips the file; the stream goes on with the next one.
     let file = stores.cursors.file_at(&after.stream, 2).await?.unwrap();
     assert_eq!(file.key, part_key(7));
-    skip_file(stores.cursors.as_ref(), &after, &file).await.map_err(anyhow::Error::msg)?;
+    skip_file(stores.cursors.as_ref(), &after, &file)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
     close_stream(stores.cursors.as_ref(), &cursor).await?;
     let (_, finished) = drive(&chunker, &detector).await?;
     assert!(finished);
     let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
     assert_eq!(cursor.files, 4);
-    assert_eq!(cursor.rows_emitted, 5500, "the skipped file's rows are not in the stream");
+    assert_eq!(
+        cursor.rows_emitted, 5500,
+        "the skipped file's rows are not in the stream"
+    );
     Ok(())
 }
 
@@ -276,10 +304,16 @@ async fn late_files_join_after_and_changed_files_stop_the_stream_visibly() -> Re
 async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
     let stack = Stack::start(false).await?;
     let dir = temp_dir("prefix-flush")?;
-    let stack = { drop(stack); Stack::start(true).await? };
+    let stack = {
+        drop(stack);
+        Stack::start(true).await?
+    };
     let (transactions, importance) = generate(&dir, 2_500, 9, 200)?;
     stack.put(IMPORTANCE_KEY, importance).await?;
-    let s = prefix_settings(&[("TXPIPE_ROWS_PER_CHUNK", "1000"), ("TXPIPE_FLUSH_AFTER_SECS", "2")]);
+    let s = prefix_settings(&[
+        ("TXPIPE_ROWS_PER_CHUNK", "1000"),
+        ("TXPIPE_FLUSH_AFTER_SECS", "2"),
+    ]);
     let clock = txpipe_testkit::clock::TestClock::new();
     let config = stack.config(&s)?;
     let stores = stack.stores(&config);
@@ -289,11 +323,19 @@ async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
     stack.put(&part_key(0), transactions).await?;
     let (stream, _) = drive(&chunker, &detector).await?;
     let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
-    assert_eq!((cursor.next_chunk, cursor.rows_emitted), (2, 2000), "500 rows wait");
+    assert_eq!(
+        (cursor.next_chunk, cursor.rows_emitted),
+        (2, 2000),
+        "500 rows wait"
+    );
     clock.advance(chrono::Duration::seconds(3));
     drive(&chunker, &detector).await?;
     let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
-    assert_eq!((cursor.next_chunk, cursor.rows_emitted), (3, 2500), "the tail is cut short");
+    assert_eq!(
+        (cursor.next_chunk, cursor.rows_emitted),
+        (3, 2500),
+        "the tail is cut short"
+    );
     assert!(!cursor.finished);
     // Closing at a chunk boundary still marks the end: a last chunk with no rows.
     close_stream(stores.cursors.as_ref(), &cursor).await?;

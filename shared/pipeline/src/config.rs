@@ -32,6 +32,8 @@ pub const DEFAULT_DETECTOR_STALL_SECS: u64 = 90;
 /// Default quiet time after which a prefix stream's rows that do not fill a chunk are
 /// cut as a short one.
 pub const DEFAULT_FLUSH_AFTER_SECS: u64 = 60;
+/// Default time between looks for new files while a prefix stream is out of rows.
+pub const DEFAULT_POLL_MS: u64 = 5_000;
 /// Default number of failed attempts at a chunk, for a reason that repeats, before the
 /// detector parks it.
 pub const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 3;
@@ -199,6 +201,9 @@ pub struct ChunkerConfig {
     /// A prefix stream's rows that do not fill a chunk are cut once no new file has
     /// joined for this long.
     pub flush_after: Duration,
+    /// A prefix stream out of rows looks for new files this often within an
+    /// invocation.
+    pub poll: Duration,
 }
 
 /// How the detector keeps its state and when it gives up on a chunk.
@@ -299,6 +304,12 @@ impl Config {
                     DEFAULT_FLUSH_AFTER_SECS,
                     1..=86_400,
                     "seconds from 1 to 86400",
+                )?),
+                poll: Duration::from_millis(env.number(
+                    "TXPIPE_POLL_MS",
+                    DEFAULT_POLL_MS,
+                    100..=60_000,
+                    "milliseconds from 100 to 60000",
                 )?),
             },
             detector: DetectorConfig {

@@ -367,7 +367,9 @@ impl CursorStore for CrashingCursors {
         files: &[txpipe::store::SourceFile],
     ) -> Result<Fenced, StoreError> {
         let op = || format!("join {} files", files.len());
-        self.switch.call(op, self.inner.join_files(cursor, files)).await
+        self.switch
+            .call(op, self.inner.join_files(cursor, files))
+            .await
     }
 
     async fn file_at(
@@ -376,7 +378,9 @@ impl CursorStore for CrashingCursors {
         index: u64,
     ) -> Result<Option<txpipe::store::SourceFile>, StoreError> {
         let op = || format!("read file log entry {index}");
-        self.switch.call(op, self.inner.file_at(stream, index)).await
+        self.switch
+            .call(op, self.inner.file_at(stream, index))
+            .await
     }
 
     async fn files_by_key(
@@ -385,7 +389,9 @@ impl CursorStore for CrashingCursors {
         keys: &[String],
     ) -> Result<std::collections::HashMap<String, txpipe::store::SourceFile>, StoreError> {
         let op = || format!("read {} file log entries", keys.len());
-        self.switch.call(op, self.inner.files_by_key(stream, keys)).await
+        self.switch
+            .call(op, self.inner.files_by_key(stream, keys))
+            .await
     }
 
     async fn mark_changed(
@@ -395,7 +401,9 @@ impl CursorStore for CrashingCursors {
         change: &str,
     ) -> Result<(), StoreError> {
         let op = || "mark a file changed".to_string();
-        self.switch.call(op, self.inner.mark_changed(stream, file, change)).await
+        self.switch
+            .call(op, self.inner.mark_changed(stream, file, change))
+            .await
     }
 }
 

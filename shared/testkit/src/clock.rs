@@ -146,6 +146,8 @@ impl ObjectStore for Expiring {
         max_keys: u32,
     ) -> Result<txpipe::store::ListPage, txpipe::store::StoreError> {
         self.expire_due().await?;
-        self.inner.list_page(bucket, prefix, start_after, max_keys).await
+        self.inner
+            .list_page(bucket, prefix, start_after, max_keys)
+            .await
     }
 }

@@ -111,7 +111,9 @@ impl txpipe::store::ObjectStore for Notifying {
         start_after: &str,
         max_keys: u32,
     ) -> Result<txpipe::store::ListPage, txpipe::store::StoreError> {
-        self.inner.list_page(bucket, prefix, start_after, max_keys).await
+        self.inner
+            .list_page(bucket, prefix, start_after, max_keys)
+            .await
     }
 }
 

@@ -164,7 +164,9 @@ impl ObjectStore for FaultyObjects {
         start_after: &str,
         max_keys: u32,
     ) -> Result<txpipe::store::ListPage, txpipe::store::StoreError> {
-        self.inner.list_page(bucket, prefix, start_after, max_keys).await
+        self.inner
+            .list_page(bucket, prefix, start_after, max_keys)
+            .await
     }
 }
 

@@ -101,7 +101,7 @@ impl ChunkerSettings {
                 line
             }),
             flush_after: c.chunker.flush_after,
-            poll: Duration::from_secs(5),
+            poll: c.chunker.poll,
         }
     }
 
@@ -729,7 +729,11 @@ impl<'a> Chunker<'a> {
             let end = span.end.as_ref().map_or(0, |f| f.index);
             cursor.closing
                 && span.file_end
-                && self.cursors.file_at(&cursor.stream, end + 1).await?.is_none()
+                && self
+                    .cursors
+                    .file_at(&cursor.stream, end + 1)
+                    .await?
+                    .is_none()
         } else if cursor.closing {
             true
         } else {
@@ -851,7 +855,12 @@ impl<'a> Chunker<'a> {
             }
             let from = buf.len() as u64;
             let more = self
-                .file_range(stream, file, from, (from + (64 << 10).max(from)).min(file.size))
+                .file_range(
+                    stream,
+                    file,
+                    from,
+                    (from + (64 << 10).max(from)).min(file.size),
+                )
                 .await?;
             if more.is_empty() {
                 return Err(self.truncated(&file.key, from, file.size));
@@ -1069,7 +1078,12 @@ impl<'a> Chunker<'a> {
             metadata.push((META_HEADERS, offsets.join(",")));
         }
         self.objects
-            .put(&self.settings.bucket, &chunk.key, chunk.bytes.clone(), &metadata)
+            .put(
+                &self.settings.bucket,
+                &chunk.key,
+                chunk.bytes.clone(),
+                &metadata,
+            )
             .await?;
         Ok(())
     }

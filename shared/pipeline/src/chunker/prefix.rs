@@ -7,8 +7,8 @@
 //! once no file has joined for the flush period.
 
 use super::{Chunker, ChunkerError, ChunkerRun};
-use crate::store::{ChunkCursor, Fenced, Listed, SourceFile, StoreError};
 use crate::metrics::{emit, Unit};
+use crate::store::{ChunkCursor, Fenced, Listed, SourceFile, StoreError};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use txpipe_core::layout::stream_for_source_version;
@@ -31,7 +31,7 @@ pub fn is_data_file(key: &str) -> bool {
 
 impl Chunker<'_> {
     /// The cursor of a prefix stream with no file yet.
-    pub(super) fn fresh_prefix_cursor(&self) -> ChunkCursor {
+    pub fn fresh_prefix_cursor(&self) -> ChunkCursor {
         let s = &self.settings;
         let created = self.clock.now_ms();
         ChunkCursor {
@@ -131,7 +131,11 @@ impl Chunker<'_> {
             .await?;
         let mut next = cursor.clone();
         next.walk_after = match page.truncated {
-            true => page.objects.last().map(|o| o.key.clone()).unwrap_or_default(),
+            true => page
+                .objects
+                .last()
+                .map(|o| o.key.clone())
+                .unwrap_or_default(),
             false => String::new(),
         };
         let listed: Vec<Listed> = page
@@ -148,9 +152,14 @@ impl Chunker<'_> {
         for o in listed {
             match joined.get(&o.key) {
                 Some(f) if f.etag != o.etag && f.changed.is_none() => {
-                    let change = format!("overwritten with ETag {} after it joined with ETag {}", o.etag, f.etag);
+                    let change = format!(
+                        "overwritten with ETag {} after it joined with ETag {}",
+                        o.etag, f.etag
+                    );
                     tracing::error!(stream = %cursor.stream, file = %o.key, change = %change, "a file changed after it joined: its rows stay as they joined; upload new content under a new key");
-                    self.cursors.mark_changed(&cursor.stream, f, &change).await?;
+                    self.cursors
+                        .mark_changed(&cursor.stream, f, &change)
+                        .await?;
                     next.changed_files += 1;
                     next.flag(format!("changed: {} {change}", o.key));
                     run.changed_files += 1;
@@ -208,7 +217,9 @@ impl Chunker<'_> {
             }
             match &newest {
                 Some(newest) if n + 1 == count => next.newest_key = newest.clone(),
-                Some(_) => next.newest_key = batch.last().map_or(next.newest_key, |o| o.key.clone()),
+                Some(_) => {
+                    next.newest_key = batch.last().map_or(next.newest_key, |o| o.key.clone())
+                }
                 None => {
                     next.late_files += entries.len() as u64;
                     for f in &entries {

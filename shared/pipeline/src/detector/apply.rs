@@ -5,17 +5,15 @@
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, Detector, DetectorError, StepMillis, StreamState};
-use crate::chunker::{
-    META_FIRST_ROW, META_HEADERS, META_LAST, META_ROWS_PER_CHUNK, META_SOURCE,
-};
+use crate::chunker::{META_FIRST_ROW, META_HEADERS, META_LAST, META_ROWS_PER_CHUNK, META_SOURCE};
 use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
 use chrono::{DateTime, Utc};
 use txpipe_core::batch::DetectionBatch;
 use txpipe_core::detection::Detection;
 use txpipe_core::engine::{ApplyError, ChunkOutcome};
-use txpipe_core::parse::RejectReason;
 use txpipe_core::layout::StreamName;
+use txpipe_core::parse::RejectReason;
 
 /// A chunk object read from S3, with what its metadata says.
 struct ChunkInput {
@@ -181,10 +179,11 @@ impl Detector {
         let bytes = &input.object.bytes;
         let mut rows = Vec::new();
         let mut keep_row = |r: txpipe_core::engine::RowView<'_>| rows.push(ProcessedRow::from(r));
-        let on_row: Option<&mut dyn FnMut(txpipe_core::engine::RowView<'_>)> = match self.sink.wants_transactions() {
-            true => Some(&mut keep_row),
-            false => None,
-        };
+        let on_row: Option<&mut dyn FnMut(txpipe_core::engine::RowView<'_>)> =
+            match self.sink.wants_transactions() {
+                true => Some(&mut keep_row),
+                false => None,
+            };
         let outcome = st
             .engine
             .apply_segments(j, bytes, &input.later_headers, input.first_row, on_row)

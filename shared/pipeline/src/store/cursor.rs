@@ -247,8 +247,14 @@ mod tests {
         assert_eq!(c.start_of(7).map(|s| s.first_row), Some(71));
         let bytes = c.encode_recent();
         assert!(bytes.len() < 100 * 1024, "{}", bytes.len());
-        assert_eq!(ChunkCursor::decode_recent(&bytes, false), Some(c.recent.clone()));
-        assert_eq!(ChunkCursor::decode_recent(&bytes[..bytes.len() - 1], false), None);
+        assert_eq!(
+            ChunkCursor::decode_recent(&bytes, false),
+            Some(c.recent.clone())
+        );
+        assert_eq!(
+            ChunkCursor::decode_recent(&bytes[..bytes.len() - 1], false),
+            None
+        );
         assert_eq!(ChunkCursor::decode_recent(&[0xff], false), None);
         // The backpressure window is all that is kept: 616 starts stay a few KB.
         let mut small = cursor();

@@ -576,7 +576,12 @@ impl CursorStore for DynamoTable {
                 .send()
                 .await
                 .map_err(|e| remote(format!("BatchGetItem of {} file keys", keys.len()), &e))?;
-            for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+            for item in out
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
                 let file = source_file(item, "file log entry")?;
                 found.insert(file.key.clone(), file);
             }
@@ -596,7 +601,8 @@ impl CursorStore for DynamoTable {
             ..file.clone()
         };
         for item in file_items(stream, &changed) {
-            self.put_if(item, "attribute_exists(pk)", Item::new()).await?;
+            self.put_if(item, "attribute_exists(pk)", Item::new())
+                .await?;
         }
         Ok(())
     }

@@ -266,7 +266,12 @@ impl ObjectStore for S3Store {
             .max_keys(max_keys.clamp(1, 1000) as i32)
             .send()
             .await
-            .map_err(|e| remote(format!("LIST s3://{bucket}/{prefix} after {start_after:?}"), &e))?;
+            .map_err(|e| {
+                remote(
+                    format!("LIST s3://{bucket}/{prefix} after {start_after:?}"),
+                    &e,
+                )
+            })?;
         let objects = out
             .contents()
             .iter()
