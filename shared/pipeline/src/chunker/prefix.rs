@@ -355,3 +355,254 @@ pub async fn skip_file(
         Err(e) => Err(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Discovery's cost against in-memory stores that count requests: bounded per
+    //! invocation whatever the prefix holds.
+    use super::*;
+    use crate::chunker::{Chunker, ChunkerSettings};
+    use crate::store::{CursorStore, ListPage, ObjectInfo, ObjectStore, StoredObject};
+    use async_trait::async_trait;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use txpipe_core::layout::StreamName;
+
+    #[derive(Default)]
+    struct Listing {
+        keys: Mutex<BTreeMap<String, String>>,
+        lists: AtomicU64,
+    }
+
+    fn unused<T>() -> Result<T, StoreError> {
+        Err(StoreError::corrupt("test", "not used by discovery"))
+    }
+
+    #[async_trait]
+    impl ObjectStore for Listing {
+        async fn get(&self, _: &str, _: &str) -> Result<Option<StoredObject>, StoreError> {
+            unused()
+        }
+        async fn head(&self, _: &str, _: &str) -> Result<Option<ObjectInfo>, StoreError> {
+            unused()
+        }
+        async fn get_range(
+            &self,
+            _: &str,
+            _: &str,
+            _: u64,
+            _: u64,
+            _: &str,
+        ) -> Result<Vec<u8>, StoreError> {
+            unused()
+        }
+        async fn put(
+            &self,
+            _: &str,
+            _: &str,
+            _: Vec<u8>,
+            _: &[(&str, String)],
+        ) -> Result<(), StoreError> {
+            unused()
+        }
+        async fn delete(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
+            unused()
+        }
+        async fn list(&self, _: &str, _: &str) -> Result<Vec<String>, StoreError> {
+            unused()
+        }
+        async fn list_page(
+            &self,
+            _: &str,
+            prefix: &str,
+            after: &str,
+            max: u32,
+        ) -> Result<ListPage, StoreError> {
+            self.lists.fetch_add(1, Ordering::Relaxed);
+            let keys = self.keys.lock().unwrap();
+            let mut objects: Vec<Listed> = keys
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .filter(|(k, _)| k.starts_with(prefix))
+                .take(max as usize + 1)
+                .map(|(k, e)| Listed {
+                    key: k.clone(),
+                    etag: e.clone(),
+                    size: 0,
+                })
+                .collect();
+            let truncated = objects.len() > max as usize;
+            objects.truncate(max as usize);
+            Ok(ListPage { objects, truncated })
+        }
+    }
+
+    #[derive(Default)]
+    struct FileLog {
+        cursor: Mutex<Option<ChunkCursor>>,
+        by_index: Mutex<HashMap<u64, SourceFile>>,
+        by_key: Mutex<HashMap<String, SourceFile>>,
+        writes: AtomicU64,
+        reads: AtomicU64,
+    }
+
+    #[async_trait]
+    impl CursorStore for FileLog {
+        async fn load_cursor(&self, _: &str) -> Result<Option<ChunkCursor>, StoreError> {
+            Ok(self.cursor.lock().unwrap().clone())
+        }
+        async fn create_cursor(&self, c: &ChunkCursor) -> Result<Fenced, StoreError> {
+            *self.cursor.lock().unwrap() = Some(c.clone());
+            Ok(Fenced::Written)
+        }
+        async fn advance_cursor(&self, c: &ChunkCursor, _: u64) -> Result<Fenced, StoreError> {
+            self.create_cursor(c).await
+        }
+        async fn replace_cursor(
+            &self,
+            c: &ChunkCursor,
+            _: &StreamName,
+        ) -> Result<Fenced, StoreError> {
+            self.create_cursor(c).await
+        }
+        async fn join_files(
+            &self,
+            c: &ChunkCursor,
+            files: &[SourceFile],
+        ) -> Result<Fenced, StoreError> {
+            assert!(files.len() <= JOIN_BATCH);
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            for f in files {
+                assert!(
+                    self.by_key
+                        .lock()
+                        .unwrap()
+                        .insert(f.key.clone(), f.clone())
+                        .is_none(),
+                    "{} joined twice",
+                    f.key
+                );
+                self.by_index.lock().unwrap().insert(f.index, f.clone());
+            }
+            self.create_cursor(c).await
+        }
+        async fn file_at(
+            &self,
+            _: &StreamName,
+            index: u64,
+        ) -> Result<Option<SourceFile>, StoreError> {
+            Ok(self.by_index.lock().unwrap().get(&index).cloned())
+        }
+        async fn files_by_key(
+            &self,
+            _: &StreamName,
+            keys: &[String],
+        ) -> Result<HashMap<String, SourceFile>, StoreError> {
+            assert!(keys.len() <= LOOKUP_BATCH);
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let all = self.by_key.lock().unwrap();
+            Ok(keys
+                .iter()
+                .filter_map(|k| all.get(k).map(|f| (k.clone(), f.clone())))
+                .collect())
+        }
+        async fn mark_changed(
+            &self,
+            _: &StreamName,
+            f: &SourceFile,
+            change: &str,
+        ) -> Result<(), StoreError> {
+            let mut changed = f.clone();
+            changed.changed = Some(change.into());
+            self.by_key.lock().unwrap().insert(f.key.clone(), changed);
+            Ok(())
+        }
+    }
+
+    fn settings() -> ChunkerSettings {
+        ChunkerSettings {
+            source_bucket: "b".into(),
+            source_key: "feed/".into(),
+            bucket: "b".into(),
+            rows_per_chunk: 10,
+            interval: None,
+            budget: Duration::from_secs(1),
+            read_window: 1024,
+            max_lag_chunks: 10,
+            columns: None,
+            flush_after: Duration::from_secs(60),
+            poll: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test]
+    async fn discovery_stays_bounded_over_100_000_files_and_finds_late_and_changed_ones() {
+        let objects = Listing::default();
+        let log = FileLog::default();
+        {
+            let mut keys = objects.keys.lock().unwrap();
+            for i in 0..100_000 {
+                keys.insert(format!("feed/2026/{:06}.csv", i + 1), format!("\"e{i}\""));
+            }
+        }
+        let mut chunker = Chunker::new(&objects, &log, settings());
+        let mut cursor = chunker.fresh_prefix_cursor();
+        log.create_cursor(&cursor).await.unwrap();
+        // A backfill joins at most 10 pages (10,000 files) per discovery.
+        let mut discoveries = 0;
+        while cursor.files < 100_000 {
+            let lists = objects.lists.load(Ordering::Relaxed);
+            let mut run = ChunkerRun::default();
+            cursor = chunker.discover(cursor, false, &mut run).await.unwrap();
+            assert!(objects.lists.load(Ordering::Relaxed) - lists <= NEW_KEY_PAGES as u64);
+            discoveries += 1;
+        }
+        assert_eq!(discoveries, 10);
+        assert_eq!(
+            log.by_index.lock().unwrap()[&99_999].key,
+            "feed/2026/100000.csv"
+        );
+        // Steady state: two listings, ten batch reads and one cursor write per tick,
+        // whatever the prefix holds.
+        let late_key = "feed/2026/050000-late.csv".to_string();
+        objects
+            .keys
+            .lock()
+            .unwrap()
+            .insert(late_key.clone(), "\"late\"".into());
+        objects
+            .keys
+            .lock()
+            .unwrap()
+            .insert("feed/2026/000002.csv".into(), "\"new\"".into());
+        let mut ticks = 0;
+        loop {
+            let (lists, reads, writes) = (
+                objects.lists.load(Ordering::Relaxed),
+                log.reads.load(Ordering::Relaxed),
+                log.writes.load(Ordering::Relaxed),
+            );
+            let mut run = ChunkerRun::default();
+            cursor = chunker.discover(cursor, true, &mut run).await.unwrap();
+            assert_eq!(objects.lists.load(Ordering::Relaxed) - lists, 2);
+            assert!(log.reads.load(Ordering::Relaxed) - reads <= 10);
+            assert_eq!(log.writes.load(Ordering::Relaxed) - writes, 1);
+            ticks += 1;
+            if cursor.late_files > 0 && cursor.changed_files > 0 {
+                break;
+            }
+            assert!(ticks <= 101, "the walk covers the prefix in 100 ticks");
+        }
+        // The late file joined after every other, once; the overwritten one is recorded.
+        let late = log.by_index.lock().unwrap()[&100_000].clone();
+        assert_eq!((late.key.as_str(), late.late), (late_key.as_str(), true));
+        assert!(log.by_key.lock().unwrap()["feed/2026/000002.csv"]
+            .changed
+            .is_some());
+        assert_eq!(cursor.files, 100_001);
+        assert!(
+            ticks > 40,
+            "found by the walk, page by page ({ticks} ticks)"
+        );
+    }
+}
