@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
-DATA ?= data
+PARTS ?=
+# PARTS=N runs a prefix stream over the data set cut into N files.
+DATA ?= $(if $(PARTS),data-parts-$(PARTS),data)
 RATE ?= 1
 BIN := $(CARGO_TARGET_DIR)/release/txpipe
 # Installs moto / PostgreSQL if missing and exports where they are.
@@ -25,7 +27,11 @@ build: rust
 $(DATA)/transactions.csv: | build
 	$(BIN) generate --out $(DATA)
 
-data: build $(DATA)/transactions.csv
+# PARTS=N: the data set as a transactions/ folder of N parts, for a stream over a prefix.
+data-parts-$(PARTS)/CustomerImportance.csv: | build
+	$(BIN) generate --out data-parts-$(PARTS) --parts $(PARTS)
+
+data: build $(if $(PARTS),data-parts-$(PARTS)/CustomerImportance.csv,$(DATA)/transactions.csv)
 
 # The whole pipeline on this machine: moto + throwaway Postgres + the real chunker and
 # detector. RATE=max replays as fast as possible; KEEP=1 keeps the services up after.

@@ -203,7 +203,7 @@ async fn headerless_reordered_and_bad_header_files_in_one_stream() -> Result<()>
     let bad_rows: Vec<_> = got
         .rejected
         .iter()
-        .filter(|r| r.3.contains("header line above the row is unusable"))
+        .filter(|r| r.3.contains("header is unusable"))
         .collect();
     assert_eq!(bad_rows.len(), 2, "{:?}", got.rejected);
     assert_eq!(bad_rows[0].0, 6001);

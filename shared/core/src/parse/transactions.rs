@@ -128,8 +128,9 @@ pub enum RejectReason {
     /// text); the row is kept so nothing is lost silently.
     #[error("the table of ids is full; the row cannot be indexed")]
     TableFull,
-    /// The chunk the row came in has an unusable header, so no row of it can be read.
-    #[error("the header line above the row is unusable: {why}")]
+    /// The header the row came under (the chunk's, or in a chunk spanning files, its
+    /// file's) is unusable, so the row cannot be read.
+    #[error("the chunk's header is unusable: {why}")]
     UnreadableChunk {
         /// What is wrong with the header.
         why: String,
