@@ -47,6 +47,11 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "out/replay")]
         out: PathBuf,
+        /// Replay this stream's chunk objects from the deployment (same environment as
+        /// `status`) instead of a file: reproduces a prefix stream's outputs, whose
+        /// chunks may span files or end short.
+        #[arg(long)]
+        stream: Option<String>,
     },
     /// Run the whole pipeline locally: moto for S3 and DynamoDB, a throwaway Postgres,
     /// the real chunker and detector code, S3 events delivered as S3 would.
@@ -274,6 +279,7 @@ fn main() -> Result<()> {
             rows_per_chunk,
             per_file,
             out,
+            stream,
         } => {
             replay_cmd::run(replay_cmd::ReplayArgs {
                 transactions,
@@ -281,6 +287,7 @@ fn main() -> Result<()> {
                 rows_per_chunk,
                 per_file,
                 out,
+                stream: stream.map(|s| parse_stream(&s)).transpose()?,
             })?;
         }
     }

@@ -308,11 +308,13 @@ async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
         drop(stack);
         Stack::start(true).await?
     };
-    let (transactions, importance) = generate(&dir, 2_500, 9, 200)?;
+    let (transactions, importance) = generate(&dir, 8_500, 9, 200)?;
+    let importance_bytes = importance.clone();
     stack.put(IMPORTANCE_KEY, importance).await?;
     let s = prefix_settings(&[
         ("TXPIPE_ROWS_PER_CHUNK", "1000"),
         ("TXPIPE_FLUSH_AFTER_SECS", "2"),
+        ("TXPIPE_CHILD_MIN_TXNS", "5"),
     ]);
     let clock = txpipe_testkit::clock::TestClock::new();
     let config = stack.config(&s)?;
@@ -325,7 +327,7 @@ async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
     let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
     assert_eq!(
         (cursor.next_chunk, cursor.rows_emitted),
-        (2, 2000),
+        (8, 8000),
         "500 rows wait"
     );
     clock.advance(chrono::Duration::seconds(3));
@@ -333,7 +335,7 @@ async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
     let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
     assert_eq!(
         (cursor.next_chunk, cursor.rows_emitted),
-        (3, 2500),
+        (9, 8500),
         "the tail is cut short"
     );
     assert!(!cursor.finished);
@@ -342,7 +344,39 @@ async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
     let (_, finished) = drive(&chunker, &detector).await?;
     assert!(finished);
     let head = stores.state.load_head(&stream).await?.unwrap();
-    assert_eq!(head.next_chunk, 4);
+    assert_eq!(head.next_chunk, 10);
     assert!(head.finished, "{head:?}");
+    // A replay over the stream's chunk objects, with the boundaries recorded on them
+    // (a short chunk, an empty last one), reproduces its detection files.
+    let config = txpipe::config::PatternConfig {
+        upgrade_min_merchant_txns: 2000,
+        dei_min_female: 30,
+        child_min_txns: 5,
+        ..Default::default()
+    };
+    let table = txpipe::parse::ImportanceTable::parse(&importance_bytes)?.table;
+    let mut engine = txpipe::engine::Engine::new(config, std::sync::Arc::new(table));
+    let mut replayed = Vec::new();
+    let chunks = txpipe_cli::replay_cmd::replay_stream(
+        stores.objects.as_ref(),
+        BUCKET,
+        &stream,
+        &mut engine,
+        1000,
+        50,
+        |c| {
+            replayed.extend(c.batches);
+            Ok(())
+        },
+    )
+    .await?;
+    assert_eq!(chunks, 10);
+    let stored = stream_outputs(&stack, &stream, false).await?;
+    assert!(!stored.batches.is_empty());
+    let replayed: Vec<Vec<(String, String, String, String)>> = replayed
+        .iter()
+        .map(|b| txpipe_e2e::outputs::batch_lines(&String::from_utf8_lossy(&b.to_jsonl())).unwrap())
+        .collect();
+    assert_eq!(replayed, stored.batches.into_values().collect::<Vec<_>>());
     Ok(())
 }

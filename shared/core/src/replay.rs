@@ -92,23 +92,53 @@ pub fn replay(
     Ok(out)
 }
 
-/// [`replay`] over a source read piece by piece, handing each chunk's results to
-/// `on_chunk` as soon as they exist: memory stays about one chunk, whatever the size of
-/// the source.
-pub fn replay_from(
-    source: impl std::io::Read,
-    engine: &mut Engine,
-    rows_per_chunk: u64,
-    per_file: u64,
-    mut now: impl FnMut() -> DateTime<Utc>,
-    mut on_chunk: impl FnMut(ReplayedChunk) -> Result<(), std::io::Error>,
-) -> Result<(), ReplayError> {
-    let mut batcher = DetectionBatcher::new(per_file);
-    let mut chunks = ChunkReader::new(source, rows_per_chunk);
-    while let Some(chunk) = chunks.next_chunk()? {
+/// One chunk as the replay applies it: its bytes and the boundaries the chunker
+/// recorded with it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkToReplay<'a> {
+    /// Chunk number.
+    pub k: u64,
+    /// Header line then rows (and, spanning files, each later file's header and rows).
+    pub bytes: &'a [u8],
+    /// Where each later file's header line starts in `bytes`.
+    pub later_headers: &'a [usize],
+    /// Source row number of its first data row.
+    pub first_row: u64,
+    /// End of stream: the last, short detection file is written after it.
+    pub last: bool,
+}
+
+/// Applies chunks in order as the detector does and batches their detections: the
+/// replay of a file ([`replay_from`]) and of a stream's stored chunk objects alike.
+pub struct ChunkReplay<'e> {
+    engine: &'e mut Engine,
+    batcher: DetectionBatcher,
+}
+
+impl<'e> ChunkReplay<'e> {
+    /// A replay over `engine`, `per_file` detections per batch.
+    pub fn new(engine: &'e mut Engine, per_file: u64) -> Self {
+        ChunkReplay {
+            engine,
+            batcher: DetectionBatcher::new(per_file),
+        }
+    }
+
+    /// Applies the next chunk.
+    pub fn apply(
+        &mut self,
+        chunk: ChunkToReplay<'_>,
+        mut now: impl FnMut() -> DateTime<Utc>,
+    ) -> Result<ReplayedChunk, ApplyError> {
         let y_start = now();
         let started = std::time::Instant::now();
-        let outcome = engine.apply_chunk(chunk.k, chunk.bytes, chunk.first_row)?;
+        let outcome = self.engine.apply_segments(
+            chunk.k,
+            chunk.bytes,
+            chunk.later_headers,
+            chunk.first_row,
+            None,
+        )?;
         let micros = started.elapsed().as_micros() as u64;
         let detected_at = now();
         let detections: Vec<Detection> = outcome
@@ -121,11 +151,11 @@ pub fn replay_from(
                 detected_at,
             })
             .collect();
-        let mut batches = batcher.push(detections.iter().cloned());
+        let mut batches = self.batcher.push(detections.iter().cloned());
         if chunk.last {
-            batches.extend(batcher.flush());
+            batches.extend(self.batcher.flush());
         }
-        on_chunk(ReplayedChunk {
+        Ok(ReplayedChunk {
             summary: ChunkSummary {
                 chunk: chunk.k,
                 rows: outcome.delta.rows,
@@ -136,7 +166,35 @@ pub fn replay_from(
             detections,
             batches,
             rejected: outcome.rejected,
-        })?;
+        })
+    }
+}
+
+/// [`replay`] over a source read piece by piece, handing each chunk's results to
+/// `on_chunk` as soon as they exist: memory stays about one chunk, whatever the size of
+/// the source.
+pub fn replay_from(
+    source: impl std::io::Read,
+    engine: &mut Engine,
+    rows_per_chunk: u64,
+    per_file: u64,
+    mut now: impl FnMut() -> DateTime<Utc>,
+    mut on_chunk: impl FnMut(ReplayedChunk) -> Result<(), std::io::Error>,
+) -> Result<(), ReplayError> {
+    let mut replay = ChunkReplay::new(engine, per_file);
+    let mut chunks = ChunkReader::new(source, rows_per_chunk);
+    while let Some(chunk) = chunks.next_chunk()? {
+        let replayed = replay.apply(
+            ChunkToReplay {
+                k: chunk.k,
+                bytes: chunk.bytes,
+                later_headers: &[],
+                first_row: chunk.first_row,
+                last: chunk.last,
+            },
+            &mut now,
+        )?;
+        on_chunk(replayed)?;
     }
     Ok(())
 }

@@ -45,6 +45,46 @@ pub const META_SOURCE_ETAG: &str = "txpipe-source-etag";
 /// the chunk where each later file's header line starts.
 pub const META_HEADERS: &str = "txpipe-headers";
 
+/// Where a chunk's rows sit, as its metadata records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkBounds {
+    /// Source row number of its first data row (`k·R + 1` when not recorded).
+    pub first_row: u64,
+    /// Where each later file's header line starts in the chunk.
+    pub later_headers: Vec<usize>,
+    /// End of stream.
+    pub last: bool,
+}
+
+impl ChunkBounds {
+    /// Reads chunk `k`'s boundaries from its object metadata; `Err` says which value
+    /// is damaged.
+    pub fn from_metadata(
+        metadata: &std::collections::HashMap<String, String>,
+        k: u64,
+        rows_per_chunk: u64,
+    ) -> Result<Self, String> {
+        let meta = |name: &str| metadata.get(name).map(String::as_str);
+        let later_headers = match meta(META_HEADERS) {
+            None | Some("") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|v| v.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    format!("metadata {META_HEADERS}={list:?} is not a list of byte offsets")
+                })?,
+        };
+        Ok(ChunkBounds {
+            first_row: meta(META_FIRST_ROW)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(k * rows_per_chunk + 1),
+            later_headers,
+            last: meta(META_LAST) == Some("true"),
+        })
+    }
+}
+
 /// The most files after its first that one chunk spans: their offsets must fit in S3's
 /// 2 KB of user metadata. A chunk that reaches it ends at that file's end, short.
 pub const MAX_LATER_FILES: usize = 100;

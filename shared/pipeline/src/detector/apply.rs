@@ -5,7 +5,7 @@
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, Detector, DetectorError, StepMillis, StreamState};
-use crate::chunker::{META_FIRST_ROW, META_HEADERS, META_LAST, META_ROWS_PER_CHUNK, META_SOURCE};
+use crate::chunker::{ChunkBounds, META_ROWS_PER_CHUNK, META_SOURCE};
 use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
 use chrono::{DateTime, Utc};
@@ -133,31 +133,21 @@ impl Detector {
                 });
             }
         }
-        let first_row = meta(META_FIRST_ROW)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(j * rows_per_chunk + 1);
-        let last = meta(META_LAST) == Some("true");
         let source = meta(META_SOURCE).map(str::to_string);
-        let later_headers = match meta(META_HEADERS) {
-            None | Some("") => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .map(|v| v.trim().parse::<usize>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| DetectorError::State {
+        let bounds =
+            ChunkBounds::from_metadata(&object.metadata, j, rows_per_chunk).map_err(|why| {
+                DetectorError::State {
                     stream: stream.clone(),
-                    why: format!(
-                        "chunk {key}: metadata {META_HEADERS}={list:?} is not a list of byte offsets"
-                    ),
-                })?,
-        };
+                    why: format!("chunk {key}: {why}"),
+                }
+            })?;
         Ok(Some(ChunkInput {
             number: j,
             key,
             object,
-            first_row,
-            later_headers,
-            last,
+            first_row: bounds.first_row,
+            later_headers: bounds.later_headers,
+            last: bounds.last,
             source,
         }))
     }
