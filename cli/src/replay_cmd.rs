@@ -184,7 +184,6 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             })?;
         }
     }
-    drop(write);
     all.flush()?;
     summary.flush()?;
     rejected.flush()?;

@@ -409,7 +409,8 @@ impl Engine {
         bounds.push(0);
         bounds.extend_from_slice(later_headers);
         bounds.push(data.len());
-        if !bounds.windows(2).all(|w| w[0] < w[1]) && !(bounds.len() == 2 && data.is_empty()) {
+        let empty = bounds.len() == 2 && data.is_empty();
+        if !(empty || bounds.windows(2).all(|w| w[0] < w[1])) {
             return Err(ApplyError::BadSegments {
                 chunk,
                 why: format!(

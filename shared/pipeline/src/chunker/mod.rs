@@ -178,7 +178,7 @@ pub enum ChunkerError {
         /// Key.
         key: String,
         /// What is wrong.
-        source: HeaderError,
+        source: Box<HeaderError>,
     },
     /// The stream was started with another R.
     #[error("stream {stream} of s3://{bucket}/{key} is cut with R={pinned} rows per chunk, but this chunker is configured with R={configured}; restore TXPIPE_ROWS_PER_CHUNK={pinned}, or start the file anew as a new stream with `txpipe restart-source`")]
@@ -206,12 +206,10 @@ pub enum ChunkerError {
     },
     /// A file of a prefix stream changed or vanished after it joined, before all of it
     /// was cut: the stream stops there rather than mix two versions.
-    #[error("stream {stream} stops at file {index} s3://{bucket}/{key}: it changed or vanished after it joined (joined with ETag {etag}). Restore it as it was, or run `txpipe skip-file --key {key}` to end it where the stream stands and go on with the next file (upload new content under a new key: a new key joins the stream)")]
+    #[error("stream {stream} stops at file {index} {key}: it changed or vanished after it joined (joined with ETag {etag}). Restore it as it was, or run `txpipe skip-file --key {key}` to end it where the stream stands and go on with the next file (upload new content under a new key: a new key joins the stream)")]
     FileChanged {
         /// The stream.
         stream: StreamName,
-        /// Bucket.
-        bucket: String,
         /// The file's key.
         key: String,
         /// Its place in the order files joined.
@@ -317,7 +315,7 @@ pub struct ChunkerRun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
     /// The cursor, ready to cut from.
-    Cursor(ChunkCursor),
+    Cursor(Box<ChunkCursor>),
     /// The source file is not uploaded yet.
     WaitingForInput,
 }
@@ -326,7 +324,7 @@ impl Opened {
     /// The cursor, if there is one.
     pub fn into_cursor(self) -> Option<ChunkCursor> {
         match self {
-            Opened::Cursor(cursor) => Some(cursor),
+            Opened::Cursor(cursor) => Some(*cursor),
             Opened::WaitingForInput => None,
         }
     }
@@ -445,7 +443,7 @@ impl<'a> Chunker<'a> {
         let deadline = deadline.min(started + self.settings.budget);
         let mut run = ChunkerRun::default();
         let mut cursor = match self.open().await? {
-            Opened::Cursor(cursor) => cursor,
+            Opened::Cursor(cursor) => *cursor,
             Opened::WaitingForInput => {
                 run.waiting_for_input = true;
                 return Ok(run);
@@ -554,12 +552,12 @@ impl<'a> Chunker<'a> {
         let stored = self.cursors.load_cursor(&id).await?;
         if s.is_prefix() {
             return match stored {
-                Some(cursor) => self.check_rows_per_chunk(cursor).map(Opened::Cursor),
+                Some(cursor) => self.opened(cursor),
                 None => {
                     let fresh = self.fresh_prefix_cursor();
                     match self.cursors.create_cursor(&fresh).await? {
-                        Fenced::Written => Ok(Opened::Cursor(fresh)),
-                        Fenced::Lost => Ok(Opened::Cursor(self.reload(&id).await?)),
+                        Fenced::Written => Ok(Opened::Cursor(Box::new(fresh))),
+                        Fenced::Lost => Ok(Opened::Cursor(Box::new(self.reload(&id).await?))),
                     }
                 }
             };
@@ -567,7 +565,7 @@ impl<'a> Chunker<'a> {
         let Some(info) = self.objects.head(&s.source_bucket, &s.source_key).await? else {
             return match stored {
                 // Finished streams need their source no longer.
-                Some(cursor) if cursor.finished => Ok(Opened::Cursor(cursor)),
+                Some(cursor) if cursor.finished => Ok(Opened::Cursor(Box::new(cursor))),
                 Some(_) => Err(ChunkerError::NoSource {
                     bucket: s.source_bucket.clone(),
                     key: s.source_key.clone(),
@@ -577,7 +575,7 @@ impl<'a> Chunker<'a> {
         };
         if let Some(cursor) = stored {
             if cursor.etag == info.etag {
-                return self.check_rows_per_chunk(cursor).map(Opened::Cursor);
+                return self.opened(cursor);
             }
             if !cursor.finished {
                 return Err(StoreError::SourceChanged {
@@ -601,7 +599,7 @@ impl<'a> Chunker<'a> {
                         cut = cursor.next_chunk,
                         "source replaced; the new file starts once the old stream is applied"
                     );
-                    return Ok(Opened::Cursor(cursor));
+                    return Ok(Opened::Cursor(Box::new(cursor)));
                 }
             }
             let fresh = self.fresh_cursor(info.etag, info.size).await?;
@@ -611,19 +609,20 @@ impl<'a> Chunker<'a> {
                 "source replaced after its stream finished: starting a new stream"
             );
             return match self.cursors.replace_cursor(&fresh, &cursor.stream).await? {
-                Fenced::Written => Ok(Opened::Cursor(fresh)),
-                Fenced::Lost => Ok(Opened::Cursor(self.reload(&id).await?)),
+                Fenced::Written => Ok(Opened::Cursor(Box::new(fresh))),
+                Fenced::Lost => Ok(Opened::Cursor(Box::new(self.reload(&id).await?))),
             };
         }
         let fresh = self.fresh_cursor(info.etag, info.size).await?;
         match self.cursors.create_cursor(&fresh).await? {
-            Fenced::Written => Ok(Opened::Cursor(fresh)),
+            Fenced::Written => Ok(Opened::Cursor(Box::new(fresh))),
             // Another invocation created it first: use theirs.
-            Fenced::Lost => Ok(Opened::Cursor(self.reload(&id).await?)),
+            Fenced::Lost => Ok(Opened::Cursor(Box::new(self.reload(&id).await?))),
         }
     }
 
-    fn check_rows_per_chunk(&self, cursor: ChunkCursor) -> Result<ChunkCursor, ChunkerError> {
+    /// Opened, unless the cursor's stream is cut with another R than configured.
+    fn opened(&self, cursor: ChunkCursor) -> Result<Opened, ChunkerError> {
         let s = &self.settings;
         if cursor.rows_per_chunk != s.rows_per_chunk {
             return Err(ChunkerError::RowsPerChunkChanged {
@@ -634,7 +633,7 @@ impl<'a> Chunker<'a> {
                 configured: s.rows_per_chunk,
             });
         }
-        Ok(cursor)
+        Ok(Opened::Cursor(Box::new(cursor)))
     }
 
     /// A cursor at chunk 0 of the source version `etag`, from its header.
@@ -647,7 +646,7 @@ impl<'a> Chunker<'a> {
                 break result.map_err(|source| ChunkerError::Header {
                     bucket: s.source_bucket.clone(),
                     key: s.source_key.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             }
             let from = buf.len() as u64;
@@ -937,7 +936,6 @@ impl<'a> Chunker<'a> {
         {
             Err(StoreError::SourceChanged { .. }) => Err(ChunkerError::FileChanged {
                 stream: stream.clone(),
-                bucket: bucket.clone(),
                 key: file.key.clone(),
                 index: file.index,
                 etag: file.etag.clone(),
