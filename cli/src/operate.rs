@@ -106,6 +106,20 @@ pub async fn restart_source(clients: &AwsClients, config: &Config) -> Result<Str
     let Some(old) = stores.cursors.load_cursor(&id).await? else {
         bail!("{id} has no cursor yet: the chunker starts the file by itself");
     };
+    // A finished stream is not dropped while its detector is behind: its last chunks
+    // and detection file would never be written.
+    let applied = stores
+        .state
+        .load_head(&old.stream)
+        .await?
+        .map_or(0, |h| h.next_chunk);
+    if old.finished && applied < old.next_chunk {
+        bail!(
+            "stream {} is cut but its detector has applied {applied} of {} chunks; wait until it has them all (`txpipe status`; `txpipe resume` if it is parked), then run this again",
+            old.stream,
+            old.next_chunk
+        );
+    }
     if settings.is_prefix() {
         // A new stream over the prefix: every file under it joins again, from the first.
         let chunker = Chunker::new(stores.objects.as_ref(), stores.cursors.as_ref(), settings);

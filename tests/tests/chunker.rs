@@ -282,8 +282,21 @@ async fn resumes_after_restart_and_refuses_a_changed_source() -> Result<()> {
     assert!(run.finished);
     assert_eq!(stored_chunks(&stack).await?, expected(&source, 10));
 
-    // Replaced after its stream finished: a new stream, the old one untouched.
+    // Replaced after its stream finished: the old stream keeps the cursor until the
+    // detector has applied every chunk of it (nothing abandoned while behind) ...
     stack.put(SOURCE_KEY, changed.clone()).await?;
+    let run = stack
+        .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
+        .run(far(), None)
+        .await?;
+    assert_eq!(run.stream.as_ref(), Some(&first_stream));
+    assert!(run.written.is_empty());
+    let stores = stack.stores(&stack.config(&[])?);
+    let mut head = txpipe::store::DetectorHead::empty(&first_stream, "test");
+    head.next_chunk = run.next_chunk;
+    head.finished = true;
+    stores.state.put_head(&head, None).await?;
+    // ... then the new file is a new stream, the old one untouched.
     let run = stack
         .chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?
         .run(far(), None)

@@ -280,6 +280,19 @@ async fn late_files_join_after_and_changed_files_stop_the_stream_visibly() -> Re
         (after.next_chunk, after.rows_emitted),
         (before.next_chunk, before.rows_emitted)
     );
+    // `txpipe status` shows where and why, and the way on.
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, PREFIX, None)
+        .await?
+        .render();
+    for want in [
+        "files             4 joined".to_string(),
+        format!("late: {}", part_key(1)),
+        format!("changed: {}", part_key(5)),
+        format!("BLOCKED           file 2 {} changed", part_key(7)),
+        format!("txpipe skip-file --key {}", part_key(7)),
+    ] {
+        assert!(status.contains(&want), "{want:?} not in\n{status}");
+    }
 
     // The operator skips the file; the stream goes on with the next one.
     let file = stores.cursors.file_at(&after.stream, 2).await?.unwrap();
