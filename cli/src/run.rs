@@ -356,6 +356,9 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         opts.data.len(),
         if opts.data.len() == 1 { "" } else { "s" },
         match opts.rate {
+            Rate::Paced(d) if opts.data.iter().all(|d| has_parts(d)) => format!(
+                "parts uploaded while the stream runs, cut as they arrive (pacing {d:?} applies to single files only)"
+            ),
             Rate::Paced(d) => format!("one every {d:?} per stream"),
             Rate::Max => "as fast as possible".into(),
         }
@@ -518,7 +521,12 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         for key in &config.source.transactions_keys {
             statuses.push(read_status(clients, &config, key, None).await?);
         }
-        print_summary(&summary, &statuses, &stack);
+        print_summary(
+            &summary,
+            &statuses,
+            &stack,
+            &config.source.transactions_keys,
+        );
     }
     if opts.keep && !summary.interrupted {
         eprintln!("services kept running; press Ctrl-C to stop them");
@@ -584,7 +592,12 @@ async fn export_outputs(objects: &dyn ObjectStore, out: &Path, streams: usize) -
     Ok(())
 }
 
-fn print_summary(s: &RunSummary, statuses: &[crate::status::Status], stack: &LocalStack) {
+fn print_summary(
+    s: &RunSummary,
+    statuses: &[crate::status::Status],
+    stack: &LocalStack,
+    source_keys: &[String],
+) {
     let stream = statuses
         .first()
         .and_then(|s| s.stream.as_ref())
@@ -640,8 +653,9 @@ fn print_summary(s: &RunSummary, statuses: &[crate::status::Status], stack: &Loc
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "txpipe".into());
     eprintln!(
-        "  {creds} AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_PG_URL={pg_url} TXPIPE_PG_SSLMODE=disable {me} status",
-        stack.moto.endpoint()
+        "  {creds} AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_SOURCE_KEYS={} TXPIPE_PG_URL={pg_url} TXPIPE_PG_SSLMODE=disable {me} status",
+        stack.moto.endpoint(),
+        source_keys.join(",")
     );
 }
 
