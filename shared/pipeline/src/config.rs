@@ -270,7 +270,7 @@ impl Config {
                     .string("TXPIPE_SOURCE_BUCKET")
                     .unwrap_or_else(|| bucket.clone()),
                 transactions_keys: source_keys(env)?,
-                columns: env.string("TXPIPE_SOURCE_COLUMNS"),
+                columns: source_columns(env)?,
                 importance_key: env
                     .string("TXPIPE_IMPORTANCE_KEY")
                     .unwrap_or_else(|| DEFAULT_IMPORTANCE_KEY.into()),
@@ -343,6 +343,26 @@ impl Config {
             },
             postgres: PgSettings::from_vars(env)?,
         })
+    }
+}
+
+/// `TXPIPE_SOURCE_COLUMNS`: a header line that names every needed column.
+fn source_columns(env: &EnvVars) -> Result<Option<String>, ConfigError> {
+    let Some(line) = env.string("TXPIPE_SOURCE_COLUMNS") else {
+        return Ok(None);
+    };
+    use txpipe_core::parse::header::ColumnMap;
+    use txpipe_core::parse::transactions::TRANSACTION_COLUMNS;
+    match ColumnMap::find(
+        "transactions",
+        Some(line.trim().as_bytes()),
+        &TRANSACTION_COLUMNS,
+    ) {
+        Ok(_) => Ok(Some(line.trim().to_string())),
+        Err(e) => Err(ConfigError::Unusable {
+            var: "TXPIPE_SOURCE_COLUMNS",
+            why: e.to_string(),
+        }),
     }
 }
 
@@ -546,12 +566,25 @@ mod tests {
             ("TXPIPE_BUCKET", "b"),
             ("TXPIPE_STATE_TABLE", "t"),
             ("TXPIPE_SOURCE_PREFIX", "/feed/transactions"),
-            ("TXPIPE_SOURCE_COLUMNS", "step,customer"),
+            (
+                "TXPIPE_SOURCE_COLUMNS",
+                "step,customer,gender,merchant,amount",
+            ),
             ("TXPIPE_FLUSH_AFTER_SECS", "5"),
         ]))
         .unwrap();
         assert_eq!(prefix.source.transactions_keys, vec!["feed/transactions/"]);
-        assert_eq!(prefix.source.columns.as_deref(), Some("step,customer"));
+        assert_eq!(
+            prefix.source.columns.as_deref(),
+            Some("step,customer,gender,merchant,amount")
+        );
+        let err = Config::from_vars(&vars(&[
+            ("TXPIPE_BUCKET", "b"),
+            ("TXPIPE_STATE_TABLE", "t"),
+            ("TXPIPE_SOURCE_COLUMNS", "step,customer"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("no `gender` column"), "{err}");
         assert_eq!(prefix.chunker.flush_after, Duration::from_secs(5));
     }
 }
