@@ -774,3 +774,56 @@ async fn a_file_replaced_before_its_stream_is_applied_finishes_the_old_stream_fi
     assert_eq!(response.next_chunk, 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_be_rebuilt_is_parked_shown_and_resumed() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 8_000).await?;
+    stack.chunker(SMALL)?.run(far(), Some(2)).await?;
+    let stream = stack.stream().await?;
+    deliver(&stack.detector(SMALL).await?, &[stream.chunk_key(1)]).await?;
+    stack.chunker(SMALL)?.run(far(), None).await?;
+    // A redeploy changed a threshold: the stored state was built with other settings,
+    // so every cold container fails to rebuild it, before any chunk is tried.
+    let changed = settings(&[("TXPIPE_CHILD_MIN_TXNS", "81")]);
+    for attempt in 1..=3 {
+        let detector = stack.detector(&changed).await?;
+        let err = deliver(&detector, &[stream.chunk_key(2)])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was built with settings"), "{err}");
+        let h = head(&detector, &stream).await?;
+        assert_eq!(h.next_chunk, 2);
+        let failure = h
+            .failure
+            .expect("the failed rebuild is recorded in the head");
+        assert_eq!((failure.chunk, failure.attempts), (2, attempt));
+        assert_eq!(failure.parked, attempt == 3, "attempt {attempt}");
+        assert!(failure
+            .reason
+            .contains("rebuilding the stream's state failed"));
+    }
+    // Parked: answered without another attempt, shown with its reason and the command,
+    // reported by the chunker's tick (the parked alarm), and the watch stops kicking.
+    let reply = deliver(&stack.detector(&changed).await?, &[stream.chunk_key(3)]).await?;
+    assert_eq!(reply.streams[0].parked, Some(2));
+    let config = stack.config(&changed)?;
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, SOURCE_KEY, None)
+        .await?
+        .render();
+    assert!(status.contains("PARKED"), "{status}");
+    assert!(status.contains("was built with settings"), "{status}");
+    assert!(
+        status.contains(&format!("txpipe resume --stream {stream}")),
+        "{status}"
+    );
+    let t = tick(&stack.chunker(SMALL)?).await?;
+    assert_eq!((t.parked, t.kicked), (Some(2), None));
+    // The settings are restored; `txpipe resume` and the stream completes.
+    let config = stack.config(SMALL)?;
+    txpipe_cli::operate::resume(&stack.local.clients, &config, None, false).await?;
+    let reply = deliver(&stack.detector(SMALL).await?, &[stream.chunk_key(2)]).await?;
+    assert_eq!(reply.streams[0].applied, vec![2, 3]);
+    Ok(())
+}

@@ -391,7 +391,10 @@ impl Detector {
             Some(st) => st,
             None => {
                 let t = Instant::now();
-                let st = self.rebuild(stream).await?;
+                let st = match self.rebuild(stream).await {
+                    Ok(st) => st,
+                    Err(e) => return self.rebuild_failed(stream, e, report).await,
+                };
                 report.reload_ms = Some(millis(t.elapsed()));
                 st
             }
@@ -403,7 +406,10 @@ impl Detector {
             let stored = self.stores.state.load_head(stream).await?;
             match stored {
                 Some(head) if head.version == st.head.version => st.head.failure = head.failure,
-                _ => st = self.rebuild(stream).await?,
+                _ => match self.rebuild(stream).await {
+                    Ok(rebuilt) => st = rebuilt,
+                    Err(e) => return self.rebuild_failed(stream, e, report).await,
+                },
             }
             if let Some(parked) = st.head.parked() {
                 report.parked = Some(parked.clone());
@@ -444,7 +450,7 @@ impl Detector {
                         stream.chunk_key(j)
                     );
                     if !self
-                        .record_failure(&mut st, j, reason.clone(), Retry::Transient)
+                        .record_failure(&mut st.head, j, reason.clone(), Retry::Transient)
                         .await
                     {
                         // Another container moved the stream on: this one is behind, and
@@ -465,7 +471,7 @@ impl Detector {
                 }
                 Err(e @ DetectorError::Contended { .. }) => return Err(e),
                 Err(e) => {
-                    self.record_failure(&mut st, j, e.to_string(), e.retry())
+                    self.record_failure(&mut st.head, j, e.to_string(), e.retry())
                         .await;
                     return Err(e);
                 }
