@@ -362,3 +362,22 @@ async fn paced_mode_emits_one_chunk_per_interval_within_budget() -> Result<()> {
     assert!(t.elapsed() < Duration::from_millis(1500));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_bare_cr_line_endings_is_refused_loudly_at_its_header() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    // An old Mac export: it used to be read whole as its header line.
+    let source = tricky_source(2_000)
+        .into_iter()
+        .map(|b| if b == b'\n' { b'\r' } else { b })
+        .collect::<Vec<u8>>();
+    stack.put(SOURCE_KEY, source).await?;
+    let chunker = stack.chunker(&[("TXPIPE_ROWS_PER_CHUNK", "10")])?;
+    let err = chunker.run(far(), None).await.unwrap_err();
+    assert!(matches!(err, ChunkerError::Header { .. }), "{err}");
+    assert!(err.to_string().contains("bare carriage return"), "{err}");
+    assert!(err.to_string().contains("input/transactions.csv"), "{err}");
+    let id = chunker.settings().source_id();
+    assert!(chunker.stores().cursors.load_cursor(&id).await?.is_none());
+    Ok(())
+}

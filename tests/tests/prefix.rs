@@ -182,6 +182,10 @@ async fn headerless_reordered_and_bad_header_files_in_one_stream() -> Result<()>
     stack.put(&part_key(1), p2.into_bytes()).await?;
     stack.put(&part_key(2), bad.into_bytes()).await?;
     stack.put(&part_key(3), p4.into_bytes()).await?;
+    // Old Mac line endings: not rows at all; skipped whole and reported, never read
+    // as one giant record.
+    let cr_only = format!("{header}\r1,'C1','1','F','1','M1','1','c',1.0,0\r");
+    stack.put(&part_key(4), cr_only.into_bytes()).await?;
 
     let columns = Box::leak(header.clone().into_boxed_str());
     let s = prefix_settings(&[("TXPIPE_SOURCE_COLUMNS", columns)]);

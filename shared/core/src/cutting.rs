@@ -15,11 +15,38 @@ pub struct SourceHeader {
     pub data_offset: u64,
 }
 
+/// The longest header line read: a file with no line terminator this far in is
+/// refused (it would otherwise be read whole as its header).
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// A first line that ends in a bare CR (old Mac line endings), or no line terminator
+/// within [`MAX_HEADER_BYTES`]: the file cannot be cut into rows.
+fn unreadable_lines(body: &[u8]) -> Option<HeaderError> {
+    let line_end = body.iter().position(|&b| b == b'\n');
+    let line = &body[..line_end.unwrap_or(body.len())];
+    let bare_cr = line
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && i + 1 < body.len() && body[i + 1] != b'\n');
+    if bare_cr {
+        return Some(HeaderError::CrLineEndings {
+            file: "transactions",
+        });
+    }
+    (line_end.is_none() && body.len() > MAX_HEADER_BYTES).then_some(HeaderError::HeaderTooLong {
+        file: "transactions",
+        limit: MAX_HEADER_BYTES,
+    })
+}
+
 /// Reads the header from the first bytes of a source file. `None` means more bytes are
 /// needed (no complete header line yet and not at end of file).
 pub fn read_header(buf: &[u8], at_eof: bool) -> Option<Result<SourceHeader, HeaderError>> {
     let bom = buf.len() - strip_bom(buf).len();
     let body = &buf[bom..];
+    if let Some(e) = unreadable_lines(body) {
+        return Some(Err(e));
+    }
     let mut scanner = Scanner::new();
     let mut pos = 0;
     loop {
@@ -59,7 +86,8 @@ pub struct FileHeader {
     /// the file's own, or `columns` for a file without one. Empty for a file with no
     /// records at all.
     pub line: Vec<u8>,
-    /// Byte offset in the file where its data rows start.
+    /// Byte offset in the file where its data rows start (`u64::MAX`: none can be
+    /// read, the file is skipped).
     pub data_offset: u64,
     /// Why the file's rows cannot be read (its header lacks a needed column): they go
     /// into chunks as they are and are rejected with this reason.
@@ -74,6 +102,15 @@ pub struct FileHeader {
 pub fn read_file_header(buf: &[u8], at_eof: bool, columns: Option<&[u8]>) -> Option<FileHeader> {
     let bom = buf.len() - strip_bom(buf).len();
     let body = &buf[bom..];
+    if let Some(problem) = unreadable_lines(body) {
+        // Not rows at all: the file is skipped whole (and reported), never read as one
+        // giant record.
+        return Some(FileHeader {
+            line: Vec::new(),
+            data_offset: u64::MAX,
+            problem: Some(problem),
+        });
+    }
     let mut scanner = Scanner::new();
     let mut pos = 0;
     let terminated = |mut line: Vec<u8>| {
@@ -410,6 +447,25 @@ mod tests {
 
     const SRC: &str =
         "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+
+    #[test]
+    fn bare_cr_line_endings_and_lineless_files_are_refused_at_the_header() {
+        let cr = format!(
+            "{}1,'C1','1','F','1','M1','1','c',1.0,0\r",
+            SRC.replace('\n', "\r")
+        );
+        assert!(matches!(
+            read_header(cr.as_bytes(), false),
+            Some(Err(HeaderError::CrLineEndings { .. }))
+        ));
+        // CRLF is fine, even when a read window ends between the CR and the LF.
+        let crlf = SRC.replace('\n', "\r\n");
+        assert!(matches!(read_header(crlf.as_bytes(), true), Some(Ok(_))));
+        assert!(read_header(&crlf.as_bytes()[..crlf.len() - 1], false).is_none());
+        let lineless = vec![b'a'; MAX_HEADER_BYTES + 1];
+        let err = read_header(&lineless, false).unwrap().unwrap_err();
+        assert!(err.to_string().contains("no line terminator"), "{err}");
+    }
 
     fn source(rows: usize, crlf: bool) -> String {
         let eol = if crlf { "\r\n" } else { "\n" };

@@ -14,6 +14,21 @@ pub enum HeaderError {
         /// The columns the file needs.
         expected: String,
     },
+    /// The header line ends in a bare carriage return (old Mac line endings): the file
+    /// would read as one record.
+    #[error("the {file} file's line endings are a bare carriage return (CR, old Mac style); convert it to LF or CRLF line endings and upload it again")]
+    CrLineEndings {
+        /// Which file (for the message).
+        file: &'static str,
+    },
+    /// No line terminator within the first `limit` bytes.
+    #[error("the {file} file has no line terminator in its first {limit} bytes: its header line cannot be read (a file without line breaks, or with a bare-CR ending); convert it to LF or CRLF line endings")]
+    HeaderTooLong {
+        /// Which file (for the message).
+        file: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// A column the pipeline needs is not named in the header.
     #[error("the {file} header has no `{column}` column (header was: {header}); expected the columns {expected}")]
     MissingColumn {

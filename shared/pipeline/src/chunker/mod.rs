@@ -907,7 +907,7 @@ impl<'a> Chunker<'a> {
             buf.extend_from_slice(&more);
         };
         if let Some(problem) = &header.problem {
-            tracing::error!(stream = %stream, file = %file.key, error = %problem, "file header unusable: each of its rows is rejected with the reason; the stream goes on");
+            tracing::error!(stream = %stream, file = %file.key, error = %problem, "file header unusable: its rows are rejected with the reason (a file without readable line endings is skipped whole); the stream goes on");
             emit("chunker", &[("BadHeaderFiles", 1.0, Unit::Count)]);
         }
         Ok(OpenFile {
@@ -916,7 +916,7 @@ impl<'a> Chunker<'a> {
             etag: file.etag.clone(),
             size: file.size,
             header: header.line,
-            data_offset: header.data_offset,
+            data_offset: header.data_offset.min(file.size),
         })
     }
 
