@@ -225,10 +225,9 @@ impl PrefixView {
     }
 }
 
-/// Reads a prefix stream's view: the cursor's files, and whether the file it must read
-/// next changed or vanished (the stream stands there until the operator acts).
-async fn prefix_view(stores: &Stores, c: &ChunkCursor) -> Result<PrefixView> {
-    let mut view = PrefixView {
+/// A prefix stream's view, from its cursor.
+fn prefix_view(c: &ChunkCursor) -> PrefixView {
+    PrefixView {
         files: c.files,
         newest_key: c.newest_key.clone(),
         late: c.late_files,
@@ -237,35 +236,8 @@ async fn prefix_view(stores: &Stores, c: &ChunkCursor) -> Result<PrefixView> {
         current: (!c.file_key.is_empty()).then(|| (c.file, c.file_key.clone(), c.offset, c.size)),
         tail_age_secs: (chrono::Utc::now().timestamp_millis() - c.tail_ms) / 1000,
         closing: c.closing,
-        blocked: None,
-    };
-    if c.finished {
-        return Ok(view);
+        blocked: (!c.blocked.is_empty()).then(|| c.blocked.clone()),
     }
-    // The file the next row comes from: the current one, or the next to join.
-    let next = match !c.file_key.is_empty() && c.offset < c.size {
-        true => stores.cursors.file_at(&c.stream, c.file).await?,
-        false => {
-            stores
-                .cursors
-                .file_at(&c.stream, c.file + u64::from(!c.file_key.is_empty()))
-                .await?
-        }
-    };
-    if let Some(f) = next {
-        let now = stores.objects.head(&c.source_bucket, &f.key).await?;
-        if now.as_ref().map(|i| &i.etag) != Some(&f.etag) {
-            view.blocked = Some(format!(
-                "file {} {} {} after it joined (ETag {}): restore it, or run `txpipe skip-file --key {}` to end it where the stream stands and go on",
-                f.index,
-                f.key,
-                if now.is_some() { "changed" } else { "vanished" },
-                f.etag,
-                f.key
-            ));
-        }
-    }
-    Ok(view)
 }
 
 /// Reads where the source `source_key` stands: its current stream, or `stream` if
@@ -299,7 +271,7 @@ pub async fn read_status(
         status.chunker_finished = c.finished;
         status.rows_per_chunk = c.rows_per_chunk;
         if c.is_prefix() {
-            status.prefix = Some(prefix_view(&stores, c).await.context("reading the files")?);
+            status.prefix = Some(prefix_view(c));
         }
     }
     if cursor.is_none() && !source_key.ends_with('/') {

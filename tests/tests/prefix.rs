@@ -292,7 +292,11 @@ async fn late_files_join_after_and_changed_files_stop_the_stream_visibly() -> Re
         "files             4 joined".to_string(),
         format!("late: {}", part_key(1)),
         format!("changed: {}", part_key(5)),
-        format!("BLOCKED           file 2 {} changed", part_key(7)),
+        format!(
+            "BLOCKED           stream {} stops at file 2 {}",
+            after.stream,
+            part_key(7)
+        ),
         format!("txpipe skip-file --key {}", part_key(7)),
     ] {
         assert!(status.contains(&want), "{want:?} not in\n{status}");
@@ -395,5 +399,119 @@ async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
         .map(|b| txpipe_e2e::outputs::batch_lines(&String::from_utf8_lossy(&b.to_jsonl())).unwrap())
         .collect();
     assert_eq!(replayed, stored.batches.into_values().collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_ahead_of_the_cursor_that_changed_is_skipped_and_recuts_stay_exact() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("prefix-skip-ahead")?;
+    let (transactions, importance) = generate(&dir, 2_300, 4, 300)?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    let p = parts(&transactions, &[1500, 200]);
+    let s = prefix_settings(&[("TXPIPE_ROWS_PER_CHUNK", "1000")]);
+    let stores = stack.stores(&stack.config(&s)?);
+    let chunker = stack.chunker(&s)?;
+    let detector = stack.detector(&s).await?;
+    let id = chunker.settings().source_id();
+    // File A: one chunk cut, 500 rows wait in the middle of A. File B joins (700 rows
+    // in all: still waiting), then is overwritten before it is cut.
+    stack.put(&part_key(0), p[0].clone()).await?;
+    drive(&chunker, &detector).await?;
+    // Chunk 0 cut again while the cursor is still in A: from A's first row, not its
+    // header (what the watch writes when the detector stalls).
+    let in_a = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(in_a.file, 0);
+    let again = raw_chunker(&chunker).recut(&in_a, 0).await?;
+    assert_eq!(
+        again.bytes,
+        stack.get(&in_a.stream.chunk_key(0)).await?.unwrap()
+    );
+    stack.put(&part_key(1), p[1].clone()).await?;
+    drive(&chunker, &detector).await?;
+    stack.put(&part_key(1), b"overwritten".to_vec()).await?;
+    stack.put(&part_key(2), p[2].clone()).await?;
+    let err = chunker
+        .handle(
+            &serde_json::json!({}),
+            Instant::now() + Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&part_key(1)), "{err}");
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(
+        (cursor.file, cursor.rows_emitted),
+        (0, 1000),
+        "still in the middle of A"
+    );
+    assert!(
+        cursor.blocked.contains("txpipe skip-file"),
+        "{:?}",
+        cursor.blocked
+    );
+    // B is ahead of the cursor: skipping it keeps none of it; A's rest and C follow.
+    let b = stores.cursors.file_at(&cursor.stream, 1).await?.unwrap();
+    let said = skip_file(stores.cursors.as_ref(), &cursor, &b)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(said.contains("ends at byte 0"), "{said}");
+    drive(&chunker, &detector).await?;
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(cursor.rows_emitted, 2000, "A's 500 rows and C's first 500");
+    assert!(cursor.blocked.is_empty());
+    // The chunk that spans A, the skipped B and C is cut again byte for byte.
+    let stored = stack.get(&cursor.stream.chunk_key(1)).await?.unwrap();
+    let mut raw = raw_chunker(&chunker);
+    let again = raw.recut(&cursor, 1).await?;
+    assert_eq!(again.bytes, stored);
+    // So is chunk 0, which starts at A's first row (not at its header).
+    let first = raw.recut(&cursor, 0).await?;
+    assert_eq!(
+        first.bytes,
+        stack.get(&cursor.stream.chunk_key(0)).await?.unwrap()
+    );
+    close_stream(stores.cursors.as_ref(), &cursor).await?;
+    let (_, finished) = drive(&chunker, &detector).await?;
+    assert!(finished);
+    let cursor = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(cursor.rows_emitted, 2100);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_chunk_that_loses_its_commit_is_never_written() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("prefix-commit-first")?;
+    let (transactions, importance) = generate(&dir, 1_800, 8, 300)?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    let p = parts(&transactions, &[1500]);
+    let s = prefix_settings(&[
+        ("TXPIPE_ROWS_PER_CHUNK", "1000"),
+        ("TXPIPE_FLUSH_AFTER_SECS", "1"),
+    ]);
+    let stores = stack.stores(&stack.config(&s)?);
+    let chunker = stack.chunker(&s)?;
+    let detector = stack.detector(&s).await?;
+    let id = chunker.settings().source_id();
+    stack.put(&part_key(0), p[0].clone()).await?;
+    drive(&chunker, &detector).await?;
+    let stale = stores.cursors.load_cursor(&id).await?.unwrap();
+    assert_eq!(stale.next_chunk, 1);
+    // Another invocation joins a file meanwhile (300 rows: still short of a chunk).
+    stack.put(&part_key(1), p[1].clone()).await?;
+    chunker
+        .handle(
+            &serde_json::json!({}),
+            Instant::now() + Duration::from_secs(3),
+        )
+        .await?;
+    // This one, from its stale cursor, cuts the quiet tail as a short chunk 1 and loses
+    // the commit: chunk 1 must not exist in its version, which the other's cut of
+    // chunk 1 (with different rows) would then overwrite after the detector read it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let step = raw_chunker(&chunker).step(&stale).await?;
+    assert!(matches!(step, txpipe::chunker::Step::Lost(_)), "{step:?}");
+    assert_eq!(stack.get(&stale.stream.chunk_key(1)).await?, None);
     Ok(())
 }

@@ -379,6 +379,9 @@ struct Span {
     etag: String,
     /// The chunk spans [`MAX_LATER_FILES`] files after its first and ends here.
     capped: bool,
+    /// Where the cut really started in its first file (after that file's header when
+    /// the start was the file's beginning): what a re-cut must start from.
+    start_offset: u64,
 }
 
 /// The chunker over an object store and a cursor store; with the detector's heads,
@@ -479,7 +482,14 @@ impl<'a> Chunker<'a> {
                 continue;
             }
             let t = Instant::now();
-            match self.step(&cursor).await? {
+            let step = match self.step(&cursor).await {
+                Err(e @ ChunkerError::FileChanged { .. }) => {
+                    self.record_blocked(&cursor, &e).await;
+                    return Err(e);
+                }
+                other => other?,
+            };
+            match step {
                 Step::Written(chunk, next) => {
                     slowest = slowest.max(t.elapsed());
                     on_chunk(&chunk);
@@ -509,6 +519,23 @@ impl<'a> Chunker<'a> {
         run.stream = Some(cursor.stream);
         prefix::report_discovery(&run);
         Ok(run)
+    }
+
+    /// Notes in the cursor why the stream stands still, for `txpipe status` (best
+    /// effort: the error itself is what the tick reports).
+    async fn record_blocked(&self, cursor: &ChunkCursor, why: &ChunkerError) {
+        let text = why.to_string();
+        if cursor.blocked == text {
+            return;
+        }
+        let next = ChunkCursor {
+            blocked: text,
+            version: cursor.version + 1,
+            ..cursor.clone()
+        };
+        if let Err(e) = self.cursors.advance_cursor(&next, cursor.next_chunk).await {
+            tracing::warn!(stream = %cursor.stream, error = %e, "could not note the blocked file in the cursor");
+        }
     }
 
     /// Whether the detector is `max_lag_chunks` or more behind `cursor`. The head is
@@ -689,6 +716,7 @@ impl<'a> Chunker<'a> {
             late_files: 0,
             changed_files: 0,
             flagged: Vec::new(),
+            blocked: String::new(),
         })
     }
 
@@ -717,7 +745,14 @@ impl<'a> Chunker<'a> {
             });
         };
         let cut = prepared.next.next_chunk > cursor.next_chunk;
-        if cut {
+        // A single file's chunk k is the same bytes however often it is cut: written
+        // first, committed after. A prefix stream's depends on what had joined and on
+        // the clock (a quiet tail, a close): its boundaries are committed first, then
+        // only the winner writes it, so chunk k never exists in two versions. A crash
+        // in between leaves it missing, and the watch cuts it again from the
+        // committed boundaries.
+        let commit_first = cursor.is_prefix();
+        if cut && !commit_first {
             self.put(&prepared).await?;
         }
         match self
@@ -726,6 +761,9 @@ impl<'a> Chunker<'a> {
             .await?
         {
             Fenced::Written => {
+                if cut && commit_first {
+                    self.put(&prepared).await?;
+                }
                 let written = WrittenChunk {
                     number: prepared.number,
                     key: prepared.key,
@@ -759,9 +797,10 @@ impl<'a> Chunker<'a> {
         if cursor.finished {
             return Ok(None);
         }
-        let start = cursor.next_start();
+        let mut start = cursor.next_start();
         let r = cursor.rows_per_chunk;
         let span = self.cut_span(cursor, start, r).await?;
+        start.offset = span.start_offset;
         let last = if !cursor.is_prefix() {
             span.file_end
         } else if span.rows == r || span.capped {
@@ -789,6 +828,7 @@ impl<'a> Chunker<'a> {
             rows_emitted: cursor.rows_emitted + span.rows,
             finished: last,
             version: cursor.version + 1,
+            blocked: String::new(),
             ..cursor.clone()
         };
         if let Some(end) = &span.end {
@@ -962,11 +1002,13 @@ impl<'a> Chunker<'a> {
             file_end: false,
             etag: cursor.etag.clone(),
             capped: false,
+            start_offset: start.offset,
         };
         let Some(mut file) = self.file_for(cursor, start.file).await? else {
             return Ok(span);
         };
         let mut offset = start.offset.max(file.data_offset);
+        span.start_offset = offset;
         span.etag = file.etag.clone();
         let mut rows_bytes = Vec::new();
         loop {

@@ -63,6 +63,7 @@ impl Chunker<'_> {
             late_files: 0,
             changed_files: 0,
             flagged: Vec::new(),
+            blocked: String::new(),
         }
     }
 
@@ -318,37 +319,48 @@ pub async fn close_stream(
     }
 }
 
-/// `txpipe skip-file`: the file `file` that stopped the stream (changed or gone after it
-/// joined) ends where the stream stands; the chunker goes on with the next file.
+/// `txpipe skip-file`: a file that changed or vanished after it joined, before all of
+/// it was cut, ends where the stream stands in it (or contributes nothing, if the
+/// stream has not reached it): its file log entry records the bytes kept, which every
+/// later cut and re-cut obeys. The chunker goes on with the next file.
 pub async fn skip_file(
     cursors: &dyn crate::store::CursorStore,
     cursor: &ChunkCursor,
     file: &SourceFile,
 ) -> Result<String, String> {
+    let current = file.index == cursor.file && !cursor.file_key.is_empty();
+    let reached = cursor.file + u64::from(!cursor.file_key.is_empty());
+    let kept = match current {
+        true => cursor.offset,
+        false if file.index >= reached => 0,
+        false => {
+            return Err(format!(
+                "{} (file {}) was cut already: the stream is at file {} {}; upload new content under a new key",
+                file.key, file.index, cursor.file, cursor.file_key
+            ))
+        }
+    };
+    let change = format!(
+        "skipped from byte {kept} (txpipe skip-file): changed or vanished before it was cut"
+    );
+    let skipped = SourceFile {
+        size: kept,
+        ..file.clone()
+    };
+    cursors
+        .mark_changed(&cursor.stream, &skipped, &change)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut next = cursor.clone();
     next.version += 1;
-    if file.index == cursor.file && cursor.file_key == file.key {
-        next.size = cursor.offset;
-    } else if file.index == cursor.file + u64::from(!cursor.file_key.is_empty())
-        && cursor.offset >= cursor.size
-    {
-        next.file = file.index;
-        next.file_key = file.key.clone();
-        next.etag = file.etag.clone();
-        next.size = 0;
-        next.offset = 0;
-        next.header = Vec::new();
-    } else {
-        return Err(format!(
-            "{} is not where the stream stands (it is at file {} {:?}, byte {} of {}): only the file the stream is stopped at can be skipped",
-            file.key, cursor.file, cursor.file_key, cursor.offset, cursor.size
-        ));
+    next.blocked = String::new();
+    if current {
+        next.size = kept;
     }
-    let at = next.size;
-    next.flag(format!("skipped: {} from byte {at}", file.key));
+    next.flag(format!("skipped: {} from byte {kept}", file.key));
     match cursors.advance_cursor(&next, cursor.next_chunk).await {
         Ok(Fenced::Written) => Ok(format!(
-            "{} ends at byte {at} for stream {}; the chunker goes on with the next file\n",
+            "{} ends at byte {kept} for stream {}; the chunker goes on with the next file on its next tick\n",
             file.key, cursor.stream
         )),
         Ok(Fenced::Lost) => Err("the cursor moved meanwhile; run the command again".into()),

@@ -444,7 +444,14 @@ impl Detector {
                     report.applied.push(applied);
                     slowest = slowest.max(started.elapsed());
                 }
-                Ok(None) if cursor.as_ref().is_some_and(|c| c.next_chunk > j) => {
+                // A prefix stream's newest chunk is committed before it is written: not
+                // there yet is in flight, not missing (its write announces it; a crash
+                // in between is healed by the chunker's watch).
+                Ok(None)
+                    if cursor.as_ref().is_some_and(|c| {
+                        c.next_chunk > j && !(c.is_prefix() && c.next_chunk == j + 1)
+                    }) =>
+                {
                     let reason = format!(
                         "chunk object {} is missing although the chunker has cut it (expired or deleted); the chunker re-cuts it on its next tick",
                         stream.chunk_key(j)

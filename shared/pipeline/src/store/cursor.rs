@@ -64,6 +64,9 @@ pub struct ChunkCursor {
     /// Prefix stream: the latest late or changed files, newest last (at most
     /// [`FLAGGED_NOTES`]), e.g. `late: 2026/12/04/09/part-0007.csv`.
     pub flagged: Vec<String>,
+    /// Prefix stream: why the stream stands still (a file changed before it was cut),
+    /// with the way on; empty while it goes on.
+    pub blocked: String,
 }
 
 /// How many late or changed files a cursor names (the counts go on beyond).
@@ -224,6 +227,7 @@ mod tests {
             late_files: 0,
             changed_files: 0,
             flagged: Vec::new(),
+            blocked: String::new(),
         }
     }
 

@@ -284,6 +284,7 @@ fn cursor_item(c: &ChunkCursor) -> Item {
         ("late_files".into(), n(c.late_files)),
         ("changed_files".into(), n(c.changed_files)),
         ("flagged".into(), s(c.flagged.join("\n"))),
+        ("blocked".into(), s(&c.blocked)),
     ])
 }
 
@@ -296,6 +297,26 @@ fn version_condition(c: &ChunkCursor) -> (&'static str, Item) {
         _ => "version = :prev",
     };
     (cond, HashMap::from([(":prev".into(), n(prev))]))
+}
+
+/// Whether a transaction was cancelled because one of its conditions failed (and for
+/// no other reason).
+fn lost_a_condition<R>(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> bool {
+    let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
+        e.as_service_error()
+    else {
+        return false;
+    };
+    let codes: Vec<&str> = c
+        .cancellation_reasons()
+        .iter()
+        .filter_map(|r| r.code())
+        .filter(|code| *code != "None")
+        .collect();
+    // moto (and old SDKs) may give no reasons: a cancellation there is a condition.
+    codes.is_empty() || codes.iter().all(|code| *code == "ConditionalCheckFailed")
 }
 
 fn files_pk(stream: &StreamName) -> String {
@@ -435,6 +456,7 @@ impl CursorStore for DynamoTable {
                 .lines()
                 .map(str::to_string)
                 .collect(),
+            blocked: text_or("blocked", "")?,
             source_key,
             etag: f.string("etag")?,
             stream: f.stream("stream")?,
@@ -493,18 +515,27 @@ impl CursorStore for DynamoTable {
                 limit: ITEM_LIMIT_BYTES,
             });
         }
-        let (version, values) = version_condition(cursor);
+        // The same stream at the version before: a cursor replaced meanwhile (a new
+        // stream over the prefix) restarts its versions, so the version alone is not
+        // enough.
+        let (version, mut values) = version_condition(cursor);
+        values.insert(":stream".into(), s(cursor.stream.as_str()));
+        let cond = format!("#stream = :stream AND {version}");
         let put = |item: Item, cond: &str, values: Option<Item>| {
+            let names = values
+                .is_some()
+                .then(|| HashMap::from([("#stream".to_string(), "stream".to_string())]));
             Put::builder()
                 .table_name(&self.table)
                 .set_item(Some(item))
                 .condition_expression(cond)
                 .set_expression_attribute_values(values)
+                .set_expression_attribute_names(names)
                 .build()
                 .map(|p| TransactWriteItem::builder().put(p).build())
                 .map_err(|e| StoreError::remote("building TransactWriteItems", e))
         };
-        let mut writes = vec![put(item, version, Some(values))?];
+        let mut writes = vec![put(item, &cond, Some(values))?];
         for f in files {
             for item in file_items(&cursor.stream, f) {
                 writes.push(put(item, "attribute_not_exists(pk)", None)?);
@@ -519,12 +550,9 @@ impl CursorStore for DynamoTable {
             .await
         {
             Ok(_) => Ok(Fenced::Written),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
-            {
-                Ok(Fenced::Lost)
-            }
+            // Lost only when a condition failed; a cancellation for another reason
+            // (throttling, a conflicting transaction) is a passing failure, reported.
+            Err(e) if lost_a_condition(&e) => Ok(Fenced::Lost),
             Err(e) => Err(remote(
                 format!("TransactWriteItems joining {} files", files.len()),
                 &e,
@@ -586,6 +614,10 @@ impl CursorStore for DynamoTable {
                 found.insert(file.key.clone(), file);
             }
             pending = out.unprocessed_keys().cloned();
+            if pending.as_ref().is_some_and(|p| !p.is_empty()) {
+                // Throttled: DynamoDB asks for a pause before the rest.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
         Ok(found)
     }

@@ -250,7 +250,8 @@ pub trait CursorStore: Send + Sync {
         stream: &StreamName,
         keys: &[String],
     ) -> Result<HashMap<String, SourceFile>, StoreError>;
-    /// Prefix stream: records that a joined file changed after it joined.
+    /// Prefix stream: records what happened to a joined file after it joined (`file` as
+    /// the log keeps it from now on: a skipped file's size is the bytes kept).
     async fn mark_changed(
         &self,
         stream: &StreamName,
