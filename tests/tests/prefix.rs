@@ -198,6 +198,17 @@ async fn headerless_reordered_and_bad_header_files_in_one_stream() -> Result<()>
         .load_cursor(&chunker.settings().source_id())
         .await?
         .unwrap();
+    // The columns are pinned with the stream: a re-cut must read headers as the cut did.
+    let other = prefix_settings(&[("TXPIPE_SOURCE_COLUMNS", "customer,gender,merchant,amount")]);
+    let err = stack
+        .chunker(&other)?
+        .handle(
+            &serde_json::json!({}),
+            Instant::now() + Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ChunkerError::ColumnsChanged { .. }), "{err}");
     close_stream(stores.cursors.as_ref(), &cursor).await?;
     let (stream, finished) = drive(&chunker, &detector).await?;
     assert!(finished);

@@ -194,6 +194,16 @@ pub enum ChunkerError {
         /// R configured now.
         configured: u64,
     },
+    /// The prefix stream was started with other columns for headerless files.
+    #[error("stream {stream} reads headerless files with the columns {pinned:?}, but this chunker is configured with TXPIPE_SOURCE_COLUMNS={configured:?}; restore it, or close the stream and start a new one (`txpipe close-stream`, then `txpipe restart-source`)")]
+    ColumnsChanged {
+        /// The stream.
+        stream: StreamName,
+        /// The columns pinned in the cursor.
+        pinned: String,
+        /// The columns configured now.
+        configured: String,
+    },
     /// A chunk cannot be re-cut: where it started is no longer remembered.
     #[error("chunk {chunk} of stream {stream} cannot be re-cut: the cursor remembers where chunks {oldest}.. started only")]
     CannotRecut {
@@ -648,9 +658,20 @@ impl<'a> Chunker<'a> {
         }
     }
 
-    /// Opened, unless the cursor's stream is cut with another R than configured.
+    /// Opened, unless the cursor's stream is cut with another R (or, over a prefix,
+    /// other columns for headerless files) than configured.
     fn opened(&self, cursor: ChunkCursor) -> Result<Opened, ChunkerError> {
         let s = &self.settings;
+        let configured = s.columns.clone().unwrap_or_default();
+        if cursor.is_prefix() && cursor.columns != configured {
+            return Err(ChunkerError::ColumnsChanged {
+                stream: cursor.stream,
+                pinned: String::from_utf8_lossy(&cursor.columns)
+                    .trim_end()
+                    .to_string(),
+                configured: String::from_utf8_lossy(&configured).trim_end().to_string(),
+            });
+        }
         if cursor.rows_per_chunk != s.rows_per_chunk {
             return Err(ChunkerError::RowsPerChunkChanged {
                 bucket: s.source_bucket.clone(),
@@ -717,6 +738,7 @@ impl<'a> Chunker<'a> {
             changed_files: 0,
             flagged: Vec::new(),
             blocked: String::new(),
+            columns: Vec::new(),
         })
     }
 
@@ -912,7 +934,7 @@ impl<'a> Chunker<'a> {
             }));
         }
         match self.cursors.file_at(&cursor.stream, index).await? {
-            Some(file) => Ok(Some(self.open_file(&cursor.stream, &file).await?)),
+            Some(file) => Ok(Some(self.open_file(cursor, &file).await?)),
             None => Ok(None),
         }
     }
@@ -922,10 +944,12 @@ impl<'a> Chunker<'a> {
     /// into chunks (its rows are rejected with the reason), and is counted.
     async fn open_file(
         &self,
-        stream: &StreamName,
+        cursor: &ChunkCursor,
         file: &SourceFile,
     ) -> Result<OpenFile, ChunkerError> {
-        let columns = self.settings.columns.as_deref();
+        let stream = &cursor.stream;
+        // The columns pinned when the stream started: a re-cut reads headers as the cut did.
+        let columns = Some(cursor.columns.as_slice()).filter(|c| !c.is_empty());
         let mut buf = Vec::new();
         let header = loop {
             let at_eof = buf.len() as u64 >= file.size;
@@ -1040,7 +1064,7 @@ impl<'a> Chunker<'a> {
             }
             match self.cursors.file_at(&cursor.stream, file.index + 1).await? {
                 Some(next) => {
-                    file = self.open_file(&cursor.stream, &next).await?;
+                    file = self.open_file(cursor, &next).await?;
                     offset = file.data_offset;
                 }
                 None => break,

@@ -64,6 +64,7 @@ impl Chunker<'_> {
             changed_files: 0,
             flagged: Vec::new(),
             blocked: String::new(),
+            columns: s.columns.clone().unwrap_or_default(),
         }
     }
 

@@ -64,6 +64,9 @@ pub struct ChunkCursor {
     /// Prefix stream: the latest late or changed files, newest last (at most
     /// [`FLAGGED_NOTES`]), e.g. `late: 2026/12/04/09/part-0007.csv`.
     pub flagged: Vec<String>,
+    /// Prefix stream: the header line for headerless files, pinned for the life of
+    /// the stream (empty: none).
+    pub columns: Vec<u8>,
     /// Prefix stream: why the stream stands still (a file changed before it was cut),
     /// with the way on; empty while it goes on.
     pub blocked: String,
@@ -228,6 +231,7 @@ mod tests {
             changed_files: 0,
             flagged: Vec::new(),
             blocked: String::new(),
+            columns: Vec::new(),
         }
     }
 

@@ -285,6 +285,7 @@ fn cursor_item(c: &ChunkCursor) -> Item {
         ("changed_files".into(), n(c.changed_files)),
         ("flagged".into(), s(c.flagged.join("\n"))),
         ("blocked".into(), s(&c.blocked)),
+        ("columns".into(), b(c.columns.clone())),
     ])
 }
 
@@ -457,6 +458,10 @@ impl CursorStore for DynamoTable {
                 .map(str::to_string)
                 .collect(),
             blocked: text_or("blocked", "")?,
+            columns: match f.has("columns") {
+                true => f.bytes("columns")?,
+                false => Vec::new(),
+            },
             source_key,
             etag: f.string("etag")?,
             stream: f.stream("stream")?,
