@@ -73,6 +73,10 @@ enum Command {
         /// Only start the services and upload the data (for `cargo lambda watch`).
         #[arg(long)]
         services_only: bool,
+        /// A data set of parts: upload every part before the stream starts (a prefix
+        /// that already holds files: a backfill) instead of one by one while it runs.
+        #[arg(long)]
+        backfill: bool,
     },
     /// Show where a deployment stands (cursor, detector head, a parked chunk and how
     /// to resume it, S3 files, Postgres rows), from the same environment variables the
@@ -173,6 +177,7 @@ fn main() -> Result<()> {
             out,
             keep,
             services_only,
+            backfill,
         } => {
             init_logs();
             if services_only {
@@ -185,6 +190,7 @@ fn main() -> Result<()> {
                 keep,
                 view: default_view(),
                 settings: Vec::new(),
+                backfill,
             };
             let summary = tokio::runtime::Runtime::new()?.block_on(run::run(options))?;
             if summary.interrupted {

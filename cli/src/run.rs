@@ -82,9 +82,15 @@ fn data_rows(dir: &Path) -> Result<u64> {
 }
 
 /// Uploads a data set's parts one at a time while its prefix stream runs — the next
-/// once the chunker has joined the last and cut all but less than a chunk of it — then
-/// closes the stream once every part has joined.
-async fn upload_parts(stack: &LocalStack, config: &Config, dir: &Path, prefix: &str) -> Result<()> {
+/// once the chunker has joined the last and cut all but less than a chunk of it — or,
+/// for a `backfill`, all at once; then closes the stream once every part has joined.
+async fn upload_parts(
+    stack: &LocalStack,
+    config: &Config,
+    dir: &Path,
+    prefix: &str,
+    backfill: bool,
+) -> Result<()> {
     let stores = Stores::aws(&stack.clients, config);
     let id = txpipe::store::ChunkCursor::source_id(&config.source.bucket, prefix);
     let r = config.shape.rows_per_chunk;
@@ -97,6 +103,9 @@ async fn upload_parts(stack: &LocalStack, config: &Config, dir: &Path, prefix: &
             .filter(|l| !l.is_empty())
             .count()
             .saturating_sub(1) as u64;
+        if backfill {
+            continue; // uploaded before the stream started
+        }
         stack.put(&format!("{prefix}{key}"), bytes).await?;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -109,11 +118,11 @@ async fn upload_parts(stack: &LocalStack, config: &Config, dir: &Path, prefix: &
         }
     }
     loop {
-        let cursor = stores
-            .cursors
-            .load_cursor(&id)
-            .await?
-            .context("no cursor for the parts")?;
+        // The chunker creates the cursor on its first tick.
+        let Some(cursor) = stores.cursors.load_cursor(&id).await? else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
         if cursor.files >= parts.len() as u64
             && txpipe::chunker::close_stream(stores.cursors.as_ref(), &cursor)
                 .await
@@ -186,6 +195,9 @@ pub struct RunOptions {
     pub view: View,
     /// Extra settings (thresholds, rows per chunk) on top of the environment's.
     pub settings: Vec<(String, String)>,
+    /// A folder of parts is uploaded whole before the stream starts (a backfill), not
+    /// one part at a time while it runs.
+    pub backfill: bool,
 }
 
 /// What a local run did.
@@ -482,13 +494,25 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         })
     };
 
+    if opts.backfill {
+        // A prefix that already holds its files when the stream starts.
+        for (dir, prefix) in opts.data.iter().zip(&config.source.transactions_keys) {
+            if has_parts(dir) {
+                for (key, path) in crate::generate::list_parts(dir)? {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    stack.put(&format!("{prefix}{key}"), bytes).await?;
+                }
+            }
+        }
+    }
     let upload_task = async {
         let uploads = opts
             .data
             .iter()
             .zip(&config.source.transactions_keys)
             .filter(|(dir, _)| has_parts(dir))
-            .map(|(dir, prefix)| upload_parts(&stack, &config, dir, prefix));
+            .map(|(dir, prefix)| upload_parts(&stack, &config, dir, prefix, opts.backfill));
         futures_util::future::try_join_all(uploads).await?;
         anyhow::Ok(())
     };

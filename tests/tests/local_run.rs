@@ -21,6 +21,7 @@ async fn local_run_in_burst_mode_equals_replay() -> Result<()> {
         out: out.clone(),
         keep: false,
         view: View::Quiet,
+        backfill: false,
         settings: vec![
             ("TXPIPE_ROWS_PER_CHUNK".into(), "5000".into()),
             ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS".into(), "4000".into()),
@@ -83,6 +84,7 @@ async fn two_streams_at_once_each_equal_their_replay() -> Result<()> {
         out: out.clone(),
         keep: false,
         view: View::Quiet,
+        backfill: false,
         settings: vec![
             ("TXPIPE_ROWS_PER_CHUNK".into(), "5000".into()),
             ("TXPIPE_DEI_MIN_FEMALE".into(), "20".into()),
@@ -144,6 +146,7 @@ async fn local_run_over_parts_uploaded_mid_stream_equals_the_single_files_replay
         out: out.clone(),
         keep: false,
         view: View::Quiet,
+        backfill: false,
         settings: vec![
             ("TXPIPE_ROWS_PER_CHUNK".into(), "2400".into()),
             ("TXPIPE_UPGRADE_MIN_MERCHANT_TXNS".into(), "2000".into()),
