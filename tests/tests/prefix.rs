@@ -526,3 +526,59 @@ async fn a_prefix_chunk_that_loses_its_commit_is_never_written() -> Result<()> {
     assert_eq!(stack.get(&stale.stream.chunk_key(1)).await?, None);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_chunk_not_yet_written_is_in_flight_not_missing() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("prefix-in-flight")?;
+    let (transactions, importance) = generate(&dir, 2_000, 6, 300)?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    let p = parts(&transactions, &[1000]);
+    let s = prefix_settings(&[("TXPIPE_ROWS_PER_CHUNK", "1000")]);
+    let stores = stack.stores(&stack.config(&s)?);
+    let chunker = stack.chunker(&s)?;
+    let detector = stack.detector(&s).await?;
+    stack.put(&part_key(0), p[0].clone()).await?;
+    let (stream, _) = drive(&chunker, &detector).await?;
+    // Chunk 1 is cut, but its object is not there yet (the gap between the commit and
+    // the write): an event must not report it missing.
+    stack.put(&part_key(1), p[1].clone()).await?;
+    chunker
+        .handle(
+            &serde_json::json!({}),
+            Instant::now() + Duration::from_secs(3),
+        )
+        .await?;
+    let key = stream.chunk_key(1);
+    let object = stores
+        .objects
+        .get(BUCKET, &key)
+        .await?
+        .expect("chunk 1 written");
+    stores
+        .objects
+        .delete(BUCKET, std::slice::from_ref(&key))
+        .await?;
+    let reply = deliver(&detector, &[stream.chunk_key(0)]).await?;
+    assert!(reply.applied.is_empty());
+    let head = stores.state.load_head(&stream).await?.unwrap();
+    assert_eq!(head.next_chunk, 1);
+    assert!(
+        head.failure.is_none(),
+        "the newest chunk is in flight, not missing: {:?}",
+        head.failure
+    );
+    // Once written, it applies.
+    let metadata: Vec<(&str, String)> = object
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    stores
+        .objects
+        .put(BUCKET, &key, object.bytes.clone(), &metadata)
+        .await?;
+    let reply = deliver(&detector, &[key]).await?;
+    assert_eq!(reply.streams[0].applied, vec![1]);
+    Ok(())
+}

@@ -713,32 +713,14 @@ impl<'a> Chunker<'a> {
             }
             buf.extend_from_slice(&more);
         };
+        let stream = stream_for_source_version(&s.source_bucket, &s.source_key, &etag);
         Ok(ChunkCursor {
-            source_bucket: s.source_bucket.clone(),
-            source_key: s.source_key.clone(),
             file_key: s.source_key.clone(),
-            file: 0,
-            stream: stream_for_source_version(&s.source_bucket, &s.source_key, &etag),
             etag,
-            rows_per_chunk: s.rows_per_chunk,
             size,
             header: header.line,
-            next_chunk: 0,
             offset: header.data_offset,
-            rows_emitted: 0,
-            finished: false,
-            recent: Vec::new(),
-            version: 0,
-            files: 0,
-            newest_key: String::new(),
-            walk_after: String::new(),
-            closing: false,
-            tail_ms: 0,
-            late_files: 0,
-            changed_files: 0,
-            flagged: Vec::new(),
-            blocked: String::new(),
-            columns: Vec::new(),
+            ..ChunkCursor::start(&s.source_bucket, &s.source_key, stream, s.rows_per_chunk)
         })
     }
 

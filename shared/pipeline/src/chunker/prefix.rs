@@ -34,37 +34,16 @@ impl Chunker<'_> {
     pub fn fresh_prefix_cursor(&self) -> ChunkCursor {
         let s = &self.settings;
         let created = self.clock.now_ms();
+        // A stream started again over the same prefix is a new stream.
+        let stream = stream_for_source_version(
+            &s.source_bucket,
+            s.source_key.trim_end_matches('/'),
+            &created.to_string(),
+        );
         ChunkCursor {
-            source_bucket: s.source_bucket.clone(),
-            source_key: s.source_key.clone(),
-            file_key: String::new(),
-            file: 0,
-            etag: String::new(),
-            // A stream started again over the same prefix is a new stream.
-            stream: stream_for_source_version(
-                &s.source_bucket,
-                s.source_key.trim_end_matches('/'),
-                &created.to_string(),
-            ),
-            rows_per_chunk: s.rows_per_chunk,
-            size: 0,
-            header: Vec::new(),
-            next_chunk: 0,
-            offset: 0,
-            rows_emitted: 0,
-            finished: false,
-            recent: Vec::new(),
-            version: 0,
-            files: 0,
-            newest_key: String::new(),
-            walk_after: String::new(),
-            closing: false,
             tail_ms: created,
-            late_files: 0,
-            changed_files: 0,
-            flagged: Vec::new(),
-            blocked: String::new(),
             columns: s.columns.clone().unwrap_or_default(),
+            ..ChunkCursor::start(&s.source_bucket, &s.source_key, stream, s.rows_per_chunk)
         }
     }
 

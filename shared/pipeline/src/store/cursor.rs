@@ -103,6 +103,43 @@ impl ChunkCursor {
         Self::source_id(&self.source_bucket, &self.source_key)
     }
 
+    /// A cursor at chunk 0 of a new `stream` over `source_key` (a file, or a prefix
+    /// ending in `/`), with no file opened and nothing cut yet.
+    pub fn start(
+        source_bucket: &str,
+        source_key: &str,
+        stream: StreamName,
+        rows_per_chunk: u64,
+    ) -> Self {
+        ChunkCursor {
+            source_bucket: source_bucket.to_string(),
+            source_key: source_key.to_string(),
+            file_key: String::new(),
+            file: 0,
+            etag: String::new(),
+            stream,
+            rows_per_chunk,
+            size: 0,
+            header: Vec::new(),
+            next_chunk: 0,
+            offset: 0,
+            rows_emitted: 0,
+            finished: false,
+            recent: Vec::new(),
+            version: 0,
+            files: 0,
+            newest_key: String::new(),
+            walk_after: String::new(),
+            closing: false,
+            tail_ms: 0,
+            late_files: 0,
+            changed_files: 0,
+            flagged: Vec::new(),
+            blocked: String::new(),
+            columns: Vec::new(),
+        }
+    }
+
     /// Whether the source is a prefix whose files join one stream.
     pub fn is_prefix(&self) -> bool {
         self.source_key.ends_with('/')
@@ -207,31 +244,12 @@ mod tests {
 
     fn cursor() -> ChunkCursor {
         ChunkCursor {
-            source_bucket: "b".into(),
-            source_key: "k.csv".into(),
             file_key: "k.csv".into(),
-            file: 0,
             etag: "\"e\"".into(),
-            stream: StreamName::parse("k.00000000").unwrap(),
-            rows_per_chunk: 10,
             size: 100,
             header: b"h\n".to_vec(),
-            next_chunk: 0,
             offset: 2,
-            rows_emitted: 0,
-            finished: false,
-            recent: Vec::new(),
-            version: 0,
-            files: 0,
-            newest_key: String::new(),
-            walk_after: String::new(),
-            closing: false,
-            tail_ms: 0,
-            late_files: 0,
-            changed_files: 0,
-            flagged: Vec::new(),
-            blocked: String::new(),
-            columns: Vec::new(),
+            ..ChunkCursor::start("b", "k.csv", StreamName::parse("k.00000000").unwrap(), 10)
         }
     }
 
