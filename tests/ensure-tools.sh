@@ -5,6 +5,8 @@
 #     under $TXPIPE_TOOLS_DIR (default <repo>/.tools; CI keeps it outside the clone)
 #                                                                  -> TXPIPE_MOTO_CMD
 #   - PostgreSQL server binaries (Debian package `postgresql`)     -> TXPIPE_PG_BIN
+#   - a headless browser for the report page's test (Debian package `chromium`)
+#                                                                  -> TXPIPE_CHROMIUM
 # Usage: eval "$(tests/ensure-tools.sh)"
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,10 +22,10 @@ find_pg() {
         if [ -x "$d/initdb" ]; then echo "$d"; return; fi
     done
 }
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
 pg_bin=$(find_pg)
 if [ -z "$pg_bin" ]; then
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
     log "installing the PostgreSQL server (Debian package postgresql) with apt-get (first run only)"
     $sudo apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
@@ -35,5 +37,21 @@ if [ "$(id -u)" -eq 0 ] && ! command -v setpriv >/dev/null; then
     log "setpriv (util-linux) is needed to run Postgres as nobody when root"; exit 1
 fi
 
+find_chromium() {
+    if [ -n "${TXPIPE_CHROMIUM:-}" ] && [ -x "$TXPIPE_CHROMIUM" ]; then echo "$TXPIPE_CHROMIUM"; return; fi
+    for c in chromium chromium-browser; do
+        if command -v "$c" >/dev/null; then command -v "$c"; return; fi
+    done
+}
+chromium=$(find_chromium)
+if [ -z "$chromium" ]; then
+    log "installing a headless browser (Debian package chromium) with apt-get (first run only)"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >&2
+    chromium=$(find_chromium)
+    [ -n "$chromium" ] || { log "chromium still not found; set TXPIPE_CHROMIUM"; exit 1; }
+fi
+
 echo "export TXPIPE_MOTO_CMD='$moto_cmd'"
+echo "export TXPIPE_CHROMIUM='$chromium'"
 echo "export TXPIPE_PG_BIN='$pg_bin'"

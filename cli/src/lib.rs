@@ -6,5 +6,6 @@ pub mod generate;
 pub mod invoke;
 pub mod operate;
 pub mod replay_cmd;
+pub mod report;
 pub mod run;
 pub mod status;

@@ -64,8 +64,9 @@ enum Command {
         /// `max` (as fast as possible) or chunks per second (default 1, as in production).
         #[arg(long, env = "RATE", default_value = "1")]
         rate: String,
-        /// Where to copy the detection files.
-        #[arg(long, default_value = "out/run")]
+        /// Where to copy the detection files (`detections/`) and write the report
+        /// (`report.html`).
+        #[arg(long, default_value = "out")]
         out: PathBuf,
         /// Keep moto and Postgres running after the run until Ctrl-C.
         #[arg(long, env = "KEEP", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
@@ -85,6 +86,17 @@ enum Command {
         /// A stream other than the configured source's current one.
         #[arg(long)]
         stream: Option<String>,
+    },
+    /// Write one self-contained HTML page about a stream (state, charts per chunk,
+    /// latest detections, rejected rows by reason, top merchants), from the same
+    /// environment variables as `status`.
+    Report {
+        /// A stream other than the configured source's current one.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Where to write the page.
+        #[arg(long, default_value = "out/report.html")]
+        out: PathBuf,
     },
     /// Resume a parked stream once the cause is fixed: clear the parked chunk and get
     /// it applied (by writing it again, which notifies the deployed detector).
@@ -240,6 +252,16 @@ fn main() -> Result<()> {
             for view in views {
                 print!("{}", view.render());
             }
+        }
+        Command::Report { stream, out } => {
+            init_logs();
+            let config = txpipe::config::Config::from_env()?;
+            let stream = stream.map(|s| parse_stream(&s)).transpose()?;
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let clients = txpipe::aws::AwsClients::from_env().await;
+                txpipe_cli::report::write_report(&clients, &config, None, stream, &out).await
+            })?;
+            println!("{}", out.display());
         }
         Command::Resume { stream, here } => {
             init_logs();

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use txpipe::aws::AwsClients;
 use txpipe::chunker::ChunkerService;
 use txpipe::config::{stream_shape, Config, EnvVars};
 use txpipe::detector::{AppliedChunk, DetectorService};
@@ -225,6 +226,8 @@ pub struct RunSummary {
     pub out: PathBuf,
     /// Whether Ctrl-C stopped the run early.
     pub interrupted: bool,
+    /// The report pages written, one per stream.
+    pub reports: Vec<PathBuf>,
 }
 
 /// What the view shows. The detector's figures are read from the streams' heads, which
@@ -540,6 +543,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         summary.detections[i] = progress.detections[i].load(Ordering::Relaxed);
     }
     export_outputs(stores.objects.as_ref(), &opts.out, opts.data.len()).await?;
+    summary.reports = write_reports(clients, &config, &opts.out).await?;
     if opts.view != View::Quiet {
         let mut statuses = Vec::new();
         for key in &config.source.transactions_keys {
@@ -591,6 +595,22 @@ async fn detect_stream(
         }
     }
     Ok(())
+}
+
+/// Writes each stream's report page: `<out>/report.html`, or one
+/// `<out>/report-<stream>.html` per stream when there are several.
+async fn write_reports(clients: &AwsClients, config: &Config, out: &Path) -> Result<Vec<PathBuf>> {
+    let keys = &config.source.transactions_keys;
+    let mut written = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let path = match keys.len() {
+            1 => out.join("report.html"),
+            _ => out.join(format!("report-{}.html", i + 1)),
+        };
+        crate::report::write_report(clients, config, Some(key), None, &path).await?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// Copies the detection files out of moto into `out/detections/` (one folder per
@@ -666,6 +686,12 @@ fn print_summary(
     eprintln!(
         "  Postgres tables      detections, chunks, rejected_rows, transactions, customer_stats"
     );
+    for report in &s.reports {
+        eprintln!(
+            "  report page          {} (open it in a browser)",
+            report.display()
+        );
+    }
     eprintln!("while the services run (KEEP=1 make run):");
     eprintln!("  psql {pg_url} -c 'SELECT pattern_id, count(*) FROM detections GROUP BY 1'");
     let creds = "AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1";
@@ -676,11 +702,15 @@ fn print_summary(
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "txpipe".into());
-    eprintln!(
-        "  {creds} AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_SOURCE_KEYS={} TXPIPE_PG_URL={pg_url} TXPIPE_PG_SSLMODE=disable {me} status",
+    let env = format!(
+        "{creds} AWS_ENDPOINT_URL={} TXPIPE_BUCKET={BUCKET} TXPIPE_STATE_TABLE={TABLE} TXPIPE_SOURCE_KEYS={} TXPIPE_PG_URL={pg_url} TXPIPE_PG_SSLMODE=disable",
         stack.moto.endpoint(),
         source_keys.join(",")
     );
+    eprintln!("  {env} {me} status");
+    if let Some(report) = s.reports.first() {
+        eprintln!("  {env} {me} report --out {}", report.display());
+    }
 }
 
 fn show_progress(progress: Arc<Progress>, view: View, total: u64) -> tokio::task::JoinHandle<()> {

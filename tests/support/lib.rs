@@ -17,6 +17,7 @@ use txpipe::store::ObjectStore;
 use txpipe_testkit::faults::{FaultPlan, FaultyObjects, FaultySink, FaultyState};
 use txpipe_testkit::LocalStack;
 
+pub mod browser;
 pub mod outputs;
 
 pub use txpipe_testkit::events::object_created;

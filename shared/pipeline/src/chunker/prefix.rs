@@ -421,6 +421,7 @@ mod tests {
                     key: k.clone(),
                     etag: e.clone(),
                     size: 0,
+                    modified_ms: 0,
                 })
                 .collect();
             let truncated = objects.len() > max as usize;

@@ -169,6 +169,8 @@ pub struct Listed {
     pub etag: String,
     /// Its size in bytes.
     pub size: u64,
+    /// When it was last written, in ms since the epoch (0 if the store did not say).
+    pub modified_ms: i64,
 }
 
 /// One page of a listing.

@@ -280,6 +280,10 @@ impl ObjectStore for S3Store {
                     key: o.key()?.to_string(),
                     etag: o.e_tag().unwrap_or_default().to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    modified_ms: o
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0),
                 })
             })
             .collect();
