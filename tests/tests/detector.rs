@@ -522,3 +522,80 @@ async fn a_failing_statement_rolls_the_whole_chunk_back() -> Result<()> {
     assert_eq!(head(&detector, &stack.stream().await?).await?.next_chunk, 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_quote_or_an_endless_line_rejects_only_itself() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("stray-quote")?;
+    let (transactions, importance) = generate(&dir, 5_000, 3, 400)?;
+    let lines: Vec<&[u8]> = transactions.split_inclusive(|&b| b == b'\n').collect();
+    let mut source = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match i {
+            // Row 2,000: a stray `"` at the start of the customer field, which CSV
+            // quoting alone would run to the end of the file.
+            2_000 => {
+                let comma = line.iter().position(|&b| b == b',').unwrap_or(0);
+                source.extend_from_slice(&line[..=comma]);
+                source.push(b'"');
+                source.extend_from_slice(&line[comma + 1..]);
+            }
+            // After row 4,000: a line of 150,000 bytes (a file missing its line ends).
+            4_001 => {
+                source.extend(std::iter::repeat_n(b'x', 150_000));
+                source.push(b'\n');
+                source.extend_from_slice(line);
+            }
+            _ => source.extend_from_slice(line),
+        }
+    }
+    stack.put(SOURCE_KEY, source).await?;
+    stack.put(IMPORTANCE_KEY, importance).await?;
+    // Small read windows: the chunker decides where the bounded records end from
+    // ranges, as the detector does from the chunk.
+    let extra = [("TXPIPE_ROWS_PER_CHUNK", "700")];
+    let ctx = stack.chunker(&extra)?;
+    let mut settings = ctx.settings().clone();
+    settings.read_window = 20_000;
+    let mut chunker = txpipe::chunker::Chunker::new(
+        ctx.stores().objects.as_ref(),
+        ctx.stores().cursors.as_ref(),
+        settings,
+    );
+    assert!(chunker.run(far(), None, |_| {}).await?.finished);
+    let stream = stack.stream().await?;
+    let detector = stack.detector(&extra).await?;
+    let last = stack.list(&stream.chunks_prefix()).await?;
+    deliver(&detector, &last[last.len() - 1..]).await?;
+    let h = head(&detector, &stream).await?;
+    assert!(h.finished);
+    // 5,000 rows, one of them with the stray quote, plus the long line's three pieces
+    // (two of 65,536 bytes, and the 18,928 bytes left).
+    assert_eq!((h.totals.rows, h.totals.rejected), (4_999, 4));
+    let out = outputs_of(&stack, &stream).await?;
+    let rejected: Vec<(i64, &str)> = out
+        .rejected
+        .iter()
+        .map(|(r, why)| (*r, why.as_str()))
+        .collect();
+    assert_eq!(
+        rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [2_000, 4_001, 4_002, 4_003]
+    );
+    assert!(
+        rejected[0]
+            .1
+            .contains("double quote opens a field that does not close"),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected[1].1.contains("runs past 65536 bytes"),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected[2].1.contains("runs past 65536 bytes"),
+        "{rejected:?}"
+    );
+    assert!(rejected[3].1.contains("fields"), "{rejected:?}");
+    Ok(())
+}

@@ -26,9 +26,9 @@ pub fn render(data: &ReportData) -> String {
         esc(&title),
         state(data).0
     );
-    let _ = write!(
+    let _ = writeln!(
         p,
-        "<header><h1>{}</h1><p class=\"muted\">read {} UTC from {}</p></header>\n",
+        "<header><h1>{}</h1><p class=\"muted\">read {} UTC from {}</p></header>",
         esc(&title),
         data.generated_at.format("%Y-%m-%d %H:%M:%S"),
         esc(&status.source)

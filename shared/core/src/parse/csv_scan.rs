@@ -22,9 +22,34 @@
 //! csv-core runs with `\n` as the only terminator: a lone `\r` is data (as in the hand
 //! scanner this replaced), and a `\r` right before the `\n` is dropped from the record.
 //! Blank lines are records of no text ([`RecordSpan::is_blank`]); callers skip them.
+//!
+//! A record is bounded ([`MAX_RECORD_BYTES`]), so no input holds more than that in one
+//! record, and one stray `"` cannot swallow the rest of a file: a quote still open
+//! when the record reaches the limit (or the input ends) is data, and the record ends
+//! at its line's end ([`RecordFault::UnclosedQuote`]); a line without a terminator
+//! within the limit is cut into records of exactly the limit
+//! ([`RecordFault::TooLong`]). Both depend only on the record's first
+//! `MAX_RECORD_BYTES` bytes, so the chunker (reading windows of a file) and the parser
+//! (reading a chunk, which may end right after such a record) find the same records.
 
 use csv_core::{ReadRecordResult, ReaderBuilder, Terminator};
 use std::borrow::Cow;
+
+/// The longest record, in bytes (64 KiB): a line holding more is cut into records of
+/// this size, each rejected, and a double quote that does not close within it is read
+/// as data.
+pub const MAX_RECORD_BYTES: usize = 64 << 10;
+
+/// Why a record does not end where CSV quoting alone would end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFault {
+    /// A double quote opened a field that did not close within [`MAX_RECORD_BYTES`]
+    /// (or before the end of the input): the record ends at its first line terminator.
+    UnclosedQuote,
+    /// The line has no terminator within [`MAX_RECORD_BYTES`]: the record is its first
+    /// `MAX_RECORD_BYTES` bytes, and the rest of the line follows as further records.
+    TooLong,
+}
 
 /// Where one record lies in a buffer: `start..end` is its text without the line
 /// terminator, `next` is where the following record starts.
@@ -36,6 +61,8 @@ pub struct RecordSpan {
     pub end: usize,
     /// First byte after the line terminator.
     pub next: usize,
+    /// Set when the record was bounded rather than ended by CSV quoting.
+    pub fault: Option<RecordFault>,
 }
 
 impl RecordSpan {
@@ -96,11 +123,13 @@ impl Scanner {
             return None;
         }
         let rest = &buf[start..];
-        let line_len = memchr::memchr(b'\n', rest);
-        let candidate = &rest[..line_len.unwrap_or(rest.len())];
+        let window = &rest[..rest.len().min(MAX_RECORD_BYTES)];
+        let line_len = memchr::memchr(b'\n', window);
+        let candidate = &window[..line_len.unwrap_or(window.len())];
         if memchr::memchr(b'"', candidate).is_none() {
             return match line_len {
                 Some(len) => Some(span(buf, start, start + len, start + len + 1)),
+                None if rest.len() >= MAX_RECORD_BYTES => Some(too_long(start)),
                 None if at_eof => Some(span(buf, start, buf.len(), buf.len())),
                 None => None,
             };
@@ -108,10 +137,25 @@ impl Scanner {
         self.quoted_record(buf, start, at_eof)
     }
 
+    /// A record whose quote is still open at the limit or at the end of the input:
+    /// the quote is data and the record ends at its line's end.
+    fn unclosed_quote(buf: &[u8], start: usize, window: &[u8]) -> Option<RecordSpan> {
+        let record = match memchr::memchr(b'\n', window) {
+            Some(len) => span(buf, start, start + len, start + len + 1),
+            None if window.len() >= MAX_RECORD_BYTES => return Some(too_long(start)),
+            None => span(buf, start, start + window.len(), start + window.len()),
+        };
+        Some(RecordSpan {
+            fault: Some(RecordFault::UnclosedQuote),
+            ..record
+        })
+    }
+
     /// A record whose first line holds a double quote, by csv-core. Only the record's
     /// extent is wanted here; the unquoted field bytes are discarded.
     fn quoted_record(&mut self, buf: &[u8], start: usize, at_eof: bool) -> Option<RecordSpan> {
-        let input = &buf[start..];
+        let rest = &buf[start..];
+        let input = &rest[..rest.len().min(MAX_RECORD_BYTES)];
         if self.out.len() < 4096 {
             self.out.resize(4096, 0);
             self.ends.resize(64, 0);
@@ -129,8 +173,21 @@ impl Scanner {
                     return Some(span(buf, start, start + pos - 1, start + pos));
                 }
                 ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => continue,
+                // No end within the limit: the quote did not close.
+                ReadRecordResult::InputEmpty | ReadRecordResult::End
+                    if input.len() >= MAX_RECORD_BYTES =>
+                {
+                    return Scanner::unclosed_quote(buf, start, input);
+                }
+                ReadRecordResult::InputEmpty | ReadRecordResult::End if !at_eof => return None,
+                // The input ends inside the record. Past a line terminator csv-core did
+                // not end on, the quote is open; otherwise the last line simply has no
+                // terminator.
                 ReadRecordResult::InputEmpty | ReadRecordResult::End => {
-                    return at_eof.then(|| span(buf, start, buf.len(), buf.len()));
+                    return match input.last() {
+                        Some(b'\n') => Scanner::unclosed_quote(buf, start, input),
+                        _ => Some(span(buf, start, buf.len(), buf.len())),
+                    };
                 }
             }
         }
@@ -212,6 +269,8 @@ pub struct RowReader<'a> {
     header: Option<&'a [u8]>,
     /// The fields of the row [`RowReader::next_row`] returned last (undone quoting).
     pub fields: Vec<Cow<'a, [u8]>>,
+    /// Set when that row was bounded ([`RecordFault`]): it is rejected for it.
+    pub fault: Option<RecordFault>,
 }
 
 impl<'a> RowReader<'a> {
@@ -234,6 +293,7 @@ impl<'a> RowReader<'a> {
             scanner,
             header,
             fields: Vec::new(),
+            fault: None,
         }
     }
 
@@ -245,6 +305,7 @@ impl<'a> RowReader<'a> {
             scanner: Scanner::new(),
             header: None,
             fields: Vec::new(),
+            fault: None,
         }
     }
 
@@ -268,10 +329,13 @@ impl<'a> RowReader<'a> {
             }
             let rest = &buf[self.pos..];
             self.fields.clear();
+            self.fault = None;
+            let window = &rest[..rest.len().min(MAX_RECORD_BYTES)];
             let mut field_start = 0;
             let mut line_end = rest.len();
-            let mut quoted = false;
-            for i in memchr::memchr3_iter(b',', b'\n', b'"', rest) {
+            // A line with no terminator within the limit is the scanner's to cut.
+            let mut quoted = window.len() == MAX_RECORD_BYTES;
+            for i in memchr::memchr3_iter(b',', b'\n', b'"', window) {
                 match rest[i] {
                     b',' => {
                         self.fields.push(Cow::Borrowed(&rest[field_start..i]));
@@ -279,6 +343,7 @@ impl<'a> RowReader<'a> {
                     }
                     b'\n' => {
                         line_end = i;
+                        quoted = false;
                         break;
                     }
                     _ => {
@@ -295,6 +360,7 @@ impl<'a> RowReader<'a> {
                 }
                 let raw = &buf[span.start..span.end];
                 self.scanner.split_fields(raw, &mut self.fields);
+                self.fault = span.fault;
                 return Some(raw);
             }
             self.pos += (line_end + 1).min(rest.len());
@@ -318,7 +384,23 @@ fn span(buf: &[u8], start: usize, mut end: usize, next: usize) -> RecordSpan {
     if end > start && buf[end - 1] == b'\r' {
         end -= 1;
     }
-    RecordSpan { start, end, next }
+    RecordSpan {
+        start,
+        end,
+        next,
+        fault: None,
+    }
+}
+
+/// The first [`MAX_RECORD_BYTES`] of a line with no terminator within them.
+fn too_long(start: usize) -> RecordSpan {
+    let end = start + MAX_RECORD_BYTES;
+    RecordSpan {
+        start,
+        end,
+        next: end,
+        fault: Some(RecordFault::TooLong),
+    }
 }
 
 /// Removes one pair of surrounding single quotes, BankSim style (`'C123'` means `C123`).
@@ -348,6 +430,124 @@ mod tests {
             pos = span.next;
         }
         out
+    }
+
+    type Found = Vec<(Vec<u8>, Option<RecordFault>, usize)>;
+
+    /// Records (text, fault, next) of a whole buffer.
+    fn spans(buf: &[u8]) -> Found {
+        let mut scanner = Scanner::new();
+        let (mut out, mut pos) = (Vec::new(), 0);
+        while let Some(s) = scanner.next_record(buf, pos, true) {
+            out.push((buf[s.start..s.end].to_vec(), s.fault, s.next));
+            pos = s.next;
+        }
+        out
+    }
+
+    /// The same, found as the chunk cutter finds them: from a window that grows by
+    /// `step` bytes whenever the record is not complete in it.
+    fn spans_windowed(buf: &[u8], step: usize) -> Found {
+        let mut scanner = Scanner::new();
+        let (mut out, mut pos, mut have) = (Vec::new(), 0, step.min(buf.len()));
+        loop {
+            let at_eof = have == buf.len();
+            match scanner.next_record(&buf[..have], pos, at_eof) {
+                Some(s) => {
+                    out.push((buf[s.start..s.end].to_vec(), s.fault, s.next));
+                    pos = s.next;
+                }
+                None if at_eof => return out,
+                None => have = (have + step).min(buf.len()),
+            }
+        }
+    }
+
+    /// Every way of reading `buf` finds the same records: whole, in windows, and as
+    /// chunks (a prefix ending at a record boundary, read on its own).
+    fn assert_same_everywhere(buf: &[u8]) -> Found {
+        let whole = spans(buf);
+        for step in [1000, 4096, 70_000] {
+            assert_eq!(spans_windowed(buf, step), whole, "windows of {step}");
+        }
+        for (i, (_, _, next)) in whole.iter().enumerate().step_by(97) {
+            assert_eq!(
+                spans(&buf[..*next]),
+                whole[..=i],
+                "a chunk ending at {next}"
+            );
+        }
+        whole
+    }
+
+    #[test]
+    fn a_stray_quote_is_data_when_it_does_not_close_within_the_limit() {
+        let mut buf = b"a,\"b,c\n".to_vec();
+        for i in 0..2000 {
+            buf.extend(format!("row{i:05},x,y,zzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n").as_bytes());
+        }
+        assert!(buf.len() > MAX_RECORD_BYTES);
+        let found = assert_same_everywhere(&buf);
+        assert_eq!(found.len(), 2001);
+        assert_eq!(
+            (&found[0].0[..], found[0].1),
+            (&b"a,\"b,c"[..], Some(RecordFault::UnclosedQuote))
+        );
+        assert!(found[1..].iter().all(|(_, f, _)| f.is_none()));
+        // A quote that closes within the limit still spans lines.
+        assert_eq!(
+            records(b"a,\"b\nc\",d\ne\n"),
+            vec![&b"a,\"b\nc\",d"[..], b"e"]
+        );
+    }
+
+    #[test]
+    fn a_quote_open_at_the_end_of_the_input_is_data() {
+        let found = assert_same_everywhere(b"a,\"b\nc,d\n");
+        let texts: Vec<_> = found.iter().map(|(t, f, _)| (&t[..], *f)).collect();
+        assert_eq!(
+            texts,
+            [
+                (&b"a,\"b"[..], Some(RecordFault::UnclosedQuote)),
+                (b"c,d", None)
+            ]
+        );
+        // Without a final terminator the last line runs to the end, as any last line.
+        assert_eq!(records(b"a,\"b\nc"), vec![&b"a,\"b\nc"[..]]);
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_cut_into_records_of_the_limit() {
+        let mut buf = vec![b'x'; 2 * MAX_RECORD_BYTES + 100];
+        buf.extend(b"\na,b\n");
+        let found = assert_same_everywhere(&buf);
+        let shape: Vec<_> = found.iter().map(|(t, f, _)| (t.len(), *f)).collect();
+        assert_eq!(
+            shape,
+            [
+                (MAX_RECORD_BYTES, Some(RecordFault::TooLong)),
+                (MAX_RECORD_BYTES, Some(RecordFault::TooLong)),
+                (100, None),
+                (3, None)
+            ]
+        );
+        // A quoted line past the limit too, and the row reader says which rows were cut.
+        let mut quoted = b"\"".to_vec();
+        quoted.extend(vec![b'y'; MAX_RECORD_BYTES + 10]);
+        quoted.extend(b"\nok,1\n");
+        let mut rows = RowReader::body(&quoted);
+        let mut seen = Vec::new();
+        while let Some(raw) = rows.next_row() {
+            seen.push((raw.len(), rows.fault));
+        }
+        assert_eq!(
+            seen,
+            [
+                (MAX_RECORD_BYTES, Some(RecordFault::TooLong)),
+                (11, None),
+                (4, None)
+            ]
+        );
     }
 
     fn fields(record: &[u8]) -> Vec<Vec<u8>> {
@@ -480,6 +680,12 @@ mod tests {
                 (_, b',') => St::FieldStart,
                 _ => St::Unquoted,
             };
+        }
+        // The input ends inside quotes that a line terminator did not end: the quote
+        // is data and the record is its first line.
+        if at_eof && buf.last() == Some(&b'\n') {
+            let line = start + buf[start..].iter().position(|&b| b == b'\n')?;
+            return Some((cut(line), line + 1));
         }
         at_eof.then(|| (cut(buf.len()), buf.len()))
     }

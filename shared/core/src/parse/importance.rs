@@ -136,7 +136,11 @@ impl Part {
         while let Some(raw) = rows.next_row() {
             part.rows += 1;
             let fields = &mut rows.fields;
+            let fault = rows.fault;
             let parsed = (|| {
+                if let Some(fault) = fault {
+                    return Err(RejectReason::from(fault));
+                }
                 check_no_nul(raw)?;
                 if fields.len() != columns.width {
                     return Err(RejectReason::FieldCount {

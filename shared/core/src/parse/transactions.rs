@@ -1,7 +1,7 @@
 //! transactions.csv (BankSim format) rows: validated into [`Transaction`]s or kept as
 //! [`RejectedRow`]s with the reason.
 
-use super::csv_scan::{strip_single_quotes, RowReader};
+use super::csv_scan::{strip_single_quotes, RecordFault, RowReader, MAX_RECORD_BYTES};
 use super::decimal::{parse_amount, AmountError, MAX_AMOUNT_INT_DIGITS};
 use super::header::{ColumnMap, HeaderError};
 use super::ids::{check_id, check_no_nul};
@@ -135,6 +135,19 @@ pub enum RejectReason {
         /// What is wrong with the header.
         why: String,
     },
+    /// A double quote opened a field that never closed within the record limit: the
+    /// quote was read as data and the row ends at its line's end.
+    #[error("a double quote opens a field that does not close within {limit} bytes (or before the input ends); it is read as data and the row ends at its line's end")]
+    UnclosedQuote {
+        /// The record limit in bytes.
+        limit: usize,
+    },
+    /// The line is longer than a record may be: this is one piece of it.
+    #[error("the line runs past {limit} bytes, the longest a row may be; it is cut into rows of {limit} bytes, each rejected")]
+    RecordTooLong {
+        /// The record limit in bytes.
+        limit: usize,
+    },
     /// The importance weight is not a decimal with at most six fractional digits.
     #[error(
         "`Weight` is {text:?}; expected a decimal with at most 6 fractional digits, like 35.13"
@@ -143,6 +156,16 @@ pub enum RejectReason {
         /// The field as written.
         text: String,
     },
+}
+
+impl From<RecordFault> for RejectReason {
+    fn from(fault: RecordFault) -> Self {
+        let limit = MAX_RECORD_BYTES;
+        match fault {
+            RecordFault::UnclosedQuote => RejectReason::UnclosedQuote { limit },
+            RecordFault::TooLong => RejectReason::RecordTooLong { limit },
+        }
+    }
 }
 
 /// One valid transaction row, borrowing from the input where it can.
@@ -203,6 +226,9 @@ impl<'a> TransactionReader<'a> {
     }
 
     fn parse(&mut self, raw: &'a [u8], row: u64) -> Result<Transaction<'a>, RejectReason> {
+        if let Some(fault) = self.rows.fault {
+            return Err(fault.into());
+        }
         check_no_nul(raw)?;
         let fields = &mut self.rows.fields;
         if fields.len() != self.columns.width {
