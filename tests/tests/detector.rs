@@ -431,10 +431,10 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
     );
     let chunk1 = "not,a,header\n1,2,3\n4,5,6\n".to_string();
     let chunk2 = format!("{header}{good}");
-    for (k, body, first, last) in [
-        (0u64, chunk0, 1, false),
-        (1, chunk1, 5, false),
-        (2, chunk2, 7, true),
+    for (k, body, first, rows, last) in [
+        (0u64, chunk0, 1, 4, false),
+        (1, chunk1, 5, 2, false),
+        (2, chunk2, 7, 1, true),
     ] {
         objects
             .put(
@@ -443,6 +443,7 @@ async fn bad_rows_bad_chunk_and_garbage_event_do_not_stop_the_stream() -> Result
                 body.into_bytes(),
                 &[
                     ("txpipe-first-row", first.to_string()),
+                    ("txpipe-rows", rows.to_string()),
                     ("txpipe-last", last.to_string()),
                 ],
             )
@@ -597,5 +598,61 @@ async fn a_stray_quote_or_an_endless_line_rejects_only_itself() -> Result<()> {
         "{rejected:?}"
     );
     assert!(rejected[3].1.contains("fields"), "{rejected:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_is_not_what_was_cut_is_recut_not_applied() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let data = data()?;
+    let want = reference(&stack, &data)?;
+    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let stream = stack.stream().await?;
+    let objects = stack.local.objects();
+    let detector = stack.detector(SMALL).await?;
+    let chunker = stack.chunker(SMALL)?;
+    let original = stack.get(&keys[1]).await?.unwrap_or_default();
+    let meta = objects
+        .get(BUCKET, &keys[1])
+        .await?
+        .map(|o| o.metadata)
+        .unwrap_or_default();
+    let metadata: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+
+    // Truncated, with the metadata of the whole chunk; then written by hand with none.
+    let cut_short = original[..original.len() / 2].to_vec();
+    for (bytes, metadata, why) in [
+        (cut_short, metadata.clone(), "rows, but 2000 were cut"),
+        (
+            original.clone(),
+            Vec::new(),
+            "metadata txpipe-first-row is missing",
+        ),
+    ] {
+        objects.put(BUCKET, &keys[1], bytes, &metadata).await?;
+        let reply = deliver(&detector, &keys[1..2]).await?;
+        assert_eq!(reply.streams[0].missing, Some(1), "{why}");
+        let h = head(&detector, &stream).await?;
+        assert_eq!(h.next_chunk, 1, "{why}: nothing of chunk 1 applied");
+        let failure = h.failure.expect("the refusal is recorded");
+        assert!(failure.recut && !failure.parked, "{failure:?}");
+        assert!(failure.reason.contains(why), "{}", failure.reason);
+        // The next tick writes it again from the source, at once.
+        let tick = chunker.handle(&serde_json::json!({}), far()).await?;
+        assert_eq!(tick.sources[0].kicked, Some(1), "{why}");
+        assert_eq!(stack.get(&keys[1]).await?, Some(original.clone()));
+        if why.contains("metadata") {
+            deliver(&detector, &keys[keys.len() - 1..]).await?;
+        }
+    }
+    let h = head(&detector, &stream).await?;
+    assert!(h.finished && h.failure.is_none());
+    let got = outputs(&stack, SOURCE_KEY).await?;
+    assert_eq!(got.ledger.len(), want.chunks.len());
+    assert_eq!(
+        got.detections.len(),
+        want.detections.len(),
+        "the stream ends as the replay"
+    );
     Ok(())
 }

@@ -233,6 +233,29 @@ pub fn cut_rows(buf: &[u8], want: u64, at_eof: bool) -> Cut {
     }
 }
 
+/// The data rows in a chunk's bytes, as the chunker counted them when it cut it: in each
+/// segment (the chunk split at `later_headers`, one per file), the non-blank records
+/// after the first (its header).
+pub fn chunk_rows(data: &[u8], later_headers: &[usize]) -> u64 {
+    let mut bounds = vec![0];
+    bounds.extend(later_headers.iter().map(|&o| o.min(data.len())));
+    bounds.push(data.len());
+    let mut rows = 0;
+    for w in bounds.windows(2) {
+        let segment = strip_bom(&data[w[0]..w[1].max(w[0])]);
+        let (mut scanner, mut pos, mut header) = (Scanner::new(), 0, false);
+        while let Some(span) = scanner.next_record(segment, pos, true) {
+            pos = span.next;
+            match (span.is_blank(), header) {
+                (true, _) => {}
+                (false, true) => rows += 1,
+                (false, false) => header = true,
+            }
+        }
+    }
+    rows
+}
+
 /// One chunk cut from an in-memory source, for offline replay and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkBytes {

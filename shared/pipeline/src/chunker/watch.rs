@@ -69,7 +69,7 @@ impl StreamWatch<'_> {
         let missing = head
             .as_ref()
             .and_then(|h| h.failure.as_ref())
-            .is_some_and(|f| f.chunk == applied && f.reason.contains("is missing"));
+            .is_some_and(|f| f.chunk == applied && f.recut);
         if !missing && idle_ms < self.stall.as_millis() as i64 {
             return Ok(watch);
         }

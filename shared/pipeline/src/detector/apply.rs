@@ -5,11 +5,14 @@
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, Detector, DetectorError, StepMillis, StreamState};
-use crate::chunker::{ChunkBounds, META_ROWS_PER_CHUNK, META_SOURCE};
+use crate::chunker::{
+    ChunkBounds, META_FIRST_ROW, META_LAST, META_ROWS, META_ROWS_PER_CHUNK, META_SOURCE,
+};
 use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
 use chrono::{DateTime, Utc};
 use txpipe_core::batch::DetectionBatch;
+use txpipe_core::cutting::chunk_rows;
 use txpipe_core::detection::Detection;
 use txpipe_core::engine::{ApplyError, ChunkOutcome};
 use txpipe_core::layout::StreamName;
@@ -56,7 +59,8 @@ impl Detector {
         let mut millis = StepMillis::default();
         let started = self.clock.now();
 
-        let Some(input) = self.read_chunk(stream, j).await? else {
+        let first_row = st.head.totals.rows + st.head.totals.rejected + 1;
+        let Some(input) = self.read_chunk(stream, j, first_row).await? else {
             return Ok(None);
         };
         millis.read = laps.lap();
@@ -112,11 +116,15 @@ impl Detector {
         }))
     }
 
-    /// Step 1: GET chunk `j` (`None` if it does not exist yet).
+    /// Step 1: GET chunk `j` (`None` if it does not exist yet), and check it is what
+    /// the chunker cut: its metadata complete, its first row the one after the rows
+    /// applied so far (`first_row`), its rows as many as the metadata says. A chunk
+    /// overwritten, truncated or written by hand is refused, never applied as it is.
     async fn read_chunk(
         &self,
         stream: &StreamName,
         j: u64,
+        first_row: u64,
     ) -> Result<Option<ChunkInput>, DetectorError> {
         let key = stream.chunk_key(j);
         let Some(object) = self.stores.objects.get(&self.settings.bucket, &key).await? else {
@@ -134,13 +142,33 @@ impl Detector {
             }
         }
         let source = meta(META_SOURCE).map(str::to_string);
-        let bounds =
-            ChunkBounds::from_metadata(&object.metadata, j, rows_per_chunk).map_err(|why| {
-                DetectorError::State {
-                    stream: stream.clone(),
-                    why: format!("chunk {key}: {why}"),
-                }
-            })?;
+        let damaged = |why: String| DetectorError::ChunkDamaged {
+            key: key.clone(),
+            why,
+        };
+        let number = |name: &str| {
+            meta(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| damaged(format!("its metadata {name} is missing or not a number")))
+        };
+        let (stated_first, stated_rows) = (number(META_FIRST_ROW)?, number(META_ROWS)?);
+        if !matches!(meta(META_LAST), Some("true" | "false")) {
+            return Err(damaged(format!("its metadata {META_LAST} is missing")));
+        }
+        let bounds = ChunkBounds::from_metadata(&object.metadata, j, rows_per_chunk)
+            .map_err(|why| damaged(why))?;
+        if stated_first != first_row {
+            return Err(damaged(format!(
+                "it starts at row {stated_first}, but the rows applied so far end at row {}",
+                first_row - 1
+            )));
+        }
+        let rows = chunk_rows(&object.bytes, &bounds.later_headers);
+        if rows != stated_rows {
+            return Err(damaged(format!(
+                "it holds {rows} rows, but {stated_rows} were cut"
+            )));
+        }
         Ok(Some(ChunkInput {
             number: j,
             key,

@@ -19,6 +19,7 @@ impl Detector {
         j: u64,
         reason: String,
         retry: Retry,
+        recut: bool,
     ) -> bool {
         let now = self.clock.now_ms();
         let previous = stored.failure.as_ref().filter(|f| f.chunk == j);
@@ -32,6 +33,7 @@ impl Detector {
             first_ms: previous.map_or(now, |f| f.first_ms),
             last_ms: now,
             parked,
+            recut,
         });
         match self
             .stores
@@ -82,7 +84,8 @@ impl Detector {
         let j = head.next_chunk;
         let reason = format!("rebuilding the stream's state failed: {e}");
         tracing::error!(%stream, chunk = j, %reason, "cannot load the stream");
-        self.record_failure(&mut head, j, reason, e.retry()).await;
+        self.record_failure(&mut head, j, reason, e.retry(), false)
+            .await;
         Err(e)
     }
 }

@@ -69,6 +69,15 @@ pub enum DetectorError {
         /// What is wrong.
         why: String,
     },
+    /// A chunk object is not what the chunker cut (metadata missing, rows or first row
+    /// not as recorded): it is not applied; the chunker re-cuts it from the source.
+    #[error("chunk object {key} does not match what the chunker cut: {why}; it is not applied, and the chunker writes it again from the source on its next tick")]
+    ChunkDamaged {
+        /// The chunk's key.
+        key: String,
+        /// What does not match.
+        why: String,
+    },
     /// Another writer kept winning the commit.
     #[error("stream {stream}: chunk {chunk} commit lost to another writer {attempts} times")]
     Contended {
@@ -90,7 +99,8 @@ impl DetectorError {
             DetectorError::Contended { .. } => Retry::Transient,
             DetectorError::Importance { .. }
             | DetectorError::SettingsChanged { .. }
-            | DetectorError::State { .. } => Retry::Permanent,
+            | DetectorError::State { .. }
+            | DetectorError::ChunkDamaged { .. } => Retry::Permanent,
         }
     }
 }
@@ -160,8 +170,8 @@ pub struct CatchUp {
     pub duplicate: bool,
     /// A chunk up to the target does not exist yet: a later event completes it.
     pub waiting_for: Option<u64>,
-    /// A chunk the chunker has cut is gone (expired or deleted): the chunker re-cuts
-    /// it on its next tick.
+    /// A chunk the chunker has cut is gone (expired or deleted) or not what it cut
+    /// (overwritten, truncated): the chunker re-cuts it on its next tick.
     pub missing: Option<u64>,
     /// The stream is parked at this chunk: nothing is applied until it is resumed.
     pub parked: Option<ChunkFailure>,
@@ -457,7 +467,7 @@ impl Detector {
                         stream.chunk_key(j)
                     );
                     if !self
-                        .record_failure(&mut st.head, j, reason.clone(), Retry::Transient)
+                        .record_failure(&mut st.head, j, reason.clone(), Retry::Transient, true)
                         .await
                     {
                         // Another container moved the stream on: this one is behind, and
@@ -477,8 +487,28 @@ impl Detector {
                     break;
                 }
                 Err(e @ DetectorError::Contended { .. }) => return Err(e),
+                // Not applied, and nothing to retry here: the chunker writes it again
+                // from the source, whose event applies it. A re-cut that does not
+                // cure it counts as a failed attempt, so the stream parks visibly.
+                Err(e @ DetectorError::ChunkDamaged { .. }) => {
+                    let reason = e.to_string();
+                    if !self
+                        .record_failure(&mut st.head, j, reason.clone(), e.retry(), true)
+                        .await
+                    {
+                        return Err(DetectorError::Contended {
+                            stream: stream.clone(),
+                            chunk: j,
+                            attempts: 1,
+                        });
+                    }
+                    tracing::error!(%stream, chunk = j, "{reason}");
+                    report.parked = st.head.parked().cloned();
+                    report.missing = Some(j);
+                    break;
+                }
                 Err(e) => {
-                    self.record_failure(&mut st.head, j, e.to_string(), e.retry())
+                    self.record_failure(&mut st.head, j, e.to_string(), e.retry(), false)
                         .await;
                     return Err(e);
                 }

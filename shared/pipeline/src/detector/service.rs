@@ -55,7 +55,7 @@ pub struct StreamReply {
     pub duplicate: bool,
     /// A chunk not written yet stopped the catch-up here.
     pub waiting_for: Option<u64>,
-    /// A chunk the chunker has cut is gone; the chunker re-cuts it.
+    /// A chunk the chunker has cut is gone or not what it cut; the chunker re-cuts it.
     pub missing: Option<u64>,
     /// The stream is parked at this chunk: `txpipe resume` once the cause is fixed.
     pub parked: Option<u64>,

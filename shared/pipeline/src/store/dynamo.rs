@@ -399,6 +399,7 @@ fn head_item(h: &DetectorHead) -> Item {
         item.insert("failed_first_ms".into(), n(f.first_ms));
         item.insert("failed_last_ms".into(), n(f.last_ms));
         item.insert("parked".into(), AttributeValue::Bool(f.parked));
+        item.insert("failed_recut".into(), AttributeValue::Bool(f.recut));
     }
     item
 }
@@ -704,6 +705,8 @@ impl StateStore for DynamoTable {
                     first_ms: f.number("failed_first_ms")?,
                     last_ms: f.number("failed_last_ms")?,
                     parked: f.flag("parked")?,
+                    // Absent in heads written before it existed.
+                    recut: f.has("failed_recut") && f.flag("failed_recut")?,
                 }),
                 false => None,
             },

@@ -65,6 +65,10 @@ pub struct ChunkFailure {
     /// Whether the stream is parked at this chunk: nothing is applied until an operator
     /// resumes it (`txpipe resume`).
     pub parked: bool,
+    /// The chunk object is missing or does not match what was cut: the chunker's
+    /// watch writes it again from the source on its next tick, without waiting for
+    /// the stall period.
+    pub recut: bool,
 }
 
 impl DetectorHead {
