@@ -399,13 +399,23 @@ async fn postgres_down_fails_without_advancing_then_completes() -> Result<()> {
     deliver(&detector, &keys[0..3]).await?;
     keys.extend(chunk_some(&stack, SOURCE_KEY, &data, None).await?);
     stack.local.pg.as_mut().unwrap().pause()?;
+    let stream = stack.stream().await?;
     for attempt in 1..=4 {
         assert!(deliver(&detector, &keys[3..4]).await.is_err());
-        let h = head(&detector, &stack.stream().await?).await?;
+        let h = head(&detector, &stream).await?;
         assert_eq!(h.next_chunk, 3);
         // A database that is away is a passing cause: counted, never parked.
         let failure = h.failure.expect("the failed attempt is recorded");
         assert_eq!((failure.attempts, failure.parked), (attempt, false));
+        // Refused before the chunk touched the state: it stays warm, so an outage
+        // does not cost a rebuild per event. (The first attempt may still find the
+        // old connection looking alive and fail while writing.)
+        if attempt > 1 {
+            assert!(
+                detector.detector().await.is_warm(&stream),
+                "attempt {attempt}"
+            );
+        }
     }
     stack.local.pg.as_mut().unwrap().resume()?;
     deliver(&detector, &keys[keys.len() - 1..]).await?;

@@ -827,3 +827,69 @@ async fn a_stream_that_cannot_be_rebuilt_is_parked_shown_and_resumed() -> Result
     assert_eq!(reply.streams[0].applied, vec![2, 3]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicks_back_off_while_the_same_chunk_keeps_failing() -> Result<()> {
+    let mut stack = Stack::start(true).await?;
+    upload(&stack, 16_000).await?;
+    let clock = TestClock::new();
+    let (stores, mut incoming) = announcing(&stack, SMALL)?;
+    // Chunk objects dated by the test clock (nothing expires here).
+    let stores = Stores {
+        objects: Arc::new(Expiring::new(
+            stores.objects.clone(),
+            clock.clone(),
+            "chunks/",
+            chrono::Duration::days(3650),
+        )),
+        ..stores
+    };
+    let chunker = stack.chunker_over(SMALL, stores, clock.clone())?;
+    let config = stack.config(SMALL)?;
+    let detector = stack
+        .detector_over(
+            SMALL,
+            stack.stores(&config),
+            stack.sink(&config)?,
+            clock.clone(),
+        )
+        .await?;
+    chunker.run(far(), Some(4)).await?;
+    let stream = stack.stream().await?;
+    deliver(&detector, &drain(&mut incoming)).await?;
+    // The database goes away; the rest is cut, and those events are lost.
+    stack.local.pg.as_mut().unwrap().pause()?;
+    assert_eq!(tick(&chunker).await?.next_chunk, 8);
+    drain(&mut incoming);
+    // 25 minutes of ticks every 30 s. Each kick writes one chunk (one event, one
+    // failed attempt); the waits double from the stall (60 s here): 60, 120, 240,
+    // 480, then 960 at most.
+    let mut kicks = Vec::new();
+    for step in 1..=50 {
+        clock.advance(chrono::Duration::seconds(30));
+        let t = tick(&chunker).await?;
+        let announced = drain(&mut incoming);
+        if t.kicked.is_some() {
+            assert_eq!(announced, vec![stream.chunk_key(4)], "one chunk per kick");
+            assert!(deliver(&detector, &announced).await.is_err());
+            kicks.push(step * 30);
+        } else {
+            assert!(announced.is_empty());
+        }
+    }
+    // (Before the back-off: a kick of all 4 chunks at every tick after the first.)
+    assert_eq!(kicks, [60, 180, 420, 900], "seconds after the cut");
+    let h = head(&detector, &stream).await?;
+    assert_eq!(h.failure.map(|f| (f.chunk, f.parked)), Some((4, false)));
+    // Back: the next kick (within the longest wait) applies the rest.
+    stack.local.pg.as_mut().unwrap().resume()?;
+    for _ in 0..60 {
+        clock.advance(chrono::Duration::seconds(30));
+        if tick(&chunker).await?.kicked.is_some() {
+            break;
+        }
+    }
+    deliver(&detector, &drain(&mut incoming)).await?;
+    assert!(head(&detector, &stream).await?.finished);
+    Ok(())
+}

@@ -420,6 +420,9 @@ impl ChunkSink for CrashingSink {
     fn wants_transactions(&self) -> bool {
         self.inner.wants_transactions()
     }
+    async fn ready(&self) -> Result<(), SinkError> {
+        self.inner.ready().await
+    }
     async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError> {
         let op = || "write sink".to_string();
         self.switch.call(op, self.inner.record_chunk(record)).await

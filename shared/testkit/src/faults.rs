@@ -230,6 +230,10 @@ impl ChunkSink for FaultySink {
         self.inner.wants_transactions()
     }
 
+    async fn ready(&self) -> Result<(), SinkError> {
+        self.inner.ready().await
+    }
+
     async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError> {
         self.plan
             .check(FaultPoint::WriteSink, Some(record.chunk))

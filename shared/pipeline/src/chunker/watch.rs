@@ -26,9 +26,14 @@ pub struct Watch {
     pub rewritten: u64,
 }
 
-/// At most this many chunks are written again per tick: enough to restore a run of
-/// expired chunks quickly, few enough to keep a tick short.
+/// At most this many chunks are written again per tick when they are gone: enough to
+/// restore a run of expired chunks quickly, few enough to keep a tick short. To wake a
+/// detector, one chunk is enough (it catches up to the cursor from one event).
 const REWRITE_PER_TICK: u64 = 16;
+
+/// While the same chunk keeps failing, the wait between kicks doubles up to this many
+/// times the stall period (24 minutes with the default 90 s).
+const MAX_BACKOFF: u32 = 16;
 
 /// Watches one stream from the chunker's side.
 pub struct StreamWatch<'a> {
@@ -65,17 +70,43 @@ impl StreamWatch<'_> {
         if watch.lag == 0 || watch.parked.is_some() || applied >= cut_before {
             return Ok(watch);
         }
-        let idle_ms = self.clock.now_ms() - head.as_ref().map_or(0, |h| h.updated_ms);
-        let missing = head
+        let now = self.clock.now_ms();
+        let idle_ms = now - head.as_ref().map_or(0, |h| h.updated_ms);
+        let failure = head
             .as_ref()
             .and_then(|h| h.failure.as_ref())
-            .is_some_and(|f| f.chunk == applied && f.recut);
-        if !missing && idle_ms < self.stall.as_millis() as i64 {
-            return Ok(watch);
+            .filter(|f| f.chunk == applied);
+        let attempts = failure.map_or(0, |f| f.attempts);
+        let missing = failure.is_some_and(|f| f.recut);
+        // A chunk the detector found gone or damaged is written again at once; any
+        // other kick waits for the stall period since the detector last moved and
+        // since the chunk was last written (its cut, or the last kick: the object's
+        // own date keeps that across invocations), doubling while the same chunk keeps
+        // failing, so an outage is not met with a storm of events and rebuilds.
+        if !(missing && attempts <= 1) {
+            let stall = self.stall.as_millis() as i64;
+            let wait = stall * i64::from(MAX_BACKOFF.min(1 << attempts.min(4)));
+            let written_ms = match chunker
+                .objects
+                .head(
+                    &chunker.settings().bucket,
+                    &cursor.stream.chunk_key(applied),
+                )
+                .await?
+            {
+                Some(info) => now - info.modified_ms,
+                None => i64::MAX,
+            };
+            if idle_ms < stall || written_ms < wait {
+                return Ok(watch);
+            }
         }
-        // The next chunk, and those after it: after a long pause they may all have
+        // Gone chunks: the next ones too, since after a long pause they may all have
         // expired. Writing an existing one again is harmless (same key, same bytes).
-        let upto = cursor.next_chunk.min(applied + REWRITE_PER_TICK);
+        let upto = match missing {
+            true => cursor.next_chunk.min(applied + REWRITE_PER_TICK),
+            false => applied + 1,
+        };
         for k in applied..upto {
             match chunker.recut(&cursor, k).await {
                 Ok(chunk) => chunker.put(&chunk).await?,

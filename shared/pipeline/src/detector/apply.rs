@@ -64,6 +64,10 @@ impl Detector {
             return Ok(None);
         };
         millis.read = laps.lap();
+        self.sink
+            .ready()
+            .await
+            .map_err(DetectorError::SinkUnreachable)?;
         let applied = self.apply_to_engine(st, stream, &input, started)?;
         millis.apply = laps.lap();
         let batches = self
@@ -156,7 +160,7 @@ impl Detector {
             return Err(damaged(format!("its metadata {META_LAST} is missing")));
         }
         let bounds = ChunkBounds::from_metadata(&object.metadata, j, rows_per_chunk)
-            .map_err(|why| damaged(why))?;
+            .map_err(&damaged)?;
         if stated_first != first_row {
             return Err(damaged(format!(
                 "it starts at row {stated_first}, but the rows applied so far end at row {}",

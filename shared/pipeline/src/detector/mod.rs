@@ -41,6 +41,9 @@ pub enum DetectorError {
     /// The output database failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The sink cannot take a chunk now (asked before the chunk touched the state).
+    #[error(transparent)]
+    SinkUnreachable(SinkError),
     /// CustomerImportance.csv is unusable.
     #[error("importance file s3://{bucket}/{key}: {why}")]
     Importance {
@@ -95,7 +98,7 @@ impl DetectorError {
     pub fn retry(&self) -> Retry {
         match self {
             DetectorError::Store(e) => e.retry(),
-            DetectorError::Sink(e) => e.retry,
+            DetectorError::Sink(e) | DetectorError::SinkUnreachable(e) => e.retry,
             DetectorError::Contended { .. } => Retry::Transient,
             DetectorError::Importance { .. }
             | DetectorError::SettingsChanged { .. }
@@ -282,6 +285,12 @@ impl Detector {
     /// The settings fingerprint stored with every stream's state.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Whether this container holds the stream's state in memory (its next chunk
+    /// needs no rebuild).
+    pub fn is_warm(&self, stream: &StreamName) -> bool {
+        self.warm.contains_key(stream)
     }
 
     /// Forgets warm state (as a cold container would start).
@@ -487,6 +496,14 @@ impl Detector {
                     break;
                 }
                 Err(e @ DetectorError::Contended { .. }) => return Err(e),
+                // Refused before the chunk touched the engine: this state is still the
+                // head's, so it stays warm and the next attempt does not rebuild it.
+                Err(e @ DetectorError::SinkUnreachable(_)) => {
+                    self.record_failure(&mut st.head, j, e.to_string(), e.retry(), false)
+                        .await;
+                    self.warm.insert(stream.clone(), st);
+                    return Err(e);
+                }
                 // Not applied, and nothing to retry here: the chunker writes it again
                 // from the source, whose event applies it. A re-cut that does not
                 // cure it counts as a failed attempt, so the stream parks visibly.

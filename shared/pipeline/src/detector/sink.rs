@@ -112,6 +112,12 @@ pub trait ChunkSink: Send + Sync {
     /// Whether the sink stores every valid transaction (then the detector hands them
     /// over in [`ChunkRecord::transactions`]; otherwise that list stays empty).
     fn wants_transactions(&self) -> bool;
+    /// Whether the sink can take a chunk now (connected, or connecting succeeds).
+    /// Asked before a chunk touches the engine, so an unreachable database leaves the
+    /// warm state valid: the next attempt goes on from memory instead of rebuilding.
+    async fn ready(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Writes one chunk's rows, all or nothing; writing the same chunk again leaves
     /// the same rows.
     async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError>;

@@ -197,6 +197,15 @@ impl ChunkSink for PgSink {
         self.settings.transactions
     }
 
+    async fn ready(&self) -> Result<(), SinkError> {
+        let mut guard = self.client.lock().await;
+        let result = self.ensure(&mut guard).await.map(|_| ());
+        if result.is_err() {
+            *guard = None;
+        }
+        result.map_err(sink_error)
+    }
+
     async fn record_chunk(&self, record: &ChunkRecord<'_>) -> Result<(), SinkError> {
         let mut guard = self.client.lock().await;
         let result = async {

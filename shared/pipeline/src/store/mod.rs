@@ -118,6 +118,8 @@ pub struct ObjectInfo {
     pub size: u64,
     /// ETag as S3 returns it.
     pub etag: String,
+    /// When it was last written, in ms since the epoch (0 if the store did not say).
+    pub modified_ms: i64,
 }
 
 /// Blob storage (S3).

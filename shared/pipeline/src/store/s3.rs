@@ -101,6 +101,10 @@ impl ObjectStore for S3Store {
             Ok(out) => Ok(Some(ObjectInfo {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: out.e_tag().unwrap_or_default().to_string(),
+                modified_ms: out
+                    .last_modified()
+                    .and_then(|t| t.to_millis().ok())
+                    .unwrap_or(0),
             })),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(remote(format!("HEAD s3://{bucket}/{key}"), &e)),
