@@ -22,12 +22,12 @@ use txpipe::store::{
 pub enum FaultPoint {
     /// Reading the chunk object.
     ReadChunk,
+    /// Writing the chunk's state delta (with its times).
+    WriteDelta,
     /// Writing a detection file.
     WriteDetections,
     /// Writing the chunk's rows to Postgres.
     WriteSink,
-    /// Writing the chunk's state delta.
-    WriteDelta,
     /// Writing a snapshot.
     WriteSnapshot,
     /// The commit, before it is made.
@@ -40,9 +40,9 @@ impl FaultPoint {
     /// Every point, in processing order.
     pub const ALL: [FaultPoint; 7] = [
         FaultPoint::ReadChunk,
+        FaultPoint::WriteDelta,
         FaultPoint::WriteDetections,
         FaultPoint::WriteSink,
-        FaultPoint::WriteDelta,
         FaultPoint::WriteSnapshot,
         FaultPoint::Commit,
         FaultPoint::CommitAnswer,

@@ -4,13 +4,13 @@
 //! (`docs/architecture.md#exactly-once`).
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
-use super::{AppliedChunk, Detector, DetectorError, StepMillis, StreamState};
+use super::{AppliedChunk, ChunkTimes, Detector, DetectorError, StepMillis, StreamState};
 use crate::chunker::{
     ChunkBounds, META_FIRST_ROW, META_LAST, META_ROWS, META_ROWS_PER_CHUNK, META_SOURCE,
 };
 use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use txpipe_core::batch::DetectionBatch;
 use txpipe_core::cutting::chunk_rows;
 use txpipe_core::detection::Detection;
@@ -42,6 +42,7 @@ struct Applied {
     /// The chunk's valid rows, from the engine's own parse, when the sink stores them.
     rows: Vec<ProcessedRow>,
     started: DateTime<Utc>,
+    detected: DateTime<Utc>,
 }
 
 impl Detector {
@@ -57,7 +58,11 @@ impl Detector {
         let requests_before = self.stores.requests.get();
         let mut laps = Laps::start();
         let mut millis = StepMillis::default();
-        let started = self.clock.now();
+        // A redo of a chunk whose delta an earlier attempt wrote keeps that attempt's
+        // times: its outputs may be published already.
+        let pinned = st.pinned.filter(|t| t.chunk == j);
+        // Milliseconds, as every output shows them (and as the delta's metadata keeps).
+        let started = pinned.map_or_else(|| self.clock.now().trunc_subsecs(3), |t| t.started);
 
         let first_row = st.head.totals.rows + st.head.totals.rejected + 1;
         let Some(input) = self.read_chunk(stream, j, first_row).await? else {
@@ -68,17 +73,24 @@ impl Detector {
             .ready()
             .await
             .map_err(DetectorError::SinkUnreachable)?;
-        let applied = self.apply_to_engine(st, stream, &input, started)?;
+        let applied =
+            self.apply_to_engine(st, stream, &input, started, pinned.map(|t| t.detected))?;
         millis.apply = laps.lap();
+        // The delta first, with the chunk's times: from here on a redo repeats them.
+        let delta = applied.outcome.delta.encode();
+        let delta_bytes = delta.len() as u64;
+        let times = ChunkTimes {
+            chunk: j,
+            started,
+            detected: applied.detected,
+        };
+        self.archive().put_delta(stream, j, delta, times).await?;
         let batches = self
-            .write_detection_files(st, stream, &applied, input.last)
+            .write_detection_files(st, stream, &applied, input.last, pinned.is_some())
             .await?;
         millis.s3 = laps.lap();
         self.write_sink(st, stream, &input, &applied).await?;
         millis.sink = laps.lap();
-        let delta = applied.outcome.delta.encode();
-        let delta_bytes = delta.len() as u64;
-        self.archive().put_delta(stream, j, delta).await?;
         let snapshot = self
             .write_snapshot_if_due(st, stream, j, delta_bytes, input.last)
             .await?;
@@ -86,6 +98,7 @@ impl Detector {
         let previous_snapshot = st.head.snapshot;
         self.commit(st, stream, &applied, &input, snapshot, delta_bytes)
             .await?;
+        st.pinned = None;
         millis.commit = laps.lap();
         let new_snapshot = snapshot.filter(|s| Some(*s) != previous_snapshot);
         if let Some(snapshot) = new_snapshot {
@@ -159,8 +172,8 @@ impl Detector {
         if !matches!(meta(META_LAST), Some("true" | "false")) {
             return Err(damaged(format!("its metadata {META_LAST} is missing")));
         }
-        let bounds = ChunkBounds::from_metadata(&object.metadata, j, rows_per_chunk)
-            .map_err(&damaged)?;
+        let bounds =
+            ChunkBounds::from_metadata(&object.metadata, j, rows_per_chunk).map_err(&damaged)?;
         if stated_first != first_row {
             return Err(damaged(format!(
                 "it starts at row {stated_first}, but the rows applied so far end at row {}",
@@ -192,6 +205,7 @@ impl Detector {
         stream: &StreamName,
         input: &ChunkInput,
         started: DateTime<Utc>,
+        detected: Option<DateTime<Utc>>,
     ) -> Result<Applied, DetectorError> {
         let bad = |e: ApplyError| DetectorError::State {
             stream: stream.clone(),
@@ -217,7 +231,7 @@ impl Detector {
         {
             tracing::error!(chunk = j, key = %input.key, error = %r.reason, "rows under an unusable header line are rejected");
         }
-        let detected_at = self.clock.now();
+        let detected_at = detected.unwrap_or_else(|| self.clock.now().trunc_subsecs(3));
         let detections = outcome
             .detections
             .iter()
@@ -233,6 +247,7 @@ impl Detector {
             detections,
             rows,
             started,
+            detected: detected_at,
         })
     }
 
@@ -244,21 +259,29 @@ impl Detector {
         stream: &StreamName,
         applied: &Applied,
         last: bool,
+        redo: bool,
     ) -> Result<usize, DetectorError> {
         let mut batches: Vec<DetectionBatch> = st.batcher.push(applied.detections.iter().cloned());
         if last {
             batches.extend(st.batcher.flush());
         }
+        let bucket = &self.settings.bucket;
         for batch in &batches {
-            self.stores
-                .objects
-                .put(
-                    &self.settings.bucket,
-                    &stream.detections_key(batch.number),
-                    batch.to_jsonl(),
-                    &[],
-                )
-                .await?;
+            let key = stream.detections_key(batch.number);
+            let bytes = batch.to_jsonl();
+            // A redo does not write a published file again (each write is a new
+            // ObjectCreated for whoever consumes them): its bytes are the same.
+            if redo
+                && self
+                    .stores
+                    .objects
+                    .get(bucket, &key)
+                    .await?
+                    .is_some_and(|o| o.bytes == bytes)
+            {
+                continue;
+            }
+            self.stores.objects.put(bucket, &key, bytes, &[]).await?;
         }
         Ok(batches.len())
     }

@@ -2,14 +2,22 @@
 //!
 //! A delta's content is a function of the state before the chunk and the chunk's bytes
 //! only (no clock), so two attempts at one chunk write the same object: writing it
-//! before the head commit is idempotent. The head, a small DynamoDB item, names the
+//! before the head commit is idempotent. It is written before any output of its chunk,
+//! with the chunk's times in its metadata: a redo after a lost commit finds them and
+//! publishes the same times again. The head, a small DynamoDB item, names the
 //! snapshot; rebuilding is that snapshot plus every delta after it, fetched in
 //! parallel. What no head can name any more is deleted ([`StateArchive::prune`]).
 
+use super::ChunkTimes;
 use crate::store::head::SnapshotRef;
 use crate::store::{ObjectStore, StoreError};
 use futures_util::{StreamExt, TryStreamExt};
 use txpipe_core::layout::StreamName;
+
+/// Delta metadata: when the chunk's first attempt started, and found its detections
+/// (ms since the epoch).
+const META_STARTED_MS: &str = "txpipe-started-ms";
+const META_DETECTED_MS: &str = "txpipe-detected-ms";
 
 /// How many objects are read or written at once.
 const PARALLEL: usize = 16;
@@ -29,10 +37,48 @@ impl StateArchive<'_> {
         stream: &StreamName,
         k: u64,
         delta: Vec<u8>,
+        times: ChunkTimes,
     ) -> Result<(), StoreError> {
+        let metadata = [
+            (
+                META_STARTED_MS,
+                times.started.timestamp_millis().to_string(),
+            ),
+            (
+                META_DETECTED_MS,
+                times.detected.timestamp_millis().to_string(),
+            ),
+        ];
         self.objects
-            .put(self.bucket, &stream.delta_key(k), delta, &[])
+            .put(self.bucket, &stream.delta_key(k), delta, &metadata)
             .await
+    }
+
+    /// The times an attempt at chunk `k` fixed, if its delta was written (with or
+    /// without a commit after it).
+    pub async fn pinned_times(
+        &self,
+        stream: &StreamName,
+        k: u64,
+    ) -> Result<Option<ChunkTimes>, StoreError> {
+        let Some(object) = self.objects.get(self.bucket, &stream.delta_key(k)).await? else {
+            return Ok(None);
+        };
+        let at = |name: &str| {
+            object
+                .metadata
+                .get(name)
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(chrono::DateTime::from_timestamp_millis)
+        };
+        Ok(match (at(META_STARTED_MS), at(META_DETECTED_MS)) {
+            (Some(started), Some(detected)) => Some(ChunkTimes {
+                chunk: k,
+                started,
+                detected,
+            }),
+            _ => None,
+        })
     }
 
     /// The deltas of chunks `from..to`, in order. A missing one is lost state: an

@@ -194,6 +194,19 @@ struct StreamState {
     engine: Engine,
     head: DetectorHead,
     batcher: DetectionBatcher,
+    /// The times an earlier attempt at the head's next chunk fixed (its delta was
+    /// written, its commit was not): a redo publishes the same times.
+    pinned: Option<ChunkTimes>,
+}
+
+/// When a chunk's application started and when its detections were found: fixed by
+/// its first attempt and written with its delta before any output, so every output
+/// of the chunk, redone or not, carries the same times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkTimes {
+    chunk: u64,
+    started: chrono::DateTime<chrono::Utc>,
+    detected: chrono::DateTime<chrono::Utc>,
 }
 
 /// The detector: stores, settings and the importance table, loaded once per container.
@@ -407,7 +420,18 @@ impl Detector {
         // Taken out of the map while in use: an error leaves it out, so the next
         // invocation rebuilds from storage instead of trusting half-applied memory.
         let mut st = match self.warm.remove(stream) {
-            Some(st) => st,
+            // Another container may have moved the stream since: one GetItem per
+            // invocation says, before anything is written from memory that is stale.
+            Some(mut st) => match self.stores.state.load_head(stream).await? {
+                Some(head) if head.version == st.head.version => {
+                    st.head.failure = head.failure; // a resume clears it in place
+                    st
+                }
+                _ => match self.rebuild(stream).await {
+                    Ok(rebuilt) => rebuilt,
+                    Err(e) => return self.rebuild_failed(stream, e, report).await,
+                },
+            },
             None => {
                 let t = Instant::now();
                 let st = match self.rebuild(stream).await {
@@ -418,24 +442,11 @@ impl Detector {
                 st
             }
         };
-        if st.head.parked().is_some() {
-            // Maybe resumed since: the stored head says. If anything else moved it too
-            // (another container applied chunks after the resume), this state is stale:
-            // rebuild from storage rather than write an older head over a newer one.
-            let stored = self.stores.state.load_head(stream).await?;
-            match stored {
-                Some(head) if head.version == st.head.version => st.head.failure = head.failure,
-                _ => match self.rebuild(stream).await {
-                    Ok(rebuilt) => st = rebuilt,
-                    Err(e) => return self.rebuild_failed(stream, e, report).await,
-                },
-            }
-            if let Some(parked) = st.head.parked() {
-                report.parked = Some(parked.clone());
-                report.next_chunk = st.head.next_chunk;
-                self.warm.insert(stream.clone(), st);
-                return Ok(());
-            }
+        if let Some(parked) = st.head.parked() {
+            report.parked = Some(parked.clone());
+            report.next_chunk = st.head.next_chunk;
+            self.warm.insert(stream.clone(), st);
+            return Ok(());
         }
         let cursor = match &st.head.source {
             Some(source) => self.load_cursor(source, stream).await,

@@ -21,6 +21,7 @@ impl Detector {
                 engine: self.new_engine(),
                 head: DetectorHead::empty(stream, &self.fingerprint),
                 batcher: DetectionBatcher::new(per_file),
+                pinned: None,
             });
         };
         if head.fingerprint != self.fingerprint {
@@ -56,10 +57,14 @@ impl Detector {
         }
         let batcher = DetectionBatcher::restore(per_file, head.next_batch, &head.pending, &engine)
             .map_err(|e| bad(e.to_string()))?;
+        // An attempt at the next chunk that wrote its delta but lost its commit may have
+        // published outputs: its times are the chunk's.
+        let pinned = archive.pinned_times(stream, head.next_chunk).await?;
         Ok(StreamState {
             engine,
             head,
             batcher,
+            pinned,
         })
     }
 

@@ -48,16 +48,15 @@ const TRANSACTIONS_SQL: &str =
      FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
                  $10::bytea[]) AS t(n, c, m, g, a, w, r)";
 
+// A chunk's detections and its ledger row are published facts: a redo of the chunk
+// (the same times, the same values) inserts nothing and overwrites nothing.
 const DETECTIONS_SQL: &str =
     "INSERT INTO detections (stream, pattern_id, merchant_id, customer_name, action_type,
                              chunk, seq_in_chunk, y_start_time, detection_time)
      SELECT $1, p, m, c, a, $2, s, ys, dt
      FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
                  $8::timestamptz[], $9::timestamptz[]) AS t(p, m, c, a, s, ys, dt)
-     ON CONFLICT (stream, pattern_id, merchant_id, customer_name) DO UPDATE
-     SET y_start_time = EXCLUDED.y_start_time, detection_time = EXCLUDED.detection_time,
-         seq_in_chunk = EXCLUDED.seq_in_chunk
-     WHERE detections.chunk = EXCLUDED.chunk";
+     ON CONFLICT (stream, pattern_id, merchant_id, customer_name) DO NOTHING";
 
 const REJECTED_SQL: &str =
     "INSERT INTO rejected_rows (file, source, row_number, chunk, raw, raw_text, reason)
@@ -81,10 +80,7 @@ const STATS_SQL: &str =
 const LEDGER_SQL: &str =
     "INSERT INTO chunks (stream, chunk, key, rows, rejected, detections, started_at, finished_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-     ON CONFLICT (stream, chunk) DO UPDATE
-     SET key = EXCLUDED.key, rows = EXCLUDED.rows, rejected = EXCLUDED.rejected,
-         detections = EXCLUDED.detections, started_at = EXCLUDED.started_at,
-         finished_at = EXCLUDED.finished_at";
+     ON CONFLICT (stream, chunk) DO NOTHING";
 
 impl PgSink {
     /// A sink that connects on first use. `secrets` is used only if the settings name
@@ -282,7 +278,9 @@ async fn write_chunk(
 
     let clear_params: &[Param] = &[&stream, &chunk];
     let t = r.transactions;
-    let loaded_on = Utc::now().date_naive();
+    // The day the chunk was first applied (its fixed start), so two writers of one
+    // chunk, even across midnight, key its rows alike.
+    let loaded_on = r.started.date_naive();
     let numbers: Vec<i64> = t.iter().map(|t| t.row as i64).collect();
     let customers: Vec<&str> = t.iter().map(|t| t.customer.as_str()).collect();
     let merchants: Vec<&str> = t.iter().map(|t| t.merchant.as_str()).collect();
