@@ -166,7 +166,7 @@ fn parse_rate(rate: &str) -> Result<Rate> {
 fn parse_stream(text: &str) -> Result<txpipe::layout::StreamName> {
     txpipe::layout::StreamName::parse(text).ok_or_else(|| {
         anyhow::anyhow!(
-            "{text:?} is not a stream name (one path segment, like input-transactions.3f9a1c2e)"
+            "{text:?} is not a stream name (one path segment, like input-transactions.3f9a1c2e5b7d0a41)"
         )
     })
 }

@@ -21,7 +21,7 @@ async fn sample_events_drive_the_detector() -> Result<()> {
     stack.put(IMPORTANCE_KEY, importance).await?;
     assert_eq!(
         stack.stream().await?.as_str(),
-        "input-transactions.0c6f8df4",
+        "input-transactions.ab6e50eda701dd19",
         "the sample events (and the README) name the default data's stream"
     );
     // The schedule tick is an EventBridge event; the chunker takes any event as a tick.

@@ -106,19 +106,18 @@ pub fn stream_for_source(source_key: &str) -> StreamName {
 }
 
 /// The stream name of one version of a source object: the key's stream name, a dot,
-/// and 8 hex digits identifying (bucket, key, ETag) — `input/transactions.csv` at some
-/// ETag is `input-transactions.3f9a1c2e`. A replaced file (new ETag) is a new stream,
+/// and 16 hex digits (64 bits: no two versions meet by chance in any real bucket)
+/// identifying (bucket, key, ETag) — `input/transactions.csv` at some ETag is
+/// `input-transactions.3f9a1c2e5b7d0a41`. A replaced file (new ETag) is a new stream,
 /// and two sources whose keys read alike (`a/b.csv`, `a-b.csv`) never share one.
+/// Streams named before (8 hex digits) keep their names: a name is fixed in the
+/// cursor when its stream starts.
 pub fn stream_for_source_version(bucket: &str, key: &str, etag: &str) -> StreamName {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in [bucket, key, etag].join("\0").bytes() {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     }
-    StreamName(format!(
-        "{}.{:08x}",
-        stream_for_source(key),
-        (hash ^ (hash >> 32)) as u32
-    ))
+    StreamName(format!("{}.{hash:016x}", stream_for_source(key)))
 }
 
 /// Splits a chunk key `chunks/<stream>/<digits>.csv` into its stream and number.
@@ -176,7 +175,7 @@ mod tests {
     fn a_source_version_is_its_own_stream() {
         let a = stream_for_source_version("b", "input/transactions.csv", "\"e1\"");
         assert!(a.as_str().starts_with("input-transactions."), "{a}");
-        assert_eq!(a.as_str().len(), "input-transactions.".len() + 8);
+        assert_eq!(a.as_str().len(), "input-transactions.".len() + 16);
         assert_eq!(
             a,
             stream_for_source_version("b", "input/transactions.csv", "\"e1\"")
