@@ -402,6 +402,38 @@ async fn every_setting_that_shapes_a_stream_is_pinned() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_settings_are_fixed_before_its_first_output() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, 8_000).await?;
+    let stream = stack.stream().await?;
+    // The first container takes the stream up (an early event: chunk 0 is not cut
+    // yet, so nothing is applied and nothing written): the settings are fixed there.
+    let first = stack.detector(SMALL).await?;
+    let reply = deliver(&first, &[stream.chunk_key(0)]).await?;
+    assert_eq!(reply.streams[0].waiting_for, Some(0));
+    let h = head(&first, &stream).await?;
+    assert_eq!(
+        (h.version, h.fingerprint.as_str()),
+        (0, first.detector().await.fingerprint())
+    );
+    // A container with another setting is refused before it writes anything, even
+    // though nothing was committed yet (it used to apply chunk 0 with its own).
+    stack.chunker(SMALL)?.run(far(), None).await?;
+    let other = stack
+        .detector(&settings(&[("TXPIPE_DEI_MIN_FEMALE", "21")]))
+        .await?;
+    let err = deliver(&other, &[stream.chunk_key(0)]).await.unwrap_err();
+    assert!(err.to_string().contains("was built with settings"), "{err}");
+    let pg = stack.pg_client().await?;
+    assert_eq!(ledger_rows(&pg, &stream).await?, 0);
+    // The first one completes the stream with its settings.
+    deliver(&first, &[stream.chunk_key(3)]).await?;
+    assert!(head(&first, &stream).await?.finished);
+    assert_eq!(ledger_rows(&pg, &stream).await?, 4);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_chunk_can_hit_a_storage_limit() -> Result<()> {
     let stack = Stack::start(true).await?;
     // R = 100,000 rows, every one a new 128-byte customer: every pair is new.

@@ -3,7 +3,7 @@
 
 use super::archive::StateArchive;
 use super::{Detector, DetectorError, StreamState};
-use crate::store::DetectorHead;
+use crate::store::{DetectorHead, Fenced};
 use txpipe_core::batch::DetectionBatcher;
 use txpipe_core::engine::{ChunkDelta, CodecError, Engine};
 use txpipe_core::layout::StreamName;
@@ -16,14 +16,24 @@ impl Detector {
             why,
         };
         let per_file = self.settings.shape.detections_per_file;
-        let Some(head) = self.stores.state.load_head(stream).await? else {
-            return Ok(StreamState {
-                engine: self.new_engine(),
-                head: DetectorHead::empty(stream, &self.fingerprint),
-                batcher: DetectionBatcher::new(per_file),
-                pinned: None,
-            });
+        let head = match self.stores.state.load_head(stream).await? {
+            Some(head) => head,
+            None => {
+                // A new stream: its settings are fixed now, before any output, so a
+                // container with other settings or another importance file is refused
+                // before it writes anything, not after (when its commit would lose).
+                let head = DetectorHead::empty(stream, &self.fingerprint);
+                match self.stores.state.put_head(&head, None).await? {
+                    Fenced::Written => head,
+                    Fenced::Lost => {
+                        self.stores.state.load_head(stream).await?.ok_or_else(|| {
+                            bad("the head vanished after another container created it".into())
+                        })?
+                    }
+                }
+            }
         };
+
         if head.fingerprint != self.fingerprint {
             return Err(DetectorError::SettingsChanged {
                 stream: stream.clone(),
