@@ -179,6 +179,37 @@ impl Figures {
         self.bus.add(&o.bus);
     }
 
+    /// The fault kinds the run claims that never happened: a regression that stops one
+    /// from firing fails the run instead of leaving it green by accident.
+    fn never_happened(&self) -> Vec<&'static str> {
+        let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        let b = &self.bus;
+        [
+            ("detector kills", sum(&self.kills)),
+            ("chunker kills", sum(&self.chunker_kills)),
+            ("injected faults struck", sum(&self.faults_struck)),
+            ("containers held mid-call", self.holds),
+            ("concurrent overlaps", self.overlaps),
+            ("cold starts", self.cold_starts),
+            ("Postgres outages", self.pg_outages),
+            ("sink refusals", self.refusals),
+            ("parks", self.parked),
+            ("resumes", self.resumed),
+            ("pauses past retention", self.pauses),
+            ("expired chunk objects", self.expired),
+            ("chunker kicks", self.kicks),
+            ("poison rows", self.poison),
+            ("dropped events", b.dropped),
+            ("duplicated events", b.duplicated),
+            ("delayed events", b.delayed),
+            ("reordered events", b.reordered),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n == 0)
+        .map(|(kind, _)| kind)
+        .collect()
+    }
+
     fn report(&self) -> String {
         let map = |m: &BTreeMap<String, u64>| {
             let total: u64 = m.values().sum();
@@ -1599,6 +1630,16 @@ async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
         total.report()
     );
     ensure!(total.lost == 0 && total.duplicated == 0);
+    // One schedule (ONLY=<n>) need not show every kind; a run does.
+    if settings.only.is_none() {
+        let missing = total.never_happened();
+        ensure!(
+            missing.is_empty(),
+            "chaos: seed {}: the run claims these faults, but they never happened: {}",
+            settings.seed,
+            missing.join(", ")
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
