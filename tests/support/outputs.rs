@@ -169,6 +169,54 @@ pub async fn stream_outputs(
     })
 }
 
+/// Where a detection's times differ between its S3 file, its Postgres row and its
+/// chunk's ledger row (`None`: they agree for every detection of the stream). A
+/// published time never changes, so the three agree however often a chunk was redone.
+pub async fn times_disagree(stack: &Stack, stream: &StreamName) -> Result<Option<String>> {
+    let mut in_s3 = BTreeMap::new();
+    for key in stack.list(&stream.detections_prefix()).await? {
+        let text = String::from_utf8(stack.get(&key).await?.unwrap_or_default())?;
+        for line in text.lines() {
+            let d: txpipe::detection::DetectionJson = serde_json::from_str(line)?;
+            in_s3.insert(
+                (d.pattern_id, d.merchant_id, d.customer_name),
+                (d.y_start_time, d.detection_time),
+            );
+        }
+    }
+    let pg = stack.pg_client().await?;
+    let rows = pg
+        .query(
+            "SELECT d.pattern_id, d.merchant_id, d.customer_name, d.y_start_time,
+                    d.detection_time, c.started_at
+             FROM detections d JOIN chunks c USING (stream, chunk) WHERE d.stream = $1",
+            &[&stream.as_str()],
+        )
+        .await?;
+    if rows.len() != in_s3.len() {
+        return Ok(Some(format!(
+            "{} detections in Postgres (with a ledger row), {} in S3",
+            rows.len(),
+            in_s3.len()
+        )));
+    }
+    let ist = txpipe::detection::format_ist;
+    for r in rows {
+        let id: (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let pg_times = (ist(r.get(3)), ist(r.get(4)));
+        let ledger_start = ist(r.get(5));
+        match in_s3.get(&id) {
+            Some(s3) if *s3 == pg_times && pg_times.0 == ledger_start => {}
+            s3 => {
+                return Ok(Some(format!(
+                    "{id:?}: S3 {s3:?}, Postgres {pg_times:?}, its chunk started {ledger_start}"
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The lines of a JSON Lines detection file, timestamps aside.
 pub fn batch_lines(text: &str) -> Result<Vec<BatchLine>> {
     text.lines()

@@ -24,7 +24,7 @@ use txpipe::layout::StreamName;
 use txpipe::setup::Stores;
 use txpipe::store::{ChunkCursor, DetectorHead, ObjectStore};
 use txpipe_e2e::outputs::{
-    exactly_once, first_difference, reference, stream_outputs, Reference, StatsRow,
+    exactly_once, first_difference, reference, stream_outputs, times_disagree, Reference, StatsRow,
 };
 use txpipe_e2e::*;
 use txpipe_testkit::chaos::{
@@ -1363,6 +1363,11 @@ impl<'a> Schedule<'a> {
         }
         if let Some(d) = first_difference(&got, want) {
             return Err(self.failure(format!("outputs differ from the replay: {d}")));
+        }
+        // Times included: however often a chunk was redone, S3, Postgres and the
+        // ledger carry one set of times.
+        if let Some(d) = times_disagree(&*self.stack, &self.stream).await? {
+            return Err(self.failure(format!("a published time changed: {d}")));
         }
         let head = self.head().await?.context("no head")?;
         if head.totals != self.reference.totals || head.failure.is_some() {
