@@ -250,6 +250,17 @@ impl ObjectStore for CrashingObjects {
         let call = self.inner.put(bucket, key, body, metadata);
         self.switch.call(op, call).await
     }
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, String)],
+    ) -> Result<bool, StoreError> {
+        let op = || format!("put {}", object_kind(key));
+        let call = self.inner.put_new(bucket, key, body, metadata);
+        self.switch.call(op, call).await
+    }
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
         let op = || {
             format!(

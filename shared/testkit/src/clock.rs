@@ -69,6 +69,15 @@ impl Expiring {
         }
     }
 
+    /// Notes when a key under the prefix was written, by the clock.
+    fn dated(&self, bucket: &str, key: &str) {
+        if key.starts_with(&self.prefix) {
+            if let Ok(mut w) = self.written.lock() {
+                w.insert((bucket.to_string(), key.to_string()), self.clock.now());
+            }
+        }
+    }
+
     /// Deletes every object under the prefix that is due, as a lifecycle run would.
     pub async fn expire_due(&self) -> Result<Vec<String>, StoreError> {
         let now = self.clock.now();
@@ -133,12 +142,22 @@ impl ObjectStore for Expiring {
         metadata: &[(&str, String)],
     ) -> Result<(), StoreError> {
         self.inner.put(bucket, key, body, metadata).await?;
-        if key.starts_with(&self.prefix) {
-            if let Ok(mut w) = self.written.lock() {
-                w.insert((bucket.to_string(), key.to_string()), self.clock.now());
-            }
-        }
+        self.dated(bucket, key);
         Ok(())
+    }
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, String)],
+    ) -> Result<bool, StoreError> {
+        self.expire_due().await?;
+        let written = self.inner.put_new(bucket, key, body, metadata).await?;
+        if written {
+            self.dated(bucket, key);
+        }
+        Ok(written)
     }
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
         self.inner.delete(bucket, keys).await

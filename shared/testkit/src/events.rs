@@ -88,11 +88,21 @@ impl txpipe::store::ObjectStore for Notifying {
         metadata: &[(&str, String)],
     ) -> Result<(), txpipe::store::StoreError> {
         self.inner.put(bucket, key, body, metadata).await?;
-        if txpipe::layout::parse_chunk_key(key).is_some() {
-            // A closed receiver means nobody listens any more: nothing to announce.
-            let _ = self.events.send(key.to_string());
-        }
+        self.announce(key);
         Ok(())
+    }
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, String)],
+    ) -> Result<bool, txpipe::store::StoreError> {
+        let written = self.inner.put_new(bucket, key, body, metadata).await?;
+        if written {
+            self.announce(key);
+        }
+        Ok(written)
     }
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), txpipe::store::StoreError> {
         self.inner.delete(bucket, keys).await
@@ -114,6 +124,16 @@ impl txpipe::store::ObjectStore for Notifying {
         self.inner
             .list_page(bucket, prefix, start_after, max_keys)
             .await
+    }
+}
+
+impl Notifying {
+    /// Announces a chunk object's write, as S3's event notification does.
+    fn announce(&self, key: &str) {
+        if txpipe::layout::parse_chunk_key(key).is_some() {
+            // A closed receiver means nobody listens any more: nothing to announce.
+            let _ = self.events.send(key.to_string());
+        }
     }
 }
 

@@ -398,6 +398,15 @@ mod tests {
         ) -> Result<(), StoreError> {
             unused()
         }
+        async fn put_new(
+            &self,
+            _: &str,
+            _: &str,
+            _: Vec<u8>,
+            _: &[(&str, String)],
+        ) -> Result<bool, StoreError> {
+            unused()
+        }
         async fn delete(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
             unused()
         }

@@ -84,9 +84,18 @@ impl Detector {
             started,
             detected: applied.detected,
         };
-        self.archive().put_delta(stream, j, delta, times).await?;
+        // Written only if no attempt wrote it first (a conditional PUT): the first
+        // attempt's times are the chunk's. Another attempt's, not ours: this one
+        // computed its outputs with other times, so it starts over with theirs.
+        if self.archive().put_delta(stream, j, delta, times).await? != times {
+            return Err(DetectorError::Contended {
+                stream: stream.clone(),
+                chunk: j,
+                attempts: 1,
+            });
+        }
         let batches = self
-            .write_detection_files(st, stream, &applied, input.last, pinned.is_some())
+            .write_detection_files(st, stream, &applied, input.last)
             .await?;
         millis.s3 = laps.lap();
         self.write_sink(st, stream, &input, &applied).await?;
@@ -259,7 +268,6 @@ impl Detector {
         stream: &StreamName,
         applied: &Applied,
         last: bool,
-        redo: bool,
     ) -> Result<usize, DetectorError> {
         let mut batches: Vec<DetectionBatch> = st.batcher.push(applied.detections.iter().cloned());
         if last {
@@ -269,19 +277,20 @@ impl Detector {
         for batch in &batches {
             let key = stream.detections_key(batch.number);
             let bytes = batch.to_jsonl();
-            // A redo does not write a published file again (each write is a new
-            // ObjectCreated for whoever consumes them): its bytes are the same.
-            if redo
-                && self
-                    .stores
-                    .objects
-                    .get(bucket, &key)
-                    .await?
-                    .is_some_and(|o| o.bytes == bytes)
+            // A published file is never written again (each write would be a new
+            // ObjectCreated for whoever consumes them): a redo finds its own bytes
+            // there; other bytes mean another attempt published this batch first, so
+            // this one is stale and stops before writing anything else.
+            let objects = &self.stores.objects;
+            if !objects.put_new(bucket, &key, bytes.clone(), &[]).await?
+                && objects.get(bucket, &key).await?.map(|o| o.bytes) != Some(bytes)
             {
-                continue;
+                return Err(DetectorError::Contended {
+                    stream: stream.clone(),
+                    chunk: applied.outcome.delta.chunk,
+                    attempts: 1,
+                });
             }
-            self.stores.objects.put(bucket, &key, bytes, &[]).await?;
         }
         Ok(batches.len())
     }

@@ -31,14 +31,15 @@ pub struct StateArchive<'a> {
 }
 
 impl StateArchive<'_> {
-    /// Writes chunk `k`'s delta.
+    /// Writes chunk `k`'s delta with the chunk's times, unless an attempt wrote it
+    /// first: then the times that attempt fixed, which are the chunk's from now on.
     pub async fn put_delta(
         &self,
         stream: &StreamName,
         k: u64,
         delta: Vec<u8>,
         times: ChunkTimes,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ChunkTimes, StoreError> {
         let metadata = [
             (
                 META_STARTED_MS,
@@ -49,9 +50,25 @@ impl StateArchive<'_> {
                 times.detected.timestamp_millis().to_string(),
             ),
         ];
-        self.objects
-            .put(self.bucket, &stream.delta_key(k), delta, &metadata)
-            .await
+        let key = stream.delta_key(k);
+        if self
+            .objects
+            .put_new(self.bucket, &key, delta.clone(), &metadata)
+            .await?
+        {
+            return Ok(times);
+        }
+        match self.pinned_times(stream, k).await? {
+            Some(fixed) => Ok(fixed),
+            // Left by a version that wrote no times (or deleted as it was read): it
+            // fixed none, so these are the chunk's.
+            None => {
+                self.objects
+                    .put(self.bucket, &key, delta, &metadata)
+                    .await?;
+                Ok(times)
+            }
+        }
     }
 
     /// The times an attempt at chunk `k` fixed, if its delta was written (with or

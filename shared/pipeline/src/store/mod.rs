@@ -147,6 +147,15 @@ pub trait ObjectStore: Send + Sync {
         body: Vec<u8>,
         metadata: &[(&str, String)],
     ) -> Result<(), StoreError>;
+    /// Writes an object only if none has the key (S3's conditional write,
+    /// `If-None-Match: *`): `false`, writing nothing, when one exists.
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, String)],
+    ) -> Result<bool, StoreError>;
     /// Deletes objects (missing ones are not an error).
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError>;
     /// Keys under a prefix, in key order (for status, pruning and tests).
