@@ -444,6 +444,12 @@ fn poison_row(template: &[u8], kind: usize) -> (Vec<u8>, &'static str) {
             fields.pop();
             "a field missing"
         }
+        6 => {
+            // A quote that never closes: read as data, the row ends at its line's end
+            // (it used to swallow the rest of the file as one row).
+            fields[1].insert(0, b'"');
+            "a stray double quote opening the customer field"
+        }
         _ => {
             let mut m = id(&fields[5]);
             m.insert(1, 0xFF);
@@ -467,9 +473,19 @@ fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<Poison>) {
     let header = lines.remove(0);
     let mut rows: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
     let mut poison = Vec::new();
+    let mut stray_quote = false;
     for _ in 0..rng.gen_range(1..=3) {
         let template = rows[rng.gen_range(0..rows.len())].clone();
-        let (row, what) = poison_row(&template, rng.gen_range(0..7));
+        // One stray quote per file at most: a second within 64 KiB would close it.
+        let kind = match rng.gen_range(0..8) {
+            6 if stray_quote => 7,
+            6 => {
+                stray_quote = true;
+                6
+            }
+            k => k,
+        };
+        let (row, what) = poison_row(&template, kind);
         let at = rng.gen_range(0..=rows.len());
         rows.insert(at, row);
         poison.push((at, what));
