@@ -132,6 +132,7 @@ struct Figures {
     applied: u64,
     errors: BTreeMap<String, u64>,
     poison: u64,
+    corrupted: u64,
     redelivered: u64,
     drain_rounds: u64,
     bus: BusCounts,
@@ -174,6 +175,7 @@ impl Figures {
         self.deferred += o.deferred;
         self.applied += o.applied;
         self.poison += o.poison;
+        self.corrupted += o.corrupted;
         self.redelivered += o.redelivered;
         self.drain_rounds += o.drain_rounds;
         self.bus.add(&o.bus);
@@ -199,6 +201,7 @@ impl Figures {
             ("expired chunk objects", self.expired),
             ("chunker kicks", self.kicks),
             ("poison rows", self.poison),
+            ("corrupted chunk objects", self.corrupted),
             ("dropped events", b.dropped),
             ("duplicated events", b.duplicated),
             ("delayed events", b.delayed),
@@ -261,8 +264,8 @@ impl Figures {
         let _ = writeln!(s, "  invocation errors {}", map(&self.errors));
         let _ = writeln!(
             s,
-            "  poison rows {} (kept in rejected_rows, no stats changed)",
-            self.poison
+            "  poison rows {} (kept in rejected_rows, no stats changed); chunk objects truncated before they were applied {}",
+            self.poison, self.corrupted
         );
         let _ = write!(
             s,
@@ -302,6 +305,7 @@ enum Action {
     Refuse,
     Pause,
     ClockStep,
+    Corrupt,
 }
 
 const WEIGHTS: &[(Action, u32)] = &[
@@ -317,6 +321,7 @@ const WEIGHTS: &[(Action, u32)] = &[
     (Action::Refuse, 1),
     (Action::Pause, 1),
     (Action::ClockStep, 6),
+    (Action::Corrupt, 2),
 ];
 
 /// Every schedule does each of these at least once, at random steps.
@@ -333,6 +338,7 @@ const MANDATORY: &[Action] = &[
     Action::PgOutage,
     Action::Refuse,
     Action::Pause,
+    Action::Corrupt,
 ];
 
 /// The detector's remote calls, by name: a crash can be aimed at each step boundary.
@@ -1195,6 +1201,32 @@ impl<'a> Schedule<'a> {
                         self.fig.refusals += 1;
                         self.refusal = Some(Refusal { chunk, constraint });
                         self.note(format!("the sink refuses chunk {chunk} from now on"));
+                    }
+                }
+            }
+            Action::Corrupt => {
+                // A chunk not applied yet, overwritten with its first half under its
+                // metadata: the detector must refuse it and the chunker re-cut it.
+                let next = self.head().await?.map_or(0, |h| h.next_chunk);
+                let cut = self.cursor().await?.map_or(0, |c| c.next_chunk);
+                if next < cut {
+                    let k = rng.gen_range(next..cut);
+                    let key = self.stream.chunk_key(k);
+                    if let Some(o) = self.plain.objects.get(BUCKET, &key).await? {
+                        if o.bytes.len() > 1 {
+                            let metadata: Vec<(&str, String)> = o
+                                .metadata
+                                .iter()
+                                .map(|(k, v)| (k.as_str(), v.clone()))
+                                .collect();
+                            let half = o.bytes[..o.bytes.len() / 2].to_vec();
+                            self.plain
+                                .objects
+                                .put(BUCKET, &key, half, &metadata)
+                                .await?;
+                            self.fig.corrupted += 1;
+                            self.note(format!("chunk {k} truncated to half under its metadata"));
+                        }
                     }
                 }
             }

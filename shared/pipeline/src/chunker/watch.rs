@@ -78,25 +78,28 @@ impl StreamWatch<'_> {
             .filter(|f| f.chunk == applied);
         let attempts = failure.map_or(0, |f| f.attempts);
         let missing = failure.is_some_and(|f| f.recut);
-        // A chunk the detector found gone or damaged is written again at once; any
-        // other kick waits for the stall period since the detector last moved and
-        // since the chunk was last written (its cut, or the last kick: the object's
-        // own date keeps that across invocations), doubling while the same chunk keeps
+        // A chunk the detector found gone or damaged is written again at once, unless
+        // it was already written again since (then it is one the re-cut did not cure);
+        // any other kick waits for the stall period since the detector last moved and
+        // since the chunk was last written (its cut, or the last kick: the object's own
+        // date keeps that across invocations), doubling while the same chunk keeps
         // failing, so an outage is not met with a storm of events and rebuilds.
-        if !(missing && attempts <= 1) {
+        let written = chunker
+            .objects
+            .head(
+                &chunker.settings().bucket,
+                &cursor.stream.chunk_key(applied),
+            )
+            .await?
+            .map(|info| info.modified_ms);
+        let recut_since = match (failure, written) {
+            (Some(f), Some(at)) => at > f.first_ms,
+            _ => false,
+        };
+        if !missing || recut_since {
             let stall = self.stall.as_millis() as i64;
             let wait = stall * i64::from(MAX_BACKOFF.min(1 << attempts.min(4)));
-            let written_ms = match chunker
-                .objects
-                .head(
-                    &chunker.settings().bucket,
-                    &cursor.stream.chunk_key(applied),
-                )
-                .await?
-            {
-                Some(info) => now - info.modified_ms,
-                None => i64::MAX,
-            };
+            let written_ms = written.map_or(i64::MAX, |at| now - at);
             if idle_ms < stall || written_ms < wait {
                 return Ok(watch);
             }

@@ -102,8 +102,11 @@ impl DetectorError {
             DetectorError::Contended { .. } => Retry::Transient,
             DetectorError::Importance { .. }
             | DetectorError::SettingsChanged { .. }
-            | DetectorError::State { .. }
-            | DetectorError::ChunkDamaged { .. } => Retry::Permanent,
+            | DetectorError::State { .. } => Retry::Permanent,
+            // Every event for it finds it again until the chunker re-cuts it: counted
+            // attempts would park a stream the re-cut heals. One it does not heal
+            // keeps failing visibly (status, the stall alarm) while kicks back off.
+            DetectorError::ChunkDamaged { .. } => Retry::Transient,
         }
     }
 }
@@ -427,14 +430,14 @@ impl Detector {
                     st.head.failure = head.failure; // a resume clears it in place
                     st
                 }
-                _ => match self.rebuild(stream).await {
+                _ => match self.rebuild_settled(stream).await {
                     Ok(rebuilt) => rebuilt,
                     Err(e) => return self.rebuild_failed(stream, e, report).await,
                 },
             },
             None => {
                 let t = Instant::now();
-                let st = match self.rebuild(stream).await {
+                let st = match self.rebuild_settled(stream).await {
                     Ok(st) => st,
                     Err(e) => return self.rebuild_failed(stream, e, report).await,
                 };

@@ -9,6 +9,23 @@ use txpipe_core::engine::{ChunkDelta, CodecError, Engine};
 use txpipe_core::layout::StreamName;
 
 impl Detector {
+    /// [`Detector::rebuild`], once more if it fails: another container may have moved
+    /// the head and pruned what this one was reading (a state object "missing" only
+    /// because the head read first is no longer the head). A failure that repeats
+    /// on a fresh read is the stream's.
+    pub(super) async fn rebuild_settled(
+        &self,
+        stream: &StreamName,
+    ) -> Result<StreamState, DetectorError> {
+        match self.rebuild(stream).await {
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "rebuilding failed; reading the head again");
+                self.rebuild(stream).await
+            }
+            ok => ok,
+        }
+    }
+
     /// The state of `stream` as its head describes it (an empty stream if no head).
     pub(super) async fn rebuild(&self, stream: &StreamName) -> Result<StreamState, DetectorError> {
         let bad = |why: String| DetectorError::State {
