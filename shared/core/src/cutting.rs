@@ -233,6 +233,14 @@ pub fn cut_rows(buf: &[u8], want: u64, at_eof: bool) -> Cut {
     }
 }
 
+/// FNV-1a (64 bits) of some bytes: a chunk's fingerprint, recorded when it is cut and
+/// checked before it is applied (and the importance file's, in a stream's settings).
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The data rows in a chunk's bytes, as the chunker counted them when it cut it: in each
 /// segment (the chunk split at `later_headers`, one per file), the non-blank records
 /// after the first (its header).

@@ -24,7 +24,7 @@ use crate::store::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use txpipe_core::cutting::{cut_rows, read_file_header, read_header, Cut};
+use txpipe_core::cutting::{content_hash, cut_rows, read_file_header, read_header, Cut};
 use txpipe_core::layout::{stream_for_source_version, StreamName};
 use txpipe_core::parse::HeaderError;
 
@@ -44,6 +44,9 @@ pub const META_SOURCE_ETAG: &str = "txpipe-source-etag";
 /// Object metadata on a chunk that spans files: the byte offsets (comma-separated) in
 /// the chunk where each later file's header line starts.
 pub const META_HEADERS: &str = "txpipe-headers";
+/// Object metadata: FNV-1a (64 bits, hex) of the chunk's bytes as cut, so a chunk
+/// changed after it was written (truncated, overwritten) is never applied.
+pub const META_CONTENT_HASH: &str = "txpipe-content-hash";
 
 /// Where a chunk's rows sit, as its metadata records them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1158,6 +1161,10 @@ impl<'a> Chunker<'a> {
             (META_ROWS_PER_CHUNK, chunk.next.rows_per_chunk.to_string()),
             (META_SOURCE, chunk.next.id()),
             (META_SOURCE_ETAG, chunk.etag.clone()),
+            (
+                META_CONTENT_HASH,
+                format!("{:016x}", content_hash(&chunk.bytes)),
+            ),
         ];
         if !chunk.later_headers.is_empty() {
             let offsets: Vec<String> = chunk.later_headers.iter().map(|o| o.to_string()).collect();

@@ -6,13 +6,14 @@
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, ChunkTimes, Detector, DetectorError, StepMillis, StreamState};
 use crate::chunker::{
-    ChunkBounds, META_FIRST_ROW, META_LAST, META_ROWS, META_ROWS_PER_CHUNK, META_SOURCE,
+    ChunkBounds, META_CONTENT_HASH, META_FIRST_ROW, META_LAST, META_ROWS, META_ROWS_PER_CHUNK,
+    META_SOURCE, META_SOURCE_ETAG,
 };
 use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
 use chrono::{DateTime, SubsecRound, Utc};
 use txpipe_core::batch::DetectionBatch;
-use txpipe_core::cutting::chunk_rows;
+use txpipe_core::cutting::{chunk_rows, content_hash};
 use txpipe_core::detection::Detection;
 use txpipe_core::engine::{ApplyError, ChunkOutcome};
 use txpipe_core::layout::StreamName;
@@ -53,6 +54,7 @@ impl Detector {
         st: &mut StreamState,
         stream: &StreamName,
         newest: u64,
+        source_etag: Option<&str>,
     ) -> Result<Option<AppliedChunk>, DetectorError> {
         let j = st.head.next_chunk;
         let requests_before = self.stores.requests.get();
@@ -65,7 +67,7 @@ impl Detector {
         let started = pinned.map_or_else(|| self.clock.now().trunc_subsecs(3), |t| t.started);
 
         let first_row = st.head.totals.rows + st.head.totals.rejected + 1;
-        let Some(input) = self.read_chunk(stream, j, first_row).await? else {
+        let Some(input) = self.read_chunk(stream, j, first_row, source_etag).await? else {
             return Ok(None);
         };
         millis.read = laps.lap();
@@ -144,13 +146,15 @@ impl Detector {
 
     /// Step 1: GET chunk `j` (`None` if it does not exist yet), and check it is what
     /// the chunker cut: its metadata complete, its first row the one after the rows
-    /// applied so far (`first_row`), its rows as many as the metadata says. A chunk
+    /// applied so far (`first_row`), its rows as many as the metadata says, and (a
+    /// single file's stream) cut from the source version the cursor reads. A chunk
     /// overwritten, truncated or written by hand is refused, never applied as it is.
     async fn read_chunk(
         &self,
         stream: &StreamName,
         j: u64,
         first_row: u64,
+        source_etag: Option<&str>,
     ) -> Result<Option<ChunkInput>, DetectorError> {
         let key = stream.chunk_key(j);
         let Some(object) = self.stores.objects.get(&self.settings.bucket, &key).await? else {
@@ -188,6 +192,23 @@ impl Detector {
                 "it starts at row {stated_first}, but the rows applied so far end at row {}",
                 first_row - 1
             )));
+        }
+        if let Some(want) = source_etag {
+            let got = meta(META_SOURCE_ETAG).unwrap_or_default();
+            if got != want {
+                return Err(damaged(format!(
+                    "it was cut from source version {got:?}, but the stream reads version {want:?}"
+                )));
+            }
+        }
+        // Chunks cut before the hash was recorded carry none.
+        if let Some(want) = meta(META_CONTENT_HASH) {
+            let got = format!("{:016x}", content_hash(&object.bytes));
+            if got != want {
+                return Err(damaged(format!(
+                    "its bytes hash to {got}, but they hashed to {want} when it was cut"
+                )));
+            }
         }
         let rows = chunk_rows(&object.bytes, &bounds.later_headers);
         if rows != stated_rows {

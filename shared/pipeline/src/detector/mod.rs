@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use txpipe_core::batch::DetectionBatcher;
+use txpipe_core::cutting::content_hash;
 use txpipe_core::engine::Engine;
 use txpipe_core::layout::StreamName;
 use txpipe_core::parse::{HeaderError, ImportanceTable, RejectedRow};
@@ -469,7 +470,12 @@ impl Detector {
                 break;
             }
             let started = Instant::now();
-            match self.apply_next(&mut st, stream, target).await {
+            // A single file's stream reads one version of it: its chunks name it.
+            let source_etag = cursor
+                .as_ref()
+                .filter(|c| !c.is_prefix())
+                .map(|c| c.etag.as_str());
+            match self.apply_next(&mut st, stream, target, source_etag).await {
                 Ok(Some(mut applied)) => {
                     if let Some(c) = &cursor {
                         applied.behind = c.next_chunk.saturating_sub(j + 1);
@@ -576,14 +582,6 @@ fn lease_nonce() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
     t ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-/// FNV-1a over the importance file: identifies its content in the state fingerprint
-/// (identity, not security).
-fn content_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
