@@ -239,26 +239,18 @@ impl ObjectStore for CrashingObjects {
         let call = self.inner.get_range(bucket, key, start, end, etag);
         self.switch.call(op, call).await
     }
-    async fn put(
+    async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         body: Vec<u8>,
         metadata: &[(&str, String)],
-    ) -> Result<(), StoreError> {
-        let op = || format!("put {}", object_kind(key));
-        let call = self.inner.put(bucket, key, body, metadata);
-        self.switch.call(op, call).await
-    }
-    async fn put_new(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        metadata: &[(&str, String)],
+        create_only: bool,
     ) -> Result<bool, StoreError> {
         let op = || format!("put {}", object_kind(key));
-        let call = self.inner.put_new(bucket, key, body, metadata);
+        let call = self
+            .inner
+            .put_object(bucket, key, body, metadata, create_only);
         self.switch.call(op, call).await
     }
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {

@@ -69,15 +69,6 @@ impl Expiring {
         }
     }
 
-    /// Notes when a key under the prefix was written, by the clock.
-    fn dated(&self, bucket: &str, key: &str) {
-        if key.starts_with(&self.prefix) {
-            if let Ok(mut w) = self.written.lock() {
-                w.insert((bucket.to_string(), key.to_string()), self.clock.now());
-            }
-        }
-    }
-
     /// Deletes every object under the prefix that is due, as a lifecycle run would.
     pub async fn expire_due(&self) -> Result<Vec<String>, StoreError> {
         let now = self.clock.now();
@@ -134,28 +125,25 @@ impl ObjectStore for Expiring {
     ) -> Result<Vec<u8>, StoreError> {
         self.inner.get_range(bucket, key, start, end, etag).await
     }
-    async fn put(
+    async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         body: Vec<u8>,
         metadata: &[(&str, String)],
-    ) -> Result<(), StoreError> {
-        self.inner.put(bucket, key, body, metadata).await?;
-        self.dated(bucket, key);
-        Ok(())
-    }
-    async fn put_new(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        metadata: &[(&str, String)],
+        create_only: bool,
     ) -> Result<bool, StoreError> {
-        self.expire_due().await?;
-        let written = self.inner.put_new(bucket, key, body, metadata).await?;
-        if written {
-            self.dated(bucket, key);
+        if create_only {
+            self.expire_due().await?;
+        }
+        let written = self
+            .inner
+            .put_object(bucket, key, body, metadata, create_only)
+            .await?;
+        if written && key.starts_with(&self.prefix) {
+            if let Ok(mut w) = self.written.lock() {
+                w.insert((bucket.to_string(), key.to_string()), self.clock.now());
+            }
         }
         Ok(written)
     }

@@ -80,27 +80,22 @@ impl txpipe::store::ObjectStore for Notifying {
     ) -> Result<Vec<u8>, txpipe::store::StoreError> {
         self.inner.get_range(bucket, key, start, end, etag).await
     }
-    async fn put(
+    async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         body: Vec<u8>,
         metadata: &[(&str, String)],
-    ) -> Result<(), txpipe::store::StoreError> {
-        self.inner.put(bucket, key, body, metadata).await?;
-        self.announce(key);
-        Ok(())
-    }
-    async fn put_new(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        metadata: &[(&str, String)],
+        create_only: bool,
     ) -> Result<bool, txpipe::store::StoreError> {
-        let written = self.inner.put_new(bucket, key, body, metadata).await?;
-        if written {
-            self.announce(key);
+        let written = self
+            .inner
+            .put_object(bucket, key, body, metadata, create_only)
+            .await?;
+        // S3 announces every write, and only writes.
+        if written && txpipe::layout::parse_chunk_key(key).is_some() {
+            // A closed receiver means nobody listens any more: nothing to announce.
+            let _ = self.events.send(key.to_string());
         }
         Ok(written)
     }
@@ -124,16 +119,6 @@ impl txpipe::store::ObjectStore for Notifying {
         self.inner
             .list_page(bucket, prefix, start_after, max_keys)
             .await
-    }
-}
-
-impl Notifying {
-    /// Announces a chunk object's write, as S3's event notification does.
-    fn announce(&self, key: &str) {
-        if txpipe::layout::parse_chunk_key(key).is_some() {
-            // A closed receiver means nobody listens any more: nothing to announce.
-            let _ = self.events.send(key.to_string());
-        }
     }
 }
 

@@ -113,21 +113,6 @@ pub struct FaultyObjects {
     pub plan: Arc<FaultPlan>,
 }
 
-impl FaultyObjects {
-    /// Fails a write at its point if a fault is armed there.
-    fn check_put(&self, key: &str) -> Result<(), StoreError> {
-        if key.starts_with(DETECTIONS_PREFIX) {
-            self.plan.check(FaultPoint::WriteDetections, None)
-        } else if key.starts_with(STATE_PREFIX) && key.contains("/delta-") {
-            self.plan.check(FaultPoint::WriteDelta, None)
-        } else if key.starts_with(STATE_PREFIX) {
-            self.plan.check(FaultPoint::WriteSnapshot, None)
-        } else {
-            Ok(())
-        }
-    }
-}
-
 #[async_trait]
 impl ObjectStore for FaultyObjects {
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, StoreError> {
@@ -150,25 +135,24 @@ impl ObjectStore for FaultyObjects {
     ) -> Result<Vec<u8>, StoreError> {
         self.inner.get_range(bucket, key, start, end, etag).await
     }
-    async fn put(
+    async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         body: Vec<u8>,
         metadata: &[(&str, String)],
-    ) -> Result<(), StoreError> {
-        self.check_put(key)?;
-        self.inner.put(bucket, key, body, metadata).await
-    }
-    async fn put_new(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        metadata: &[(&str, String)],
+        create_only: bool,
     ) -> Result<bool, StoreError> {
-        self.check_put(key)?;
-        self.inner.put_new(bucket, key, body, metadata).await
+        if key.starts_with(DETECTIONS_PREFIX) {
+            self.plan.check(FaultPoint::WriteDetections, None)?;
+        } else if key.starts_with(STATE_PREFIX) && key.contains("/delta-") {
+            self.plan.check(FaultPoint::WriteDelta, None)?;
+        } else if key.starts_with(STATE_PREFIX) {
+            self.plan.check(FaultPoint::WriteSnapshot, None)?;
+        }
+        self.inner
+            .put_object(bucket, key, body, metadata, create_only)
+            .await
     }
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
         self.inner.delete(bucket, keys).await

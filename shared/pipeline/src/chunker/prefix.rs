@@ -389,21 +389,13 @@ mod tests {
         ) -> Result<Vec<u8>, StoreError> {
             unused()
         }
-        async fn put(
+        async fn put_object(
             &self,
             _: &str,
             _: &str,
             _: Vec<u8>,
             _: &[(&str, String)],
-        ) -> Result<(), StoreError> {
-            unused()
-        }
-        async fn put_new(
-            &self,
-            _: &str,
-            _: &str,
-            _: Vec<u8>,
-            _: &[(&str, String)],
+            _: bool,
         ) -> Result<bool, StoreError> {
             unused()
         }

@@ -139,6 +139,16 @@ pub trait ObjectStore: Send + Sync {
         end: u64,
         etag: &str,
     ) -> Result<Vec<u8>, StoreError>;
+    /// Writes an object; with `create_only`, only if none has the key (S3's
+    /// conditional write, `If-None-Match: *`). `false` when it wrote nothing.
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, String)],
+        create_only: bool,
+    ) -> Result<bool, StoreError>;
     /// Writes (or overwrites) an object.
     async fn put(
         &self,
@@ -146,16 +156,22 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         body: Vec<u8>,
         metadata: &[(&str, String)],
-    ) -> Result<(), StoreError>;
-    /// Writes an object only if none has the key (S3's conditional write,
-    /// `If-None-Match: *`): `false`, writing nothing, when one exists.
+    ) -> Result<(), StoreError> {
+        self.put_object(bucket, key, body, metadata, false)
+            .await
+            .map(|_| ())
+    }
+    /// Writes an object only if none has the key: `false`, writing nothing, when one
+    /// exists.
     async fn put_new(
         &self,
         bucket: &str,
         key: &str,
         body: Vec<u8>,
         metadata: &[(&str, String)],
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        self.put_object(bucket, key, body, metadata, true).await
+    }
     /// Deletes objects (missing ones are not an error).
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError>;
     /// Keys under a prefix, in key order (for status, pruning and tests).

@@ -159,26 +159,40 @@ impl ObjectStore for S3Store {
             .to_vec())
     }
 
-    async fn put(
+    async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         body: Vec<u8>,
         metadata: &[(&str, String)],
-    ) -> Result<(), StoreError> {
-        self.put_if(bucket, key, body, metadata, false)
-            .await
-            .map(|_| ())
-    }
-
-    async fn put_new(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        metadata: &[(&str, String)],
+        create_only: bool,
     ) -> Result<bool, StoreError> {
-        self.put_if(bucket, key, body, metadata, true).await
+        if body.len() as u64 > PUT_LIMIT_BYTES {
+            return Err(StoreError::Limit {
+                what: format!("object s3://{bucket}/{key}"),
+                size: body.len() as u64,
+                limit: PUT_LIMIT_BYTES,
+            });
+        }
+        self.requests.add(1);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        for (k, v) in metadata {
+            req = req.metadata(*k, v);
+        }
+        if create_only {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(true),
+            // 412: the key exists; 409: a conditional write to it is in flight.
+            Err(e) if create_only && matches!(status(&e), Some(412) | Some(409)) => Ok(false),
+            Err(e) => Err(remote(format!("PUT s3://{bucket}/{key}"), &e)),
+        }
     }
 
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
@@ -287,44 +301,5 @@ impl ObjectStore for S3Store {
             objects,
             truncated: out.is_truncated() == Some(true),
         })
-    }
-}
-
-impl S3Store {
-    /// PUT, optionally only if no object has the key (`If-None-Match: *`).
-    async fn put_if(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        metadata: &[(&str, String)],
-        create_only: bool,
-    ) -> Result<bool, StoreError> {
-        if body.len() as u64 > PUT_LIMIT_BYTES {
-            return Err(StoreError::Limit {
-                what: format!("object s3://{bucket}/{key}"),
-                size: body.len() as u64,
-                limit: PUT_LIMIT_BYTES,
-            });
-        }
-        self.requests.add(1);
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(ByteStream::from(body));
-        for (k, v) in metadata {
-            req = req.metadata(*k, v);
-        }
-        if create_only {
-            req = req.if_none_match("*");
-        }
-        match req.send().await {
-            Ok(_) => Ok(true),
-            // 412: the key exists; 409: a conditional write to it is in flight.
-            Err(e) if create_only && matches!(status(&e), Some(412) | Some(409)) => Ok(false),
-            Err(e) => Err(remote(format!("PUT s3://{bucket}/{key}"), &e)),
-        }
     }
 }
