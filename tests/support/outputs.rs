@@ -243,6 +243,8 @@ pub struct Reference {
     pub totals: Totals,
     /// Chunks in the stream.
     pub chunks: u64,
+    /// The replay engine's state at the end, encoded as a snapshot.
+    pub state: Vec<u8>,
 }
 
 /// The reference outputs of `stream` over `transactions` and `importance` with the
@@ -389,6 +391,7 @@ pub fn reference(
         },
         replay: out,
         totals,
+        state: engine.encode_snapshot(),
     })
 }
 

@@ -133,7 +133,10 @@ struct Figures {
     errors: BTreeMap<String, u64>,
     poison: u64,
     corrupted: u64,
-    redelivered: u64,
+    /// One event handed to two overlapping containers (S3 may deliver an event twice).
+    twice: u64,
+    /// Warm containers whose state was compared with the replay's at the end.
+    warm_compared: u64,
     drain_rounds: u64,
     bus: BusCounts,
 }
@@ -176,7 +179,8 @@ impl Figures {
         self.applied += o.applied;
         self.poison += o.poison;
         self.corrupted += o.corrupted;
-        self.redelivered += o.redelivered;
+        self.twice += o.twice;
+        self.warm_compared += o.warm_compared;
         self.drain_rounds += o.drain_rounds;
         self.bus.add(&o.bus);
     }
@@ -185,11 +189,15 @@ impl Figures {
     /// from firing fails the run instead of leaving it green by accident.
     fn never_happened(&self) -> Vec<&'static str> {
         let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        let struck = |point: &str| self.faults_struck.get(point).copied().unwrap_or(0);
         let b = &self.bus;
         [
             ("detector kills", sum(&self.kills)),
             ("chunker kills", sum(&self.chunker_kills)),
             ("injected faults struck", sum(&self.faults_struck)),
+            ("faults struck in a rebuild", struck("ReadState")),
+            ("faults struck taking a lease", struck("Lease")),
+            ("faults struck in a prune", struck("Prune")),
             ("containers held mid-call", self.holds),
             ("concurrent overlaps", self.overlaps),
             ("cold starts", self.cold_starts),
@@ -202,6 +210,7 @@ impl Figures {
             ("chunker kicks", self.kicks),
             ("poison rows", self.poison),
             ("corrupted chunk objects", self.corrupted),
+            ("warm states compared", self.warm_compared),
             ("dropped events", b.dropped),
             ("duplicated events", b.duplicated),
             ("delayed events", b.delayed),
@@ -258,14 +267,19 @@ impl Figures {
         );
         let _ = writeln!(
             s,
-            "  events: announced {}, delivered {} events / {} records, duplicated {}, dropped {}, delayed {}, reordered {}, retried {}, redelivered {}",
-            b.announced, b.events, b.records, b.duplicated, b.dropped, b.delayed, b.reordered, b.retried, self.redelivered
+            "  events: announced {}, delivered {} events / {} records, duplicated {}, dropped {}, delayed {}, reordered {}, retried {}, one event to two overlapping containers {}",
+            b.announced, b.events, b.records, b.duplicated, b.dropped, b.delayed, b.reordered, b.retried, self.twice
         );
         let _ = writeln!(s, "  invocation errors {}", map(&self.errors));
         let _ = writeln!(
             s,
             "  poison rows {} (kept in rejected_rows, no stats changed); chunk objects truncated before they were applied {}",
             self.poison, self.corrupted
+        );
+        let _ = writeln!(
+            s,
+            "  at the end: warm states equal to the replay's {}, cold rebuilds equal {}; no state object left beyond the head's",
+            self.warm_compared, self.schedules
         );
         let _ = write!(
             s,
@@ -306,6 +320,7 @@ enum Action {
     Pause,
     ClockStep,
     Corrupt,
+    StateFaults,
 }
 
 const WEIGHTS: &[(Action, u32)] = &[
@@ -322,6 +337,7 @@ const WEIGHTS: &[(Action, u32)] = &[
     (Action::Pause, 1),
     (Action::ClockStep, 6),
     (Action::Corrupt, 2),
+    (Action::StateFaults, 1),
 ];
 
 /// Every schedule does each of these at least once, at random steps.
@@ -339,6 +355,7 @@ const MANDATORY: &[Action] = &[
     Action::Refuse,
     Action::Pause,
     Action::Corrupt,
+    Action::StateFaults,
 ];
 
 /// The detector's remote calls, by name: a crash can be aimed at each step boundary.
@@ -823,16 +840,26 @@ impl<'a> Schedule<'a> {
         Instant::now() + Duration::from_millis(ms)
     }
 
-    /// The next event's records, or, if none is ready, the newest announcement again
-    /// (S3 delivers at least once).
+    /// The next event's records, if one is ready. Nothing is invented when none is:
+    /// S3 delivers what was announced (at least once, in any order, late), and a
+    /// stream whose events were all lost must be found by the pipeline's own watch.
     fn event(&mut self) -> Option<Vec<String>> {
         let keys = self.bus.next_event(&mut self.bus_rng, &self.chaos);
-        if !keys.is_empty() {
-            return Some(keys);
-        }
-        let last = self.bus.last_announced()?.clone();
-        self.fig.redelivered += 1;
-        Some(vec![last])
+        (!keys.is_empty()).then_some(keys)
+    }
+
+    /// Events for two overlapping containers: two ready events, or one delivered to
+    /// both (S3 may deliver an event twice, to two containers at once).
+    fn two_events(&mut self) -> Option<(Vec<String>, Vec<String>)> {
+        let first = self.event()?;
+        let second = match self.event() {
+            Some(keys) => keys,
+            None => {
+                self.fig.twice += 1;
+                first.clone()
+            }
+        };
+        Some((first, second))
     }
 
     fn describe_keys(keys: &[String]) -> String {
@@ -1141,6 +1168,7 @@ impl<'a> Schedule<'a> {
             }
             Action::Kill => {
                 let Some(keys) = self.event() else {
+                    self.note("no event ready for a kill".into());
                     return Ok(());
                 };
                 let i = self.pick(rng).await?;
@@ -1151,6 +1179,25 @@ impl<'a> Schedule<'a> {
                 let deadline = Self::deadline(rng);
                 self.invoke(i, keys, deadline, Some((strike, mode)), true, rng)
                     .await?;
+            }
+            Action::StateFaults => {
+                // A cold container whose rebuild fails once; every live container's
+                // next lease and next prune fail once.
+                for i in 0..self.containers.len() {
+                    self.containers[i].plan.arm(FaultPoint::Lease, 0);
+                    self.containers[i].plan.arm(FaultPoint::Prune, 0);
+                }
+                let i = self.container().await?;
+                self.containers[i].plan.arm(FaultPoint::ReadState, 0);
+                for point in ["Lease", "Prune"] {
+                    *self.fig.faults_armed.entry(point.into()).or_default() +=
+                        self.containers.len() as u64 - 1;
+                }
+                *self.fig.faults_armed.entry("ReadState".into()).or_default() += 1;
+                let name = self.containers[i].name.clone();
+                self.note(format!(
+                    "{name} (new) will fail its rebuild once; every other container its next lease and prune"
+                ));
             }
             Action::Overlap => self.overlap(rng).await?,
             Action::Hold => self.hold(rng).await?,
@@ -1255,7 +1302,8 @@ impl<'a> Schedule<'a> {
 
     /// Two containers handle events at the same time.
     async fn overlap(&mut self, rng: &mut ChaCha8Rng) -> Result<()> {
-        let (Some(k1), Some(k2)) = (self.event(), self.event()) else {
+        let Some((k1, k2)) = self.two_events() else {
+            self.note("no event ready to overlap".into());
             return Ok(());
         };
         let (a, b) = self.pair().await?;
@@ -1274,7 +1322,8 @@ impl<'a> Schedule<'a> {
     /// One container is held at a call (a paused process, lease in hand); maybe its
     /// lease runs out; another container handles an event; then the first goes on.
     async fn hold(&mut self, rng: &mut ChaCha8Rng) -> Result<()> {
-        let (Some(k1), Some(k2)) = (self.event(), self.event()) else {
+        let Some((k1, k2)) = self.two_events() else {
+            self.note("no event ready to hold".into());
             return Ok(());
         };
         let (a, b) = self.pair().await?;
@@ -1342,39 +1391,78 @@ impl<'a> Schedule<'a> {
         Ok(())
     }
 
-    /// Ends every fault, then ticks the chunker and delivers every announcement until
-    /// the stream is finished.
+    /// Ticks the chunker and delivers events until the stream is finished. For the
+    /// first `chunks` rounds the faults go on: lossy, late events spread over three
+    /// containers, a container killed now and then, maybe a Postgres outage. Then the
+    /// faults end, and two warm containers take the events in turn (each must pick up
+    /// where the other left off).
     async fn drain(&mut self) -> Result<()> {
-        if self.pg_down_until.is_some() {
-            self.pg_resume().await?;
-        }
         for c in &self.containers {
             c.switch.disarm();
         }
-        let bound = 6 * self.reference.chunks + 60;
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.schedule_seed, u64::MAX - 1));
+        let faulty_rounds = self.reference.chunks;
+        let bound = faulty_rounds + 6 * self.reference.chunks + 60;
         for round in 0..bound {
             self.step += 1;
             self.fig.drain_rounds += 1;
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.schedule_seed, u64::MAX - round));
+            if self
+                .pg_down_until
+                .is_some_and(|s| self.step >= s || round >= faulty_rounds)
+            {
+                self.pg_resume().await?;
+            }
             self.tick(55_000, None).await?;
-            self.bus.collect(&mut self.bus_rng, &EventChaos::reliable());
-            let keys = self.bus.take_all();
-            if !keys.is_empty() {
-                let i = match self.containers.is_empty() {
-                    true => self.container().await?,
-                    false => 0,
-                };
-                self.invoke(i, keys, far(), None, false, &mut rng).await?;
+            if round < faulty_rounds {
+                if round == 0 && self.pg_down_until.is_none() && rng.gen_bool(0.3) {
+                    self.pg_pause().await?;
+                    self.fig.pg_outages += 1;
+                    self.pg_down_until = Some(self.step + rng.gen_range(1..=3));
+                    self.note("Postgres down for the first drain rounds".into());
+                }
+                self.bus.collect(&mut self.bus_rng, &self.chaos);
+                for _ in 0..rng.gen_range(1..=3) {
+                    let Some(keys) = self.event() else {
+                        break;
+                    };
+                    while self.containers.len() < 3 {
+                        self.container().await?;
+                    }
+                    let i = rng.gen_range(0..self.containers.len());
+                    let kill = rng.gen_bool(0.15).then(|| {
+                        let mode = *[CrashMode::Before, CrashMode::After]
+                            .choose(&mut rng)
+                            .unwrap_or(&CrashMode::Before);
+                        (Strike::random(&mut rng, DETECTOR_OPS, 24), mode)
+                    });
+                    let deadline = Self::deadline(&mut rng);
+                    self.invoke(i, keys, deadline, kill, true, &mut rng).await?;
+                }
+            } else {
+                self.bus.collect(&mut self.bus_rng, &EventChaos::reliable());
+                let keys = self.bus.take_all();
+                if !keys.is_empty() {
+                    while self.containers.len() < 2 {
+                        self.container().await?;
+                    }
+                    let i = (round % 2) as usize;
+                    self.invoke(i, keys, far(), None, false, &mut rng).await?;
+                }
             }
             self.check_progress().await?;
             let head = self.head().await?;
             if let Some(h) = &head {
                 if h.finished && h.next_chunk == self.reference.chunks {
                     self.note(format!("finished after {round} drain rounds"));
+                    if self.pg_down_until.is_some() {
+                        self.pg_resume().await?;
+                    }
                     return Ok(());
                 }
                 if let Some(p) = h.parked() {
                     match &self.refusal {
+                        // The operator acts once Postgres is back.
+                        Some(_) if self.pg_down_until.is_some() => {}
                         Some(r) if r.chunk == p.chunk => self.lift_refusal().await?,
                         _ => {
                             return Err(self.failure(format!(
@@ -1424,6 +1512,7 @@ impl<'a> Schedule<'a> {
                 head.totals, head.failure, self.reference.totals
             )));
         }
+        self.same_state_everywhere(&head).await?;
         for (row, bytes, what) in &self.poison {
             let kept = got
                 .rejected
@@ -1444,6 +1533,60 @@ impl<'a> Schedule<'a> {
                 "the poison rows changed customer_stats: first difference at {i}: got {:?}, without poison {:?}",
                 stats.get(i),
                 clean_stats.get(i)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The state a warm container holds, a cold rebuild from storage and the replay's
+    /// engine are the same bytes; and storage keeps nothing the head does not need.
+    async fn same_state_everywhere(&mut self, head: &DetectorHead) -> Result<()> {
+        let want = &self.reference.state.clone();
+        for c in &self.containers {
+            let image = c.service.detector().await.state_image(&self.stream);
+            if let Some((next, image)) = image.filter(|(next, _)| *next == head.next_chunk) {
+                self.fig.warm_compared += 1;
+                if &image != want {
+                    return Err(self.failure(format!(
+                        "container {}'s warm state after chunk {next} differs from the replay's ({} bytes, want {})",
+                        c.name,
+                        image.len(),
+                        want.len()
+                    )));
+                }
+            }
+        }
+        let i = self.container().await?;
+        let rebuilt = {
+            let mut detector = self.containers[i].service.detector().await;
+            detector.load_stream(&self.stream).await?;
+            detector.state_image(&self.stream)
+        };
+        if rebuilt.as_ref().map(|(_, image)| image) != Some(want) {
+            return Err(self.failure(format!(
+                "a cold rebuild from storage differs from the replay's state: next chunk {:?}, {:?} bytes, want {} bytes",
+                rebuilt.as_ref().map(|r| r.0),
+                rebuilt.as_ref().map(|r| r.1.len()),
+                want.len()
+            )));
+        }
+        let mut needed: Vec<String> = (head.snapshot.map_or(0, |s| s.next)..head.next_chunk)
+            .map(|k| self.stream.delta_key(k))
+            .collect();
+        if let Some(s) = head.snapshot {
+            needed.extend((0..s.parts).map(|i| self.stream.snapshot_part_key(s.next, i)));
+        }
+        let left: Vec<String> = self
+            .plain
+            .objects
+            .list(BUCKET, &self.stream.state_prefix())
+            .await?
+            .into_iter()
+            .filter(|k| !needed.contains(k))
+            .collect();
+        if !left.is_empty() {
+            return Err(self.failure(format!(
+                "the finished stream keeps state objects its head does not need: {left:?}"
             )));
         }
         Ok(())

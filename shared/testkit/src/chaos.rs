@@ -512,7 +512,6 @@ pub struct EventBus {
     rx: UnboundedReceiver<String>,
     /// (key, deliveries to wait), oldest first.
     queue: Vec<(String, u32)>,
-    last: Option<String>,
     /// What the bus did so far.
     pub counts: BusCounts,
 }
@@ -523,7 +522,6 @@ impl EventBus {
         EventBus {
             rx,
             queue: Vec::new(),
-            last: None,
             counts: BusCounts::default(),
         }
     }
@@ -540,7 +538,6 @@ impl EventBus {
     /// which S3 announces all the same).
     pub fn announce(&mut self, key: String, rng: &mut impl Rng, chaos: &EventChaos) {
         self.counts.announced += 1;
-        self.last = Some(key.clone());
         if rng.gen_bool(chaos.drop) {
             self.counts.dropped += 1;
             return;
@@ -619,11 +616,6 @@ impl EventBus {
     /// Records waiting.
     pub fn queued(&self) -> usize {
         self.queue.len()
-    }
-
-    /// The newest announcement, delivered or not.
-    pub fn last_announced(&self) -> Option<&String> {
-        self.last.as_ref()
     }
 }
 

@@ -34,11 +34,19 @@ pub enum FaultPoint {
     Commit,
     /// The commit is made, but its answer is lost (the caller sees an error).
     CommitAnswer,
+    /// Reading a snapshot part or a delta (a rebuild).
+    ReadState,
+    /// Taking the stream's lease.
+    Lease,
+    /// Deleting old state (a prune).
+    Prune,
 }
 
 impl FaultPoint {
     /// Every point, in processing order.
-    pub const ALL: [FaultPoint; 7] = [
+    pub const ALL: [FaultPoint; 10] = [
+        FaultPoint::ReadState,
+        FaultPoint::Lease,
         FaultPoint::ReadChunk,
         FaultPoint::WriteDelta,
         FaultPoint::WriteDetections,
@@ -46,8 +54,21 @@ impl FaultPoint {
         FaultPoint::WriteSnapshot,
         FaultPoint::Commit,
         FaultPoint::CommitAnswer,
+        FaultPoint::Prune,
     ];
+
+    /// Whether the point is outside any one chunk's work (a rebuild, the lease, a
+    /// prune): armed there, it strikes at the next such call, whatever the chunk.
+    pub fn chunkless(self) -> bool {
+        matches!(
+            self,
+            FaultPoint::ReadState | FaultPoint::Lease | FaultPoint::Prune
+        )
+    }
 }
+
+/// The chunk number under which chunkless faults are armed.
+const ANY_CHUNK: u64 = u64::MAX;
 
 /// Faults armed for the stores that share this plan.
 #[derive(Debug, Default)]
@@ -63,8 +84,10 @@ impl FaultPlan {
         Arc::new(FaultPlan::default())
     }
 
-    /// Arms one failure at `point` while chunk `chunk` is in hand.
+    /// Arms one failure at `point` while chunk `chunk` is in hand (at the next call,
+    /// for a [chunkless](FaultPoint::chunkless) point).
     pub fn arm(&self, point: FaultPoint, chunk: u64) {
+        let chunk = if point.chunkless() { ANY_CHUNK } else { chunk };
         if let Ok(mut armed) = self.armed.lock() {
             *armed.entry((point, chunk)).or_default() += 1;
         }
@@ -83,6 +106,11 @@ impl FaultPlan {
 
     /// Fails if a fault is armed at `point` for `chunk` (or the chunk in hand).
     fn check(&self, point: FaultPoint, chunk: Option<u64>) -> Result<(), StoreError> {
+        let chunk = if point.chunkless() {
+            Some(ANY_CHUNK)
+        } else {
+            chunk
+        };
         let Some(chunk) = chunk.or_else(|| self.in_hand.lock().ok().and_then(|c| *c)) else {
             return Ok(());
         };
@@ -95,10 +123,11 @@ impl FaultPlan {
                 if let Ok(mut fired) = self.fired.lock() {
                     fired.push((point, chunk));
                 }
-                Err(StoreError::remote(
-                    format!("{point:?} of chunk {chunk}"),
-                    "injected fault",
-                ))
+                let what = match point.chunkless() {
+                    true => format!("{point:?}"),
+                    false => format!("{point:?} of chunk {chunk}"),
+                };
+                Err(StoreError::remote(what, "injected fault"))
             }
             _ => Ok(()),
         }
@@ -119,6 +148,8 @@ impl ObjectStore for FaultyObjects {
         if let Some((_, k)) = parse_chunk_key(key) {
             self.plan.set_in_hand(k);
             self.plan.check(FaultPoint::ReadChunk, Some(k))?;
+        } else if key.starts_with(STATE_PREFIX) {
+            self.plan.check(FaultPoint::ReadState, None)?;
         }
         self.inner.get(bucket, key).await
     }
@@ -155,6 +186,9 @@ impl ObjectStore for FaultyObjects {
             .await
     }
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), StoreError> {
+        if keys.iter().any(|k| k.starts_with(STATE_PREFIX)) {
+            self.plan.check(FaultPoint::Prune, None)?;
+        }
         self.inner.delete(bucket, keys).await
     }
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -210,6 +244,7 @@ impl StateStore for FaultyState {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<Fenced, StoreError> {
+        self.plan.check(FaultPoint::Lease, None)?;
         self.inner
             .acquire_lease(stream, owner, now_ms, until_ms)
             .await

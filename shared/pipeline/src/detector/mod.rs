@@ -310,6 +310,14 @@ impl Detector {
         self.warm.contains_key(stream)
     }
 
+    /// A stream's warm state, encoded as a snapshot, with its next chunk: a warm
+    /// container and a cold rebuild from storage must hold the same bytes.
+    pub fn state_image(&self, stream: &StreamName) -> Option<(u64, Vec<u8>)> {
+        self.warm
+            .get(stream)
+            .map(|st| (st.engine.next_chunk(), st.engine.encode_snapshot()))
+    }
+
     /// Forgets warm state (as a cold container would start).
     pub fn forget(&mut self) {
         self.warm.clear();
