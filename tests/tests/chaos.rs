@@ -21,6 +21,7 @@ use txpipe::chunker::ChunkerService;
 use txpipe::config::Config;
 use txpipe::detector::{DetectorError, DetectorResponse, DetectorService};
 use txpipe::layout::StreamName;
+use txpipe::parse::csv_scan::MAX_RECORD_BYTES;
 use txpipe::setup::Stores;
 use txpipe::store::{ChunkCursor, DetectorHead, ObjectStore};
 use txpipe_e2e::outputs::{
@@ -425,9 +426,14 @@ fn random_action(rng: &mut impl Rng) -> Action {
     Action::Deliver
 }
 
-/// Rows the parser must reject, made from a real row so that, were one accepted, it
-/// would change a real pair's stats.
-fn poison_row(template: &[u8], kind: usize) -> (Vec<u8>, &'static str) {
+/// How many poison kinds [`poison_lines`] makes.
+const POISON_KINDS: usize = 10;
+
+/// Lines the parser must reject, made from real rows so that, were one accepted, it
+/// would change a real pair's stats: the line (without its terminator), how many
+/// records the parser reads in it, and what is wrong. `templates` are 3 real rows.
+fn poison_lines(templates: [&[u8]; 3], kind: usize) -> (Vec<u8>, u64, &'static str) {
+    let template = templates[0];
     let mut fields: Vec<Vec<u8>> = template.split(|&b| b == b',').map(<[u8]>::to_vec).collect();
     let quoted = |inner: &[u8]| [b"'".as_slice(), inner, b"'"].concat();
     let id = |f: &[u8]| {
@@ -473,6 +479,23 @@ fn poison_row(template: &[u8], kind: usize) -> (Vec<u8>, &'static str) {
             fields[1].insert(0, b'"');
             "a stray double quote opening the customer field"
         }
+        7 => {
+            // Over the record limit: its first MAX_RECORD_BYTES are one rejected
+            // record, the rest of the line another (too few fields).
+            let mut c = id(&fields[1]);
+            c.resize(MAX_RECORD_BYTES + 5_000, b'7');
+            fields[1] = quoted(&c);
+            return (fields.join(&b','), 2, "a line over the 64 KiB record limit");
+        }
+        8 => {
+            // An old-Mac part: three rows ended by bare CRs are one line, one record
+            // of 28 fields.
+            return (
+                templates.join(&b'\r'),
+                1,
+                "three rows joined by bare CR line endings",
+            );
+        }
         _ => {
             let mut m = id(&fields[5]);
             m.insert(1, 0xFF);
@@ -480,61 +503,57 @@ fn poison_row(template: &[u8], kind: usize) -> (Vec<u8>, &'static str) {
             "invalid UTF-8 in the merchant id"
         }
     };
-    (fields.join(&b','), what)
+    (fields.join(&b','), 1, what)
 }
 
-/// A poison row: its row number, its bytes, what is wrong with it.
+/// A poison row: its row number, its bytes (the first record's), what is wrong with it.
 type Poison = (u64, Vec<u8>, &'static str);
 
-/// The base source with 1–3 poison rows inserted at random places: the new source,
-/// and each poison row.
+/// The base source with 1–3 poison lines inserted at random places: the new source,
+/// and each poison line's first record.
 fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<Poison>) {
     let mut lines: Vec<&[u8]> = base.split(|&b| b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
     let header = lines.remove(0);
-    let mut rows: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
-    let mut poison = Vec::new();
+    // Each line, with (records, what) when it is poison.
+    let mut rows: Vec<(Vec<u8>, Option<(u64, &'static str)>)> =
+        lines.iter().map(|l| (l.to_vec(), None)).collect();
     let mut stray_quote = false;
     for _ in 0..rng.gen_range(1..=3) {
-        let template = rows[rng.gen_range(0..rows.len())].clone();
+        let mut pick = || lines[rng.gen_range(0..lines.len())].to_vec();
+        let templates = [pick(), pick(), pick()];
         // One stray quote per file at most: a second within 64 KiB would close it.
-        let kind = match rng.gen_range(0..8) {
-            6 if stray_quote => 7,
+        let kind = match rng.gen_range(0..POISON_KINDS) {
+            6 if stray_quote => POISON_KINDS - 1,
             6 => {
                 stray_quote = true;
                 6
             }
             k => k,
         };
-        let (row, what) = poison_row(&template, kind);
+        let (line, records, what) =
+            poison_lines([&templates[0], &templates[1], &templates[2]], kind);
         let at = rng.gen_range(0..=rows.len());
-        rows.insert(at, row);
-        poison.push((at, what));
+        rows.insert(at, (line, Some((records, what))));
     }
     let mut out = header.to_vec();
     out.push(b'\n');
-    for r in &rows {
-        out.extend_from_slice(r);
-        out.push(b'\n');
-    }
     let mut numbered: Vec<Poison> = Vec::new();
-    // Positions shift as later rows are inserted before earlier ones: recompute them by
-    // replaying the insertions.
-    let mut positions: Vec<usize> = Vec::new();
-    for (at, _) in &poison {
-        for p in positions.iter_mut() {
-            if *p >= *at {
-                *p += 1;
+    let mut row = 1;
+    for (line, poison) in &rows {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+        match poison {
+            Some((records, what)) => {
+                let first = &line[..line.len().min(MAX_RECORD_BYTES)];
+                numbered.push((row, first.to_vec(), *what));
+                row += records;
             }
+            None => row += 1,
         }
-        positions.push(*at);
     }
-    for (p, (_, what)) in positions.iter().zip(&poison) {
-        numbered.push((*p as u64 + 1, rows[*p].clone(), *what));
-    }
-    numbered.sort();
     (out, numbered)
 }
 
@@ -1452,7 +1471,9 @@ impl<'a> Schedule<'a> {
             self.check_progress().await?;
             let head = self.head().await?;
             if let Some(h) = &head {
-                if h.finished && h.next_chunk == self.reference.chunks {
+                // Finished, and its old state pruned (the watch wakes the detector
+                // until it is).
+                if h.finished && !h.prune_pending && h.next_chunk == self.reference.chunks {
                     self.note(format!("finished after {round} drain rounds"));
                     if self.pg_down_until.is_some() {
                         self.pg_resume().await?;

@@ -15,6 +15,11 @@
 //! 3. `a_late_prune_deletes_the_snapshot_a_newer_head_names`: a container held past
 //!    its lease just before its prune lists the stream's state; another container
 //!    commits a newer snapshot; the late prune deletes it ("every snapshot but mine").
+//! 4. `a_finished_streams_failed_final_prune_leaves_its_state_for_ever`: the last
+//!    chunk's prune fails (or the container dies after its commit); no later snapshot
+//!    comes to prune again, so the stream's old deltas and snapshots stay for ever.
+//! 5. `a_failed_rebuild_of_a_finished_stream_stays_in_its_head_for_ever`
+//!    (`make chaos SEED=11 ONLY=17`): a failure recorded past a finished stream's end.
 
 use anyhow::Result;
 use std::sync::Arc;
@@ -212,5 +217,88 @@ async fn a_late_prune_deletes_the_snapshot_a_newer_head_names() -> Result<()> {
     let rest = cut(&stack, &settings, None).await?;
     let c = stack.detector(&settings).await?;
     deliver(&c, &rest[rest.len() - 1..]).await?;
+    Ok(())
+}
+
+/// The stream's state objects that its head does not name.
+async fn unneeded_state(stack: &Stack, stream: &txpipe::layout::StreamName) -> Result<Vec<String>> {
+    let head = stack
+        .stores(&stack.config(SETTINGS)?)
+        .state
+        .load_head(stream)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no head"))?;
+    let mut needed: Vec<String> = (head.snapshot.map_or(0, |s| s.next)..head.next_chunk)
+        .map(|k| stream.delta_key(k))
+        .collect();
+    if let Some(s) = head.snapshot {
+        needed.extend((0..s.parts).map(|i| stream.snapshot_part_key(s.next, i)));
+    }
+    let stored = stack.list(&stream.state_prefix()).await?;
+    Ok(stored.into_iter().filter(|k| !needed.contains(k)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_streams_failed_final_prune_leaves_its_state_for_ever() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, "found-final-prune").await?;
+    let mut keys = cut(&stack, SETTINGS, Some(4)).await?;
+    let plan = FaultPlan::new();
+    let a = stack.faulty_detector(SETTINGS, &plan).await?;
+    deliver(&a, &keys[3..4]).await?;
+    // The last chunk's prune fails (a crash there would leave the same).
+    plan.arm(FaultPoint::Prune, 0);
+    keys.extend(cut(&stack, SETTINGS, None).await?);
+    deliver(&a, &keys[4..5]).await?;
+    assert_eq!(plan.fired().len(), 1);
+    let stream = stack.stream().await?;
+    let head = a.detector().await.head(&stream).await?.unwrap();
+    assert!(head.finished && head.prune_pending, "{head:?}");
+    assert!(!unneeded_state(&stack, &stream).await?.is_empty());
+    // Nothing else happens to a finished stream but the chunker's tick: after the
+    // stall period its watch wakes the detector with the last chunk.
+    let clock = TestClock::new();
+    clock.advance(chrono::Duration::seconds(600));
+    let config = stack.config(SETTINGS)?;
+    let chunker = stack.chunker_over(SETTINGS, stack.stores(&config), clock.clone())?;
+    let tick = serde_json::json!({"detail-type": "Scheduled Event"});
+    let r = chunker.handle(&tick, far()).await?;
+    assert_eq!(r.sources[0].kicked, Some(4), "{r:?}");
+    deliver(&stack.detector(SETTINGS).await?, &keys[4..5]).await?;
+    assert_eq!(
+        unneeded_state(&stack, &stream).await?,
+        Vec::<String>::new(),
+        "state objects left after the finished stream's final prune"
+    );
+    let head = a.detector().await.head(&stream).await?.unwrap();
+    assert!(!head.prune_pending && head.failure.is_none(), "{head:?}");
+    // Then the watch is quiet.
+    let r = chunker.handle(&tick, far()).await?;
+    assert_eq!(r.sources[0].kicked, None, "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rebuild_of_a_finished_stream_stays_in_its_head_for_ever() -> Result<()> {
+    // make chaos SEED=11 ONLY=17: a duplicate event for a finished stream reached a
+    // cold container whose rebuild failed twice (transient): the failure was recorded
+    // at chunk "next", which no commit will ever clear.
+    let stack = Stack::start(true).await?;
+    upload(&stack, "found-finished-rebuild").await?;
+    let keys = cut(&stack, SETTINGS, None).await?;
+    deliver(&stack.detector(SETTINGS).await?, &keys[4..5]).await?;
+    let plan = FaultPlan::new();
+    plan.arm(FaultPoint::ReadState, 0);
+    plan.arm(FaultPoint::ReadState, 0);
+    let b = stack.faulty_detector(SETTINGS, &plan).await?;
+    assert!(deliver(&b, &keys[4..5]).await.is_err());
+    assert_eq!(plan.fired().len(), 2);
+    let stream = stack.stream().await?;
+    let head = b.detector().await.head(&stream).await?.unwrap();
+    assert!(
+        head.finished && head.failure.is_none(),
+        "{:?}",
+        head.failure
+    );
     Ok(())
 }

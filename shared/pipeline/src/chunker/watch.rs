@@ -7,7 +7,7 @@
 
 use super::{Chunker, ChunkerError};
 use crate::clock::Clock;
-use crate::store::{ChunkFailure, StateStore};
+use crate::store::{ChunkCursor, ChunkFailure, DetectorHead, StateStore};
 use std::time::Duration;
 use txpipe_core::layout::StreamName;
 
@@ -67,6 +67,9 @@ impl StreamWatch<'_> {
             kicked: None,
             rewritten: 0,
         };
+        if let Some(h) = head.as_ref().filter(|h| h.finished && h.prune_pending) {
+            return Ok(self.wake_for_prune(chunker, &cursor, h, watch).await);
+        }
         if watch.lag == 0 || watch.parked.is_some() || applied >= cut_before {
             return Ok(watch);
         }
@@ -111,13 +114,7 @@ impl StreamWatch<'_> {
             false => applied + 1,
         };
         for k in applied..upto {
-            match chunker.recut(&cursor, k).await {
-                Ok(chunk) => chunker.put(&chunk).await?,
-                // The source was replaced after it was cut: the chunk object, if it is
-                // still there, is written again as it is.
-                Err(e) if e.source_is_gone() => chunker.rewrite_stored(&cursor, k, e).await?,
-                Err(e) => return Err(e),
-            }
+            rewrite(chunker, &cursor, k).await?;
             watch.rewritten += 1;
         }
         tracing::warn!(
@@ -131,5 +128,63 @@ impl StreamWatch<'_> {
         );
         watch.kicked = Some(applied);
         Ok(watch)
+    }
+
+    /// A finished stream whose final prune has not succeeded: its last chunk is
+    /// written again, once per stall period, so the detector gets an event (a
+    /// duplicate it answers by pruning). Best effort: a failure is logged, and the next
+    /// tick tries again.
+    async fn wake_for_prune(
+        &self,
+        chunker: &mut Chunker<'_>,
+        cursor: &ChunkCursor,
+        head: &DetectorHead,
+        mut watch: Watch,
+    ) -> Watch {
+        let Some(last) = head.next_chunk.checked_sub(1) else {
+            return watch;
+        };
+        let now = self.clock.now_ms();
+        let stall = self.stall.as_millis() as i64;
+        if now - head.updated_ms < stall {
+            return watch;
+        }
+        let key = cursor.stream.chunk_key(last);
+        let written = match chunker.objects.head(&chunker.settings().bucket, &key).await {
+            Ok(info) => info.map(|i| i.modified_ms),
+            Err(e) => {
+                tracing::warn!(stream = %cursor.stream, error = %e, "could not look at the finished stream's last chunk");
+                return watch;
+            }
+        };
+        if written.is_some_and(|at| now - at < stall) {
+            return watch;
+        }
+        match rewrite(chunker, cursor, last).await {
+            Ok(()) => {
+                tracing::warn!(stream = %cursor.stream, chunk = last, "the finished stream's old state is not pruned yet: its last chunk written again to wake the detector");
+                watch.kicked = Some(last);
+                watch.rewritten = 1;
+            }
+            Err(e) => {
+                tracing::warn!(stream = %cursor.stream, error = %e, "could not wake the detector to prune the finished stream's old state")
+            }
+        }
+        watch
+    }
+}
+
+/// Writes chunk `k` again, exactly as it was cut (which announces it).
+async fn rewrite(
+    chunker: &mut Chunker<'_>,
+    cursor: &ChunkCursor,
+    k: u64,
+) -> Result<(), ChunkerError> {
+    match chunker.recut(cursor, k).await {
+        Ok(chunk) => chunker.put(&chunk).await,
+        // The source was replaced after it was cut: the chunk object, if it is still
+        // there, is written again as it is.
+        Err(e) if e.source_is_gone() => chunker.rewrite_stored(cursor, k, e).await,
+        Err(e) => Err(e),
     }
 }

@@ -112,7 +112,9 @@ impl Detector {
         st.pinned = None;
         millis.commit = laps.lap();
         let new_snapshot = snapshot.filter(|s| Some(*s) != previous_snapshot);
-        if let Some(snapshot) = new_snapshot {
+        if st.head.prune_pending {
+            self.final_prune(st, stream).await;
+        } else if let Some(snapshot) = new_snapshot {
             self.prune(stream, snapshot).await;
         }
         millis.total = laps.total();
@@ -421,6 +423,7 @@ impl Detector {
                 .encode_pending(&st.engine)
                 .map_err(|e| bad(e.to_string()))?,
             finished: input.last,
+            prune_pending: input.last,
             fingerprint: self.fingerprint.clone(),
             source: input.source.clone().or_else(|| st.head.source.clone()),
             totals: st.engine.totals(),
@@ -445,8 +448,43 @@ impl Detector {
         }
     }
 
+    /// A finished stream keeps only its final snapshot: deletes everything older, then
+    /// clears `prune_pending` in the head (same version, so it cannot undo a commit).
+    /// Until that succeeds the chunker's watch wakes the detector to try again; a
+    /// container whose late write lost to the finished stream tidies up the same way.
+    pub(super) async fn final_prune(&self, st: &mut StreamState, stream: &StreamName) {
+        if let Some(keep) = st.head.snapshot {
+            match self.archive().prune(stream, keep).await {
+                Ok(n) => tracing::info!(%stream, deleted = n, "finished stream: old state pruned"),
+                Err(e) => {
+                    tracing::warn!(%stream, error = %e, "could not prune the finished stream's old state; the chunker's watch wakes the detector to try again");
+                    return;
+                }
+            }
+        }
+        if !st.head.prune_pending {
+            return;
+        }
+        let mut head = st.head.clone();
+        head.prune_pending = false;
+        match self
+            .stores
+            .state
+            .put_head(&head, Some(st.head.version))
+            .await
+        {
+            Ok(Fenced::Written) => st.head = head,
+            // Another container wrote the head meanwhile: the watch looks again.
+            Ok(Fenced::Lost) => {}
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "could not record the finished stream's final prune; the chunker's watch wakes the detector to try again")
+            }
+        }
+    }
+
     /// After a new snapshot is committed: deletes the snapshots and deltas it makes
-    /// unnecessary. Best effort: what is left is caught by the next prune.
+    /// unnecessary. Best effort: what is left is caught by the next prune (or, once the
+    /// stream is finished, by [`Detector::final_prune`]).
     async fn prune(&self, stream: &StreamName, keep: SnapshotRef) {
         match self.archive().prune(stream, keep).await {
             Ok(n) => tracing::info!(%stream, snapshot = keep.next, deleted = n, "old state pruned"),

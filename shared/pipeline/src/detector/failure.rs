@@ -81,6 +81,12 @@ impl Detector {
             report.next_chunk = head.next_chunk;
             return Ok(());
         }
+        // Nothing is left to apply: a failure recorded past the end would stay in the
+        // head for ever (no commit follows to clear it).
+        if head.finished {
+            tracing::warn!(%stream, error = %e, "cannot load the finished stream (the event is a duplicate)");
+            return Err(e);
+        }
         let j = head.next_chunk;
         let reason = format!("rebuilding the stream's state failed: {e}");
         tracing::error!(%stream, chunk = j, %reason, "cannot load the stream");

@@ -402,7 +402,13 @@ impl Detector {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.try_catch_up(stream, upto, deadline, report).await {
+            // After a lost commit, a finished stream may hold what this container wrote
+            // late (a delta after the final prune): the retry tidies it.
+            let tidy = attempts > 1;
+            match self
+                .try_catch_up(stream, upto, deadline, report, tidy)
+                .await
+            {
                 Err(DetectorError::Contended { .. }) if attempts < COMMIT_ATTEMPTS => {
                     tracing::warn!(
                         %stream,
@@ -428,6 +434,7 @@ impl Detector {
         upto: u64,
         deadline: Instant,
         report: &mut CatchUp,
+        tidy: bool,
     ) -> Result<(), DetectorError> {
         // Taken out of the map while in use: an error leaves it out, so the next
         // invocation rebuilds from storage instead of trusting half-applied memory.
@@ -459,6 +466,9 @@ impl Detector {
             report.next_chunk = st.head.next_chunk;
             self.warm.insert(stream.clone(), st);
             return Ok(());
+        }
+        if st.head.finished && (st.head.prune_pending || tidy) {
+            self.final_prune(&mut st, stream).await;
         }
         let cursor = match &st.head.source {
             Some(source) => self.load_cursor(source, stream).await,

@@ -401,6 +401,9 @@ fn head_item(h: &DetectorHead) -> Item {
         item.insert("parked".into(), AttributeValue::Bool(f.parked));
         item.insert("failed_recut".into(), AttributeValue::Bool(f.recut));
     }
+    if h.prune_pending {
+        item.insert("prune_pending".into(), AttributeValue::Bool(true));
+    }
     item
 }
 
@@ -686,6 +689,7 @@ impl StateStore for DynamoTable {
             next_batch: f.number("next_batch")?,
             pending: f.bytes("pending")?,
             finished: f.flag("finished")?,
+            prune_pending: f.has("prune_pending") && f.flag("prune_pending")?,
             fingerprint: f.string("fingerprint")?,
             source: match f.has("source") {
                 true => Some(f.string("source")?),

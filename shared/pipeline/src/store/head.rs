@@ -23,6 +23,10 @@ pub struct DetectorHead {
     pub pending: Vec<u8>,
     /// Whether the end-of-stream chunk has been applied and the last batch flushed.
     pub finished: bool,
+    /// A finished stream whose final prune has not succeeded yet: state objects the
+    /// head does not name may be left. The chunker's watch wakes the detector until
+    /// they are gone (no later snapshot would catch them).
+    pub prune_pending: bool,
     /// Settings fingerprint (thresholds, R, detections per file and importance table)
     /// the state was built with.
     pub fingerprint: String,
@@ -83,6 +87,7 @@ impl DetectorHead {
             next_batch: 0,
             pending: Vec::new(),
             finished: false,
+            prune_pending: false,
             fingerprint: fingerprint.to_string(),
             source: None,
             totals: Totals::default(),
