@@ -136,6 +136,9 @@ struct Figures {
     corrupted: u64,
     /// One event handed to two overlapping containers (S3 may deliver an event twice).
     twice: u64,
+    /// Importance files replaced (and put back), and parks they caused.
+    importance_swaps: u64,
+    settings_parks: u64,
     /// Warm containers whose state was compared with the replay's at the end.
     warm_compared: u64,
     drain_rounds: u64,
@@ -181,6 +184,8 @@ impl Figures {
         self.poison += o.poison;
         self.corrupted += o.corrupted;
         self.twice += o.twice;
+        self.importance_swaps += o.importance_swaps;
+        self.settings_parks += o.settings_parks;
         self.warm_compared += o.warm_compared;
         self.drain_rounds += o.drain_rounds;
         self.bus.add(&o.bus);
@@ -212,6 +217,7 @@ impl Figures {
             ("poison rows", self.poison),
             ("corrupted chunk objects", self.corrupted),
             ("warm states compared", self.warm_compared),
+            ("importance file replaced", self.importance_swaps),
             ("dropped events", b.dropped),
             ("duplicated events", b.duplicated),
             ("delayed events", b.delayed),
@@ -279,6 +285,11 @@ impl Figures {
         );
         let _ = writeln!(
             s,
+            "  importance file replaced and put back {} (parks it caused, resumed {})",
+            self.importance_swaps, self.settings_parks
+        );
+        let _ = writeln!(
+            s,
             "  at the end: warm states equal to the replay's {}, cold rebuilds equal {}; no state object left beyond the head's",
             self.warm_compared, self.schedules
         );
@@ -322,6 +333,7 @@ enum Action {
     ClockStep,
     Corrupt,
     StateFaults,
+    ReplaceImportance,
 }
 
 const WEIGHTS: &[(Action, u32)] = &[
@@ -339,6 +351,7 @@ const WEIGHTS: &[(Action, u32)] = &[
     (Action::ClockStep, 6),
     (Action::Corrupt, 2),
     (Action::StateFaults, 1),
+    (Action::ReplaceImportance, 1),
 ];
 
 /// Every schedule does each of these at least once, at random steps.
@@ -357,6 +370,7 @@ const MANDATORY: &[Action] = &[
     Action::Pause,
     Action::Corrupt,
     Action::StateFaults,
+    Action::ReplaceImportance,
 ];
 
 /// The detector's remote calls, by name: a crash can be aimed at each step boundary.
@@ -586,6 +600,10 @@ struct Schedule<'a> {
     made: u32,
     pg_down_until: Option<u64>,
     refusal: Option<Refusal>,
+    /// The importance file as the stream was built with it.
+    importance: Vec<u8>,
+    /// The step at which a replaced importance file is put back.
+    importance_back_at: Option<u64>,
     step: u64,
     last_head: u64,
     last_cursor: u64,
@@ -714,6 +732,8 @@ impl<'a> Schedule<'a> {
             made: 0,
             pg_down_until: None,
             refusal: None,
+            importance: importance.to_vec(),
+            importance_back_at: None,
             step: 0,
             last_head: 0,
             last_cursor: 0,
@@ -1116,14 +1136,72 @@ impl<'a> Schedule<'a> {
         Ok(())
     }
 
-    /// Things that end by themselves: Postgres comes back; an operator resumes a
-    /// stream parked on the refused chunk.
+    /// Puts the original importance file back, as an operator would after the alarm.
+    async fn restore_importance(&mut self) -> Result<()> {
+        if self.importance_back_at.take().is_some() {
+            self.stack
+                .put(IMPORTANCE_KEY, self.importance.clone())
+                .await?;
+            self.note("the importance file restored".into());
+        }
+        Ok(())
+    }
+
+    /// A stream parked because a container ran with the replaced importance file is
+    /// resumed once the file is back (`txpipe resume`). Whether it was.
+    async fn resume_settings_park(&mut self) -> Result<bool> {
+        let head = self.head().await?;
+        let parked = head.as_ref().and_then(|h| h.parked());
+        let Some(p) = parked.filter(|p| p.reason.contains("was built with settings")) else {
+            return Ok(false);
+        };
+        if self.importance_back_at.is_some() || self.fig.importance_swaps == 0 {
+            return Ok(false);
+        }
+        let chunk = p.chunk;
+        self.fig.parked += 1;
+        self.fig.settings_parks += 1;
+        let out = txpipe_cli::operate::resume(
+            &self.stack.local.clients,
+            &self.config,
+            Some(self.stream.clone()),
+            false,
+        )
+        .await?;
+        self.fig.resumed += 1;
+        self.note(format!(
+            "parked at chunk {chunk} by the replaced importance file; resumed: {}",
+            out.trim().replace('\n', "; ")
+        ));
+        if let Some(key) = out
+            .split("wrote ")
+            .nth(1)
+            .and_then(|rest| rest.split(" again").next())
+        {
+            self.bus
+                .announce(key.to_string(), &mut self.bus_rng, &self.chaos);
+        }
+        Ok(true)
+    }
+
+    /// Things that end by themselves: Postgres comes back; the importance file is put
+    /// back; an operator resumes a stream parked on the refused chunk or on the
+    /// replaced importance file.
     async fn housekeeping(&mut self, rng: &mut impl Rng) -> Result<()> {
         if self.pg_down_until.is_some_and(|s| self.step >= s) {
             self.pg_resume().await?;
         }
+        if self.importance_back_at.is_some_and(|s| self.step >= s) {
+            self.restore_importance().await?;
+        }
+        if self.resume_settings_park().await? {
+            return Ok(());
+        }
         if self.refusal.is_some() && self.pg_down_until.is_none() && rng.gen_bool(0.7) {
-            let parked = self.head().await?.is_some_and(|h| h.parked().is_some());
+            let parked = self.head().await?.is_some_and(|h| {
+                h.parked()
+                    .is_some_and(|p| !p.reason.contains("was built with settings"))
+            });
             if parked {
                 self.lift_refusal().await?;
             }
@@ -1198,6 +1276,30 @@ impl<'a> Schedule<'a> {
                 let deadline = Self::deadline(rng);
                 self.invoke(i, keys, deadline, Some((strike, mode)), true, rng)
                     .await?;
+            }
+            Action::ReplaceImportance => {
+                if self.importance_back_at.is_none() {
+                    // One weight changed: containers that load it must refuse the
+                    // stream, never apply chunks with other weights.
+                    let text = String::from_utf8_lossy(&self.importance).into_owned();
+                    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+                    if let Some(row) = lines.get_mut(1) {
+                        let mut fields: Vec<String> = row.split(',').map(str::to_string).collect();
+                        if fields.len() > 2 {
+                            fields[2] = "99.99".into();
+                        }
+                        *row = fields.join(",");
+                    }
+                    self.stack
+                        .put(IMPORTANCE_KEY, (lines.join("\n") + "\n").into_bytes())
+                        .await?;
+                    let back = self.step + rng.gen_range(1..=4);
+                    self.importance_back_at = Some(back);
+                    self.fig.importance_swaps += 1;
+                    self.note(format!(
+                        "the importance file replaced (one weight changed) until step {back}"
+                    ));
+                }
             }
             Action::StateFaults => {
                 // A cold container whose rebuild fails once; every live container's
@@ -1419,6 +1521,7 @@ impl<'a> Schedule<'a> {
         for c in &self.containers {
             c.switch.disarm();
         }
+        self.restore_importance().await?;
         let faulty_rounds = self.reference.chunks;
         let bound = faulty_rounds + 6 * self.reference.chunks + 60;
         for round in 0..bound {
@@ -1479,6 +1582,9 @@ impl<'a> Schedule<'a> {
                         self.pg_resume().await?;
                     }
                     return Ok(());
+                }
+                if h.parked().is_some() && self.resume_settings_park().await? {
+                    continue;
                 }
                 if let Some(p) = h.parked() {
                     match &self.refusal {

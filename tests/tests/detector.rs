@@ -695,6 +695,39 @@ async fn a_chunk_that_is_not_what_was_cut_is_recut_not_applied() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_from_another_source_is_never_mixed_into_the_stream() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let data = data()?;
+    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let stream = stack.stream().await?;
+    let objects = stack.local.objects();
+    let detector = stack.detector(SMALL).await?;
+    deliver(&detector, &keys[0..1]).await?;
+    // A chunk written under this stream's name by another source (a name collision).
+    let stored = objects.get(BUCKET, &keys[1]).await?.expect("chunk 1");
+    let metadata: Vec<(&str, String)> = stored
+        .metadata
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "txpipe-source" => (k.as_str(), "s3://other-bucket/other.csv".to_string()),
+            _ => (k.as_str(), v.clone()),
+        })
+        .collect();
+    objects
+        .put(BUCKET, &keys[1], stored.bytes.clone(), &metadata)
+        .await?;
+    assert!(deliver(&detector, &keys[1..2]).await.is_err());
+    let h = head(&detector, &stream).await?;
+    assert_eq!(h.next_chunk, 1, "nothing of chunk 1 applied");
+    let failure = h.failure.expect("the refusal is recorded");
+    assert!(
+        !failure.recut && failure.reason.contains("two sources share one stream name"),
+        "{failure:?}"
+    );
+    Ok(())
+}
+
 async fn tick_kicked(chunker: &txpipe::chunker::ChunkerService) -> Result<Option<u64>> {
     Ok(chunker.handle(&serde_json::json!({}), far()).await?.sources[0].kicked)
 }

@@ -70,6 +70,17 @@ impl Detector {
         let Some(input) = self.read_chunk(stream, j, first_row, source_etag).await? else {
             return Ok(None);
         };
+        // Stream names carry a 64-bit hash of the source: should two sources ever
+        // share one, their chunks must not mix. A re-cut would not cure it: refused
+        // as permanent, so the stream parks with the reason.
+        if let (Some(got), Some(want)) = (&input.source, &st.head.source) {
+            if got != want {
+                return Err(DetectorError::State {
+                    stream: stream.clone(),
+                    why: format!("chunk {j} was cut from {got}, but the stream was built from {want}: two sources share one stream name; move one of them to another key"),
+                });
+            }
+        }
         millis.read = laps.lap();
         self.sink
             .ready()

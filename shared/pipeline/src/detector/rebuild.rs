@@ -13,11 +13,22 @@ impl Detector {
     /// the head and pruned what this one was reading (a state object "missing" only
     /// because the head read first is no longer the head). A failure that repeats
     /// on a fresh read is the stream's.
+    ///
+    /// A stream built with another importance file is tried again once this container
+    /// has read the file again, if it changed since the container loaded it: a file
+    /// replaced by mistake and then restored must not leave the containers started in
+    /// between refusing for ever.
     pub(super) async fn rebuild_settled(
-        &self,
+        &mut self,
         stream: &StreamName,
     ) -> Result<StreamState, DetectorError> {
         match self.rebuild(stream).await {
+            Err(e @ DetectorError::SettingsChanged { .. }) => {
+                match self.reload_importance().await {
+                    true => self.rebuild(stream).await,
+                    false => Err(e),
+                }
+            }
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "rebuilding failed; reading the head again");
                 self.rebuild(stream).await
@@ -93,6 +104,33 @@ impl Detector {
             batcher,
             pinned,
         })
+    }
+
+    /// Reads the importance file again; when its bytes changed, this container takes
+    /// it (and forgets every warm stream, built with the old one). Whether it changed.
+    async fn reload_importance(&mut self) -> bool {
+        let fresh = Detector::load(
+            self.stores.clone(),
+            self.sink.clone(),
+            self.settings.clone(),
+            self.clock.clone(),
+        )
+        .await;
+        match fresh {
+            Ok(fresh) if fresh.fingerprint != self.fingerprint => {
+                tracing::warn!(was = %self.fingerprint, now = %fresh.fingerprint, "the importance file changed since this container loaded it: loaded again");
+                self.importance = fresh.importance;
+                self.importance_rejected = fresh.importance_rejected;
+                self.fingerprint = fresh.fingerprint;
+                self.warm.clear();
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the importance file again");
+                false
+            }
+        }
     }
 
     pub(super) fn new_engine(&self) -> Engine {
