@@ -699,11 +699,12 @@ async fn a_chunk_that_is_not_what_was_cut_is_recut_not_applied() -> Result<()> {
 async fn a_chunk_from_another_source_is_never_mixed_into_the_stream() -> Result<()> {
     let stack = Stack::start(true).await?;
     let data = data()?;
-    let keys = chunk(&stack, SOURCE_KEY, &data).await?;
+    let mut keys = chunk_some(&stack, SOURCE_KEY, &data, Some(1)).await?;
     let stream = stack.stream().await?;
     let objects = stack.local.objects();
     let detector = stack.detector(SMALL).await?;
     deliver(&detector, &keys[0..1]).await?;
+    keys.extend(chunk(&stack, SOURCE_KEY, &data).await?);
     // A chunk written under this stream's name by another source (a name collision).
     let stored = objects.get(BUCKET, &keys[1]).await?.expect("chunk 1");
     let metadata: Vec<(&str, String)> = stored
@@ -725,6 +726,43 @@ async fn a_chunk_from_another_source_is_never_mixed_into_the_stream() -> Result<
         !failure.recut && failure.reason.contains("two sources share one stream name"),
         "{failure:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_loaded_a_replaced_importance_file_takes_it_back() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    let data = data()?;
+    let mut keys = chunk_some(&stack, SOURCE_KEY, &data, Some(1)).await?;
+    deliver(&stack.detector(SMALL).await?, &keys[0..1]).await?;
+    keys.extend(chunk(&stack, SOURCE_KEY, &data).await?);
+    // The importance file is replaced by mistake (one weight changed); a container
+    // that starts now must refuse the stream.
+    let text = String::from_utf8(data.importance.clone())?;
+    let changed = text.replacen(
+        text.lines().nth(1).unwrap_or_default(),
+        &text
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .replacen(',', ",X", 2),
+        1,
+    );
+    assert_ne!(changed, text);
+    stack.put(IMPORTANCE_KEY, changed.into_bytes()).await?;
+    let late = stack.detector(SMALL).await?;
+    let refused = deliver(&late, &keys[1..2]).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("was built with settings")),
+        "{refused:?}"
+    );
+    // Put back: the same container applies the stream (it used to refuse until the
+    // container was recycled).
+    stack.put(IMPORTANCE_KEY, data.importance.clone()).await?;
+    let reply = deliver(&late, &keys[1..2]).await?;
+    assert_eq!(reply.streams[0].next_chunk, keys.len() as u64, "{reply:?}");
     Ok(())
 }
 
