@@ -1278,7 +1278,9 @@ impl<'a> Schedule<'a> {
                     .await?;
             }
             Action::ReplaceImportance => {
-                if self.importance_back_at.is_none() {
+                // Once a detector took the stream up (its head pins the file): before,
+                // the replaced file would rightly become the stream's own.
+                if self.importance_back_at.is_none() && self.head().await?.is_some() {
                     // One weight changed: containers that load it must refuse the
                     // stream, never apply chunks with other weights.
                     let text = String::from_utf8_lossy(&self.importance).into_owned();
