@@ -1839,7 +1839,9 @@ fn error_kind(e: &DetectorError) -> String {
         "injected fault".into()
     } else if text.contains("23514") {
         "sink refused".into()
-    } else if matches!(e, DetectorError::Sink(_)) {
+    } else if text.contains("was built with settings") {
+        "refused: built with another importance file".into()
+    } else if matches!(e, DetectorError::Sink(_)) || text.contains("Connection refused") {
         "Postgres unavailable".into()
     } else if matches!(e, DetectorError::Contended { .. }) {
         "commit contended".into()
