@@ -532,8 +532,8 @@ fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<Poison>) {
     }
     let header = lines.remove(0);
     // Each line, with (records, what) when it is poison.
-    let mut rows: Vec<(Vec<u8>, Option<(u64, &'static str)>)> =
-        lines.iter().map(|l| (l.to_vec(), None)).collect();
+    type Line = (Vec<u8>, Option<(u64, &'static str)>);
+    let mut rows: Vec<Line> = lines.iter().map(|l| (l.to_vec(), None)).collect();
     let mut stray_quote = false;
     for _ in 0..rng.gen_range(1..=3) {
         let mut pick = || lines[rng.gen_range(0..lines.len())].to_vec();
