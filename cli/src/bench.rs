@@ -105,6 +105,8 @@ pub async fn detector_phase() -> Result<()> {
     let mut millis = Vec::new();
     let mut requests = Vec::new();
     let mut delta_kib = Vec::new();
+    // The slowest chunk, step by step: a p99 over a few dozen chunks is that one chunk.
+    let mut slowest: Option<(u64, txpipe::detector::StepMillis)> = None;
     let started = Instant::now();
     let mut reload_mid = None;
     for (i, key) in keys.iter().enumerate() {
@@ -126,6 +128,9 @@ pub async fn detector_phase() -> Result<()> {
             millis.push(a.millis.total as f64);
             requests.push(a.requests as f64);
             delta_kib.push(a.delta_bytes as f64 / 1024.0);
+            if slowest.is_none_or(|(_, m)| a.millis.total > m.total) {
+                slowest = Some((a.chunk, a.millis));
+            }
         }
     }
     let detect_wall = started.elapsed();
@@ -143,6 +148,19 @@ pub async fn detector_phase() -> Result<()> {
         percentile(&requests, 0.5),
         percentile(&requests, 1.0),
     );
+    if let Some((k, m)) = slowest {
+        println!(
+            "slowest   chunk {k}: {} ms = read {} + apply {} + detection files {} + Postgres {} + snapshot {} + commit {} (+ {} prune and the rest)",
+            m.total,
+            m.read,
+            m.apply,
+            m.s3,
+            m.sink,
+            m.snapshot,
+            m.commit,
+            m.total.saturating_sub(m.read + m.apply + m.s3 + m.sink + m.snapshot + m.commit)
+        );
+    }
     if let Some((t, next)) = reload_mid {
         println!(
             "reload    cold start before the last chunk (snapshot + deltas up to chunk {next}): {:.0} ms",
