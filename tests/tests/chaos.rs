@@ -139,6 +139,9 @@ struct Figures {
     /// Importance files replaced (and put back), and parks they caused.
     importance_swaps: u64,
     settings_parks: u64,
+    source_swaps: u64,
+    /// Chunker ticks that failed (loudly) while the source was overwritten.
+    source_refusals: u64,
     /// Warm containers whose state was compared with the replay's at the end.
     warm_compared: u64,
     drain_rounds: u64,
@@ -185,6 +188,8 @@ impl Figures {
         self.corrupted += o.corrupted;
         self.twice += o.twice;
         self.importance_swaps += o.importance_swaps;
+        self.source_swaps += o.source_swaps;
+        self.source_refusals += o.source_refusals;
         self.settings_parks += o.settings_parks;
         self.warm_compared += o.warm_compared;
         self.drain_rounds += o.drain_rounds;
@@ -218,6 +223,11 @@ impl Figures {
             ("corrupted chunk objects", self.corrupted),
             ("warm states compared", self.warm_compared),
             ("importance file replaced", self.importance_swaps),
+            ("source file overwritten", self.source_swaps),
+            (
+                "ticks refused by an overwritten source",
+                self.source_refusals,
+            ),
             ("dropped events", b.dropped),
             ("duplicated events", b.duplicated),
             ("delayed events", b.delayed),
@@ -285,8 +295,8 @@ impl Figures {
         );
         let _ = writeln!(
             s,
-            "  importance file replaced and put back {} (parks it caused, resumed {})",
-            self.importance_swaps, self.settings_parks
+            "  importance file replaced and put back {} (parks it caused, resumed {}); source file overwritten and put back {} (ticks refused meanwhile {})",
+            self.importance_swaps, self.settings_parks, self.source_swaps, self.source_refusals
         );
         let _ = writeln!(
             s,
@@ -334,6 +344,7 @@ enum Action {
     Corrupt,
     StateFaults,
     ReplaceImportance,
+    ReplaceSource,
 }
 
 const WEIGHTS: &[(Action, u32)] = &[
@@ -352,6 +363,7 @@ const WEIGHTS: &[(Action, u32)] = &[
     (Action::Corrupt, 2),
     (Action::StateFaults, 1),
     (Action::ReplaceImportance, 1),
+    (Action::ReplaceSource, 1),
 ];
 
 /// Every schedule does each of these at least once, at random steps.
@@ -371,6 +383,7 @@ const MANDATORY: &[Action] = &[
     Action::Corrupt,
     Action::StateFaults,
     Action::ReplaceImportance,
+    Action::ReplaceSource,
 ];
 
 /// The detector's remote calls, by name: a crash can be aimed at each step boundary.
@@ -604,6 +617,9 @@ struct Schedule<'a> {
     importance: Vec<u8>,
     /// The step at which a replaced importance file is put back.
     importance_back_at: Option<u64>,
+    /// The source as cut, and the step at which a replaced source is put back.
+    source: Vec<u8>,
+    source_back_at: Option<u64>,
     step: u64,
     last_head: u64,
     last_cursor: u64,
@@ -734,6 +750,8 @@ impl<'a> Schedule<'a> {
             refusal: None,
             importance: importance.to_vec(),
             importance_back_at: None,
+            source: source.clone(),
+            source_back_at: None,
             step: 0,
             last_head: 0,
             last_cursor: 0,
@@ -1053,6 +1071,12 @@ impl<'a> Schedule<'a> {
             Ok(Ok(mut response)) => {
                 // One source per schedule.
                 let r = response.sources.remove(0);
+                if self.source_back_at.is_some() && !r.chunks.is_empty() {
+                    return Err(self.failure(format!(
+                        "the chunker cut chunks {:?} from the overwritten source",
+                        r.chunks
+                    )));
+                }
                 self.fig.backpressure += r.backpressure_waits;
                 if r.kicked.is_some() {
                     self.fig.kicks += 1;
@@ -1064,6 +1088,9 @@ impl<'a> Schedule<'a> {
             }
             Ok(Err(e)) => {
                 *self.fig.errors.entry("chunker".to_string()).or_default() += 1;
+                if self.source_back_at.is_some() {
+                    self.fig.source_refusals += 1;
+                }
                 self.note(format!("chunker ({budget_ms} ms): error {e}"));
             }
         }
@@ -1147,6 +1174,16 @@ impl<'a> Schedule<'a> {
         Ok(())
     }
 
+    /// Puts the source file back as it was (same bytes, so the same ETag).
+    async fn restore_source(&mut self) -> Result<()> {
+        if self.source_back_at.take().is_some() {
+            let (key, bytes) = (self.source_key.clone(), self.source.clone());
+            self.stack.put(&key, bytes).await?;
+            self.note("the source file restored".into());
+        }
+        Ok(())
+    }
+
     /// A stream parked because a container ran with the replaced importance file is
     /// resumed once the file is back (`txpipe resume`). Whether it was.
     async fn resume_settings_park(&mut self) -> Result<bool> {
@@ -1193,6 +1230,9 @@ impl<'a> Schedule<'a> {
         }
         if self.importance_back_at.is_some_and(|s| self.step >= s) {
             self.restore_importance().await?;
+        }
+        if self.source_back_at.is_some_and(|s| self.step >= s) {
+            self.restore_source().await?;
         }
         if self.resume_settings_park().await? {
             return Ok(());
@@ -1300,6 +1340,32 @@ impl<'a> Schedule<'a> {
                     self.fig.importance_swaps += 1;
                     self.note(format!(
                         "the importance file replaced (one weight changed) until step {back}"
+                    ));
+                }
+            }
+            Action::ReplaceSource => {
+                // The source overwritten (its last digit changed) for a few steps, then
+                // put back: cutting must stop loudly meanwhile and never mix the two
+                // versions; re-cuts of chunks the detector needs must still work.
+                // While it is being cut (a finished stream's source replaced starts
+                // another stream: a different scenario).
+                let cutting = self.cursor().await?.is_some_and(|c| !c.finished);
+                if self.source_back_at.is_none() && cutting {
+                    let mut changed = self.source.clone();
+                    if let Some(at) = changed.iter().rposition(u8::is_ascii_digit) {
+                        changed[at] = if changed[at] == b'9' {
+                            b'8'
+                        } else {
+                            changed[at] + 1
+                        };
+                    }
+                    let key = self.source_key.clone();
+                    self.stack.put(&key, changed).await?;
+                    let back = self.step + rng.gen_range(1..=4);
+                    self.source_back_at = Some(back);
+                    self.fig.source_swaps += 1;
+                    self.note(format!(
+                        "the source file overwritten (one digit changed) until step {back}"
                     ));
                 }
             }
@@ -1524,6 +1590,7 @@ impl<'a> Schedule<'a> {
             c.switch.disarm();
         }
         self.restore_importance().await?;
+        self.restore_source().await?;
         let faulty_rounds = self.reference.chunks;
         let bound = faulty_rounds + 6 * self.reference.chunks + 60;
         for round in 0..bound {
