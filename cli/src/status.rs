@@ -39,6 +39,8 @@ pub struct Status {
     pub detections: [u64; 3],
     /// The detector is done (end-of-stream applied).
     pub detector_finished: bool,
+    /// The finished stream's final prune has not succeeded yet.
+    pub prune_pending: bool,
     /// Head version and snapshot.
     pub head: Option<(u64, Option<SnapshotRef>)>,
     /// The next chunk's failed attempts, parked or not.
@@ -104,10 +106,10 @@ impl Status {
             self.lag(),
             self.rows.0,
             self.rows.1,
-            if self.detector_finished {
-                ", finished"
-            } else {
-                ""
+            match (self.detector_finished, self.prune_pending) {
+                (true, true) => ", finished (its old state not pruned yet: the chunker's watch wakes the detector to prune it)",
+                (true, false) => ", finished",
+                _ => "",
             }
         );
         if !self.chunker_finished && self.max_lag_chunks > 0 && self.lag() >= self.max_lag_chunks {
@@ -296,6 +298,7 @@ pub async fn read_status(
         status.rows = (h.totals.rows, h.totals.rejected);
         status.detections = h.totals.detections;
         status.detector_finished = h.finished;
+        status.prune_pending = h.prune_pending;
         status.head = Some((h.version, h.snapshot));
         status.failure = h.failure;
     }

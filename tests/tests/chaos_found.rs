@@ -255,11 +255,15 @@ async fn a_finished_streams_failed_final_prune_leaves_its_state_for_ever() -> Re
     let head = a.detector().await.head(&stream).await?.unwrap();
     assert!(head.finished && head.prune_pending, "{head:?}");
     assert!(!unneeded_state(&stack, &stream).await?.is_empty());
+    let config = stack.config(SETTINGS)?;
+    let status = txpipe_cli::status::read_status(&stack.local.clients, &config, SOURCE_KEY, None)
+        .await?
+        .render();
+    assert!(status.contains("old state not pruned yet"), "{status}");
     // Nothing else happens to a finished stream but the chunker's tick: after the
     // stall period its watch wakes the detector with the last chunk.
     let clock = TestClock::new();
     clock.advance(chrono::Duration::seconds(600));
-    let config = stack.config(SETTINGS)?;
     let chunker = stack.chunker_over(SETTINGS, stack.stores(&config), clock.clone())?;
     let tick = serde_json::json!({"detail-type": "Scheduled Event"});
     let r = chunker.handle(&tick, far()).await?;
