@@ -679,7 +679,8 @@ async fn a_chunk_that_is_not_what_was_cut_is_recut_not_applied() -> Result<()> {
     // Refused four times: a tick writes it again from the source (at once when the
     // object is older than the first refusal; S3 dates objects to the second, so past
     // the back-off wait too, to be sure of the outcome either way).
-    clock.advance(chrono::Duration::seconds(1000));
+    // (four failures: up to 16 stall periods of 90 s).
+    clock.advance(chrono::Duration::seconds(16 * 90 + 60));
     assert_eq!(tick_kicked(&chunker).await?, Some(1));
     assert_eq!(stack.get(&keys[1]).await?, Some(original.clone()));
     deliver(&detector, &keys[1..2]).await?;
