@@ -13,7 +13,7 @@ use txpipe::config::{Config, EnvVars};
 use txpipe::detector::{ChunkSink, DetectorResponse, DetectorService};
 use txpipe::layout::StreamName;
 use txpipe::setup::Stores;
-use txpipe::store::ObjectStore;
+use txpipe::store::{DetectorHead, ObjectStore};
 use txpipe_testkit::faults::{FaultPlan, FaultyObjects, FaultySink, FaultyState};
 use txpipe_testkit::LocalStack;
 
@@ -176,6 +176,22 @@ impl Stack {
     /// Keys under a prefix, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         Ok(self.local.objects().list(BUCKET, prefix).await?)
+    }
+
+    /// The stream's state objects that `head` does not name (none once pruned).
+    pub async fn unneeded_state(
+        &self,
+        stream: &StreamName,
+        head: &DetectorHead,
+    ) -> Result<Vec<String>> {
+        let mut needed: Vec<String> = (head.snapshot.map_or(0, |s| s.next)..head.next_chunk)
+            .map(|k| stream.delta_key(k))
+            .collect();
+        if let Some(s) = head.snapshot {
+            needed.extend((0..s.parts).map(|i| stream.snapshot_part_key(s.next, i)));
+        }
+        let stored = self.list(&stream.state_prefix()).await?;
+        Ok(stored.into_iter().filter(|k| !needed.contains(k)).collect())
     }
 
     /// A Postgres client.

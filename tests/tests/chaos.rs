@@ -1138,6 +1138,13 @@ impl<'a> Schedule<'a> {
                 p.chunk, p.attempts, p.reason, r.chunk, self.park_after
             )));
         }
+        self.operator_resumes(&format!("sink refusal of chunk {} lifted", r.chunk))
+            .await
+    }
+
+    /// The operator runs `txpipe resume`, which writes the parked chunk again: S3
+    /// announces that write.
+    async fn operator_resumes(&mut self, why: &str) -> Result<()> {
         self.fig.parked += 1;
         let out = txpipe_cli::operate::resume(
             &self.stack.local.clients,
@@ -1148,8 +1155,7 @@ impl<'a> Schedule<'a> {
         .await?;
         self.fig.resumed += 1;
         self.note(format!(
-            "sink refusal of chunk {} lifted; resumed: {}",
-            r.chunk,
+            "{why}; resumed: {}",
             out.trim().replace('\n', "; ")
         ));
         if let Some(key) = out
@@ -1195,29 +1201,12 @@ impl<'a> Schedule<'a> {
         if self.importance_back_at.is_some() || self.fig.importance_swaps == 0 {
             return Ok(false);
         }
-        let chunk = p.chunk;
-        self.fig.parked += 1;
+        let why = format!(
+            "parked at chunk {} by the replaced importance file",
+            p.chunk
+        );
         self.fig.settings_parks += 1;
-        let out = txpipe_cli::operate::resume(
-            &self.stack.local.clients,
-            &self.config,
-            Some(self.stream.clone()),
-            false,
-        )
-        .await?;
-        self.fig.resumed += 1;
-        self.note(format!(
-            "parked at chunk {chunk} by the replaced importance file; resumed: {}",
-            out.trim().replace('\n', "; ")
-        ));
-        if let Some(key) = out
-            .split("wrote ")
-            .nth(1)
-            .and_then(|rest| rest.split(" again").next())
-        {
-            self.bus
-                .announce(key.to_string(), &mut self.bus_rng, &self.chaos);
-        }
+        self.operator_resumes(&why).await?;
         Ok(true)
     }
 
@@ -1766,20 +1755,7 @@ impl<'a> Schedule<'a> {
                 want.len()
             )));
         }
-        let mut needed: Vec<String> = (head.snapshot.map_or(0, |s| s.next)..head.next_chunk)
-            .map(|k| self.stream.delta_key(k))
-            .collect();
-        if let Some(s) = head.snapshot {
-            needed.extend((0..s.parts).map(|i| self.stream.snapshot_part_key(s.next, i)));
-        }
-        let left: Vec<String> = self
-            .plain
-            .objects
-            .list(BUCKET, &self.stream.state_prefix())
-            .await?
-            .into_iter()
-            .filter(|k| !needed.contains(k))
-            .collect();
+        let left = self.stack.unneeded_state(&self.stream, head).await?;
         if !left.is_empty() {
             return Err(self.failure(format!(
                 "the finished stream keeps state objects its head does not need: {left:?}"

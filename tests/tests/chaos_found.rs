@@ -20,6 +20,9 @@
 //!    comes to prune again, so the stream's old deltas and snapshots stay for ever.
 //! 5. `a_failed_rebuild_of_a_finished_stream_stays_in_its_head_for_ever`
 //!    (`make chaos SEED=11 ONLY=17`): a failure recorded past a finished stream's end.
+//! 6. `a_late_delta_after_the_final_prune_is_tidied_by_its_writer`: a container paused
+//!    before the last chunk's delta writes it after another finished and pruned the
+//!    stream; it loses, and its retry must delete what it left.
 
 use anyhow::Result;
 use std::sync::Arc;
@@ -220,7 +223,7 @@ async fn a_late_prune_deletes_the_snapshot_a_newer_head_names() -> Result<()> {
     Ok(())
 }
 
-/// The stream's state objects that its head does not name.
+/// The stream's state objects that its stored head does not name.
 async fn unneeded_state(stack: &Stack, stream: &txpipe::layout::StreamName) -> Result<Vec<String>> {
     let head = stack
         .stores(&stack.config(SETTINGS)?)
@@ -228,14 +231,7 @@ async fn unneeded_state(stack: &Stack, stream: &txpipe::layout::StreamName) -> R
         .load_head(stream)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no head"))?;
-    let mut needed: Vec<String> = (head.snapshot.map_or(0, |s| s.next)..head.next_chunk)
-        .map(|k| stream.delta_key(k))
-        .collect();
-    if let Some(s) = head.snapshot {
-        needed.extend((0..s.parts).map(|i| stream.snapshot_part_key(s.next, i)));
-    }
-    let stored = stack.list(&stream.state_prefix()).await?;
-    Ok(stored.into_iter().filter(|k| !needed.contains(k)).collect())
+    stack.unneeded_state(stream, &head).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,6 +299,43 @@ async fn a_failed_rebuild_of_a_finished_stream_stays_in_its_head_for_ever() -> R
         head.finished && head.failure.is_none(),
         "{:?}",
         head.failure
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delta_after_the_final_prune_is_tidied_by_its_writer() -> Result<()> {
+    let stack = Stack::start(true).await?;
+    upload(&stack, "found-late-delta").await?;
+    let clock = TestClock::new();
+    let keys = cut(&stack, SETTINGS, None).await?;
+    // Container A applies chunks 0..=3, then is paused just before it writes the last
+    // chunk's delta.
+    let (sa, sb) = (CrashSwitch::new(), CrashSwitch::new());
+    let a = switched(&stack, &sa, &clock, SETTINGS).await?;
+    let b = switched(&stack, &sb, &clock, SETTINGS).await?;
+    sa.arm_op("put delta", 4, CrashMode::Hold);
+    let event = object_created(BUCKET, &keys[4..5]);
+    let fa = a.handle(&event, Instant::now() + Duration::from_secs(20));
+    tokio::pin!(fa);
+    tokio::select! {
+        r = &mut fa => panic!("A was not held: {:?}", r.map(|r| r.streams)),
+        trip = sa.tripped() => assert_eq!(trip.op, "put delta"),
+    }
+    // Past A's lease, B finishes the stream and prunes everything but the final
+    // snapshot (the last chunk's delta included).
+    clock.advance(chrono::Duration::seconds(60));
+    deliver(&b, &keys[4..5]).await?;
+    let stream = stack.stream().await?;
+    assert_eq!(unneeded_state(&stack, &stream).await?, Vec::<String>::new());
+    // A goes on: its delta lands after the prune, its outputs lose to B's, and it
+    // retries against the finished stream.
+    sa.release();
+    let _ = fa.await;
+    assert_eq!(
+        unneeded_state(&stack, &stream).await?,
+        Vec::<String>::new(),
+        "the late writer left its delta behind"
     );
     Ok(())
 }
