@@ -700,8 +700,7 @@ async fn a_chunk_that_is_not_what_was_cut_is_recut_not_applied() -> Result<()> {
 async fn a_chunk_from_another_source_is_never_mixed_into_the_stream() -> Result<()> {
     let stack = Stack::start(true).await?;
     let data = data()?;
-    let detector = stack.detector(SMALL).await?;
-    let keys = first_chunk_applied(&stack, &data, &detector).await?;
+    let (keys, detector) = first_chunk_applied(&stack, &data).await?;
     let stream = stack.stream().await?;
     let objects = stack.local.objects();
     // A chunk written under this stream's name by another source (a name collision).
@@ -732,7 +731,7 @@ async fn a_chunk_from_another_source_is_never_mixed_into_the_stream() -> Result<
 async fn a_container_that_loaded_a_replaced_importance_file_takes_it_back() -> Result<()> {
     let stack = Stack::start(true).await?;
     let data = data()?;
-    let keys = first_chunk_applied(&stack, &data, &stack.detector(SMALL).await?).await?;
+    let (keys, _) = first_chunk_applied(&stack, &data).await?;
     // The importance file is replaced by mistake (one weight changed); a container
     // that starts now must refuse the stream.
     let text = String::from_utf8(data.importance.clone())?;
@@ -763,17 +762,14 @@ async fn a_container_that_loaded_a_replaced_importance_file_takes_it_back() -> R
     Ok(())
 }
 
-/// Cuts chunk 0, has `detector` apply it, then cuts the rest (not applied): every
-/// chunk's key.
-async fn first_chunk_applied(
-    stack: &Stack,
-    data: &Data,
-    detector: &DetectorService,
-) -> Result<Vec<String>> {
+/// Cuts chunk 0, has a new container apply it, then cuts the rest (not applied):
+/// every chunk's key, and the container.
+async fn first_chunk_applied(stack: &Stack, data: &Data) -> Result<(Vec<String>, DetectorService)> {
     let mut keys = chunk_some(stack, SOURCE_KEY, data, Some(1)).await?;
-    deliver(detector, &keys[0..1]).await?;
+    let detector = stack.detector(SMALL).await?;
+    deliver(&detector, &keys[0..1]).await?;
     keys.extend(chunk(stack, SOURCE_KEY, data).await?);
-    Ok(keys)
+    Ok((keys, detector))
 }
 
 async fn tick_kicked(chunker: &txpipe::chunker::ChunkerService) -> Result<Option<u64>> {
