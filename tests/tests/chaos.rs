@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-use txpipe::chunker::ChunkerService;
+use txpipe::chunker::{close_stream, ChunkerService};
 use txpipe::config::Config;
 use txpipe::detector::{DetectorError, DetectorResponse, DetectorService};
 use txpipe::layout::StreamName;
@@ -140,6 +140,11 @@ struct Figures {
     importance_swaps: u64,
     settings_parks: u64,
     source_swaps: u64,
+    /// Schedules over an input prefix, files that joined their stream while it ran,
+    /// and streams closed by the operator.
+    prefix_schedules: u64,
+    files_joined: u64,
+    closed: u64,
     /// Chunker ticks that failed (loudly) while the source was overwritten.
     source_refusals: u64,
     /// Warm containers whose state was compared with the replay's at the end.
@@ -189,6 +194,9 @@ impl Figures {
         self.twice += o.twice;
         self.importance_swaps += o.importance_swaps;
         self.source_swaps += o.source_swaps;
+        self.prefix_schedules += o.prefix_schedules;
+        self.files_joined += o.files_joined;
+        self.closed += o.closed;
         self.source_refusals += o.source_refusals;
         self.settings_parks += o.settings_parks;
         self.warm_compared += o.warm_compared;
@@ -224,6 +232,9 @@ impl Figures {
             ("warm states compared", self.warm_compared),
             ("importance file replaced", self.importance_swaps),
             ("source file overwritten", self.source_swaps),
+            ("schedules over an input prefix", self.prefix_schedules),
+            ("files joining a running prefix stream", self.files_joined),
+            ("prefix streams closed", self.closed),
             (
                 "ticks refused by an overwritten source",
                 self.source_refusals,
@@ -300,6 +311,11 @@ impl Figures {
         );
         let _ = writeln!(
             s,
+            "  schedules over an input prefix {}: files joined while the stream ran {}, streams closed by the operator {}",
+            self.prefix_schedules, self.files_joined, self.closed
+        );
+        let _ = writeln!(
+            s,
             "  at the end: warm states equal to the replay's {}, cold rebuilds equal {}; no state object left beyond the head's",
             self.warm_compared, self.schedules
         );
@@ -345,6 +361,7 @@ enum Action {
     StateFaults,
     ReplaceImportance,
     ReplaceSource,
+    JoinFile,
 }
 
 const WEIGHTS: &[(Action, u32)] = &[
@@ -364,6 +381,7 @@ const WEIGHTS: &[(Action, u32)] = &[
     (Action::StateFaults, 1),
     (Action::ReplaceImportance, 1),
     (Action::ReplaceSource, 1),
+    (Action::JoinFile, 3),
 ];
 
 /// Every schedule does each of these at least once, at random steps.
@@ -384,6 +402,7 @@ const MANDATORY: &[Action] = &[
     Action::StateFaults,
     Action::ReplaceImportance,
     Action::ReplaceSource,
+    Action::JoinFile,
 ];
 
 /// The detector's remote calls, by name: a crash can be aimed at each step boundary.
@@ -584,6 +603,69 @@ fn poisoned(base: &[u8], rng: &mut impl Rng) -> (Vec<u8>, Vec<Poison>) {
     (out, numbered)
 }
 
+/// The files of a schedule over an input prefix: the source split at line boundaries,
+/// each part with the header line, uploaded one by one under keys that sort in
+/// upload order (so they join in that order, whenever the chunker lists them).
+struct PrefixFiles {
+    keys: Vec<String>,
+    bytes: Vec<Vec<u8>>,
+    uploaded: usize,
+}
+
+impl PrefixFiles {
+    fn split(prefix: &str, source: &[u8], rng: &mut impl Rng) -> PrefixFiles {
+        let mut lines: Vec<&[u8]> = source.split_inclusive(|&b| b == b'\n').collect();
+        let header = lines.remove(0);
+        let mut cuts: Vec<usize> = (0..rng.gen_range(1..=3))
+            .map(|_| rng.gen_range(1..lines.len()))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut bytes = Vec::new();
+        let mut at = 0;
+        for cut in cuts.into_iter().chain([lines.len()]) {
+            bytes.push([&[header], &lines[at..cut]].concat().concat());
+            at = cut;
+        }
+        let keys = (1..=bytes.len())
+            .map(|i| format!("{prefix}part-{i:04}.csv"))
+            .collect();
+        PrefixFiles {
+            keys,
+            bytes,
+            uploaded: 0,
+        }
+    }
+
+    /// The next file to upload, if any is left.
+    fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        let i = self.uploaded;
+        let next = self.keys.get(i).cloned().zip(self.bytes.get(i).cloned());
+        self.uploaded += usize::from(next.is_some());
+        next
+    }
+}
+
+/// `bytes` with one digit changed: the first of its first data row's amount (the 9th
+/// field), so that rows read from the wrong version would change the stats; else its
+/// last digit.
+fn one_digit_changed(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let row = out.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let amount = out[row..]
+        .iter()
+        .take_while(|&&b| b != b'\n')
+        .enumerate()
+        .filter(|(_, &b)| b == b',')
+        .nth(7)
+        .map(|(i, _)| row + i + 1)
+        .filter(|&at| out.get(at).is_some_and(u8::is_ascii_digit));
+    if let Some(at) = amount.or_else(|| out.iter().rposition(u8::is_ascii_digit)) {
+        out[at] = if out[at] == b'9' { b'8' } else { out[at] + 1 };
+    }
+    out
+}
+
 /// One schedule: its own stream, clock, stores, containers and event bus.
 struct Schedule<'a> {
     stack: &'a mut Stack,
@@ -617,8 +699,12 @@ struct Schedule<'a> {
     importance: Vec<u8>,
     /// The step at which a replaced importance file is put back.
     importance_back_at: Option<u64>,
-    /// The source as cut, and the step at which a replaced source is put back.
+    /// The source as cut (a single file's, or a prefix's files).
     source: Vec<u8>,
+    files: Option<PrefixFiles>,
+    /// A source file overwritten (its key and bytes as they were), and the step at
+    /// which it is put back.
+    swapped: Option<(String, Vec<u8>)>,
     source_back_at: Option<u64>,
     step: u64,
     last_head: u64,
@@ -645,13 +731,27 @@ impl<'a> Schedule<'a> {
         let park_after = rng.gen_range(2..=3u64);
         let pg_transactions = rng.gen_bool(0.7);
         let (source, poison) = poisoned(base, &mut rng);
-        let source_key = format!("input/chaos-{}-{n}.csv", settings.seed);
+        // Odd schedules read every file under a prefix as one stream.
+        let prefix = n % 2 == 1;
+        let source_key = match prefix {
+            true => format!("input/chaos-{}-{n}/", settings.seed),
+            false => format!("input/chaos-{}-{n}.csv", settings.seed),
+        };
         let mut env: Vec<(String, String)> = PATTERNS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let source_var = match prefix {
+            // The quiet tail is never cut short: chunk boundaries stay the replay's
+            // (a pause uploads the next file, or the stream is closed, first).
+            true => {
+                env.push(("TXPIPE_FLUSH_AFTER_SECS".into(), "86400".into()));
+                "TXPIPE_SOURCE_PREFIX"
+            }
+            false => "TXPIPE_SOURCE_KEY",
+        };
         for (k, v) in [
-            ("TXPIPE_SOURCE_KEY", source_key.clone()),
+            (source_var, source_key.clone()),
             ("TXPIPE_ROWS_PER_CHUNK", rows_per_chunk.to_string()),
             ("TXPIPE_DETECTIONS_PER_FILE", per_file.to_string()),
             ("TXPIPE_SNAPSHOT_MAX_DELTAS", snapshot_every.to_string()),
@@ -667,16 +767,6 @@ impl<'a> Schedule<'a> {
         }
         let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let config = stack.config(&extra)?;
-        stack.put(&source_key, source.clone()).await?;
-        let stream = stack.stream_of(&source_key).await?;
-        let reference = reference(&stream, &source, importance, &config, pg_transactions)?;
-        for (row, bytes, what) in &poison {
-            let found = reference.replay.rejected.iter().find(|r| r.row == *row);
-            ensure!(
-                found.is_some_and(|r| &r.raw == bytes),
-                "schedule {n}: the replay does not reject poison row {row} ({what}) as inserted: {found:?}"
-            );
-        }
         let clock = TestClock::new();
         let plain = stack.stores(&config);
         let expiring = Arc::new(Expiring::new(
@@ -694,15 +784,6 @@ impl<'a> Schedule<'a> {
             reorder: rng.gen_range(0.0..0.6),
             max_batch: rng.gen_range(1..=4),
         };
-        let label = format!(
-            "schedule {n} (seed {}): R={rows_per_chunk}, {} chunks, {} detections/file, snapshot every {snapshot_every}, max lag {max_lag}, park after {park_after}, transactions {}, {} poison row(s), events {:?}",
-            settings.seed,
-            reference.chunks,
-            per_file,
-            if pg_transactions { "on" } else { "off" },
-            poison.len(),
-            chaos
-        );
         let chunker_switch = CrashSwitch::new();
         let chunker = make_chunker(
             &*stack,
@@ -713,8 +794,47 @@ impl<'a> Schedule<'a> {
             &chunker_switch,
             &clock,
         )?;
+        let mut files = prefix.then(|| PrefixFiles::split(&source_key, &source, &mut rng));
+        let stream = match files.as_mut().and_then(PrefixFiles::next) {
+            Some((key, bytes)) => {
+                // A prefix stream is named when the chunker first sees it.
+                stack.put(&key, bytes).await?;
+                let tick = serde_json::json!({"detail-type": "Scheduled Event"});
+                let r = chunker
+                    .handle(&tick, Instant::now() + Duration::from_millis(300))
+                    .await?;
+                let name = r.sources[0].stream.clone().context("no stream named")?;
+                StreamName::parse(name.as_str()).context("stream name")?
+            }
+            None => {
+                stack.put(&source_key, source.clone()).await?;
+                stack.stream_of(&source_key).await?
+            }
+        };
+        let reference = reference(&stream, &source, importance, &config, pg_transactions)?;
+        for (row, bytes, what) in &poison {
+            let found = reference.replay.rejected.iter().find(|r| r.row == *row);
+            ensure!(
+                found.is_some_and(|r| &r.raw == bytes),
+                "schedule {n}: the replay does not reject poison row {row} ({what}) as inserted: {found:?}"
+            );
+        }
+        let read_from = match &files {
+            Some(f) => format!("a prefix of {} files", f.keys.len()),
+            None => "one file".into(),
+        };
+        let label = format!(
+            "schedule {n} (seed {}): {read_from}, R={rows_per_chunk}, {} chunks, {} detections/file, snapshot every {snapshot_every}, max lag {max_lag}, park after {park_after}, transactions {}, {} poison row(s), events {:?}",
+            settings.seed,
+            reference.chunks,
+            per_file,
+            if pg_transactions { "on" } else { "off" },
+            poison.len(),
+            chaos
+        );
         let mut fig = Figures {
             schedules: 1,
+            prefix_schedules: u64::from(prefix),
             chunks: reference.chunks,
             poison: poison.len() as u64,
             ..Figures::default()
@@ -751,6 +871,8 @@ impl<'a> Schedule<'a> {
             importance: importance.to_vec(),
             importance_back_at: None,
             source: source.clone(),
+            files,
+            swapped: None,
             source_back_at: None,
             step: 0,
             last_head: 0,
@@ -801,7 +923,7 @@ impl<'a> Schedule<'a> {
     }
 
     async fn cursor(&self) -> Result<Option<ChunkCursor>> {
-        let id = ChunkCursor::source_id(BUCKET, &self.source_key);
+        let id = self.chunker.settings().source_id();
         Ok(self.plain.cursors.load_cursor(&id).await?)
     }
 
@@ -1071,7 +1193,9 @@ impl<'a> Schedule<'a> {
             Ok(Ok(mut response)) => {
                 // One source per schedule.
                 let r = response.sources.remove(0);
-                if self.source_back_at.is_some() && !r.chunks.is_empty() {
+                // (A prefix stream may still cut rows of files before the one
+                // overwritten: the outputs' comparison shows any mix.)
+                if self.swapped.is_some() && self.files.is_none() && !r.chunks.is_empty() {
                     return Err(self.failure(format!(
                         "the chunker cut chunks {:?} from the overwritten source",
                         r.chunks
@@ -1182,12 +1306,54 @@ impl<'a> Schedule<'a> {
 
     /// Puts the source file back as it was (same bytes, so the same ETag).
     async fn restore_source(&mut self) -> Result<()> {
-        if self.source_back_at.take().is_some() {
-            let (key, bytes) = (self.source_key.clone(), self.source.clone());
+        self.source_back_at = None;
+        if let Some((key, bytes)) = self.swapped.take() {
             self.stack.put(&key, bytes).await?;
-            self.note("the source file restored".into());
+            self.note(format!("{key} restored"));
         }
         Ok(())
+    }
+
+    /// A prefix schedule's next file lands under the prefix. Whether one did.
+    async fn upload_next_file(&mut self) -> Result<bool> {
+        let Some((key, bytes)) = self.files.as_mut().and_then(PrefixFiles::next) else {
+            return Ok(false);
+        };
+        self.stack.put(&key, bytes).await?;
+        self.fig.files_joined += 1;
+        self.note(format!("{key} uploaded"));
+        Ok(true)
+    }
+
+    /// The operator closes a prefix stream (`txpipe close-stream`) once every file has
+    /// joined it. Whether it is closed (or finished) now.
+    async fn close_when_joined(&mut self) -> Result<bool> {
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
+        let all = files.keys.len() as u64;
+        let Some(cursor) = self.cursor().await? else {
+            return Ok(false);
+        };
+        if cursor.closing || cursor.finished {
+            return Ok(true);
+        }
+        if files.uploaded < files.keys.len() || cursor.files < all {
+            return Ok(false);
+        }
+        match close_stream(self.plain.cursors.as_ref(), &cursor).await {
+            Ok(_) => {
+                self.fig.closed += 1;
+                self.note(format!(
+                    "the operator closed the stream ({all} files joined)"
+                ));
+                Ok(true)
+            }
+            Err(e) => {
+                self.note(format!("close-stream: {e}"));
+                Ok(false)
+            }
+        }
     }
 
     /// A stream parked because a container ran with the replaced importance file is
@@ -1338,23 +1504,24 @@ impl<'a> Schedule<'a> {
                 // versions; re-cuts of chunks the detector needs must still work.
                 // While it is being cut (a finished stream's source replaced starts
                 // another stream: a different scenario).
+                // A prefix stream: one of the files uploaded so far, cut or not.
                 let cutting = self.cursor().await?.is_some_and(|c| !c.finished);
-                if self.source_back_at.is_none() && cutting {
-                    let mut changed = self.source.clone();
-                    if let Some(at) = changed.iter().rposition(u8::is_ascii_digit) {
-                        changed[at] = if changed[at] == b'9' {
-                            b'8'
-                        } else {
-                            changed[at] + 1
-                        };
+                let target = match &self.files {
+                    Some(f) if f.uploaded > 0 => {
+                        let i = rng.gen_range(0..f.uploaded);
+                        Some((f.keys[i].clone(), f.bytes[i].clone()))
                     }
-                    let key = self.source_key.clone();
-                    self.stack.put(&key, changed).await?;
+                    Some(_) => None,
+                    None => Some((self.source_key.clone(), self.source.clone())),
+                };
+                if let Some((key, bytes)) = target.filter(|_| self.swapped.is_none() && cutting) {
+                    self.stack.put(&key, one_digit_changed(&bytes)).await?;
                     let back = self.step + rng.gen_range(1..=4);
+                    self.swapped = Some((key.clone(), bytes));
                     self.source_back_at = Some(back);
                     self.fig.source_swaps += 1;
                     self.note(format!(
-                        "the source file overwritten (one digit changed) until step {back}"
+                        "{key} overwritten (one digit changed) until step {back}"
                     ));
                 }
             }
@@ -1455,7 +1622,20 @@ impl<'a> Schedule<'a> {
                     }
                 }
             }
+            Action::JoinFile => {
+                if !self.upload_next_file().await? {
+                    self.close_when_joined().await?;
+                }
+            }
             Action::Pause => {
+                // A prefix stream's quiet tail would be cut short after the pause:
+                // closed first once every file is in, put off while one is on its way.
+                let closed = self.close_when_joined().await?;
+                let more = self.files.as_ref().map(|f| f.uploaded < f.keys.len());
+                if more == Some(false) && !closed {
+                    self.note("pause put off: the last file has not joined yet".into());
+                    return Ok(());
+                }
                 let hours = RETENTION_DAYS * 24 + rng.gen_range(1..=72);
                 self.clock.advance(chrono::Duration::hours(hours));
                 let gone = self.expiring.expire_due().await?;
@@ -1465,6 +1645,8 @@ impl<'a> Schedule<'a> {
                     "paused {hours} h: {} chunk objects expired",
                     gone.len()
                 ));
+                // New data after the pause: the next tick finds a file joining.
+                self.upload_next_file().await?;
             }
             Action::ClockStep => {
                 let secs = match rng.gen_bool(0.5) {
@@ -1580,6 +1762,7 @@ impl<'a> Schedule<'a> {
         }
         self.restore_importance().await?;
         self.restore_source().await?;
+        while self.upload_next_file().await? {}
         let faulty_rounds = self.reference.chunks;
         let bound = faulty_rounds + 6 * self.reference.chunks + 60;
         for round in 0..bound {
@@ -1593,6 +1776,7 @@ impl<'a> Schedule<'a> {
                 self.pg_resume().await?;
             }
             self.tick(55_000, None).await?;
+            self.close_when_joined().await?;
             if round < faulty_rounds {
                 if round == 0 && self.pg_down_until.is_none() && rng.gen_bool(0.3) {
                     self.pg_pause().await?;
