@@ -49,11 +49,11 @@ lint: rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@# The Lambdas carry no local stand-ins or test seams: the test kit stays out of them.
-	@! $(CARGO) tree -p chunker -p detector -e normal --prefix none | grep -E '^txpipe-(testkit|cli|e2e) ' \
+	@! $(CARGO) tree -p chunker -p detector -p db-setup -e normal --prefix none | grep -E '^txpipe-(testkit|cli|e2e) ' \
 	  || { echo "a Lambda depends on the test kit or the CLI"; exit 1; }
 	@# ... and the built binaries show it: none of the stand-ins' commands is in them.
-	$(CARGO) build -q -p chunker -p detector
-	@for f in chunker detector; do \
+	$(CARGO) build -q -p chunker -p detector -p db-setup
+	@for f in chunker detector db-setup; do \
 	  if grep -aqE 'initdb|pg_ctl|moto_server|moto\.server' "$(CARGO_TARGET_DIR)/debug/$$f"; then \
 	    echo "the $$f Lambda binary contains local stand-in code (initdb/pg_ctl/moto)"; exit 1; fi; \
 	done; echo "Lambda binaries: no initdb, pg_ctl or moto strings"

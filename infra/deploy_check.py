@@ -8,8 +8,8 @@
    parts moto cannot model replaced by stand-ins, and DatabaseMode=existing.
 2. Runs the real Lambda binaries as Lambda runs them - under a stand-in for the Lambda
    Runtime API, with each function's environment and memory from moto's Lambda - against
-   the resources the stacks created: the DbSetup custom resource (the detector binary in
-   db-setup mode, answering a stand-in ResponseURL as CloudFormation drives it), then the
+   the resources the stacks created: the DbSetup custom resource (the db-setup binary,
+   answering a stand-in ResponseURL as CloudFormation drives it), then the
    chunker and the detector, with input in the stack's bucket and a throwaway Postgres
    behind verify-full TLS, reached through a Secrets Manager secret of the application
    role (infra/db/app-role.sql); and the other stack's chunker.
@@ -1474,7 +1474,7 @@ def check_teardown(moto, stack, purge):
 
 
 # ------------------------------------------------------------------ the check
-def check_create_mode(moto, pg, detector_bin, workdir):
+def check_create_mode(moto, pg, db_setup_bin, workdir):
     step("DatabaseMode=create: translate, stand in for what moto lacks, create the stack")
     # DeletionProtection left at its default (true): the teardown below must lift it.
     params = {"DatabaseMode": "create", "BucketNamePrefix": "txpipe-create", "AlarmEmail": "ops@example.com"}
@@ -1544,20 +1544,20 @@ def check_create_mode(moto, pg, detector_bin, workdir):
           "create: the detector reads the application role's secret, not the master's")
     check(bool(det.get("VpcConfig", {}).get("SubnetIds")), "create: the detector runs in the database's VPC")
     setup_env = lam.get_function_configuration(FunctionName="txpipe-create-db-setup")["Environment"]["Variables"]
-    check(setup_env.get("TXPIPE_MODE") == "db-setup" and setup_env.get("TXPIPE_PG_ADMIN_SECRET_ARN", "").startswith("arn:")
+    check(setup_env.get("TXPIPE_PG_ADMIN_SECRET_ARN", "").startswith("arn:")
           and setup_env.get("TXPIPE_PG_SECRET_ARN") == app_secret, "create: DbSetupFunction has the master and app secrets")
     det_role = role_statements(moto, "txpipe-create-detector")
     check(not decide(det_role, "secretsmanager:GetSecretValue", outputs["DatabaseSecretArn"], {})
           and decide(det_role, "ec2:CreateNetworkInterface", "*", {}),
           "create: the detector's role cannot read the master secret; it may make its VPC network interfaces")
-    check_db_setup(moto, pg, detector_bin, workdir, setup["Properties"], outputs, master_password, password)
+    check_db_setup(moto, pg, db_setup_bin, workdir, setup["Properties"], outputs, master_password, password)
     return stack
 
 
-def check_db_setup(moto, pg, detector_bin, workdir, properties, outputs, master_password, app_password):
-    """The DbSetup custom resource: the detector binary with DbSetupFunction's environment,
+def check_db_setup(moto, pg, db_setup_bin, workdir, properties, outputs, master_password, app_password):
+    """The DbSetup custom resource: the db-setup binary with DbSetupFunction's environment,
     driven as CloudFormation drives it (Create, Update, Delete, and a failure)."""
-    step("DbSetup: the detector binary in db-setup mode, with DbSetupFunction's environment, as CloudFormation drives it")
+    step("DbSetup: the db-setup binary, with DbSetupFunction's environment, as CloudFormation drives it")
     function = "txpipe-create-db-setup"
     ca_file = os.path.join(workdir, "test-ca.pem")
     with open(ca_file, "w") as f:
@@ -1572,7 +1572,7 @@ def check_db_setup(moto, pg, detector_bin, workdir, properties, outputs, master_
              for k, v in properties.items() if k not in ("ServiceTimeout",)}
     props["ServiceToken"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}"
     runtime = LambdaRuntime(workdir)
-    runtime.start(detector_bin, setup_env, function)
+    runtime.start(db_setup_bin, setup_env, function)
     secrets = (master_password, app_password)
 
     def drive(kind, physical=None, properties=props, want="SUCCESS"):
@@ -1848,11 +1848,12 @@ def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
 
 
 def main():
-    if len(sys.argv) != 4:
-        print("usage: deploy_check.py <txpipe binary> <chunker binary> <detector binary>", file=sys.stderr)
+    if len(sys.argv) != 5:
+        print("usage: deploy_check.py <txpipe binary> <chunker binary> <detector binary> <db-setup binary>",
+              file=sys.stderr)
         return 2
-    binary, chunker_bin, detector_bin = (os.path.abspath(a) for a in sys.argv[1:4])
-    for b in (binary, chunker_bin, detector_bin):
+    binary, chunker_bin, detector_bin, db_setup_bin = (os.path.abspath(a) for a in sys.argv[1:5])
+    for b in (binary, chunker_bin, detector_bin, db_setup_bin):
         if not os.access(b, os.X_OK):
             print(f"deploy-check: {b} is not an executable", file=sys.stderr)
             return 2
@@ -1873,7 +1874,7 @@ def main():
         step("throwaway Postgres: TLS from a test CA, hostssl + scram-sha-256 only (like RDS with rds.force_ssl)")
         pg = Postgres(workdir)
         ok(f"Postgres on port {pg.port}")
-        create = check_create_mode(moto, pg, detector_bin, workdir)
+        create = check_create_mode(moto, pg, db_setup_bin, workdir)
         existing = check_existing_mode(moto, binary, chunker_bin, detector_bin, workdir, pg)
         tick_other_stack(moto, create, chunker_bin, workdir)
         check_two_stacks(moto, [existing, create])

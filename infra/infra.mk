@@ -13,11 +13,12 @@ STACK_ARG := $(if $(STACK),--stack-name $(STACK))
 # the account can grant it, else deploys it unreserved and says so).
 DETECTOR_CONCURRENCY ?=
 # The binaries the deploy check drives (debug: they reuse make lint's build): the txpipe
-# CLI (test data), and both Lambda binaries, run as Lambda runs them (the detector's
-# also as the DbSetup custom resource, in db-setup mode).
+# CLI (test data), and the three Lambda binaries, run as Lambda runs them (db-setup as
+# the DbSetup custom resource).
 DEPLOY_CHECK_BIN := $(CARGO_TARGET_DIR)/debug/txpipe
 DEPLOY_CHECK_CHUNKER := $(CARGO_TARGET_DIR)/debug/chunker
 DEPLOY_CHECK_DETECTOR := $(CARGO_TARGET_DIR)/debug/detector
+DEPLOY_CHECK_DB_SETUP := $(CARGO_TARGET_DIR)/debug/db-setup
 
 .PHONY: lint-infra infra-tools build-lambdas deploy deploy-check teardown
 
@@ -31,16 +32,16 @@ infra-tools:
 
 # The stack in moto's CloudFormation and the real handlers against it (part of make test).
 deploy-check: rust
-	$(CARGO) build -p txpipe-cli -p chunker -p detector
-	infra/deploy-check.sh $(DEPLOY_CHECK_BIN) $(DEPLOY_CHECK_CHUNKER) $(DEPLOY_CHECK_DETECTOR)
+	$(CARGO) build -p txpipe-cli -p chunker -p detector -p db-setup
+	infra/deploy-check.sh $(DEPLOY_CHECK_BIN) $(DEPLOY_CHECK_CHUNKER) $(DEPLOY_CHECK_DETECTOR) $(DEPLOY_CHECK_DB_SETUP)
 
 $(CARGO_LAMBDA):
 	@infra/tools.sh cargo-lambda >/dev/null
 
-# Both bootstrap binaries for arm64 (Graviton), then their sizes.
+# The three bootstrap binaries for arm64 (Graviton), then their sizes.
 build-lambdas: rust $(CARGO_LAMBDA)
-	$(INFRA_PATH) $(CARGO_LAMBDA) lambda build --release --arm64 -p chunker -p detector
-	@for f in chunker detector; do stat -c '%s %n' $(CARGO_TARGET_DIR)/lambda/$$f/bootstrap; done \
+	$(INFRA_PATH) $(CARGO_LAMBDA) lambda build --release --arm64 -p chunker -p detector -p db-setup
+	@for f in chunker detector db-setup; do stat -c '%s %n' $(CARGO_TARGET_DIR)/lambda/$$f/bootstrap; done \
 	  | awk '{ printf "%6.1f MB  %s\n", $$1 / 1e6, $$2 }'
 
 # Lint, then infra/preflight.py: the stack name's length, the account's Lambda quotas

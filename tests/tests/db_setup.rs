@@ -1,4 +1,4 @@
-//! The `db-setup` custom resource (the detector binary with `TXPIPE_MODE=db-setup`)
+//! The `db-setup` custom resource (`functions/db-setup`)
 //! against moto's Secrets Manager and a real Postgres, as CloudFormation drives it:
 //! Create makes the role, its schema and the tables; Update and a second Create change
 //! nothing else; Delete keeps everything; every request is answered with one PUT to its
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use txpipe::config::EnvVars;
-use txpipe::postgres::custom_resource::{CustomResourceResponse, ResponseStatus};
-use txpipe::postgres::db_setup::{DbSetupService, ADMIN_SECRET_VAR, NOT_CREATED_ID};
+use txpipe::db_setup::custom_resource::{CustomResourceResponse, ResponseStatus};
+use txpipe::db_setup::{DbSetupService, ADMIN_SECRET_VAR, NOT_CREATED_ID};
 use txpipe_e2e::*;
 
 const ADMIN: &str = "rds_master";

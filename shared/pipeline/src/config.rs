@@ -1,6 +1,8 @@
 //! The pipeline's configuration, read once from the environment at the edge (a Lambda's
 //! cold start, a CLI command) into plain typed values. Every part below the edge gets
-//! only the values it needs; nothing else reads the environment.
+//! only the values it needs. One variable is read elsewhere: Lambda's own
+//! `AWS_LAMBDA_FUNCTION_NAME`, the metrics' dimension (`metrics.rs`); the database
+//! set-up custom resource reads its own few (`db_setup`).
 //!
 //! Every variable, its default and its range is listed in the README's configuration
 //! table; the defaults are the constants below and in [`txpipe_core::config`].
@@ -27,7 +29,8 @@ pub const DEFAULT_CHUNKER_BUDGET_SECS: u64 = 55;
 /// chunks behind.
 pub const DEFAULT_MAX_LAG_CHUNKS: u64 = 600;
 /// Default time without detector progress (while it lags) after which the chunker's
-/// tick invokes the detector.
+/// tick writes the next unapplied chunk again, so that S3 announces it to the detector
+/// once more (the watch).
 pub const DEFAULT_DETECTOR_STALL_SECS: u64 = 90;
 /// Default quiet time after which a prefix stream's rows that do not fill a chunk are
 /// cut as a short one.
@@ -196,7 +199,8 @@ pub struct ChunkerConfig {
     pub read_window: u64,
     /// Backpressure: no chunk is cut while the detector is this many chunks behind.
     pub max_lag_chunks: u64,
-    /// A lagging detector that made no progress for this long is invoked by the tick.
+    /// A lagging detector that made no progress for this long gets its next chunk
+    /// written again by the tick (S3 announces it: the watch).
     pub detector_stall: Duration,
     /// A prefix stream's rows that do not fill a chunk are cut once no new file has
     /// joined for this long.

@@ -17,6 +17,7 @@ pub mod aws;
 pub mod chunker;
 pub mod clock;
 pub mod config;
+pub mod db_setup;
 pub mod detector;
 pub mod metrics;
 pub mod postgres;

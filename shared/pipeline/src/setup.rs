@@ -32,7 +32,8 @@ pub struct Stores {
     pub objects: Arc<dyn ObjectStore>,
     /// The chunker's cursors (DynamoDB).
     pub cursors: Arc<dyn CursorStore>,
-    /// The detector's heads and deltas (DynamoDB).
+    /// The detector's heads and leases (DynamoDB; its deltas and snapshots are S3
+    /// objects).
     pub state: Arc<dyn StateStore>,
     /// Requests made through the stores (and the sink, when it shares the counter).
     pub requests: RequestCounter,

@@ -8,7 +8,7 @@
 //!
 //! State is laid out for millions of pairs (see `docs/capacity.md` for the figures):
 //! ids are interned once in arenas ([`Names`]); each (merchant, customer) pair is one
-//! 24-byte record in a flat array found through a sharded `u32` hash index
+//! 16-byte record in a flat array found through a sharded `u32` hash index
 //! ([`pairs`]); a merchant's weight order is a bitset over the importance table's own
 //! weight-sorted entries ([`weight_order`]), since weights never change during a
 //! stream; "touched in this chunk" is one bit per pair plus a per-chunk list.

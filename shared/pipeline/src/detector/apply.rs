@@ -1,7 +1,7 @@
-//! Applying one chunk: the exactly-once protocol, one named step each. Every output is
-//! written under a deterministic key before the single conditional commit, so a crash
-//! anywhere leaves nothing the next attempt would not overwrite with the same thing
-//! (`docs/architecture.md#exactly-once`).
+//! Applying one chunk: the exactly-once protocol in seven steps, numbered as in
+//! `docs/architecture.md#exactly-once`. Every output is written under a deterministic
+//! key before the single conditional commit, so a crash anywhere leaves nothing the
+//! next attempt would not write identically.
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, ChunkTimes, Detector, DetectorError, StepMillis, StreamState};
@@ -89,7 +89,8 @@ impl Detector {
         let applied =
             self.apply_to_engine(st, stream, &input, started, pinned.map(|t| t.detected))?;
         millis.apply = laps.lap();
-        // The delta first, with the chunk's times: from here on a redo repeats them.
+        // Step 3: the delta first, with the chunk's times: from here on a redo
+        // repeats them.
         let delta = applied.outcome.delta.encode();
         let delta_bytes = delta.len() as u64;
         let times = ChunkTimes {
@@ -299,7 +300,7 @@ impl Detector {
         })
     }
 
-    /// Step 3: every detection file that is now full (and the short last one at the
+    /// Step 4: every detection file that is now full (and the short last one at the
     /// end of the stream), each under its batch number's key.
     async fn write_detection_files(
         &self,
@@ -334,7 +335,7 @@ impl Detector {
         Ok(batches.len())
     }
 
-    /// Step 4: the chunk's rows in Postgres, in one transaction keyed by the chunk.
+    /// Step 5: the chunk's rows in Postgres, in one transaction keyed by the chunk.
     async fn write_sink(
         &self,
         st: &StreamState,
@@ -372,7 +373,7 @@ impl Detector {
         Ok(())
     }
 
-    /// Step 5: the chunk's delta is in S3 (written by the caller); a snapshot of the
+    /// Step 6: the chunk's delta is in S3 (step 3); a snapshot of the
     /// whole state when one is due — at the end of the stream, once
     /// `snapshot_max_deltas` deltas follow the last one, or once their bytes reach the
     /// last snapshot's size (so a rebuild never reads much more than two snapshots'
@@ -402,7 +403,7 @@ impl Detector {
         ))
     }
 
-    /// Step 6: the single commit point — the head moves from version v to v + 1,
+    /// Step 7: the single commit point — the head moves from version v to v + 1,
     /// only if no other writer moved it first.
     async fn commit(
         &self,

@@ -1,13 +1,9 @@
 //! The Postgres output: connection settings (environment or Secrets Manager, TLS for
 //! RDS), embedded migrations, and the [`ChunkSink`](crate::detector::ChunkSink) that
-//! writes each chunk's rows in one transaction; and the database's setup on AWS: the
-//! detector's own role ([`app_role`]) made by the `db-setup` custom resource
-//! ([`db_setup`], answering CloudFormation through [`custom_resource`]).
+//! writes each chunk's rows in one transaction. The database's setup on AWS (the
+//! detector's own role, made by a custom resource) is [`crate::db_setup`].
 
-pub mod app_role;
 mod connect;
-pub mod custom_resource;
-pub mod db_setup;
 mod migrations;
 mod partitions;
 mod sink;

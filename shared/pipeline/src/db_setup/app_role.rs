@@ -2,12 +2,12 @@
 //! placeholders filled in, run by an admin (the RDS master user) in the pipeline's
 //! database. The same file is rendered by `infra/db/app_role.py` for
 //! `DatabaseMode=existing`; here it is built into the binary for the `db-setup`
-//! custom resource ([`super::db_setup`]).
+//! custom resource ([`super::DbSetupService`]).
 //!
 //! The role's password never appears in a statement: the SQL carries its SCRAM-SHA-256
 //! verifier, which is what Postgres stores anyway.
 
-use super::PgError;
+use crate::postgres::PgError;
 use tokio_postgres::Client;
 
 /// `infra/db/app-role.sql`, with `{{role}}`, `{{role_literal}}`, `{{verifier}}` and

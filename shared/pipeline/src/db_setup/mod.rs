@@ -1,11 +1,11 @@
-//! The `db-setup` custom resource (`Custom::TxpipeDbSetup` in `infra/template.yaml`):
-//! the detector binary with `TXPIPE_MODE=db-setup`, invoked by CloudFormation on stack
-//! create, update and delete.
+//! The `db-setup` custom resource (`Custom::TxpipeDbSetup` in `infra/template.yaml`),
+//! the stack's third function (`functions/db-setup`), invoked by CloudFormation on
+//! stack create, update and delete.
 //!
 //! On Create and Update it reads the RDS master secret (`TXPIPE_PG_ADMIN_SECRET_ARN`)
 //! and the application role's secret (`TXPIPE_PG_SECRET_ARN`), connects as the master
 //! user (`TXPIPE_PG_HOST`/`PORT`/`DBNAME`, TLS per `TXPIPE_PG_SSLMODE`), runs
-//! `infra/db/app-role.sql` ([`super::app_role`]) with the role's SCRAM verifier, then
+//! `infra/db/app-role.sql` ([`app_role`]) with the role's SCRAM verifier, then
 //! connects as the role itself — proving its password works — and runs the migrations,
 //! so the tables exist, owned by the role in schema `txpipe`, before the first chunk.
 //! On Delete it leaves the database alone (its data is retained).
@@ -14,15 +14,17 @@
 //! before the invocation's deadline. Neither a password nor the verifier ever reaches
 //! a log line or the reason.
 
-use super::app_role::{self, APP_SCHEMA};
-use super::connect::{read_secret, SecretCredentials};
-use super::custom_resource::{
+pub mod app_role;
+pub mod custom_resource;
+
+use crate::config::{ConfigError, EnvVars};
+use crate::postgres::{migrate, read_secret, PgError, PgSettings, SecretCredentials};
+use crate::store::Retry;
+use app_role::APP_SCHEMA;
+use custom_resource::{
     redact, CustomResourceRequest, CustomResourceResponse, RequestType, Responder, ResponseError,
     ResponseStatus,
 };
-use super::{migrate, PgError, PgSettings};
-use crate::config::{ConfigError, EnvVars};
-use crate::store::Retry;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
