@@ -17,6 +17,28 @@ pub const DETECTIONS_PREFIX: &str = "detections/";
 /// Prefix of the detector's stored state.
 pub const STATE_PREFIX: &str = "state/";
 
+// The chunker writes these with every chunk object and the detector checks them
+// before it applies one (docs/behaviour.md#chunk-keys).
+/// Object metadata on every chunk: 1-based source row number of its first data row.
+pub const META_FIRST_ROW: &str = "txpipe-first-row";
+/// Object metadata: data rows in the chunk.
+pub const META_ROWS: &str = "txpipe-rows";
+/// Object metadata: `true` on the end-of-stream chunk.
+pub const META_LAST: &str = "txpipe-last";
+/// Object metadata: R, the stream's rows per chunk.
+pub const META_ROWS_PER_CHUNK: &str = "txpipe-rows-per-chunk";
+/// Object metadata: the chunker's cursor the chunk came from (`s3://bucket/key`).
+pub const META_SOURCE: &str = "txpipe-source";
+/// Object metadata: the ETag of the source version the chunk was cut from (of the
+/// file its first row is in).
+pub const META_SOURCE_ETAG: &str = "txpipe-source-etag";
+/// Object metadata on a chunk that spans files: the byte offsets (comma-separated) in
+/// the chunk where each later file's header line starts.
+pub const META_HEADERS: &str = "txpipe-headers";
+/// Object metadata: FNV-1a (64 bits, hex) of the chunk's bytes as cut, so a chunk
+/// changed after it was written (truncated, overwritten) is never applied.
+pub const META_CONTENT_HASH: &str = "txpipe-content-hash";
+
 /// The name of one stream: the chunks of one version of one source file and
 /// everything derived from them. It is one path segment (letters, digits, `-`, `_`,
 /// `.`), so it can name a folder under each prefix.

@@ -25,28 +25,11 @@ use crate::store::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use txpipe_core::cutting::{content_hash, cut_rows, read_file_header, read_header, Cut};
-use txpipe_core::layout::{stream_for_source_version, StreamName};
+use txpipe_core::layout::{
+    stream_for_source_version, StreamName, META_CONTENT_HASH, META_FIRST_ROW, META_HEADERS,
+    META_LAST, META_ROWS, META_ROWS_PER_CHUNK, META_SOURCE, META_SOURCE_ETAG,
+};
 use txpipe_core::parse::HeaderError;
-
-/// Object metadata on every chunk: 1-based source row number of its first data row.
-pub const META_FIRST_ROW: &str = "txpipe-first-row";
-/// Object metadata: data rows in the chunk.
-pub const META_ROWS: &str = "txpipe-rows";
-/// Object metadata: `true` on the end-of-stream chunk.
-pub const META_LAST: &str = "txpipe-last";
-/// Object metadata: R, the stream's rows per chunk.
-pub const META_ROWS_PER_CHUNK: &str = "txpipe-rows-per-chunk";
-/// Object metadata: the chunker's cursor the chunk came from (`s3://bucket/key`).
-pub const META_SOURCE: &str = "txpipe-source";
-/// Object metadata: the ETag of the source version the chunk was cut from (of the
-/// file its first row is in).
-pub const META_SOURCE_ETAG: &str = "txpipe-source-etag";
-/// Object metadata on a chunk that spans files: the byte offsets (comma-separated) in
-/// the chunk where each later file's header line starts.
-pub const META_HEADERS: &str = "txpipe-headers";
-/// Object metadata: FNV-1a (64 bits, hex) of the chunk's bytes as cut, so a chunk
-/// changed after it was written (truncated, overwritten) is never applied.
-pub const META_CONTENT_HASH: &str = "txpipe-content-hash";
 
 /// Where a chunk's rows sit, as its metadata records them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,10 +5,7 @@
 
 use super::sink::{ChunkRecord, PairRow, ProcessedRow};
 use super::{AppliedChunk, ChunkTimes, Detector, DetectorError, StepMillis, StreamState};
-use crate::chunker::{
-    ChunkBounds, META_CONTENT_HASH, META_FIRST_ROW, META_LAST, META_ROWS, META_ROWS_PER_CHUNK,
-    META_SOURCE, META_SOURCE_ETAG,
-};
+use crate::chunker::ChunkBounds;
 use crate::store::{DetectorHead, Fenced, SnapshotRef, StoredObject};
 use crate::timing::Laps;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -16,7 +13,10 @@ use txpipe_core::batch::DetectionBatch;
 use txpipe_core::cutting::{chunk_rows, content_hash};
 use txpipe_core::detection::Detection;
 use txpipe_core::engine::{ApplyError, ChunkOutcome};
-use txpipe_core::layout::StreamName;
+use txpipe_core::layout::{
+    StreamName, META_CONTENT_HASH, META_FIRST_ROW, META_LAST, META_ROWS, META_ROWS_PER_CHUNK,
+    META_SOURCE, META_SOURCE_ETAG,
+};
 use txpipe_core::parse::RejectReason;
 
 /// A chunk object read from S3, with what its metadata says.
