@@ -817,6 +817,16 @@ def static_checks(cfn, params, label):
 
 
 # ------------------------------------------------------------------ handlers
+# Pattern parameters the existing-mode stack sets (none the default), and their variables.
+PATTERN_PARAMS = {"UpgradeMinMerchantTxns": 49999, "UpgradeTopBp": 101, "UpgradeBottomBp": 99,
+                  "ChildMinTxns": 79, "ChildAvgBelowCents": 2301, "DeiMinFemale": 99}
+PATTERN_VARS = {
+    "TXPIPE_UPGRADE_MIN_MERCHANT_TXNS": ("UpgradeMinMerchantTxns", 49999), "TXPIPE_UPGRADE_TOP_BP": ("UpgradeTopBp", 101),
+    "TXPIPE_UPGRADE_BOTTOM_BP": ("UpgradeBottomBp", 99), "TXPIPE_CHILD_MIN_TXNS": ("ChildMinTxns", 79),
+    "TXPIPE_CHILD_AVG_BELOW_CENTS": ("ChildAvgBelowCents", 2301), "TXPIPE_DEI_MIN_FEMALE": ("DeiMinFemale", 99),
+}
+
+
 def handler_env(moto, function, overrides):
     cfg = moto.client("lambda").get_function_configuration(FunctionName=function)
     variables = {k: str(v) for k, v in cfg.get("Environment", {}).get("Variables", {}).items()}
@@ -1680,8 +1690,8 @@ def check_existing_mode(moto, binary, chunker_bin, detector_bin, workdir, pg):
     ok(f"Postgres {pg.port} with TLS (test CA) and scram-sha-256; secret {secret_arn.rsplit(':', 1)[1]} in moto")
 
     step("DatabaseMode=existing: translate and create the stack in moto")
-    params = {"DatabaseMode": "existing", "ExistingDbSecretArn": secret_arn, "AlarmEmail": "ops@example.com",
-              "DeletionProtection": "false"}
+    params = dict({"DatabaseMode": "existing", "ExistingDbSecretArn": secret_arn, "AlarmEmail": "ops@example.com",
+                   "DeletionProtection": "false"}, **PATTERN_PARAMS)
     cfn = translate(params)
     static_checks(cfn, params, "existing")
     check_dependencies(cfn, params, "existing")
@@ -1735,6 +1745,10 @@ def check_existing_mode(moto, binary, chunker_bin, detector_bin, workdir, pg):
          "is built into the binary); no other override")
     check(detector_vars["TXPIPE_SNAPSHOT_MAX_DELTAS"] == "200" and detector_vars["TXPIPE_PARK_AFTER_ATTEMPTS"] == "3",
           "detector env: TXPIPE_SNAPSHOT_MAX_DELTAS=200, TXPIPE_PARK_AFTER_ATTEMPTS=3 (the defaults)")
+    wrong = {var: detector_vars.get(var) for var, (param, value) in PATTERN_VARS.items()
+             if detector_vars.get(var) != str(value)}
+    check(not wrong, f"detector env: the {len(PATTERN_VARS)} pattern parameters (non-default here) reach their "
+          f"variables{': wrong ' + str(wrong) if wrong else ''}")
     t0 = time.monotonic()
     answer, records, detector_calls = run_lambda(moto, detector_bin, detector_fn, workdir,
                                                  s3_event(bucket, last_key, last_size), {"TXPIPE_PG_CA_FILE": ca_file})
@@ -1767,6 +1781,12 @@ def check_existing_mode(moto, binary, chunker_bin, detector_bin, workdir, pg):
     kinds = sorted({i["pk"]["S"].split("#", 1)[0] for i in items})
     ok(f"state table items by kind: {', '.join(kinds)}")
     check("delta" not in kinds, "no delta# items: the detector's deltas and snapshots are S3 objects under state/")
+    heads = ddb.scan(TableName=outputs["StateTableName"], FilterExpression="begins_with(pk, :h)",
+                     ExpressionAttributeValues={":h": {"S": "head#"}})["Items"]
+    pinned = [h.get("fingerprint", {}).get("S", "") for h in heads]
+    want_pin = "upgrade>49999:top101bp:bottom99bp;child>=79:avg<2301;dei>99"
+    check(len(pinned) == 1 and want_pin in pinned[0],
+          f"the stream's head pins the thresholds it ran with ({want_pin}): {pinned}")
 
     def item_bytes(item):  # DynamoDB's item size: names plus values (numbers approximated)
         size = 0
