@@ -23,8 +23,8 @@ pub type Identity = (String, String, String);
 pub type BatchLine = (String, String, String, String);
 
 /// One `detections` row: (chunk, seq_in_chunk, pattern_id, action_type, merchant_id,
-/// customer_name).
-pub type DetectionRow = (i64, i32, String, String, String, String);
+/// customer_name, evidence as canonical JSON text).
+pub type DetectionRow = (i64, i32, String, String, String, String, Option<String>);
 
 /// One `chunks` (ledger) row: (chunk, key, rows, rejected, detections).
 pub type LedgerRow = (i64, String, i64, i64, i64);
@@ -54,6 +54,8 @@ pub type StatsRow = (String, String, i64, String, String, Option<String>, i64);
 pub struct StreamOutputs {
     /// Detection file name (`00000003.jsonl`) → its lines, in file order.
     pub batches: BTreeMap<String, Vec<BatchLine>>,
+    /// Evidence file name → its lines, exactly as written.
+    pub evidence: BTreeMap<String, Vec<String>>,
     /// Detections in global order (chunk, seq_in_chunk).
     pub detections: Vec<DetectionRow>,
     /// The ledger, by chunk.
@@ -79,17 +81,39 @@ pub async fn stream_outputs(
         let name = key.rsplit('/').next().unwrap_or_default().to_string();
         batches.insert(name, batch_lines(&text).with_context(|| key.clone())?);
     }
+    let mut evidence = BTreeMap::new();
+    for key in stack.list(&stream.evidence_prefix()).await? {
+        let bytes = stack.get(&key).await?.unwrap_or_default();
+        let text = String::from_utf8(bytes).with_context(|| format!("{key} is not UTF-8"))?;
+        let name = key.rsplit('/').next().unwrap_or_default().to_string();
+        evidence.insert(name, text.lines().map(str::to_string).collect());
+    }
     let pg = stack.pg_client().await?;
     let s = &stream.as_str();
     let detections = pg
         .query(
-            "SELECT chunk, seq_in_chunk, pattern_id, action_type, merchant_id, customer_name
+            "SELECT chunk, seq_in_chunk, pattern_id, action_type, merchant_id, customer_name,
+                    evidence::text
              FROM detections WHERE stream = $1 ORDER BY chunk, seq_in_chunk",
             &[s],
         )
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .map(|r| {
+            // jsonb prints its own key order and spacing: compared as parsed JSON.
+            let evidence: Option<String> = r.get(6);
+            let evidence =
+                evidence.map(|e| serde_json::from_str::<Value>(&e).map_or(e, |v| v.to_string()));
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                evidence,
+            )
+        })
         .collect();
     let ledger = pg
         .query(
@@ -161,6 +185,7 @@ pub async fn stream_outputs(
         .collect();
     Ok(StreamOutputs {
         batches,
+        evidence,
         detections,
         ledger,
         rejected,
@@ -300,7 +325,17 @@ pub fn reference(
                 d.key.pattern.action().to_string(),
                 d.key.merchant.clone(),
                 d.key.customer.clone(),
+                d.evidence.map(|e| e.to_json().to_string()),
             )
+        })
+        .collect();
+    let evidence = out
+        .batches
+        .iter()
+        .map(|b| {
+            let text = String::from_utf8_lossy(&b.evidence_jsonl()).into_owned();
+            let lines = text.lines().map(str::to_string).collect();
+            (format!("{:08}.jsonl", b.number), lines)
         })
         .collect();
     let ledger = out
@@ -383,6 +418,7 @@ pub fn reference(
         chunks: out.chunks.len() as u64,
         outputs: StreamOutputs {
             batches,
+            evidence,
             detections,
             ledger,
             rejected,
@@ -437,6 +473,20 @@ pub fn first_difference(got: &StreamOutputs, want: &StreamOutputs) -> Option<Str
         if let Some(d) = list(
             &format!("S3 detection file {name}"),
             &got.batches[name],
+            lines,
+        ) {
+            return Some(d);
+        }
+    }
+    let got_files: Vec<&String> = got.evidence.keys().collect();
+    let want_files: Vec<&String> = want.evidence.keys().collect();
+    if let Some(d) = list("S3 evidence file names", &got_files, &want_files) {
+        return Some(d);
+    }
+    for (name, lines) in &want.evidence {
+        if let Some(d) = list(
+            &format!("S3 evidence file {name}"),
+            &got.evidence[name],
             lines,
         ) {
             return Some(d);
@@ -536,6 +586,7 @@ mod tests {
                     "CHILD".to_string(),
                     "M1".to_string(),
                     customer.to_string(),
+                    None,
                 )
             })
             .collect();

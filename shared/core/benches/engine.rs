@@ -80,12 +80,14 @@ fn main() {
             let lines: Vec<String> = out
                 .detections
                 .into_iter()
-                .map(|key| {
+                .zip(out.evidence)
+                .map(|(key, evidence)| {
                     Detection {
                         key,
                         chunk: c.k,
                         y_start: now,
                         detected_at: now,
+                        evidence: Some(evidence),
                     }
                     .to_json_line()
                 })

@@ -3,6 +3,7 @@
 
 use crate::detection::{Detection, PatternId};
 use crate::engine::Engine;
+use crate::evidence::Evidence;
 use crate::varint;
 use chrono::{DateTime, Utc};
 
@@ -23,9 +24,18 @@ impl DetectionBatch {
 
     /// JSON Lines: one detection per line.
     pub fn to_jsonl(&self) -> Vec<u8> {
+        self.lines(Detection::to_json_line)
+    }
+
+    /// The evidence file beside it: line i says why detection i fired.
+    pub fn evidence_jsonl(&self) -> Vec<u8> {
+        self.lines(Detection::evidence_line)
+    }
+
+    fn lines(&self, line: impl Fn(&Detection) -> String) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.detections.len() * 200);
         for d in &self.detections {
-            out.extend_from_slice(d.to_json_line().as_bytes());
+            out.extend_from_slice(line(d).as_bytes());
             out.push(b'\n');
         }
         out
@@ -44,6 +54,10 @@ pub struct DetectionBatcher {
     next_batch: u64,
     pending: Vec<Detection>,
 }
+
+/// The first varint of the stored pending detections since they carry their evidence
+/// (an older stream's starts with the count, always below a file's 10,000).
+const PENDING_WITH_EVIDENCE: u64 = 1 << 40;
 
 /// Stored batcher state could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +116,11 @@ impl DetectionBatcher {
 
     /// The pending detections in their compact stored form: identities as the engine's
     /// name indices (names are at most 128 bytes, indices a few), chunks and times as
-    /// differences — so a full file's worth stays far below a DynamoDB item's limit.
+    /// differences, evidence as varints — so a full file's worth stays below a DynamoDB
+    /// item's limit.
     pub fn encode_pending(&self, engine: &Engine) -> Result<Vec<u8>, BatcherStateError> {
-        let mut out = Vec::with_capacity(self.pending.len() * 8 + 4);
+        let mut out = Vec::with_capacity(self.pending.len() * 24 + 8);
+        varint::put(&mut out, PENDING_WITH_EVIDENCE);
         varint::put(&mut out, self.pending.len() as u64);
         let (mut chunk, mut ys, mut dt) = (0u64, 0i64, 0i64);
         for d in &self.pending {
@@ -126,6 +142,10 @@ impl DetectionBatcher {
             chunk = d.chunk;
             ys = d.y_start.timestamp_millis();
             dt = d.detected_at.timestamp_millis();
+            match &d.evidence {
+                Some(e) => e.encode(&mut out),
+                None => out.push(0),
+            }
         }
         Ok(out)
     }
@@ -139,27 +159,41 @@ impl DetectionBatcher {
     ) -> Result<Self, BatcherStateError> {
         let bad = |why: &str| BatcherStateError(why.to_string());
         let mut pos = 0;
-        let mut next = || varint::read(pending, &mut pos).ok_or_else(|| bad("truncated"));
+        let next = |pos: &mut usize| varint::read(pending, pos).ok_or_else(|| bad("truncated"));
         let mut restored = Vec::new();
         if !pending.is_empty() {
-            let n = next()?;
+            // Streams written before detections kept evidence start with the count.
+            let first = next(&mut pos)?;
+            let with_evidence = first == PENDING_WITH_EVIDENCE;
+            let n = if with_evidence {
+                next(&mut pos)?
+            } else {
+                first
+            };
             if n >= per_file.max(1) {
                 return Err(bad("more pending detections than one file holds"));
             }
             let (mut chunk, mut ys, mut dt) = (0u64, 0i64, 0i64);
             for _ in 0..n {
                 let pattern = PatternId::ALL
-                    .get(next()? as usize)
+                    .get(next(&mut pos)? as usize)
                     .copied()
                     .ok_or_else(|| bad("unknown pattern"))?;
-                let m = u32::try_from(next()?).map_err(|_| bad("merchant index too large"))?;
-                let c = u32::try_from(next()?).map_err(|_| bad("customer index too large"))?;
-                chunk = chunk.wrapping_add(next()?);
-                ys = ys.wrapping_add(varint::unzigzag(next()?));
-                dt = dt.wrapping_add(varint::unzigzag(next()?));
+                let m =
+                    u32::try_from(next(&mut pos)?).map_err(|_| bad("merchant index too large"))?;
+                let c =
+                    u32::try_from(next(&mut pos)?).map_err(|_| bad("customer index too large"))?;
+                chunk = chunk.wrapping_add(next(&mut pos)?);
+                ys = ys.wrapping_add(varint::unzigzag(next(&mut pos)?));
+                dt = dt.wrapping_add(varint::unzigzag(next(&mut pos)?));
                 let time = |ms: i64| {
                     DateTime::<Utc>::from_timestamp_millis(ms)
                         .ok_or_else(|| BatcherStateError(format!("bad time {ms}")))
+                };
+                let evidence = match with_evidence {
+                    true => Evidence::decode(pending, &mut pos)
+                        .ok_or_else(|| bad("truncated evidence"))?,
+                    false => None,
                 };
                 restored.push(Detection {
                     key: engine
@@ -168,6 +202,7 @@ impl DetectionBatcher {
                     chunk,
                     y_start: time(ys)?,
                     detected_at: time(dt)?,
+                    evidence,
                 });
             }
         }
@@ -198,6 +233,10 @@ mod tests {
             chunk: i / 7,
             y_start: t,
             detected_at: t,
+            evidence: Some(Evidence::Child {
+                txns: 80 + i,
+                cents: 1_000 * u128::from(i),
+            }),
         }
     }
 
@@ -233,13 +272,29 @@ mod tests {
         e
     }
 
+    /// A head written before detections kept evidence: the count first, no evidence.
+    #[test]
+    fn pending_detections_of_an_older_head_load_without_evidence() {
+        let engine = engine_knowing(3);
+        let mut old = Vec::new();
+        for v in [1, PatternId::Child.index() as u64, 0, 2, 7, 10, 12] {
+            varint::put(&mut old, v);
+        }
+        let b = DetectionBatcher::restore(50, 4, &old, &engine).unwrap();
+        let d = &b.pending()[0];
+        assert_eq!(
+            (d.key.customer.as_str(), d.chunk, d.evidence),
+            ("C2", 7, None)
+        );
+    }
+
     #[test]
     fn pending_state_round_trips_compactly() {
         let engine = engine_knowing(120);
         let mut b = DetectionBatcher::new(50);
         b.push((0..99).map(d));
         let bytes = b.encode_pending(&engine).unwrap();
-        assert!(bytes.len() < 49 * 8, "{}", bytes.len());
+        assert!(bytes.len() < 49 * 16, "{}", bytes.len());
         let restored = DetectionBatcher::restore(50, b.next_batch(), &bytes, &engine).unwrap();
         assert_eq!(restored, b);
         assert!(DetectionBatcher::restore(50, 0, &[0xff], &engine).is_err());
@@ -254,8 +309,9 @@ mod tests {
     }
 
     /// The head carries at most one file's worth of pending detections less one: at the
-    /// largest `per_file`, with 128-byte ids and times all different, it stays far
-    /// below DynamoDB's 400 KB item limit (133 KB).
+    /// largest `per_file`, with 128-byte ids, times all different and PatId1's evidence
+    /// with huge values on every one, it stays below DynamoDB's 400 KB item limit
+    /// (241 KB; this bound is why a file holds at most 4,000).
     #[test]
     fn the_most_a_head_can_pend_is_small() {
         use crate::config::MAX_DETECTIONS_PER_FILE;
@@ -293,14 +349,43 @@ mod tests {
                 chunk: i * 1_000,
                 y_start: start + chrono::Duration::milliseconds(i as i64 * 997_331),
                 detected_at: start + chrono::Duration::milliseconds(i as i64 * 1_000_003),
+                // The largest evidence, PatId1's, on every one.
+                evidence: Some(large_evidence(PatternId::Upgrade, i)),
             })
             .collect();
         let mut b = DetectionBatcher::new(per_file);
         assert!(b.push(pending).is_empty());
         let bytes = b.encode_pending(&engine).unwrap();
-        assert!(bytes.len() < 200 * 1024, "{} bytes", bytes.len());
+        assert!(bytes.len() < 300 * 1024, "{} bytes", bytes.len());
         let restored = DetectionBatcher::restore(per_file, 0, &bytes, &engine).unwrap();
         assert!(restored == b, "the pending detections did not round-trip");
+    }
+
+    /// Evidence with values far beyond the demo data's (a merchant with a billion
+    /// transactions, weights averaged over thousands of rows).
+    fn large_evidence(pattern: PatternId, i: u64) -> Evidence {
+        let weight = |k: u64| crate::weight::Weight::new(999_999_999 * i128::from(k), k);
+        match pattern {
+            PatternId::Upgrade => Evidence::Upgrade(crate::evidence::UpgradeEvidence {
+                txns: 1_000_000 + i,
+                merchant_txns: 1_000_000_000 + i,
+                customers: 10_000_000,
+                top_rank: 9_900_000,
+                count_at_top_rank: 999_999,
+                weight: weight(4_000),
+                weighted_customers: 9_000_000,
+                bottom_rank: 90_000,
+                weight_at_bottom_rank: weight(4_001),
+            }),
+            PatternId::Child => Evidence::Child {
+                txns: 1_000_000 + i,
+                cents: 2_299_999_999 + u128::from(i),
+            },
+            PatternId::DeiNeeded => Evidence::Dei {
+                female: 5_000_000,
+                male: 5_000_001,
+            },
+        }
     }
 
     #[test]

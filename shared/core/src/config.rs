@@ -10,7 +10,7 @@ pub const MAX_ROWS_PER_CHUNK: u64 = 1_000_000;
 pub const DEFAULT_DETECTIONS_PER_FILE: u64 = 50;
 /// The largest number of detections per S3 file. It bounds what the detector's head
 /// carries between chunks (fewer than one file's worth of pending detections).
-pub const MAX_DETECTIONS_PER_FILE: u64 = 10_000;
+pub const MAX_DETECTIONS_PER_FILE: u64 = 4_000;
 
 /// The settings that fix how a stream is cut and batched. They are pinned for the life
 /// of a stream: changing them mid-stream would change which rows form a chunk or which

@@ -1,5 +1,6 @@
 //! Detection records (docs/behaviour.md, detections): identity, ordering and the exact JSON form.
 
+use crate::evidence::Evidence;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +74,9 @@ pub struct Detection {
     pub y_start: DateTime<Utc>,
     /// When the detection was made.
     pub detected_at: DateTime<Utc>,
+    /// Why it fired (`None` only for a detection carried over from a stream written
+    /// before detections kept their evidence).
+    pub evidence: Option<Evidence>,
 }
 
 /// The JSON form, fields in the order docs/behaviour.md gives.
@@ -124,6 +128,20 @@ impl Detection {
         // Serializing a struct of strings cannot fail.
         serde_json::to_string(&self.to_json()).unwrap_or_default()
     }
+
+    /// Its evidence as one JSON Lines line (without the newline): the identity, the
+    /// chunk and the values (`null` for a detection carried over from a stream
+    /// written before detections kept evidence).
+    pub fn evidence_line(&self) -> String {
+        let line = serde_json::json!({
+            "patternId": self.key.pattern.id(),
+            "MerchantId": self.key.merchant,
+            "customerName": self.key.customer,
+            "chunk": self.chunk,
+            "evidence": self.evidence.map(|e| e.to_json()),
+        });
+        line.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +162,7 @@ mod tests {
             chunk: 0,
             y_start: start,
             detected_at: start + chrono::Duration::milliseconds(64),
+            evidence: None,
         };
         assert_eq!(
             d.to_json_line(),
@@ -163,6 +182,7 @@ mod tests {
             chunk: 3,
             y_start: t,
             detected_at: t,
+            evidence: None,
         };
         let json = d.to_json();
         assert_eq!(json.customer_name, "");

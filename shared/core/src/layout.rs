@@ -5,6 +5,7 @@
 //! ```text
 //! chunks/<stream>/<k:08>.csv           chunk k: the header, then R source rows
 //! detections/<stream>/<b:08>.jsonl     detection file b
+//! evidence/<stream>/<b:08>.jsonl       why each detection of file b fired, line by line
 //! state/<stream>/…                     the detector's snapshots and deltas
 //! ```
 
@@ -14,6 +15,8 @@ use std::fmt;
 pub const CHUNKS_PREFIX: &str = "chunks/";
 /// Prefix of every detection file.
 pub const DETECTIONS_PREFIX: &str = "detections/";
+/// Prefix of every evidence file.
+pub const EVIDENCE_PREFIX: &str = "evidence/";
 /// Prefix of the detector's stored state.
 pub const STATE_PREFIX: &str = "state/";
 
@@ -95,6 +98,17 @@ impl StreamName {
     /// The key of detection file `b`: `detections/<stream>/<b:08>.jsonl`.
     pub fn detections_key(&self, b: u64) -> String {
         format!("{DETECTIONS_PREFIX}{self}/{b:08}.jsonl")
+    }
+
+    /// The key of evidence file `b`, beside detection file `b`:
+    /// `evidence/<stream>/<b:08>.jsonl`.
+    pub fn evidence_key(&self, b: u64) -> String {
+        format!("{EVIDENCE_PREFIX}{self}/{b:08}.jsonl")
+    }
+
+    /// `evidence/<stream>/`: where the stream's evidence files are.
+    pub fn evidence_prefix(&self) -> String {
+        format!("{EVIDENCE_PREFIX}{self}/")
     }
 
     /// `state/<stream>/`: where the detector keeps the stream's state.

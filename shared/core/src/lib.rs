@@ -7,7 +7,8 @@
 //! - [`layout`]: the keys chunks and outputs are stored under;
 //! - [`engine`]: the running stats and the three patterns, with its compact state
 //!   codec (deltas and snapshots);
-//! - [`detection`], [`batch`]: detection records and their grouping into S3 files;
+//! - [`detection`], [`evidence`], [`batch`]: detection records, why each fired, and
+//!   their grouping into S3 files;
 //! - [`config`]: thresholds and settings with their defaults;
 //! - [`replay`]: the whole logic over an in-memory source, the offline reference.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod cutting;
 pub mod detection;
 pub mod engine;
+pub mod evidence;
 pub mod index;
 pub mod layout;
 pub mod names;

@@ -144,11 +144,13 @@ impl<'e> ChunkReplay<'e> {
         let detections: Vec<Detection> = outcome
             .detections
             .into_iter()
-            .map(|key| Detection {
+            .zip(outcome.evidence)
+            .map(|(key, evidence)| Detection {
                 key,
                 chunk: chunk.k,
                 y_start,
                 detected_at,
+                evidence: Some(evidence),
             })
             .collect();
         let mut batches = self.batcher.push(detections.iter().cloned());

@@ -421,7 +421,7 @@ pub fn stream_shape(env: &EnvVars) -> Result<StreamShape, ConfigError> {
             "TXPIPE_DETECTIONS_PER_FILE",
             DEFAULT_DETECTIONS_PER_FILE,
             1..=MAX_DETECTIONS_PER_FILE,
-            "a count from 1 to 10000",
+            "a count from 1 to 4000",
         )?,
     })
 }

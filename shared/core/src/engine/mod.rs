@@ -27,6 +27,7 @@ pub use histogram::CountHistogram;
 
 use crate::config::PatternConfig;
 use crate::detection::{DetectionKey, PatternId};
+use crate::evidence::{Evidence, UpgradeEvidence};
 use crate::index::{hash_bytes, hash_pair};
 use crate::names::NONE;
 use crate::parse::{Gender, HeaderError, ImportanceTable, RejectedRow, TransactionReader};
@@ -161,6 +162,8 @@ pub struct ChunkOutcome {
     pub delta: ChunkDelta,
     /// New detections, in the order docs/behaviour.md gives.
     pub detections: Vec<DetectionKey>,
+    /// Why each fired, in the same order.
+    pub evidence: Vec<Evidence>,
     /// Rows rejected, with reasons.
     pub rejected: Vec<RejectedRow>,
 }
@@ -455,7 +458,7 @@ impl Engine {
         self.apply_batch(&mut batch, &mut touched, chunk, &mut on_row)?;
         rows += batch.len() as u64;
         let touched_merchants = self.reindex(&touched);
-        let (detections, detected) = self.detect(&touched, &touched_merchants);
+        let Detected(detections, evidence, detected) = self.detect(&touched, &touched_merchants);
         let delta = ChunkDelta {
             chunk,
             rows,
@@ -497,6 +500,7 @@ impl Engine {
         Ok(ChunkOutcome {
             delta,
             detections,
+            evidence,
             rejected,
         })
     }
@@ -849,14 +853,11 @@ impl Engine {
     }
 
     /// Finds what newly holds after the chunk and marks it emitted; returns the keys in
-    /// order and the same detections as (pattern, merchant, customer or `NONE`) indices.
-    fn detect(
-        &mut self,
-        touched: &[Touched],
-        merchants: &[u32],
-    ) -> (Vec<DetectionKey>, Vec<(PatternId, u32, u32)>) {
+    /// order, why each fired, and the same detections as (pattern, merchant, customer
+    /// or `NONE`) indices.
+    fn detect(&mut self, touched: &[Touched], merchants: &[u32]) -> Detected {
         let cfg = &self.config;
-        let mut found: Vec<(PatternId, u32, u32)> = Vec::new();
+        let mut found: Vec<(PatternId, u32, u32, Evidence)> = Vec::new();
         // CHILD depends only on the pair's own stats: only touched pairs can change.
         for t in touched {
             let (txns, cents) = (self.pairs.txns(t.pair), self.pairs.cents(t.pair));
@@ -865,7 +866,8 @@ impl Engine {
                 && !self.pairs.set_flag(t.pair, EMITTED_CHILD)
             {
                 let pair = self.pairs.record(t.pair);
-                found.push((PatternId::Child, pair.merchant, pair.customer));
+                let evidence = Evidence::Child { txns, cents };
+                found.push((PatternId::Child, pair.merchant, pair.customer, evidence));
             }
         }
         for &m in merchants {
@@ -873,28 +875,47 @@ impl Engine {
             if !stats.dei_emitted && stats.female > cfg.dei_min_female && stats.female < stats.male
             {
                 stats.dei_emitted = true;
-                found.push((PatternId::DeiNeeded, m, NONE));
+                let evidence = Evidence::Dei {
+                    female: stats.female,
+                    male: stats.male,
+                };
+                found.push((PatternId::DeiNeeded, m, NONE, evidence));
             }
             if stats.txns <= cfg.upgrade_min_merchant_txns {
                 continue;
             }
             // Thresholds move when any customer of m changes, so every customer of m at
             // or below the weight threshold is a candidate, not just touched ones.
-            let Some((t_count, end)) = upgrade_thresholds(stats, cfg, &self.weights) else {
+            let Some(t) = upgrade_thresholds(stats, cfg, &self.weights) else {
                 continue;
             };
             let Some(order) = &stats.by_weight else {
                 continue;
             };
-            for (_, p) in order.present_below(end) {
-                if self.pairs.txns(p) >= t_count && !self.pairs.set_flag(p, EMITTED_UPGRADE) {
-                    found.push((PatternId::Upgrade, m, self.pairs.record(p).customer));
+            for (entry, p) in order.present_below(t.end) {
+                let txns = self.pairs.txns(p);
+                if txns >= t.count && !self.pairs.set_flag(p, EMITTED_UPGRADE) {
+                    // Only when one fires: the weights are looked up for its evidence.
+                    let weight = |e| self.weights.entry_weight(e).unwrap_or(Weight::new(0, 1));
+                    let evidence = Evidence::Upgrade(UpgradeEvidence {
+                        txns,
+                        merchant_txns: stats.txns,
+                        customers: stats.by_count.len(),
+                        top_rank: t.top_rank,
+                        count_at_top_rank: t.count,
+                        weight: weight(entry),
+                        weighted_customers: order.len(),
+                        bottom_rank: t.bottom_rank,
+                        weight_at_bottom_rank: weight(t.bottom_entry),
+                    });
+                    let c = self.pairs.record(p).customer;
+                    found.push((PatternId::Upgrade, m, c, evidence));
                 }
             }
         }
-        let mut keyed: Vec<(DetectionKey, (PatternId, u32, u32))> = found
+        let mut keyed: Vec<(DetectionKey, Evidence, (PatternId, u32, u32))> = found
             .into_iter()
-            .map(|(pattern, m, c)| {
+            .map(|(pattern, m, c, evidence)| {
                 let key = DetectionKey {
                     pattern,
                     merchant: self.merchants.name(m).to_string(),
@@ -904,11 +925,17 @@ impl Engine {
                         self.customers.name(c).to_string()
                     },
                 };
-                (key, (pattern, m, c))
+                (key, evidence, (pattern, m, c))
             })
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        keyed.into_iter().unzip()
+        let mut out = Detected::default();
+        for (key, evidence, indices) in keyed {
+            out.0.push(key);
+            out.1.push(evidence);
+            out.2.push(indices);
+        }
+        out
     }
 
     /// Stats of the pairs a delta touched, as they are now (for the analytics tables).
@@ -1012,22 +1039,38 @@ fn emitted_flag(pattern: PatternId) -> u32 {
     }
 }
 
-/// `Tcount(m)` (docs/behaviour.md, patterns) and the end of the run of importance entries at or below
-/// `Tweight(m)`, or `None` when no customer of m has a weight.
+/// A chunk's new detections: their keys in order, why each fired, and their indices.
+#[derive(Default)]
+struct Detected(Vec<DetectionKey>, Vec<Evidence>, Vec<(PatternId, u32, u32)>);
+
+/// PatId1's thresholds at one merchant (docs/behaviour.md, patterns).
+struct UpgradeThresholds {
+    /// The top percentile's rank in the count order, and `Tcount(m)` there.
+    top_rank: u64,
+    count: u64,
+    /// The bottom percentile's rank in the weight order, and its importance entry
+    /// (`Tweight(m)`).
+    bottom_rank: u64,
+    bottom_entry: u32,
+    /// The end of the run of importance entries at or below `Tweight(m)`.
+    end: u32,
+}
+
+/// PatId1's thresholds at a merchant, or `None` when no customer of m has a weight.
 fn upgrade_thresholds(
     stats: &MerchantStats,
     cfg: &PatternConfig,
     weights: &ImportanceTable,
-) -> Option<(u64, u32)> {
+) -> Option<UpgradeThresholds> {
     let n = stats.by_count.len();
-    let t_count = stats
-        .by_count
-        .kth(nearest_rank(BP_WHOLE.saturating_sub(cfg.upgrade_top_bp), n))?;
+    let top_rank = nearest_rank(BP_WHOLE.saturating_sub(cfg.upgrade_top_bp), n);
+    let t_count = stats.by_count.kth(top_rank)?;
     let order = stats.by_weight.as_ref()?;
     if order.is_empty() {
         return None;
     }
-    let t_entry = order.kth(nearest_rank(cfg.upgrade_bottom_bp, order.len()))?;
+    let bottom_rank = nearest_rank(cfg.upgrade_bottom_bp, order.len());
+    let t_entry = order.kth(bottom_rank)?;
     let t_rank = weights.entry_rank(t_entry);
     // Entries are in weight order: the run at or below Tweight ends at the first entry
     // after `t_entry` with a greater weight (ties with Tweight all qualify).
@@ -1041,5 +1084,11 @@ fn upgrade_thresholds(
             hi = mid;
         }
     }
-    Some((t_count, lo))
+    Some(UpgradeThresholds {
+        top_rank,
+        count: t_count,
+        bottom_rank,
+        bottom_entry: t_entry,
+        end: lo,
+    })
 }

@@ -284,11 +284,13 @@ impl Detector {
         let detections = outcome
             .detections
             .iter()
-            .map(|key| Detection {
+            .zip(&outcome.evidence)
+            .map(|(key, evidence)| Detection {
                 key: key.clone(),
                 chunk: j,
                 y_start: started,
                 detected_at,
+                evidence: Some(*evidence),
             })
             .collect();
         Ok(Applied {
@@ -301,7 +303,8 @@ impl Detector {
     }
 
     /// Step 4: every detection file that is now full (and the short last one at the
-    /// end of the stream), each under its batch number's key.
+    /// end of the stream), each under its batch number's key, its evidence file first
+    /// (a consumer that sees a detection file finds its evidence).
     async fn write_detection_files(
         &self,
         st: &mut StreamState,
@@ -314,9 +317,13 @@ impl Detector {
             batches.extend(st.batcher.flush());
         }
         let bucket = &self.settings.bucket;
-        for batch in &batches {
-            let key = stream.detections_key(batch.number);
-            let bytes = batch.to_jsonl();
+        let files = batches.iter().flat_map(|batch| {
+            [
+                (stream.evidence_key(batch.number), batch.evidence_jsonl()),
+                (stream.detections_key(batch.number), batch.to_jsonl()),
+            ]
+        });
+        for (key, bytes) in files {
             // A published file is never written again (each write would be a new
             // ObjectCreated for whoever consumes them): a redo finds its own bytes
             // there; other bytes mean another attempt published this batch first, so

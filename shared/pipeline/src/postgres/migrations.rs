@@ -15,6 +15,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "lossless rejects, bounded transactions",
         include_str!("../../migrations/0002_lossless_and_bounded.sql"),
     ),
+    (
+        3,
+        "detection evidence",
+        include_str!("../../migrations/0003_evidence.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet. Safe to run from several processes at

@@ -52,10 +52,11 @@ const TRANSACTIONS_SQL: &str =
 // (the same times, the same values) inserts nothing and overwrites nothing.
 const DETECTIONS_SQL: &str =
     "INSERT INTO detections (stream, pattern_id, merchant_id, customer_name, action_type,
-                             chunk, seq_in_chunk, y_start_time, detection_time)
-     SELECT $1, p, m, c, a, $2, s, ys, dt
+                             chunk, seq_in_chunk, y_start_time, detection_time, evidence)
+     SELECT $1, p, m, c, a, $2, s, ys, dt, e::jsonb
      FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-                 $8::timestamptz[], $9::timestamptz[]) AS t(p, m, c, a, s, ys, dt)
+                 $8::timestamptz[], $9::timestamptz[], $10::text[])
+          AS t(p, m, c, a, s, ys, dt, e)
      ON CONFLICT (stream, pattern_id, merchant_id, customer_name) DO NOTHING";
 
 const REJECTED_SQL: &str =
@@ -312,8 +313,13 @@ async fn write_chunk(
     let seq: Vec<i32> = (0..d.len() as i32).collect();
     let y_start: Vec<DateTime<Utc>> = d.iter().map(|d| d.y_start).collect();
     let detected: Vec<DateTime<Utc>> = d.iter().map(|d| d.detected_at).collect();
+    let evidence: Vec<Option<String>> = d
+        .iter()
+        .map(|d| d.evidence.map(|e| e.to_json().to_string()))
+        .collect();
     let detection_params: &[Param] = &[
         &stream, &chunk, &pattern, &merchant, &customer, &action, &seq, &y_start, &detected,
+        &evidence,
     ];
     let detections = client.execute(&conn.detections, detection_params);
 
