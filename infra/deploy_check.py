@@ -1772,6 +1772,15 @@ def check_existing_mode(moto, binary, chunker_bin, detector_bin, workdir, pg):
     check(ledger == want, f"Postgres: {ledger} chunks applied in txpipe.chunks (want {want})")
     check(lines > 0 and pg_detections == lines and len(files) == -(-lines // 50),
           f"{lines} detections: {len(files)} files under detections/ (50 a file) and {pg_detections} rows in Postgres")
+    evidence_files = sorted(list_keys(s3, bucket, "evidence/"))
+    same_lines = all(
+        [json.loads(e)["customerName"] for e in s3.get_object(Bucket=bucket, Key=ek)["Body"].read().decode().splitlines()]
+        == [json.loads(d)["customerName"] for d in s3.get_object(Bucket=bucket, Key=dk)["Body"].read().decode().splitlines()]
+        for (ek, _), (dk, _) in zip(evidence_files, files))
+    with_evidence = int(q("SELECT count(*) FROM txpipe.detections WHERE evidence IS NOT NULL;"))
+    check(len(evidence_files) == len(files) and same_lines and with_evidence == lines,
+          f"evidence: {len(evidence_files)} files under evidence/, line for line beside the detection files; "
+          f"{with_evidence} Postgres detections with their evidence")
     owners = q(f"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'txpipe';")
     public = q("SELECT count(*) FROM pg_tables WHERE schemaname = 'public';")
     check(owners == APP_ROLE and public == "0", f"the detector's tables are in schema txpipe, owned by {APP_ROLE}; none in public")
@@ -1830,6 +1839,12 @@ def least_privilege_probes(moto, chunker_fn, detector_fn, outputs):
         (chunker, "dynamodb:GetItem", table, lead("head#s"), True, "chunker GetItem head#"),
         (chunker, "dynamodb:GetItem", table, lead("delta#s"), False, "chunker GetItem delta#"),
         (chunker, "s3:PutObject", f"{bucket}/detections/s/00000000.jsonl", {}, False, "chunker PutObject detections/"),
+        (chunker, "s3:PutObject", f"{bucket}/evidence/s/00000000.jsonl", {}, False, "chunker PutObject evidence/"),
+        (detector, "s3:PutObject", f"{bucket}/evidence/s/00000000.jsonl", {}, True, "detector PutObject evidence/"),
+        (detector, "s3:GetObject", f"{bucket}/detections/s/00000000.jsonl", {}, True,
+         "detector GetObject detections/ (a redo compares a published file's bytes)"),
+        (detector, "s3:GetObject", f"{bucket}/evidence/s/00000000.jsonl", {}, True, "detector GetObject evidence/"),
+        (detector, "s3:DeleteObject", f"{bucket}/evidence/s/00000000.jsonl", {}, False, "detector DeleteObject evidence/"),
         (chunker, "s3:PutObject", f"{bucket}/chunks/s/00000000.csv", {}, True, "chunker PutObject chunks/"),
         (chunker, "s3:GetObject", f"{bucket}/chunks/s/00000000.csv", {}, True, "chunker GetObject chunks/ (HEAD to date its last write)"),
         (chunker, "s3:GetObject", f"{bucket}/state/s/head", {}, False, "chunker GetObject state/"),

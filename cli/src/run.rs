@@ -19,7 +19,7 @@ use txpipe::aws::AwsClients;
 use txpipe::chunker::ChunkerService;
 use txpipe::config::{stream_shape, Config, EnvVars};
 use txpipe::detector::{AppliedChunk, DetectorService};
-use txpipe::layout::StreamName;
+use txpipe::layout::{StreamName, DETECTIONS_PREFIX, EVIDENCE_PREFIX};
 use txpipe::setup::Stores;
 use txpipe::store::ObjectStore;
 use txpipe_testkit::events::{object_created, Notifying};
@@ -613,24 +613,26 @@ async fn write_reports(clients: &AwsClients, config: &Config, out: &Path) -> Res
     Ok(written)
 }
 
-/// Copies the detection files out of moto into `out/detections/` (one folder per
-/// stream when there are several).
+/// Copies the detection files and their evidence out of moto into `out/detections/`
+/// and `out/evidence/` (one folder per stream when there are several).
 async fn export_outputs(objects: &dyn ObjectStore, out: &Path, streams: usize) -> Result<()> {
-    let dir = out.join("detections");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for key in objects.list(BUCKET, "detections/").await? {
-        if let Some(object) = objects.get(BUCKET, &key).await? {
-            let relative = key.trim_start_matches("detections/");
-            let name = match streams {
-                1 => relative.rsplit('/').next().unwrap_or(relative),
-                _ => relative,
-            };
-            let path = dir.join(name);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+    for prefix in [DETECTIONS_PREFIX, EVIDENCE_PREFIX] {
+        let dir = out.join(prefix.trim_end_matches('/'));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for key in objects.list(BUCKET, prefix).await? {
+            if let Some(object) = objects.get(BUCKET, &key).await? {
+                let relative = key.trim_start_matches(prefix);
+                let name = match streams {
+                    1 => relative.rsplit('/').next().unwrap_or(relative),
+                    _ => relative,
+                };
+                let path = dir.join(name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(path, object.bytes)?;
             }
-            std::fs::write(path, object.bytes)?;
         }
     }
     Ok(())
@@ -680,6 +682,10 @@ fn print_summary(
     eprintln!("outputs");
     eprintln!(
         "  S3 detection files   s3://{BUCKET}/detections/…/NNNNNNNN.jsonl (copied to {}/detections/)",
+        s.out.display()
+    );
+    eprintln!(
+        "  S3 evidence files    s3://{BUCKET}/evidence/…/NNNNNNNN.jsonl, why each fired (copied to {}/evidence/)",
         s.out.display()
     );
     eprintln!("  S3 chunks            s3://{BUCKET}/chunks/{stream}/NNNNNNNN.csv");

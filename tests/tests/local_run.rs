@@ -1,7 +1,7 @@
 //! The `make run` path (txpipe run) in burst mode on small generated files, checked
 //! against the offline replay: one stream, and two streams at once.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::sync::Arc;
 use txpipe::config::PatternConfig;
 use txpipe::engine::Engine;
@@ -48,8 +48,14 @@ async fn local_run_in_burst_mode_equals_replay() -> Result<()> {
     assert_eq!(summary.detections, per_pattern);
     assert!(per_pattern.iter().all(|&n| n > 0), "{per_pattern:?}");
 
-    // The exported S3 files hold exactly the replay's batches.
+    // The exported S3 files hold exactly the replay's batches, and beside them their
+    // evidence, byte for byte.
     assert_files_hold(&out.join("detections"), &want.batches)?;
+    for batch in &want.batches {
+        let path = out.join("evidence").join(format!("{:08}.jsonl", batch.number));
+        let got = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        assert_eq!(got, batch.evidence_jsonl(), "{}", path.display());
+    }
     Ok(())
 }
 

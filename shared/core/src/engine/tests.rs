@@ -1149,3 +1149,98 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+// ---- Evidence ----
+
+/// A chunk's detections with their evidence as JSON text.
+fn apply_with_evidence(e: &mut Engine, rows: &[Row]) -> Vec<(PatternId, String, String)> {
+    let k = e.next_chunk();
+    let out = e
+        .apply_chunk(k, chunk_text(rows).as_bytes(), k * 1000 + 1)
+        .unwrap();
+    assert_eq!(out.detections.len(), out.evidence.len());
+    out.detections
+        .into_iter()
+        .zip(out.evidence)
+        .map(|(d, ev)| (d.pattern, d.customer, ev.to_json().to_string()))
+        .collect()
+}
+
+#[test]
+fn child_evidence_is_the_exact_average_just_below_23() {
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    // An average of exactly Rs 23 does not fire: no evidence at all.
+    assert!(apply_with_evidence(&mut e, &repeat(("C1", "M", "M1", "23.00"), 80)).is_empty());
+    // 79 × 23.00 + 22.20 = 1839.20 over 80: exactly 22.99.
+    let mut rows = repeat(("C2", "M", "M1", "23.00"), 79);
+    rows.push(("C2", "M", "M1", "22.20"));
+    assert_eq!(
+        apply_with_evidence(&mut e, &rows),
+        vec![(
+            Child,
+            "C2".into(),
+            r#"{"amountCents":"183920","averageRupees":"22.99","txns":"80"}"#.into()
+        )]
+    );
+    // 80 × 23.00 + 22.00 over 81 has no finite decimal: a fraction, never rounded.
+    let mut rows = repeat(("C3", "M", "M1", "23.00"), 80);
+    rows.push(("C3", "M", "M1", "22.00"));
+    let got = apply_with_evidence(&mut e, &rows);
+    assert_eq!(
+        got[0].2,
+        r#"{"amountCents":"186200","averageRupees":"1862/81","txns":"81"}"#
+    );
+}
+
+#[test]
+fn upgrade_evidence_names_both_ranks_and_the_customer_exactly_at_the_top_rank() {
+    // Counts {5, 5, 5, 1}: top 25 % is rank 3 of 4 (ascending), count 5 — A and B are
+    // exactly at it. Weights {A 1, B 1, C 2, D 1.5}: bottom 50 % is rank 2 of 4, weight 1.
+    let weights = importance(&[
+        ("A", "M1", "1"),
+        ("B", "M1", "1"),
+        ("C", "M1", "2"),
+        ("D", "M1", "1.5"),
+    ]);
+    let mut e = engine(small_upgrade(0, 2500, 5000), weights);
+    let mut rows = repeat(("A", "M", "M1", "1"), 5);
+    rows.extend(repeat(("B", "M", "M1", "1"), 5));
+    rows.extend(repeat(("C", "M", "M1", "1"), 5));
+    rows.push(("D", "M", "M1", "1"));
+    let ups: Vec<_> = apply_with_evidence(&mut e, &rows)
+        .into_iter()
+        .filter(|d| d.0 == Upgrade)
+        .collect();
+    let want = |c: &str| {
+        (
+            Upgrade,
+            c.to_string(),
+            r#"{"bottomRank":"2","countAtTopRank":"5","customerTxns":"5","customerWeight":"1","customers":"4","merchantTxns":"16","topRank":"3","weightAtBottomRank":"1","weightedCustomers":"4"}"#
+                .to_string(),
+        )
+    };
+    assert_eq!(ups, vec![want("A"), want("B")]);
+}
+
+#[test]
+fn dei_evidence_counts_customers_by_gender() {
+    let rows = dei_rows(101, 102);
+    let mut e = engine(PatternConfig::default(), Arc::default());
+    let owned: Vec<(String, &str, &str, &str)> = rows
+        .iter()
+        .map(|(c, g)| (c.clone(), *g, "M1", "100.00"))
+        .collect();
+    let borrowed: Vec<Row> = owned
+        .iter()
+        .map(|(c, g, m, a)| (c.as_str(), *g, *m, *a))
+        .collect();
+    let found = apply_with_evidence(&mut e, &borrowed);
+    assert_eq!(
+        found,
+        vec![(
+            DeiNeeded,
+            String::new(),
+            r#"{"femaleCustomers":"101","maleCustomers":"102"}"#.into()
+        )]
+    );
+}
