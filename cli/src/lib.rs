@@ -2,6 +2,7 @@
 //! and the status view. The end-to-end tests drive the same code.
 
 pub mod bench;
+pub mod explain;
 pub mod generate;
 pub mod invoke;
 pub mod operate;

@@ -87,6 +87,21 @@ enum Command {
         #[arg(long)]
         stream: Option<String>,
     },
+    /// Why a pattern holds, or not, for a merchant (PatId3, and PatId1's thresholds
+    /// there) or a customer at it (PatId2, PatId1): the numbers and thresholds now, from
+    /// the stream's state rebuilt as a cold detector rebuilds it, and the detection with
+    /// its evidence if one was emitted. Same environment variables as `status`.
+    Explain {
+        /// A stream other than the configured source's current one.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Merchant id, unquoted (M348934600).
+        #[arg(long)]
+        merchant: String,
+        /// Customer id, unquoted (C1093826151).
+        #[arg(long)]
+        customer: Option<String>,
+    },
     /// Write one self-contained HTML page about a stream (state, charts per chunk,
     /// latest detections, rejected rows by reason, top merchants), from the same
     /// environment variables as `status`.
@@ -252,6 +267,25 @@ fn main() -> Result<()> {
             for view in views {
                 print!("{}", view.render());
             }
+        }
+        Command::Explain {
+            stream,
+            merchant,
+            customer,
+        } => {
+            init_logs();
+            let config = txpipe::config::Config::from_env()?;
+            let stream = stream.map(|s| parse_stream(&s)).transpose()?;
+            let text = tokio::runtime::Runtime::new()?.block_on(async {
+                let clients = txpipe::aws::AwsClients::from_env().await;
+                let question = txpipe_cli::explain::Question {
+                    stream,
+                    merchant: &merchant,
+                    customer: customer.as_deref(),
+                };
+                txpipe_cli::explain::explain(&clients, &config, question).await
+            })?;
+            print!("{text}");
         }
         Command::Report { stream, out } => {
             init_logs();

@@ -52,7 +52,9 @@ async fn local_run_in_burst_mode_equals_replay() -> Result<()> {
     // evidence, byte for byte.
     assert_files_hold(&out.join("detections"), &want.batches)?;
     for batch in &want.batches {
-        let path = out.join("evidence").join(format!("{:08}.jsonl", batch.number));
+        let path = out
+            .join("evidence")
+            .join(format!("{:08}.jsonl", batch.number));
         let got = std::fs::read(&path).with_context(|| path.display().to_string())?;
         assert_eq!(got, batch.evidence_jsonl(), "{}", path.display());
     }

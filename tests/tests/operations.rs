@@ -925,3 +925,81 @@ async fn kicks_back_off_while_the_same_chunk_keeps_failing() -> Result<()> {
     assert!(head(&detector, &stream).await?.finished);
     Ok(())
 }
+
+/// An analyst asks why: `txpipe explain` rebuilds the stream as a cold detector does
+/// and shows each pattern's numbers against its thresholds, and an emitted detection
+/// with the evidence it was published with (the replay's, exactly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_evidence_of_each_detection_and_why_others_do_not_hold() -> Result<()> {
+    use txpipe_cli::explain::{explain, Question};
+    use txpipe_e2e::outputs::reference;
+    let stack = Stack::start(true).await?;
+    let dir = temp_dir("explain")?;
+    let (transactions, importance) = generate(&dir, 20_000, 5, 700)?;
+    stack.put(SOURCE_KEY, transactions.clone()).await?;
+    stack.put(IMPORTANCE_KEY, importance.clone()).await?;
+    let s = settings(&[("TXPIPE_DETECTIONS_PER_FILE", "7")]);
+    stack.chunker(&s)?.run(far(), None).await?;
+    let stream = stack.stream().await?;
+    deliver(&stack.detector(&s).await?, &[stream.chunk_key(9)]).await?;
+    let config = &stack.config(&s)?;
+    let want = reference(&stream, &transactions, &importance, config, false)?;
+    let clients = &stack.local.clients;
+    let ask = |merchant: String, customer: Option<String>| async move {
+        let question = Question {
+            stream: None,
+            merchant: &merchant,
+            customer: customer.as_deref(),
+        };
+        explain(clients, config, question).await
+    };
+    for pattern in txpipe::PatternId::ALL {
+        let d = want
+            .replay
+            .detections
+            .iter()
+            .find(|d| d.key.pattern == pattern)
+            .ok_or_else(|| anyhow::anyhow!("no {pattern:?} detection in the data"))?;
+        let customer = (!d.key.customer.is_empty()).then(|| d.key.customer.clone());
+        let text = ask(d.key.merchant.clone(), customer).await?;
+        let evidence = d.evidence.map(|e| e.to_json().to_string());
+        let evidence = evidence.unwrap_or_default();
+        // The pattern's own paragraph.
+        let shown = text
+            .split("\n\n")
+            .find(|part| {
+                part.starts_with(pattern.id())
+                    && !part.starts_with(&format!("{} thresholds", pattern.id()))
+            })
+            .unwrap_or_default();
+        let at = format!("\n  emitted at chunk {} (evidence/{stream}/", d.chunk);
+        assert!(
+            shown.contains(&at)
+                && shown
+                    .lines()
+                    .any(|l| l.ends_with(&format!("evidence then: {evidence}"))),
+            "{pattern:?} {d:?}:\n{text}"
+        );
+    }
+    // A customer with too few transactions for PatId2 at its merchant: why not.
+    let (m, c, n) = want
+        .outputs
+        .stats
+        .iter()
+        .find(|s| s.2 < 80)
+        .map(|s| (s.0.clone(), s.1.clone(), s.2))
+        .ok_or_else(|| anyhow::anyhow!("every pair has 80 transactions"))?;
+    let text = ask(m.clone(), Some(c.clone())).await?;
+    assert!(
+        text.contains(&format!(
+            "PatId2 does not hold now: transactions {n} >= 80: no"
+        )) && text.contains(&format!("customer {c} at {m}: {n} transactions")),
+        "{text}"
+    );
+    let unknown = ask("M-nobody".into(), None).await?;
+    assert!(
+        unknown.contains("merchant M-nobody: no transaction in this stream"),
+        "{unknown}"
+    );
+    Ok(())
+}

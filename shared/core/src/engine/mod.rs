@@ -14,6 +14,7 @@
 //! stream; "touched in this chunk" is one bit per pair plus a per-chunk list.
 
 mod codec;
+mod explain;
 mod histogram;
 pub mod pairs;
 mod snapshot;
@@ -23,6 +24,7 @@ pub mod weight_order;
 
 pub use crate::names::Names;
 pub use codec::{ChunkDelta, CodecError, PairDelta};
+pub use explain::{MerchantExplain, PairExplain, UpgradeThresholdsView};
 pub use histogram::CountHistogram;
 
 use crate::config::PatternConfig;

@@ -18,7 +18,7 @@ mod sink;
 pub use event::{targets_from_event, ChunkTarget, EventTargets};
 pub use service::{DetectorResponse, DetectorService, StreamReply};
 pub use settings::DetectorSettings;
-pub use sink::{ChunkRecord, ChunkSink, PairRow, ProcessedRow, SinkError};
+pub use sink::{ChunkRecord, ChunkSink, NoOutputs, PairRow, ProcessedRow, SinkError};
 
 use crate::clock::Clock;
 use crate::setup::Stores;
@@ -316,6 +316,16 @@ impl Detector {
         self.warm
             .get(stream)
             .map(|st| (st.engine.next_chunk(), st.engine.encode_snapshot()))
+    }
+
+    /// A stream's warm state: its head, its engine, and the detections waiting for
+    /// their file (`txpipe explain`, after [`Detector::load_stream`]).
+    pub fn warm_state(
+        &self,
+        stream: &StreamName,
+    ) -> Option<(&DetectorHead, &Engine, &[txpipe_core::Detection])> {
+        let st = self.warm.get(stream)?;
+        Some((&st.head, &st.engine, st.batcher.pending()))
     }
 
     /// Forgets warm state (as a cold container would start).

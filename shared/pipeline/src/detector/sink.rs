@@ -31,6 +31,38 @@ impl SinkError {
     }
 }
 
+/// The sink of a detector that only reads streams' state (`txpipe explain`): it has
+/// no output database, so a chunk handed to it is refused, never dropped.
+pub struct NoOutputs;
+
+#[async_trait]
+impl ChunkSink for NoOutputs {
+    fn wants_transactions(&self) -> bool {
+        false
+    }
+
+    async fn ready(&self) -> Result<(), SinkError> {
+        Err(NoOutputs::refused())
+    }
+
+    async fn record_chunk(&self, _: &ChunkRecord<'_>) -> Result<(), SinkError> {
+        Err(NoOutputs::refused())
+    }
+
+    async fn record_importance_rejects(&self, _: &str, _: &[RejectedRow]) -> Result<(), SinkError> {
+        Err(NoOutputs::refused())
+    }
+}
+
+impl NoOutputs {
+    fn refused() -> SinkError {
+        SinkError {
+            message: "this detector only reads state (txpipe explain): it writes no outputs".into(),
+            retry: Retry::Permanent,
+        }
+    }
+}
+
 /// One valid transaction row with its weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessedRow {
