@@ -96,7 +96,17 @@ fn yes(holds: bool) -> &'static str {
 }
 
 fn weight_text(w: &Weight) -> String {
-    exact_fraction(w.micros_sum(), u128::from(w.rows()) * 1_000_000)
+    readable(w.micros_sum(), u128::from(w.rows()) * 1_000_000)
+}
+
+/// An exact value for a person: a fraction gets its value to 4 decimals beside it
+/// (`55033/9520 (≈ 5.7808)`); the evidence itself stays exact only.
+fn readable(num: i128, den: u128) -> String {
+    let exact = exact_fraction(num, den);
+    match exact.contains('/') {
+        true => format!("{exact} (≈ {:.4})", num as f64 / den as f64),
+        false => exact,
+    }
 }
 
 fn percent(bp: u64) -> String {
@@ -179,7 +189,7 @@ fn describe_pair(
     emitted: &EmittedDetections,
 ) -> Result<()> {
     let s = &p.stats;
-    let average = exact_fraction(s.cents as i128, u128::from(s.txns) * 100);
+    let average = readable(s.cents as i128, u128::from(s.txns) * 100);
     writeln!(
         out,
         "\ncustomer {} at {}: {} transactions, Rs {} (average Rs {}), gender {}, weight {}",

@@ -464,33 +464,23 @@ pub fn first_difference(got: &StreamOutputs, want: &StreamOutputs) -> Option<Str
             want.get(i)
         ))
     }
-    let got_files: Vec<&String> = got.batches.keys().collect();
-    let want_files: Vec<&String> = want.batches.keys().collect();
-    if let Some(d) = list("S3 detection file names", &got_files, &want_files) {
+    // The file names, then each file's lines.
+    fn files<T: PartialEq + std::fmt::Debug>(
+        what: &str,
+        got: &BTreeMap<String, Vec<T>>,
+        want: &BTreeMap<String, Vec<T>>,
+    ) -> Option<String> {
+        let names = |m: &BTreeMap<String, Vec<T>>| m.keys().cloned().collect::<Vec<_>>();
+        list(&format!("S3 {what} file names"), &names(got), &names(want)).or_else(|| {
+            want.iter().find_map(|(name, lines)| {
+                list(&format!("S3 {what} file {name}"), &got[name], lines)
+            })
+        })
+    }
+    if let Some(d) = files("detection", &got.batches, &want.batches)
+        .or_else(|| files("evidence", &got.evidence, &want.evidence))
+    {
         return Some(d);
-    }
-    for (name, lines) in &want.batches {
-        if let Some(d) = list(
-            &format!("S3 detection file {name}"),
-            &got.batches[name],
-            lines,
-        ) {
-            return Some(d);
-        }
-    }
-    let got_files: Vec<&String> = got.evidence.keys().collect();
-    let want_files: Vec<&String> = want.evidence.keys().collect();
-    if let Some(d) = list("S3 evidence file names", &got_files, &want_files) {
-        return Some(d);
-    }
-    for (name, lines) in &want.evidence {
-        if let Some(d) = list(
-            &format!("S3 evidence file {name}"),
-            &got.evidence[name],
-            lines,
-        ) {
-            return Some(d);
-        }
     }
     list("Postgres detections", &got.detections, &want.detections)
         .or_else(|| list("Postgres chunks (ledger)", &got.ledger, &want.ledger))
