@@ -192,11 +192,12 @@ fn describe_pair(
     let average = readable(s.cents as i128, u128::from(s.txns) * 100);
     writeln!(
         out,
-        "\ncustomer {} at {}: {} transactions, Rs {} (average Rs {}), gender {}, weight {}",
+        "\ncustomer {} at {}: {} transactions, Rs {}.{:02} (average Rs {}), gender {}, weight {}",
         s.customer,
         s.merchant,
         s.txns,
-        format!("{}.{:02}", s.cents / 100, s.cents % 100),
+        s.cents / 100,
+        s.cents % 100,
         average,
         s.gender.as_str(),
         s.weight
