@@ -201,7 +201,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             "  {} {:<10} {}",
             p.id(),
             p.action(),
-            totals.detections[p.index()]
+            totals.detections.get(p)
         );
     }
     println!("  {files} detection files in {}", batches_dir.display());

@@ -22,6 +22,7 @@ use txpipe::detector::{AppliedChunk, DetectorService};
 use txpipe::layout::{StreamName, DETECTIONS_PREFIX, EVIDENCE_PREFIX};
 use txpipe::setup::Stores;
 use txpipe::store::ObjectStore;
+use txpipe::{PatternId, PerPattern};
 use txpipe_testkit::events::{object_created, Notifying};
 use txpipe_testkit::stack::{BUCKET, TABLE};
 use txpipe_testkit::LocalStack;
@@ -213,7 +214,7 @@ pub struct RunSummary {
     /// Rejected rows.
     pub rejected: u64,
     /// Detections per pattern.
-    pub detections: [u64; 3],
+    pub detections: PerPattern,
     /// Wall time from first chunk to last applied.
     pub wall: Duration,
     /// Lag (chunks created − applied) seen at each chunk applied.
@@ -239,7 +240,7 @@ struct Progress {
     applied: AtomicU64,
     rows: AtomicU64,
     rejected: AtomicU64,
-    detections: [AtomicU64; 3],
+    detections: [AtomicU64; PatternId::COUNT],
     done: AtomicBool,
     streams: std::sync::Mutex<Vec<StreamName>>,
     /// Prefix streams: files joined.
@@ -272,23 +273,22 @@ impl Progress {
             Ok(streams) => streams.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let (mut applied, mut rows, mut rejected, mut detections) = (0, 0, 0, [0u64; 3]);
+        let (mut applied, mut rows, mut rejected) = (0, 0, 0);
+        let mut detections = PerPattern::default();
         for stream in &streams {
             if let Some(head) = state.load_head(stream).await? {
                 applied += head.next_chunk;
                 rows += head.totals.rows;
                 rejected += head.totals.rejected;
-                for (sum, n) in detections.iter_mut().zip(head.totals.detections) {
-                    *sum += n;
-                }
+                detections += head.totals.detections;
             }
         }
         // Heads only move forward; an older read finishing late must not win.
         self.applied.fetch_max(applied, Ordering::Relaxed);
         self.rows.fetch_max(rows, Ordering::Relaxed);
         self.rejected.fetch_max(rejected, Ordering::Relaxed);
-        for (slot, n) in self.detections.iter().zip(detections) {
-            slot.fetch_max(n, Ordering::Relaxed);
+        for (pattern, n) in detections.iter() {
+            self.detections[pattern.index()].fetch_max(n, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -301,14 +301,16 @@ impl Progress {
             false => String::new(),
         };
         format!(
-            "X {created} chunks{files} | Y {applied} applied, lag {} | {} rows, {} rejected | PatId1 {} PatId2 {} PatId3 {}",
+            "X {created} chunks{files} | Y {applied} applied, lag {} | {} rows, {} rejected | {}",
             created.saturating_sub(applied),
             self.rows.load(Ordering::Relaxed),
             self.rejected.load(Ordering::Relaxed),
-            self.detections[0].load(Ordering::Relaxed),
-            self.detections[1].load(Ordering::Relaxed),
-            self.detections[2].load(Ordering::Relaxed),
+            self.detections(),
         )
+    }
+
+    fn detections(&self) -> PerPattern {
+        PerPattern::from_fn(|p| self.detections[p.index()].load(Ordering::Relaxed))
     }
 }
 
@@ -539,9 +541,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
     summary.chunks_applied = progress.applied.load(Ordering::Relaxed);
     summary.rows = progress.rows.load(Ordering::Relaxed);
     summary.rejected = progress.rejected.load(Ordering::Relaxed);
-    for i in 0..3 {
-        summary.detections[i] = progress.detections[i].load(Ordering::Relaxed);
-    }
+    summary.detections = progress.detections();
     export_outputs(stores.objects.as_ref(), &opts.out, opts.data.len()).await?;
     summary.reports = write_reports(clients, &config, &opts.out).await?;
     if opts.view != View::Quiet {
@@ -656,15 +656,13 @@ fn print_summary(
     };
     eprintln!();
     eprintln!(
-        "{} in {:.1} s: {} chunks, {} rows, {} rejected; PatId1 {}, PatId2 {}, PatId3 {}",
+        "{} in {:.1} s: {} chunks, {} rows, {} rejected; {}",
         if s.interrupted { "interrupted" } else { "done" },
         s.wall.as_secs_f64(),
         s.chunks_applied,
         s.rows,
         s.rejected,
-        s.detections[0],
-        s.detections[1],
-        s.detections[2]
+        s.detections
     );
     eprintln!(
         "detector per chunk: median {} ms, median {} remote requests; lag median {} max {}",

@@ -36,7 +36,7 @@ pub struct Status {
     /// Valid and rejected rows applied.
     pub rows: (u64, u64),
     /// Detections per pattern.
-    pub detections: [u64; 3],
+    pub detections: txpipe::PerPattern,
     /// The detector is done (end-of-stream applied).
     pub detector_finished: bool,
     /// The finished stream's final prune has not succeeded yet.
@@ -159,10 +159,16 @@ impl Status {
                 }
             }
         }
+        let per_pattern: Vec<String> = self
+            .detections
+            .iter()
+            .map(|(p, n)| format!("{} {} {n}", p.id(), p.action()))
+            .collect();
         let _ = writeln!(
             s,
-            "detections        PatId1 UPGRADE {}, PatId2 CHILD {}, PatId3 DEI-NEEDED {} ({} files in S3)",
-            self.detections[0], self.detections[1], self.detections[2], self.detection_files
+            "detections        {} ({} files in S3)",
+            per_pattern.join(", "),
+            self.detection_files
         );
         if !self.tables.is_empty() {
             let tables: Vec<String> = self

@@ -2108,17 +2108,14 @@ async fn chaos_schedules_end_exactly_as_the_replay() -> Result<()> {
             &config,
             false,
         )?;
-        let per_pattern = clean.replay.detections.iter().fold([0; 3], |mut n, d| {
-            n[d.key.pattern.index()] += 1;
-            n
-        });
+        let per_pattern = txpipe::PerPattern::of(clean.replay.detections.iter().map(|d| &d.key));
         println!(
-            "chaos: data {} rows, {} customers: detections per pattern {per_pattern:?}",
+            "chaos: data {} rows, {} customers: detections {per_pattern}",
             settings.rows, CUSTOMERS
         );
         ensure!(
-            per_pattern.iter().all(|&n| n > 0),
-            "every pattern must fire on the chaos data: {per_pattern:?}"
+            per_pattern.iter().all(|(_, n)| n > 0),
+            "every pattern must fire on the chaos data: {per_pattern}"
         );
         let stats = without_last_chunk(&clean.outputs.stats);
         let _ = CLEAN.set(stats);

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use txpipe::aws::AwsClients;
 use txpipe::config::Config;
-use txpipe::detection::PatternId;
+use txpipe::detection::{PatternId, PerPattern};
 use txpipe::layout::{parse_chunk_key, StreamName};
 use txpipe::postgres::PgSettings;
 use txpipe::setup::Stores;
@@ -41,13 +41,13 @@ pub struct ReportData {
     /// When each chunk object was last written (its cut), by chunk number.
     pub cut_ms: HashMap<u64, i64>,
     /// Detections per chunk and pattern (index as [`PatternId::index`]).
-    pub detections_per_chunk: Vec<(u64, [u64; 3])>,
+    pub detections_per_chunk: Vec<(u64, PerPattern)>,
     /// The latest detections, newest first.
     pub latest: Vec<DetectionRow>,
     /// Rejected rows grouped by reason, most frequent first.
     pub rejects: Vec<RejectGroup>,
     /// Merchants with the most detections: (merchant, per pattern).
-    pub top_merchants: Vec<(String, [u64; 3])>,
+    pub top_merchants: Vec<(String, PerPattern)>,
 }
 
 /// One applied chunk, from the ledger.
@@ -214,7 +214,7 @@ async fn read_postgres(
         });
     }
 
-    let mut per_chunk: Vec<(u64, [u64; 3])> = Vec::new();
+    let mut per_chunk: Vec<(u64, PerPattern)> = Vec::new();
     for r in client
         .query(
             "SELECT chunk, pattern_id, count(*) FROM detections WHERE stream = $1
@@ -229,10 +229,10 @@ async fn read_postgres(
             continue;
         };
         if per_chunk.last().map(|(c, _)| *c) != Some(chunk) {
-            per_chunk.push((chunk, [0; 3]));
+            per_chunk.push((chunk, PerPattern::default()));
         }
         if let Some((_, counts)) = per_chunk.last_mut() {
-            counts[pattern.index()] = n(r.get(2));
+            counts.add(pattern, n(r.get(2)));
         }
     }
     data.detections_per_chunk = per_chunk;
@@ -292,7 +292,7 @@ async fn read_postgres(
         }
     }
 
-    let mut top: Vec<(String, [u64; 3])> = Vec::new();
+    let mut top: Vec<(String, PerPattern)> = Vec::new();
     for r in client
         .query(
             "WITH t AS (SELECT merchant_id, count(*) AS n FROM detections WHERE stream = $1
@@ -307,10 +307,10 @@ async fn read_postgres(
     {
         let merchant: String = r.get(0);
         if top.last().map(|(m, _)| m) != Some(&merchant) {
-            top.push((merchant, [0; 3]));
+            top.push((merchant, PerPattern::default()));
         }
         if let (Some((_, counts)), Some(p)) = (top.last_mut(), PatternId::from_id(r.get(1))) {
-            counts[p.index()] = n(r.get(2));
+            counts.add(p, n(r.get(2)));
         }
     }
     data.top_merchants = top;

@@ -6,7 +6,7 @@ use super::charts::{line_chart, Series, PALETTE};
 use super::{ReportData, LATEST_DETECTIONS, REJECT_EXAMPLES};
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
-use txpipe::detection::{PatternId, OUTPUT_TZ};
+use txpipe::detection::{PatternId, PerPattern, OUTPUT_TZ};
 
 /// The page for `data`.
 pub fn render(data: &ReportData) -> String {
@@ -171,7 +171,7 @@ fn summary(p: &mut String, data: &ReportData) {
     );
     let detections: Vec<String> = PatternId::ALL
         .iter()
-        .map(|p| format!("{} {} {}", p.id(), p.action(), s.detections[p.index()]))
+        .map(|p| format!("{} {} {}", p.id(), p.action(), s.detections.get(*p)))
         .collect();
     fact(
         "detections",
@@ -292,16 +292,14 @@ fn charts(p: &mut String, data: &ReportData) {
             &[],
         ),
     );
-    let mut totals = [0u64; 3];
+    let mut totals = PerPattern::default();
     let mut by_chunk = data.detections_per_chunk.iter().peekable();
-    let mut cumulative: Vec<Vec<(u64, f64)>> = vec![Vec::new(); 3];
+    let mut cumulative: Vec<Vec<(u64, f64)>> = vec![Vec::new(); PatternId::COUNT];
     for r in &data.ledger {
         while let Some((_, counts)) = by_chunk.next_if(|(c, _)| *c <= r.chunk) {
-            for (t, c) in totals.iter_mut().zip(counts) {
-                *t += c;
-            }
+            totals += *counts;
         }
-        for (points, t) in cumulative.iter_mut().zip(totals) {
+        for (points, (_, t)) in cumulative.iter_mut().zip(totals.iter()) {
             points.push((r.chunk, t as f64));
         }
     }
@@ -452,9 +450,9 @@ fn merchants(p: &mut String, data: &ReportData) {
             p,
             "<tr><td>{}</td><td class=\"num\">{}</td>",
             esc(merchant),
-            counts.iter().sum::<u64>()
+            counts.total()
         );
-        for c in counts {
+        for (_, c) in counts.iter() {
             let _ = write!(p, "<td class=\"num\">{c}</td>");
         }
         let _ = write!(p, "</tr>");
@@ -581,7 +579,8 @@ mod tests {
             });
         }
         data.cut_ms = [(0, 999_000), (1, 1_000_100), (2, 1_000_500)].into();
-        data.detections_per_chunk = vec![(0, [1, 0, 0]), (1, [0, 1, 0])];
+        let one = |p: PatternId| PerPattern::from_fn(|q| u64::from(q == p));
+        data.detections_per_chunk = vec![(0, one(PatternId::Upgrade)), (1, one(PatternId::Child))];
         data.latest.push(DetectionRow {
             chunk: 1,
             pattern_id: "PatId2".into(),
@@ -596,7 +595,10 @@ mod tests {
             count: 1,
             examples: vec![(5, "`amount` is \"x\"".into(), "a,b,x".into())],
         });
-        data.top_merchants.push(("'M1'".into(), [1, 1, 0]));
+        data.top_merchants.push((
+            "'M1'".into(),
+            PerPattern::from_fn(|q| u64::from(q != PatternId::DeiNeeded)),
+        ));
         let page = render(&data);
         for id in ["time", "lag", "rows", "rejects", "detections"] {
             assert!(page.contains(&format!("id=\"chart-{id}\"")), "{id}");

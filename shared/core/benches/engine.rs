@@ -168,20 +168,21 @@ fn main() {
         part_bytes >> 20
     );
     println!("  CustomerImportance load: {wms:.1} ms");
+    println!("  detections: {}", totals.detections);
+    // `a/b/c` in pattern order (bench/run.sh compares them with DuckDB's).
+    let per_pattern: Vec<String> = totals
+        .detections
+        .iter()
+        .map(|(_, n)| n.to_string())
+        .collect();
     println!(
-        "  detections: PatId1 {} / PatId2 {} / PatId3 {}",
-        totals.detections[0], totals.detections[1], totals.detections[2]
-    );
-    println!(
-        "summary rows={rows} pairs={pairs} rows_per_s={:.0} cpu_rows_per_s={:.0} apply_rows_per_s={:.0} chunk_ms={chunk:.3} delta_bytes={delta:.0} snapshot_bytes={} parts={} decode_ms_1={dec1:.1} decode_ms_n={decn:.1} threads={threads} heap_bytes_per_pair={:.1} detections={}/{}/{}",
+        "summary rows={rows} pairs={pairs} rows_per_s={:.0} cpu_rows_per_s={:.0} apply_rows_per_s={:.0} chunk_ms={chunk:.3} delta_bytes={delta:.0} snapshot_bytes={} parts={} decode_ms_1={dec1:.1} decode_ms_n={decn:.1} threads={threads} heap_bytes_per_pair={:.1} detections={}",
         rate * 1e6,
         cpu_rate * 1e6,
         apply_rate * 1e6,
         snapshot.len(),
         parts.len(),
         memory.total() as f64 / pairs.max(1) as f64,
-        totals.detections[0],
-        totals.detections[1],
-        totals.detections[2]
+        per_pattern.join("/")
     );
 }

@@ -49,6 +49,73 @@ impl PatternId {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// How many patterns there are.
+    pub const COUNT: usize = PatternId::ALL.len();
+}
+
+/// One count per pattern, kept and written out by pattern (never indexed by hand):
+/// totals, metrics, log fields and status lines all come from [`PatternId::ALL`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PerPattern([u64; PatternId::COUNT]);
+
+impl PerPattern {
+    /// The count of `pattern`.
+    pub fn get(&self, pattern: PatternId) -> u64 {
+        self.0[pattern.index()]
+    }
+
+    /// Adds `n` to `pattern`'s count.
+    pub fn add(&mut self, pattern: PatternId, n: u64) {
+        self.0[pattern.index()] += n;
+    }
+
+    /// Each pattern with its count, in output order.
+    pub fn iter(&self) -> impl Iterator<Item = (PatternId, u64)> + '_ {
+        PatternId::ALL.into_iter().map(|p| (p, self.get(p)))
+    }
+
+    /// Counts from a function of the pattern.
+    pub fn from_fn(mut count: impl FnMut(PatternId) -> u64) -> Self {
+        let mut out = PerPattern::default();
+        for p in PatternId::ALL {
+            out.add(p, count(p));
+        }
+        out
+    }
+
+    /// Counts of `detections` by pattern.
+    pub fn of<'a>(detections: impl IntoIterator<Item = &'a DetectionKey>) -> Self {
+        let mut out = PerPattern::default();
+        for d in detections {
+            out.add(d.pattern, 1);
+        }
+        out
+    }
+
+    /// All patterns together.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl std::ops::AddAssign for PerPattern {
+    fn add_assign(&mut self, other: PerPattern) {
+        for (p, n) in other.iter() {
+            self.add(p, n);
+        }
+    }
+}
+
+/// `PatId1 34, PatId2 749, PatId3 15`.
+impl std::fmt::Display for PerPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (p, n)) in self.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} {n}", p.id())?;
+        }
+        Ok(())
+    }
 }
 
 /// What the engine found: a detection's identity. Ordered as docs/behaviour.md orders new

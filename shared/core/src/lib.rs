@@ -30,6 +30,6 @@ pub mod varint;
 pub mod weight;
 
 pub use config::PatternConfig;
-pub use detection::{Detection, DetectionKey, PatternId};
+pub use detection::{Detection, DetectionKey, PatternId, PerPattern};
 pub use engine::{ChunkDelta, ChunkOutcome, Engine};
 pub use parse::{ImportanceTable, RejectedRow};

@@ -30,5 +30,5 @@ pub use txpipe_core::{
 };
 pub use txpipe_core::{
     ChunkDelta, ChunkOutcome, Detection, DetectionKey, Engine, ImportanceTable, PatternConfig,
-    PatternId, RejectedRow,
+    PatternId, PerPattern, RejectedRow,
 };

@@ -28,7 +28,7 @@ pub use explain::{MerchantExplain, PairExplain, UpgradeThresholdsView};
 pub use histogram::CountHistogram;
 
 use crate::config::PatternConfig;
-use crate::detection::{DetectionKey, PatternId};
+use crate::detection::{DetectionKey, PatternId, PerPattern};
 use crate::evidence::{Evidence, UpgradeEvidence};
 use crate::index::{hash_bytes, hash_pair};
 use crate::names::NONE;
@@ -117,8 +117,8 @@ pub struct Totals {
     pub rows: u64,
     /// Rows rejected.
     pub rejected: u64,
-    /// Detections emitted, per pattern (index by [`PatternId::index`]).
-    pub detections: [u64; 3],
+    /// Detections emitted, per pattern.
+    pub detections: PerPattern,
 }
 
 /// Stats and order statistics of one merchant.
@@ -496,7 +496,7 @@ impl Engine {
         self.totals.rows += rows;
         self.totals.rejected += rejected.len() as u64;
         for d in &detections {
-            self.totals.detections[d.pattern.index()] += 1;
+            self.totals.detections.add(d.pattern, 1);
         }
         self.next_chunk += 1;
         Ok(ChunkOutcome {
@@ -754,7 +754,7 @@ impl Engine {
                     }
                 }
             }
-            self.totals.detections[pattern.index()] += 1;
+            self.totals.detections.add(pattern, 1);
         }
         self.totals.rows = self.totals.rows.saturating_add(delta.rows);
         self.totals.rejected = self.totals.rejected.saturating_add(delta.rejected);

@@ -22,6 +22,7 @@ use super::codec::{CodecError, Reader, Writer};
 use super::pairs::{PairRecord, PairTable};
 use super::{Engine, MerchantStats, Names, Totals};
 use crate::config::PatternConfig;
+use crate::detection::{PatternId, PerPattern};
 use crate::index::hash_bytes;
 use crate::names::NONE;
 use crate::parse::{Gender, ImportanceTable};
@@ -135,7 +136,7 @@ impl Engine {
         w.u64(self.next_chunk);
         w.u64(self.totals.rows);
         w.u64(self.totals.rejected);
-        self.totals.detections.iter().for_each(|&d| w.u64(d));
+        self.totals.detections.iter().for_each(|(_, d)| w.u64(d));
         w.u64(self.merchants.len() as u64);
         self.merchants.since(0).for_each(|n| w.str(n));
         for s in &self.merchant_stats {
@@ -332,10 +333,15 @@ fn read_header(bytes: &[u8]) -> Result<PartHeader<'_>, CodecError> {
 
 fn decode_head(r: &mut Reader<'_>) -> Result<Head, CodecError> {
     let next_chunk = r.u64()?;
+    let (rows, rejected) = (r.u64()?, r.u64()?);
+    let mut detections = PerPattern::default();
+    for p in PatternId::ALL {
+        detections.add(p, r.u64()?);
+    }
     let totals = Totals {
-        rows: r.u64()?,
-        rejected: r.u64()?,
-        detections: [r.u64()?, r.u64()?, r.u64()?],
+        rows,
+        rejected,
+        detections,
     };
     let n = r.len()?;
     let merchants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>, _>>()?;
@@ -559,10 +565,15 @@ fn decode_v1(
         what: WHAT,
     };
     let next_chunk = r.u64()?;
+    let (rows, rejected) = (r.u64()?, r.u64()?);
+    let mut detections = PerPattern::default();
+    for p in PatternId::ALL {
+        detections.add(p, r.u64()?);
+    }
     let totals = Totals {
-        rows: r.u64()?,
-        rejected: r.u64()?,
-        detections: [r.u64()?, r.u64()?, r.u64()?],
+        rows,
+        rejected,
+        detections,
     };
     let n = r.len()?;
     let merchants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>, _>>()?;

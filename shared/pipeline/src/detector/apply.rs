@@ -18,6 +18,7 @@ use txpipe_core::layout::{
     META_SOURCE, META_SOURCE_ETAG,
 };
 use txpipe_core::parse::RejectReason;
+use txpipe_core::PerPattern;
 
 /// A chunk object read from S3, with what its metadata says.
 struct ChunkInput {
@@ -131,10 +132,6 @@ impl Detector {
         }
         millis.total = laps.total();
 
-        let mut per_pattern = [0u64; 3];
-        for d in &applied.detections {
-            per_pattern[d.key.pattern.index()] += 1;
-        }
         let state_bytes = st.engine.memory().total() as u64;
         Ok(Some(AppliedChunk {
             state_pairs: st.engine.sizes().2 as u64,
@@ -147,7 +144,7 @@ impl Detector {
             chunk: j,
             rows: applied.outcome.delta.rows,
             rejected: applied.outcome.delta.rejected,
-            detections: per_pattern,
+            detections: PerPattern::of(applied.detections.iter().map(|d| &d.key)),
             batches: batches as u64,
             requests: self.stores.requests.get() - requests_before,
             delta_bytes,

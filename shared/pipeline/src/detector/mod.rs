@@ -124,7 +124,7 @@ pub struct AppliedChunk {
     /// Rejected rows.
     pub rejected: u64,
     /// New detections per pattern.
-    pub detections: [u64; 3],
+    pub detections: txpipe_core::PerPattern,
     /// Detection files written.
     pub batches: u64,
     /// Remote requests made for this chunk (S3, DynamoDB, Postgres round trips).

@@ -234,9 +234,7 @@ fn report_applied(a: &AppliedChunk) {
         chunk = a.chunk,
         rows = a.rows,
         rejected = a.rejected,
-        pat1 = a.detections[0],
-        pat2 = a.detections[1],
-        pat3 = a.detections[2],
+        detections = %a.detections,
         batches = a.batches,
         requests = a.requests,
         behind = a.behind,
@@ -261,18 +259,26 @@ fn report_applied(a: &AppliedChunk) {
             "the stream's state nears the function's memory: raise DetectorMemory (docs/capacity.md) before a cold start fails for want of it"
         );
     }
+    // One `Detections<PatIdN>` metric per pattern.
+    let per_pattern: Vec<(String, f64)> = a
+        .detections
+        .iter()
+        .map(|(p, n)| (format!("Detections{}", p.id()), n as f64))
+        .collect();
     let mut values = vec![
         ("ChunksApplied", 1.0, Unit::Count),
         ("RowsProcessed", a.rows as f64, Unit::Count),
         ("RowsRejected", a.rejected as f64, Unit::Count),
-        ("DetectionsPatId1", a.detections[0] as f64, Unit::Count),
-        ("DetectionsPatId2", a.detections[1] as f64, Unit::Count),
-        ("DetectionsPatId3", a.detections[2] as f64, Unit::Count),
+    ];
+    for (name, n) in &per_pattern {
+        values.push((name.as_str(), *n, Unit::Count));
+    }
+    values.extend([
         ("ChunkMillis", a.millis.total as f64, Unit::Milliseconds),
         ("LagChunks", a.behind as f64, Unit::Count),
         ("StatePairs", a.state_pairs as f64, Unit::Count),
         ("StateBytes", a.state_bytes as f64, Unit::Bytes),
-    ];
+    ]);
     if let Some(percent) = a.memory_percent {
         values.push(("StateMemoryPercent", percent as f64, Unit::Percent));
     }

@@ -21,6 +21,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 use txpipe_core::engine::Totals;
 use txpipe_core::layout::StreamName;
+use txpipe_core::{PatternId, PerPattern};
 
 /// DynamoDB's limit on one item, attribute names and values together.
 pub const ITEM_LIMIT_BYTES: u64 = 400 * 1024;
@@ -364,6 +365,11 @@ fn source_file(item: &Item, at: &str) -> Result<SourceFile, StoreError> {
     })
 }
 
+/// The head's attribute counting a pattern's detections: `det1` for PatId1, …
+fn detections_field(pattern: PatternId) -> String {
+    format!("det{}", pattern.index() + 1)
+}
+
 fn head_item(h: &DetectorHead) -> Item {
     let mut item = HashMap::from([
         ("pk".into(), s(head_pk(&h.stream))),
@@ -378,11 +384,11 @@ fn head_item(h: &DetectorHead) -> Item {
         ("fingerprint".into(), s(&h.fingerprint)),
         ("rows".into(), n(h.totals.rows)),
         ("rejected".into(), n(h.totals.rejected)),
-        ("det1".into(), n(h.totals.detections[0])),
-        ("det2".into(), n(h.totals.detections[1])),
-        ("det3".into(), n(h.totals.detections[2])),
         ("updated_ms".into(), n(h.updated_ms)),
     ]);
+    for (pattern, count) in h.totals.detections.iter() {
+        item.insert(detections_field(pattern), n(count));
+    }
     if let Some(snap) = h.snapshot {
         item.insert("snapshot_next".into(), n(snap.next));
         item.insert("snapshot_parts".into(), n(snap.parts));
@@ -698,7 +704,15 @@ impl StateStore for DynamoTable {
             totals: Totals {
                 rows: f.number("rows")?,
                 rejected: f.number("rejected")?,
-                detections: [f.number("det1")?, f.number("det2")?, f.number("det3")?],
+                detections: {
+                    let mut d = PerPattern::default();
+                    for p in PatternId::ALL {
+                        // A pattern added after the head was written has none yet.
+                        let field = detections_field(p);
+                        d.add(p, if f.has(&field) { f.number(&field)? } else { 0 });
+                    }
+                    d
+                },
             },
             updated_ms: f.number("updated_ms")?,
             failure: match f.has("failed_chunk") {
