@@ -135,7 +135,7 @@ pub async fn detector_phase() -> Result<()> {
     }
     let detect_wall = started.elapsed();
     println!(
-        "state     delta per chunk: p50 {:.1} KiB, max {:.1} KiB (DynamoDB item, LZ4)",
+        "state     delta per chunk: p50 {:.1} KiB, max {:.1} KiB (an S3 object under state/)",
         percentile(&delta_kib, 0.5),
         percentile(&delta_kib, 1.0)
     );
