@@ -724,7 +724,8 @@ def check_calls(moto, label, function, entries, table):
 # ------------------------------------------------------------------ static checks
 def emitted_metrics():
     """The metric names each service emits, read from its sources: every
-    `("Name", value, Unit::...)` under shared/pipeline/src/<service>/."""
+    `("Name", value, Unit::...)` under shared/pipeline/src/<service>/, and the
+    detector's `Detections<PatIdN>` per pattern id in shared/core/src/detection.rs."""
     found = {}
     for service in ("chunker", "detector"):
         names = set()
@@ -732,7 +733,11 @@ def emitted_metrics():
         for name in sorted(os.listdir(folder)):
             if name.endswith(".rs"):
                 with open(os.path.join(folder, name)) as f:
-                    names |= set(re.findall(r'"(\w+)",\s*[^,";]+,\s*Unit::', f.read()))
+                    text = f.read()
+                names |= set(re.findall(r'"(\w+)",\s*[^,";]+,\s*Unit::', text))
+                if 'format!("Detections{}", p.id())' in text:
+                    with open(os.path.join(ROOT, "shared", "core", "src", "detection.rs")) as d:
+                        names |= {f"Detections{i}" for i in re.findall(r'=> "(PatId\d+)"', d.read())}
         found[service] = names
     return found
 
