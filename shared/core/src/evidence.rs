@@ -70,11 +70,14 @@ pub fn exact_fraction(num: i128, den: u128) -> String {
         fives += 1;
     }
     let digits = twos.max(fives);
-    if rest != 1 || digits > 30 {
+    let scale = 10u128.checked_pow(digits);
+    // No finite decimal, or one too long to compute: the fraction itself.
+    let Some((scale, scaled)) = scale
+        .filter(|_| rest == 1)
+        .and_then(|scale| Some((scale, n.checked_mul(scale / d)?)))
+    else {
         return format!("{sign}{n}/{d}");
-    }
-    let scale = 10u128.pow(digits);
-    let scaled = n * (scale / d);
+    };
     let (int, frac) = (scaled / scale, scaled % scale);
     match digits {
         0 => format!("{sign}{int}"),
@@ -227,6 +230,12 @@ mod tests {
         assert_eq!(exact_fraction(-5, 2), "-2.5");
         assert_eq!(exact_fraction(0, 7), "0");
         assert_eq!(exact_fraction(5_550_000, 2_000_000), "2.775");
+        // Too large to scale to a decimal: exact as a fraction, never wrapped.
+        let big = i128::MAX;
+        assert_eq!(exact_fraction(big, 1 << 40), format!("{big}/{}", 1u128 << 40));
+        // A decimal of 30 digits whose scaled numerator would not fit in 128 bits.
+        assert_eq!(exact_fraction(big, 1 << 30), format!("{big}/{}", 1u128 << 30));
+        assert_eq!(exact_fraction(i128::MAX, 1), i128::MAX.to_string());
     }
 
     #[test]
