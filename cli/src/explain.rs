@@ -4,6 +4,7 @@
 //! its head exactly as a cold detector rebuilds it; nothing is written.
 
 use anyhow::{bail, Result};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use txpipe::aws::AwsClients;
@@ -172,13 +173,12 @@ fn describe_merchant(
     Ok(())
 }
 
-fn holds_text(holds: bool) -> String {
-    let what = if holds {
+fn holds_text(holds: bool) -> &'static str {
+    if holds {
         "holds now"
     } else {
         "does not hold now"
-    };
-    what.to_string()
+    }
 }
 
 fn describe_pair(
@@ -260,7 +260,7 @@ fn describe_pair(
 /// the detections still waiting for their file (kept in the head).
 struct EmittedDetections {
     /// (patternId, merchant, customer) → (where, chunk, evidence JSON).
-    found: std::collections::HashMap<(String, String, String), (String, u64, String)>,
+    found: HashMap<(String, String, String), (String, u64, String)>,
 }
 
 impl EmittedDetections {
@@ -271,7 +271,7 @@ impl EmittedDetections {
         pending: &[Detection],
     ) -> Result<Self> {
         let bucket = &config.bucket;
-        let mut found = std::collections::HashMap::new();
+        let mut found = HashMap::new();
         for key in stores
             .objects
             .list(bucket, &stream.evidence_prefix())

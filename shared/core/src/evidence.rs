@@ -218,7 +218,6 @@ impl Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PatternId;
 
     #[test]
     fn fractions_are_exact() {
@@ -232,53 +231,53 @@ mod tests {
         assert_eq!(exact_fraction(5_550_000, 2_000_000), "2.775");
         // Too large to scale to a decimal: exact as a fraction, never wrapped.
         let big = i128::MAX;
-        assert_eq!(exact_fraction(big, 1 << 40), format!("{big}/{}", 1u128 << 40));
+        assert_eq!(
+            exact_fraction(big, 1 << 40),
+            format!("{big}/{}", 1u128 << 40)
+        );
         // A decimal of 30 digits whose scaled numerator would not fit in 128 bits.
-        assert_eq!(exact_fraction(big, 1 << 30), format!("{big}/{}", 1u128 << 30));
+        assert_eq!(
+            exact_fraction(big, 1 << 30),
+            format!("{big}/{}", 1u128 << 30)
+        );
         assert_eq!(exact_fraction(i128::MAX, 1), i128::MAX.to_string());
     }
 
     #[test]
     fn the_stored_form_round_trips() {
         let all = [
-            (
-                PatternId::Upgrade,
-                Evidence::Upgrade(UpgradeEvidence {
-                    txns: 41,
-                    merchant_txns: 50_001,
-                    customers: 300,
-                    top_rank: 297,
-                    count_at_top_rank: 40,
-                    weight: Weight::new(-1_234_567, 3),
-                    weighted_customers: 280,
-                    bottom_rank: 3,
-                    weight_at_bottom_rank: Weight::new(i128::MAX / 4, 7),
-                }),
-            ),
-            (
-                PatternId::Child,
-                Evidence::Child {
-                    txns: 80,
-                    cents: u128::from(u64::MAX) * 3,
-                },
-            ),
-            (
-                PatternId::DeiNeeded,
-                Evidence::Dei {
-                    female: 101,
-                    male: 102,
-                },
-            ),
+            Evidence::Upgrade(UpgradeEvidence {
+                txns: 41,
+                merchant_txns: 50_001,
+                customers: 300,
+                top_rank: 297,
+                count_at_top_rank: 40,
+                weight: Weight::new(-1_234_567, 3),
+                weighted_customers: 280,
+                bottom_rank: 3,
+                weight_at_bottom_rank: Weight::new(i128::MAX / 4, 7),
+            }),
+            Evidence::Child {
+                txns: 80,
+                cents: u128::from(u64::MAX) * 3,
+            },
+            Evidence::Dei {
+                female: 101,
+                male: 102,
+            },
         ];
         let mut out = Vec::new();
-        for (_, e) in &all {
+        for e in &all {
             e.encode(&mut out);
         }
+        out.push(0);
         let mut pos = 0;
-        for (_, e) in &all {
+        for e in &all {
             let back = Evidence::decode(&out, &mut pos).unwrap().unwrap();
             assert_eq!(back.to_json(), e.to_json());
         }
+        assert_eq!(Evidence::decode(&out, &mut pos), Some(None), "kind 0: none");
         assert_eq!(pos, out.len());
+        assert_eq!(Evidence::decode(&[9], &mut 0), None, "an unknown kind");
     }
 }
