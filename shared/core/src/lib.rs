@@ -24,6 +24,7 @@ pub mod index;
 pub mod layout;
 pub mod names;
 pub mod parse;
+pub mod patterns;
 pub mod percentile;
 pub mod replay;
 pub mod varint;

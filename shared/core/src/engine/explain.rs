@@ -2,7 +2,8 @@
 //! stats and PatId1 thresholds now, one pair's stats, and which detections were
 //! emitted. Read-only; the cost is one merchant's order statistics.
 
-use super::{upgrade_thresholds, Engine, MerchantView, PairView, EMITTED_CHILD, EMITTED_UPGRADE};
+use super::{Engine, MerchantView, PairView, EMITTED_CHILD, EMITTED_UPGRADE};
+use crate::patterns::upgrade;
 use crate::weight::Weight;
 
 /// PatId1's thresholds at one merchant now (`None` fields: no customer has a weight).
@@ -49,7 +50,10 @@ impl Engine {
     pub fn explain_merchant(&self, merchant: &str) -> Option<MerchantExplain<'_>> {
         let m = self.merchants.get(merchant)?;
         let stats = &self.merchant_stats[m as usize];
-        let upgrade = upgrade_thresholds(stats, &self.config, &self.weights).and_then(|t| {
+        let entries = self.weights.merchant_entries(stats.importance);
+        let order = stats.by_weight.as_ref();
+        let t = upgrade::thresholds(&self.config, &stats.by_count, order, &self.weights, entries);
+        let upgrade = t.and_then(|t| {
             Some(UpgradeThresholdsView {
                 customers: stats.by_count.len(),
                 top_rank: t.top_rank,

@@ -29,11 +29,11 @@ pub use histogram::CountHistogram;
 
 use crate::config::PatternConfig;
 use crate::detection::{DetectionKey, PatternId, PerPattern};
-use crate::evidence::{Evidence, UpgradeEvidence};
+use crate::evidence::Evidence;
 use crate::index::{hash_bytes, hash_pair};
 use crate::names::NONE;
 use crate::parse::{Gender, HeaderError, ImportanceTable, RejectedRow, TransactionReader};
-use crate::percentile::{nearest_rank, BP_WHOLE};
+use crate::patterns::{self, upgrade};
 use crate::weight::Weight;
 use pairs::{PairTable, EMITTED_CHILD, EMITTED_UPGRADE};
 use std::sync::Arc;
@@ -860,56 +860,47 @@ impl Engine {
     fn detect(&mut self, touched: &[Touched], merchants: &[u32]) -> Detected {
         let cfg = &self.config;
         let mut found: Vec<(PatternId, u32, u32, Evidence)> = Vec::new();
-        // CHILD depends only on the pair's own stats: only touched pairs can change.
         for t in touched {
             let (txns, cents) = (self.pairs.txns(t.pair), self.pairs.cents(t.pair));
-            if txns >= cfg.child_min_txns
-                && cents < u128::from(cfg.child_avg_below_cents) * u128::from(txns)
-                && !self.pairs.set_flag(t.pair, EMITTED_CHILD)
-            {
-                let pair = self.pairs.record(t.pair);
-                let evidence = Evidence::Child { txns, cents };
-                found.push((PatternId::Child, pair.merchant, pair.customer, evidence));
+            if let Some(evidence) = patterns::child::holds(cfg, txns, cents) {
+                if !self.pairs.set_flag(t.pair, EMITTED_CHILD) {
+                    let pair = self.pairs.record(t.pair);
+                    found.push((PatternId::Child, pair.merchant, pair.customer, evidence));
+                }
             }
         }
         for &m in merchants {
             let stats = &mut self.merchant_stats[m as usize];
-            if !stats.dei_emitted && stats.female > cfg.dei_min_female && stats.female < stats.male
-            {
-                stats.dei_emitted = true;
-                let evidence = Evidence::Dei {
-                    female: stats.female,
-                    male: stats.male,
-                };
-                found.push((PatternId::DeiNeeded, m, NONE, evidence));
+            if !stats.dei_emitted {
+                if let Some(evidence) = patterns::dei::holds(cfg, stats.female, stats.male) {
+                    stats.dei_emitted = true;
+                    found.push((PatternId::DeiNeeded, m, NONE, evidence));
+                }
             }
-            if stats.txns <= cfg.upgrade_min_merchant_txns {
+            if !upgrade::merchant_qualifies(cfg, stats.txns) {
                 continue;
             }
-            // Thresholds move when any customer of m changes, so every customer of m at
-            // or below the weight threshold is a candidate, not just touched ones.
-            let Some(t) = upgrade_thresholds(stats, cfg, &self.weights) else {
+            let entries = self.weights.merchant_entries(stats.importance);
+            let order = stats.by_weight.as_ref();
+            let Some(t) = upgrade::thresholds(cfg, &stats.by_count, order, &self.weights, entries)
+            else {
                 continue;
             };
-            let Some(order) = &stats.by_weight else {
+            let Some(order) = order else {
                 continue;
             };
             for (entry, p) in order.present_below(t.end) {
                 let txns = self.pairs.txns(p);
-                if txns >= t.count && !self.pairs.set_flag(p, EMITTED_UPGRADE) {
-                    // Only when one fires: the weights are looked up for its evidence.
-                    let weight = |e| self.weights.entry_weight(e).unwrap_or(Weight::new(0, 1));
-                    let evidence = Evidence::Upgrade(UpgradeEvidence {
+                if upgrade::holds(&t, txns) && !self.pairs.set_flag(p, EMITTED_UPGRADE) {
+                    let evidence = upgrade::evidence(
+                        &t,
                         txns,
-                        merchant_txns: stats.txns,
-                        customers: stats.by_count.len(),
-                        top_rank: t.top_rank,
-                        count_at_top_rank: t.count,
-                        weight: weight(entry),
-                        weighted_customers: order.len(),
-                        bottom_rank: t.bottom_rank,
-                        weight_at_bottom_rank: weight(t.bottom_entry),
-                    });
+                        stats.txns,
+                        &stats.by_count,
+                        order,
+                        &self.weights,
+                        entry,
+                    );
                     let c = self.pairs.record(p).customer;
                     found.push((PatternId::Upgrade, m, c, evidence));
                 }
@@ -1044,53 +1035,3 @@ fn emitted_flag(pattern: PatternId) -> u32 {
 /// A chunk's new detections: their keys in order, why each fired, and their indices.
 #[derive(Default)]
 struct Detected(Vec<DetectionKey>, Vec<Evidence>, Vec<(PatternId, u32, u32)>);
-
-/// PatId1's thresholds at one merchant (docs/behaviour.md, patterns).
-struct UpgradeThresholds {
-    /// The top percentile's rank in the count order, and `Tcount(m)` there.
-    top_rank: u64,
-    count: u64,
-    /// The bottom percentile's rank in the weight order, and its importance entry
-    /// (`Tweight(m)`).
-    bottom_rank: u64,
-    bottom_entry: u32,
-    /// The end of the run of importance entries at or below `Tweight(m)`.
-    end: u32,
-}
-
-/// PatId1's thresholds at a merchant, or `None` when no customer of m has a weight.
-fn upgrade_thresholds(
-    stats: &MerchantStats,
-    cfg: &PatternConfig,
-    weights: &ImportanceTable,
-) -> Option<UpgradeThresholds> {
-    let n = stats.by_count.len();
-    let top_rank = nearest_rank(BP_WHOLE.saturating_sub(cfg.upgrade_top_bp), n);
-    let t_count = stats.by_count.kth(top_rank)?;
-    let order = stats.by_weight.as_ref()?;
-    if order.is_empty() {
-        return None;
-    }
-    let bottom_rank = nearest_rank(cfg.upgrade_bottom_bp, order.len());
-    let t_entry = order.kth(bottom_rank)?;
-    let t_rank = weights.entry_rank(t_entry);
-    // Entries are in weight order: the run at or below Tweight ends at the first entry
-    // after `t_entry` with a greater weight (ties with Tweight all qualify).
-    let run = weights.merchant_entries(stats.importance);
-    let (mut lo, mut hi) = (t_entry, run.end);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if weights.entry_rank(mid) <= t_rank {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    Some(UpgradeThresholds {
-        top_rank,
-        count: t_count,
-        bottom_rank,
-        bottom_entry: t_entry,
-        end: lo,
-    })
-}
