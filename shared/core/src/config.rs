@@ -32,7 +32,8 @@ impl Default for StreamShape {
     }
 }
 
-/// The thresholds of the three patterns (docs/behaviour.md, patterns).
+/// The thresholds of the three patterns (docs/behaviour.md, patterns). Each pattern's
+/// file declares its own, with defaults and ranges ([`crate::patterns::settings`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternConfig {
     /// UPGRADE fires only once the merchant has strictly more transactions than this.
@@ -51,14 +52,18 @@ pub struct PatternConfig {
 
 impl Default for PatternConfig {
     fn default() -> Self {
-        PatternConfig {
-            upgrade_min_merchant_txns: 50_000,
-            upgrade_top_bp: 100,
-            upgrade_bottom_bp: 100,
-            child_min_txns: 80,
-            child_avg_below_cents: 2_300,
-            dei_min_female: 100,
+        let mut c = PatternConfig {
+            upgrade_min_merchant_txns: 0,
+            upgrade_top_bp: 0,
+            upgrade_bottom_bp: 0,
+            child_min_txns: 0,
+            child_avg_below_cents: 0,
+            dei_min_female: 0,
+        };
+        for s in crate::patterns::settings() {
+            (s.set)(&mut c, s.default);
         }
+        c
     }
 }
 

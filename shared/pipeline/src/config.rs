@@ -426,47 +426,17 @@ pub fn stream_shape(env: &EnvVars) -> Result<StreamShape, ConfigError> {
     })
 }
 
-/// The pattern thresholds (`TXPIPE_UPGRADE_*`, `TXPIPE_CHILD_*`, `TXPIPE_DEI_*`).
+/// The pattern thresholds, each as its pattern's file declares it
+/// (`txpipe_core::patterns`: `TXPIPE_UPGRADE_*`, `TXPIPE_CHILD_*`, `TXPIPE_DEI_*`).
 pub fn patterns(env: &EnvVars) -> Result<PatternConfig, ConfigError> {
-    let d = PatternConfig::default();
-    Ok(PatternConfig {
-        upgrade_min_merchant_txns: env.number(
-            "TXPIPE_UPGRADE_MIN_MERCHANT_TXNS",
-            d.upgrade_min_merchant_txns,
-            0..=u64::MAX,
-            "a whole number",
-        )?,
-        upgrade_top_bp: env.number(
-            "TXPIPE_UPGRADE_TOP_BP",
-            d.upgrade_top_bp,
-            0..=9_999,
-            "basis points from 0 to 9999",
-        )?,
-        upgrade_bottom_bp: env.number(
-            "TXPIPE_UPGRADE_BOTTOM_BP",
-            d.upgrade_bottom_bp,
-            1..=10_000,
-            "basis points from 1 to 10000",
-        )?,
-        child_min_txns: env.number(
-            "TXPIPE_CHILD_MIN_TXNS",
-            d.child_min_txns,
-            0..=u64::MAX,
-            "a whole number",
-        )?,
-        child_avg_below_cents: env.number(
-            "TXPIPE_CHILD_AVG_BELOW_CENTS",
-            d.child_avg_below_cents,
-            0..=u64::MAX,
-            "cents, e.g. 2300 for Rs 23.00",
-        )?,
-        dei_min_female: env.number(
-            "TXPIPE_DEI_MIN_FEMALE",
-            d.dei_min_female,
-            0..=u64::MAX,
-            "a whole number",
-        )?,
-    })
+    let mut config = PatternConfig::default();
+    for s in txpipe_core::patterns::settings() {
+        (s.set)(
+            &mut config,
+            env.number(s.var, s.default, s.range.clone(), s.expected)?,
+        );
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

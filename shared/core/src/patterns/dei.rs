@@ -2,8 +2,18 @@
 //! fewer female than male customers (a customer's gender at a merchant is that of its
 //! first valid transaction there). Per merchant.
 
+use super::Setting;
 use crate::config::PatternConfig;
 use crate::evidence::Evidence;
+
+/// Its setting: the female customers a merchant needs more than.
+pub const SETTINGS: &[Setting] = &[Setting {
+    var: "TXPIPE_DEI_MIN_FEMALE",
+    default: 100,
+    range: 0..=u64::MAX,
+    expected: "a whole number",
+    set: |c, v| c.dei_min_female = v,
+}];
 
 /// Whether a merchant with these customers holds, and why.
 #[inline]

@@ -6,6 +6,7 @@
 //! customer at or below the weight threshold is a candidate after a chunk that touched
 //! the merchant, found as a run of the importance table's weight-ordered entries.
 
+use super::Setting;
 use crate::config::PatternConfig;
 use crate::engine::weight_order::WeightOrder;
 use crate::engine::CountHistogram;
@@ -14,6 +15,31 @@ use crate::parse::ImportanceTable;
 use crate::percentile::{nearest_rank, BP_WHOLE};
 use crate::weight::Weight;
 use std::ops::Range;
+
+/// Its settings: the merchant's minimum transactions and both percentiles.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        var: "TXPIPE_UPGRADE_MIN_MERCHANT_TXNS",
+        default: 50_000,
+        range: 0..=u64::MAX,
+        expected: "a whole number",
+        set: |c, v| c.upgrade_min_merchant_txns = v,
+    },
+    Setting {
+        var: "TXPIPE_UPGRADE_TOP_BP",
+        default: 100,
+        range: 0..=9_999,
+        expected: "basis points from 0 to 9999",
+        set: |c, v| c.upgrade_top_bp = v,
+    },
+    Setting {
+        var: "TXPIPE_UPGRADE_BOTTOM_BP",
+        default: 100,
+        range: 1..=10_000,
+        expected: "basis points from 1 to 10000",
+        set: |c, v| c.upgrade_bottom_bp = v,
+    },
+];
 
 /// Whether a merchant with `txns` transactions is checked at all.
 #[inline]
