@@ -112,8 +112,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let config = patterns(&EnvVars::from_env())?;
     let weights = load_importance(&args.importance)?;
     let batches_dir = args.out.join("detections");
-    std::fs::create_dir_all(&batches_dir)
-        .with_context(|| format!("creating {}", batches_dir.display()))?;
+    for dir in [&batches_dir, &args.out.join("evidence")] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut all =
         std::io::BufWriter::new(std::fs::File::create(args.out.join("detections.jsonl"))?);
     let mut summary = csv::Writer::from_path(args.out.join("chunks.csv"))?;
@@ -134,6 +135,10 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         }
         for batch in &chunk.batches {
             std::fs::write(args.out.join(batch.key("detections/")), batch.to_jsonl())?;
+            std::fs::write(
+                args.out.join(batch.key("evidence/")),
+                batch.evidence_jsonl(),
+            )?;
             files += 1;
         }
         let c = &chunk.summary;
@@ -204,7 +209,10 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             totals.detections.get(p)
         );
     }
-    println!("  {files} detection files in {}", batches_dir.display());
+    println!(
+        "  {files} detection files in {}, their evidence beside them in evidence/",
+        batches_dir.display()
+    );
     let (merchants, customers, pairs) = engine.sizes();
     let heap = engine.memory();
     print!(

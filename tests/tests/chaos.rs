@@ -140,8 +140,8 @@ struct Figures {
     importance_swaps: u64,
     settings_parks: u64,
     source_swaps: u64,
-    /// Schedules over an input prefix, files that joined their stream while it ran,
-    /// and streams closed by the operator.
+    /// Schedules over an input prefix, files uploaded under it while the stream ran
+    /// (each must join it), and streams closed by the operator.
     prefix_schedules: u64,
     files_joined: u64,
     closed: u64,
@@ -233,7 +233,10 @@ impl Figures {
             ("importance file replaced", self.importance_swaps),
             ("source file overwritten", self.source_swaps),
             ("schedules over an input prefix", self.prefix_schedules),
-            ("files joining a running prefix stream", self.files_joined),
+            (
+                "files uploaded to a running prefix stream",
+                self.files_joined,
+            ),
             ("prefix streams closed", self.closed),
             (
                 "ticks refused by an overwritten source",
@@ -311,7 +314,7 @@ impl Figures {
         );
         let _ = writeln!(
             s,
-            "  schedules over an input prefix {}: files joined while the stream ran {}, streams closed by the operator {}",
+            "  schedules over an input prefix {}: files uploaded while the stream ran {} (all joined: the outputs match), streams closed by the operator {}",
             self.prefix_schedules, self.files_joined, self.closed
         );
         let _ = writeln!(
@@ -1504,11 +1507,14 @@ impl<'a> Schedule<'a> {
                 // versions; re-cuts of chunks the detector needs must still work.
                 // While it is being cut (a finished stream's source replaced starts
                 // another stream: a different scenario).
-                // A prefix stream: one of the files uploaded so far, cut or not.
-                let cutting = self.cursor().await?.is_some_and(|c| !c.finished);
+                // A prefix stream: one of the files that joined it, cut or not (one
+                // uploaded but not joined yet would rightly join as it is then).
+                let cursor = self.cursor().await?;
+                let cutting = cursor.as_ref().is_some_and(|c| !c.finished);
+                let joined = cursor.map_or(0, |c| c.files as usize);
                 let target = match &self.files {
-                    Some(f) if f.uploaded > 0 => {
-                        let i = rng.gen_range(0..f.uploaded);
+                    Some(f) if f.uploaded.min(joined) > 0 => {
+                        let i = rng.gen_range(0..f.uploaded.min(joined));
                         Some((f.keys[i].clone(), f.bytes[i].clone()))
                     }
                     Some(_) => None,

@@ -309,7 +309,7 @@ fn charts(p: &mut String, data: &ReportData) {
         .map(|(pat, points)| {
             line(
                 &format!("{} {}", pat.id(), pat.action()),
-                PALETTE[pat.index()],
+                PALETTE[pat.index() % PALETTE.len()],
                 points,
             )
         })

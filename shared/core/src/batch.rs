@@ -120,6 +120,12 @@ impl DetectionBatcher {
     /// item's limit.
     pub fn encode_pending(&self, engine: &Engine) -> Result<Vec<u8>, BatcherStateError> {
         let mut out = Vec::with_capacity(self.pending.len() * 24 + 8);
+        if self.pending.is_empty() {
+            // As before evidence: a head with nothing pending stays readable by the
+            // previous version (a rollback).
+            varint::put(&mut out, 0);
+            return Ok(out);
+        }
         varint::put(&mut out, PENDING_WITH_EVIDENCE);
         varint::put(&mut out, self.pending.len() as u64);
         let (mut chunk, mut ys, mut dt) = (0u64, 0i64, 0i64);

@@ -510,7 +510,7 @@ mod tests {
         for (var, value) in [
             ("TXPIPE_UPGRADE_BOTTOM_BP", "0"),
             ("TXPIPE_ROWS_PER_CHUNK", "1000001"),
-            ("TXPIPE_DETECTIONS_PER_FILE", "10001"),
+            ("TXPIPE_DETECTIONS_PER_FILE", "4001"),
             ("TXPIPE_CHUNK_INTERVAL_MS", "soon"),
         ] {
             let err = Config::from_vars(&vars(&[

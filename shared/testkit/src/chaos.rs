@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{watch, Semaphore};
 use txpipe::detector::{ChunkRecord, ChunkSink, SinkError};
-use txpipe::layout::{parse_chunk_key, StreamName, DETECTIONS_PREFIX, STATE_PREFIX};
+use txpipe::layout::{
+    parse_chunk_key, StreamName, DETECTIONS_PREFIX, EVIDENCE_PREFIX, STATE_PREFIX,
+};
 use txpipe::parse::RejectedRow;
 use txpipe::store::{
     ChunkCursor, CursorStore, DetectorHead, Fenced, ObjectInfo, ObjectStore, StateStore,
@@ -200,6 +202,8 @@ pub fn object_kind(key: &str) -> &'static str {
         "chunk"
     } else if key.starts_with(DETECTIONS_PREFIX) {
         "detections"
+    } else if key.starts_with(EVIDENCE_PREFIX) {
+        "evidence"
     } else if key.starts_with(STATE_PREFIX) && key.contains("/delta-") {
         "delta"
     } else if key.starts_with(STATE_PREFIX) {

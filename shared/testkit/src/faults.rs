@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use txpipe::detector::{ChunkRecord, ChunkSink, SinkError};
 use txpipe::layout::StreamName;
-use txpipe::layout::{parse_chunk_key, DETECTIONS_PREFIX, STATE_PREFIX};
+use txpipe::layout::{parse_chunk_key, DETECTIONS_PREFIX, EVIDENCE_PREFIX, STATE_PREFIX};
 use txpipe::parse::RejectedRow;
 use txpipe::store::{
     DetectorHead, Fenced, ObjectInfo, ObjectStore, StateStore, StoreError, StoredObject,
@@ -24,7 +24,7 @@ pub enum FaultPoint {
     ReadChunk,
     /// Writing the chunk's state delta (with its times).
     WriteDelta,
-    /// Writing a detection file.
+    /// Writing a detection file or its evidence file (the first of them written).
     WriteDetections,
     /// Writing the chunk's rows to Postgres.
     WriteSink,
@@ -174,7 +174,7 @@ impl ObjectStore for FaultyObjects {
         metadata: &[(&str, String)],
         create_only: bool,
     ) -> Result<bool, StoreError> {
-        if key.starts_with(DETECTIONS_PREFIX) {
+        if key.starts_with(DETECTIONS_PREFIX) || key.starts_with(EVIDENCE_PREFIX) {
             self.plan.check(FaultPoint::WriteDetections, None)?;
         } else if key.starts_with(STATE_PREFIX) && key.contains("/delta-") {
             self.plan.check(FaultPoint::WriteDelta, None)?;
