@@ -859,3 +859,63 @@ async fn two_containers_alternating_never_change_a_published_fact() -> Result<()
     assert_eq!(disagree, None);
     Ok(())
 }
+
+/// The snapshot part size is not pinned with a stream's settings: it only decides how a
+/// snapshot is split into objects, and a reader takes the part count from the head. Two
+/// containers with different part sizes taking turns leave exactly the replay's
+/// outputs, and a cold rebuild holds exactly the replay's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_with_different_snapshot_part_sizes_share_a_stream() -> Result<()> {
+    use txpipe_e2e::outputs::{first_difference, reference, stream_outputs};
+    let stack = Stack::start(true).await?;
+    let data = data()?;
+    stack.put(SOURCE_KEY, data.transactions.clone()).await?;
+    stack.put(IMPORTANCE_KEY, data.importance.clone()).await?;
+    let with_parts = |bytes: &'static str| -> Vec<(&'static str, &'static str)> {
+        let mut v: Vec<(&str, &str)> = SMALL
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "TXPIPE_SNAPSHOT_PART_BYTES")
+            .collect();
+        v.push(("TXPIPE_SNAPSHOT_PART_BYTES", bytes));
+        v.push(("TXPIPE_SNAPSHOT_MAX_DELTAS", "2"));
+        v
+    };
+    let (small, large) = (with_parts("4096"), with_parts("262144"));
+    let containers = [stack.detector(&small).await?, stack.detector(&large).await?];
+    let chunker = stack.chunker(&small)?;
+    let stream = stack.stream().await?;
+    let mut k = 0;
+    // The part counts of the snapshots the head named along the way.
+    let mut part_counts = std::collections::BTreeSet::new();
+    loop {
+        let run = chunker.run(far(), Some(1)).await?;
+        let keys: Vec<String> = run.written.into_iter().map(|c| c.key).collect();
+        if keys.is_empty() {
+            break;
+        }
+        deliver(&containers[k % 2], &keys).await?;
+        k += 1;
+        let head = containers[0].detector().await.head(&stream).await?;
+        part_counts.extend(head.and_then(|h| h.snapshot).map(|s| s.parts));
+    }
+    assert!(
+        part_counts.len() >= 2,
+        "both part sizes wrote snapshots: {part_counts:?}"
+    );
+    let config = stack.config(&small)?;
+    let want = reference(&stream, &data.transactions, &data.importance, &config, true)?;
+    assert_eq!(k as u64, want.chunks);
+    let got = stream_outputs(&stack, &stream, true).await?;
+    if let Some(d) = first_difference(&got, &want.outputs) {
+        panic!("outputs differ from the replay: {d}");
+    }
+    for extra in [&small, &large] {
+        let cold = stack.detector(extra).await?;
+        let mut detector = cold.detector().await;
+        detector.load_stream(&stream).await?;
+        let image = detector.state_image(&stream).map(|(_, bytes)| bytes);
+        assert!(image == Some(want.state.clone()), "a cold rebuild differs");
+    }
+    Ok(())
+}
