@@ -201,6 +201,8 @@ pub struct PrefixView {
     pub tail_age_secs: i64,
     /// `txpipe close-stream` was run.
     pub closing: bool,
+    /// Every row is cut: the stream is closed and its last chunk written.
+    pub finished: bool,
     /// The file that stops the stream, with what to do.
     pub blocked: Option<String>,
 }
@@ -216,7 +218,11 @@ impl PrefixView {
             self.late,
             self.changed,
             self.tail_age_secs,
-            if self.closing { "; closing" } else { "" }
+            match (self.finished, self.closing) {
+                (true, _) => "; closed, every row cut",
+                (false, true) => "; closing",
+                (false, false) => "",
+            }
         );
         if let Some((index, key, offset, size)) = &self.current {
             let _ = writeln!(
@@ -241,9 +247,12 @@ fn prefix_view(c: &ChunkCursor) -> PrefixView {
         late: c.late_files,
         changed: c.changed_files,
         flagged: c.flagged.clone(),
-        current: (!c.file_key.is_empty()).then(|| (c.file, c.file_key.clone(), c.offset, c.size)),
+        // A finished stream is in no file any more.
+        current: (!c.file_key.is_empty() && !c.finished)
+            .then(|| (c.file, c.file_key.clone(), c.offset, c.size)),
         tail_age_secs: (chrono::Utc::now().timestamp_millis() - c.tail_ms) / 1000,
         closing: c.closing,
+        finished: c.finished,
         blocked: (!c.blocked.is_empty()).then(|| c.blocked.clone()),
     }
 }
@@ -350,4 +359,38 @@ async fn pg_counts(
         .unwrap_or(-1);
     out.push(("rejected_rows".into(), n));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished prefix stream says so, and names no file it would be cutting.
+    #[test]
+    fn a_finished_prefix_stream_is_cutting_no_file() {
+        let stream = txpipe::layout::StreamName::parse("feed").unwrap();
+        let cursor = |finished: bool| ChunkCursor {
+            files: 3,
+            file: 2,
+            file_key: "feed/part-0003.csv".into(),
+            closing: true,
+            finished,
+            ..ChunkCursor::start("b", "feed/", stream.clone(), 10)
+        };
+        let render = |c: &ChunkCursor| {
+            let mut s = String::new();
+            prefix_view(c).render(&mut s);
+            s
+        };
+        let done = render(&cursor(true));
+        assert!(
+            done.contains("; closed, every row cut") && !done.contains("cutting file"),
+            "{done}"
+        );
+        let going = render(&cursor(false));
+        assert!(
+            going.contains("; closing") && going.contains("cutting file 2 feed/part-0003.csv"),
+            "{going}"
+        );
+    }
 }
