@@ -4,6 +4,7 @@
 //! its head exactly as a cold detector rebuilds it; nothing is written.
 
 use anyhow::{bail, Result};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ pub async fn explain(clients: &AwsClients, config: &Config, q: Question<'_>) -> 
         )?;
         return Ok(out);
     };
-    let emitted = EmittedDetections::read(&stores, config, &stream, pending).await?;
+    let emitted = EmittedDetections::read(&stores, config, &stream, q.merchant, pending).await?;
     describe_merchant(&mut out, &m, cfg, &emitted)?;
     if let Some(customer) = q.customer {
         match engine.explain_pair(q.merchant, customer) {
@@ -268,21 +269,31 @@ impl EmittedDetections {
         stores: &Stores,
         config: &Config,
         stream: &StreamName,
+        merchant: &str,
         pending: &[Detection],
     ) -> Result<Self> {
         let bucket = &config.bucket;
         let mut found = HashMap::new();
-        for key in stores
+        let keys = stores
             .objects
             .list(bucket, &stream.evidence_prefix())
-            .await?
-        {
-            let Some(object) = stores.objects.get(bucket, &key).await? else {
-                continue;
-            };
-            for (i, line) in String::from_utf8_lossy(&object.bytes).lines().enumerate() {
+            .await?;
+        // Read 16 at a time: a long stream has thousands of files.
+        let mut files = futures_util::stream::iter(keys)
+            .map(|key| async move {
+                let object = stores.objects.get(bucket, &key).await?;
+                anyhow::Ok((key, object.map(|o| o.bytes).unwrap_or_default()))
+            })
+            .buffered(16);
+        while let Some(file) = files.next().await {
+            let (key, bytes) = file?;
+            for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
                 let v: serde_json::Value = serde_json::from_str(line)?;
                 let text = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+                // Only the merchant asked about is kept.
+                if text("MerchantId") != merchant {
+                    continue;
+                }
                 found.insert(
                     (text("patternId"), text("MerchantId"), text("customerName")),
                     (
