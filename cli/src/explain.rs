@@ -127,12 +127,14 @@ fn describe_merchant(
         "merchant {}: {} transactions, {} customers ({} female, {} male)",
         s.merchant, s.txns, s.customers, s.female, s.male
     )?;
+    // The verdicts come from the pattern files (through the engine); the clauses are
+    // shown beside them.
     let (more, fewer) = (s.female > cfg.dei_min_female, s.female < s.male);
     writeln!(
         out,
         "\n{} {}: female customers {} > {}: {}; female {} < male {}: {}",
         PatternId::DeiNeeded.id(),
-        holds_text(more && fewer),
+        holds_text(m.dei_holds),
         s.female,
         cfg.dei_min_female,
         yes(more),
@@ -211,7 +213,7 @@ fn describe_pair(
         out,
         "\n{} {}: transactions {} >= {}: {}; average Rs {} < Rs {}: {}",
         PatternId::Child.id(),
-        holds_text(enough && below),
+        holds_text(p.child_holds),
         s.txns,
         cfg.child_min_txns,
         yes(enough),
@@ -236,7 +238,7 @@ fn describe_pair(
         out,
         "\n{} {}: merchant transactions {} > {}: {}; count {} at or above the top rank's {}: {}; weight {} at or below the bottom rank's {}: {}",
         PatternId::Upgrade.id(),
-        holds_text(big && top && bottom),
+        holds_text(p.upgrade_holds),
         m.stats.txns,
         cfg.upgrade_min_merchant_txns,
         yes(big),

@@ -74,20 +74,26 @@ pub async fn stream_outputs(
     stream: &StreamName,
     with_transactions: bool,
 ) -> Result<StreamOutputs> {
-    let mut batches = BTreeMap::new();
-    for key in stack.list(&stream.detections_prefix()).await? {
-        let bytes = stack.get(&key).await?.unwrap_or_default();
-        let text = String::from_utf8(bytes).with_context(|| format!("{key} is not UTF-8"))?;
-        let name = key.rsplit('/').next().unwrap_or_default().to_string();
-        batches.insert(name, batch_lines(&text).with_context(|| key.clone())?);
+    // Each file under a prefix by name, its lines read by `lines`.
+    async fn files<T>(
+        stack: &Stack,
+        prefix: &str,
+        lines: impl Fn(&str) -> Result<Vec<T>>,
+    ) -> Result<BTreeMap<String, Vec<T>>> {
+        let mut out = BTreeMap::new();
+        for key in stack.list(prefix).await? {
+            let bytes = stack.get(&key).await?.unwrap_or_default();
+            let text = String::from_utf8(bytes).with_context(|| format!("{key} is not UTF-8"))?;
+            let name = key.rsplit('/').next().unwrap_or_default().to_string();
+            out.insert(name, lines(&text).with_context(|| key.clone())?);
+        }
+        Ok(out)
     }
-    let mut evidence = BTreeMap::new();
-    for key in stack.list(&stream.evidence_prefix()).await? {
-        let bytes = stack.get(&key).await?.unwrap_or_default();
-        let text = String::from_utf8(bytes).with_context(|| format!("{key} is not UTF-8"))?;
-        let name = key.rsplit('/').next().unwrap_or_default().to_string();
-        evidence.insert(name, text.lines().map(str::to_string).collect());
-    }
+    let batches = files(stack, &stream.detections_prefix(), batch_lines).await?;
+    let evidence = files(stack, &stream.evidence_prefix(), |text| {
+        Ok(text.lines().map(str::to_string).collect())
+    })
+    .await?;
     let pg = stack.pg_client().await?;
     let s = &stream.as_str();
     let detections = pg

@@ -278,6 +278,15 @@ mod tests {
         e
     }
 
+    /// With nothing pending, the head keeps the format from before evidence, so the
+    /// previous version can still read it (a rollback).
+    #[test]
+    fn an_empty_pending_list_keeps_the_older_format() {
+        let engine = engine_knowing(1);
+        let b = DetectionBatcher::new(50);
+        assert_eq!(b.encode_pending(&engine).unwrap(), vec![0]);
+    }
+
     /// A head written before detections kept evidence: the count first, no evidence.
     #[test]
     fn pending_detections_of_an_older_head_load_without_evidence() {

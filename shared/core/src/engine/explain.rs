@@ -2,8 +2,9 @@
 //! stats and PatId1 thresholds now, one pair's stats, and which detections were
 //! emitted. Read-only; the cost is one merchant's order statistics.
 
+use super::{hash_bytes, importance_entry, NONE};
 use super::{Engine, MerchantView, PairView, EMITTED_CHILD, EMITTED_UPGRADE};
-use crate::patterns::upgrade;
+use crate::patterns::{self, upgrade};
 use crate::weight::Weight;
 
 /// PatId1's thresholds at one merchant now (`None` fields: no customer has a weight).
@@ -30,6 +31,8 @@ pub struct MerchantExplain<'a> {
     pub stats: MerchantView<'a>,
     /// PatId1's thresholds (`None` when no customer of it has a weight).
     pub upgrade: Option<UpgradeThresholdsView>,
+    /// Whether PatId3 holds now (its file's condition).
+    pub dei_holds: bool,
     /// Whether PatId3 was emitted for it.
     pub dei_emitted: bool,
 }
@@ -39,8 +42,13 @@ pub struct MerchantExplain<'a> {
 pub struct PairExplain<'a> {
     /// Its stats.
     pub stats: PairView<'a>,
+    /// Whether PatId1 holds now: the merchant qualifies, the customer is in the run at
+    /// or below the weight threshold and its count reaches the top rank's.
+    pub upgrade_holds: bool,
     /// Whether PatId1 was emitted for it.
     pub upgrade_emitted: bool,
+    /// Whether PatId2 holds now (its file's condition).
+    pub child_holds: bool,
     /// Whether PatId2 was emitted for it.
     pub child_emitted: bool,
 }
@@ -72,6 +80,7 @@ impl Engine {
                 male: stats.male,
             },
             upgrade,
+            dei_holds: patterns::dei::holds(&self.config, stats.female, stats.male).is_some(),
             dei_emitted: stats.dei_emitted,
         })
     }
@@ -81,9 +90,30 @@ impl Engine {
         let (m, c) = (self.merchants.get(merchant)?, self.customers.get(customer)?);
         let p = self.pairs.find(m, c)?;
         let record = self.pairs.record(p);
+        let (txns, cents) = (self.pairs.txns(p), self.pairs.cents(p));
+        let stats = &self.merchant_stats[m as usize];
+        // PatId1 as `detect` asks it: a candidate is a weighted customer whose entry is
+        // in the run at or below the weight threshold.
+        let upgrade_holds = upgrade::merchant_qualifies(&self.config, stats.txns) && {
+            let entries = self.weights.merchant_entries(stats.importance);
+            let order = stats.by_weight.as_ref();
+            let t =
+                upgrade::thresholds(&self.config, &stats.by_count, order, &self.weights, entries);
+            let entry = importance_entry(
+                &self.weights,
+                stats.importance,
+                hash_bytes(customer.as_bytes()),
+                customer,
+            );
+            t.is_some_and(|t| {
+                record.weighted() && entry != NONE && entry < t.end && upgrade::holds(&t, txns)
+            })
+        };
         Some(PairExplain {
             stats: self.pair_view(m, c)?,
+            upgrade_holds,
             upgrade_emitted: record.emitted(EMITTED_UPGRADE),
+            child_holds: patterns::child::holds(&self.config, txns, cents).is_some(),
             child_emitted: record.emitted(EMITTED_CHILD),
         })
     }

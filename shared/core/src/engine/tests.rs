@@ -1247,3 +1247,40 @@ fn dei_evidence_counts_customers_by_gender() {
         )]
     );
 }
+
+/// `txpipe explain`'s verdicts are the patterns' own: they agree with what `detect`
+/// emitted for every pair and merchant of a chunk.
+#[test]
+fn explain_verdicts_agree_with_detect() {
+    let weights = importance(&[
+        ("A", "M1", "1"),
+        ("B", "M1", "1"),
+        ("C", "M1", "2"),
+        ("D", "M1", "1.5"),
+    ]);
+    let mut cfg = small_upgrade(0, 2500, 5000);
+    cfg.child_min_txns = 5;
+    cfg.dei_min_female = 0;
+    let mut e = engine(cfg, weights);
+    let mut rows = repeat(("A", "F", "M1", "1"), 5);
+    rows.extend(repeat(("B", "M", "M1", "1"), 5));
+    rows.extend(repeat(("C", "M", "M1", "100"), 5));
+    rows.push(("D", "M", "M1", "1"));
+    let found = apply(&mut e, &rows);
+    for c in ["A", "B", "C", "D"] {
+        let p = e.explain_pair("M1", c).unwrap();
+        assert_eq!(
+            p.upgrade_holds,
+            found.contains(&det(Upgrade, "M1", c)),
+            "{c}"
+        );
+        assert_eq!(p.child_holds, found.contains(&det(Child, "M1", c)), "{c}");
+        assert_eq!(
+            (p.upgrade_emitted, p.child_emitted),
+            (p.upgrade_holds, p.child_holds)
+        );
+    }
+    let m = e.explain_merchant("M1").unwrap();
+    assert_eq!(m.dei_holds, found.contains(&det(DeiNeeded, "M1", "")));
+    assert!(m.dei_holds && found.iter().any(|d| d.0 == Upgrade));
+}
