@@ -736,10 +736,24 @@ def emitted_metrics():
                     text = f.read()
                 names |= set(re.findall(r'"(\w+)",\s*[^,";]+,\s*Unit::', text))
                 if 'format!("Detections{}", p.id())' in text:
-                    with open(os.path.join(ROOT, "shared", "core", "src", "detection.rs")) as d:
-                        names |= {f"Detections{i}" for i in re.findall(r'=> "(PatId\d+)"', d.read())}
+                    names |= {f"Detections{pid}" for pid, _ in registered_patterns()}
         found[service] = names
     return found
+
+
+def registered_patterns():
+    """Each pattern `patterns::REGISTERED` lists (shared/core/src/patterns/mod.rs), read
+    from its own file: its `PatId<n>` and its settings' variables."""
+    folder = os.path.join(ROOT, "shared", "core", "src", "patterns")
+    with open(os.path.join(folder, "mod.rs")) as f:
+        listed = re.search(r"REGISTERED: &\[Registration\] =\s*&\[([^\]]*)\]", f.read())
+    out = []
+    for module in re.findall(r"(\w+)::REGISTRATION", listed.group(1) if listed else ""):
+        with open(os.path.join(folder, f"{module}.rs")) as f:
+            text = f.read()
+        pid = re.search(r'pub const ID: PatternId = PatternId::new\(\s*\d+,\s*"(PatId\d+)"', text)
+        out.append((pid.group(1) if pid else f"? ({module}.rs names no id)", re.findall(r'var: "(TXPIPE_\w+)"', text)))
+    return out
 
 
 def static_checks(cfn, params, label):
@@ -771,6 +785,20 @@ def static_checks(cfn, params, label):
     sub = r["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     body = sub[0] if isinstance(sub, list) else sub
     read |= {(f.lower(), m) for m, f in re.findall(r'"txpipe", "(\w+)", "FunctionName", "\$\{(Chunker|Detector)\}"', body)}
+    # Every registered pattern has its place in the stack: its detections metric on the
+    # dashboard, each of its settings a parameter that reaches the detector and the
+    # StatusEnvironment output (what `txpipe explain` rebuilds a stream with).
+    patterns = registered_patterns()
+    env = det["Environment"]["Variables"]
+    status = json.dumps(cfn["Outputs"]["StatusEnvironment"]["Value"])
+    missing = [f"{pid} metric" for pid, _ in patterns if ("detector", f"Detections{pid}") not in read]
+    for pid, variables in patterns:
+        missing += [f"{pid} {v}" for v in variables
+                    if not (isinstance(env.get(v), dict) and "Ref" in env[v] and env[v]["Ref"] in cfn["Parameters"])
+                    or f"{v}=" not in status]
+    check(len(patterns) >= 3 and not missing and {v for _, vs in patterns for v in vs} == set(PATTERN_VARS),
+          f"{label}: each of the {len(patterns)} registered patterns has its dashboard metric and its settings as parameters "
+          f"reaching the detector and StatusEnvironment" + (f" (missing: {missing})" if missing else ""))
     unknown = sorted(f"{f}/{m}" for f, m in read if m not in emitted.get(f, set()))
     check(not unknown and len(read) >= 15, f"{label}: the {len(read)} txpipe metrics alarms and dashboard read are all emitted"
                                           + (f" (unknown: {unknown})" if unknown else ""))

@@ -15,6 +15,7 @@ use txpipe::detector::{Detector, DetectorSettings, NoOutputs};
 use txpipe::engine::{MerchantExplain, PairExplain};
 use txpipe::evidence::exact_fraction;
 use txpipe::layout::StreamName;
+use txpipe::patterns::{child::Child, dei::Dei, upgrade::Upgrade};
 use txpipe::setup::Stores;
 use txpipe::weight::Weight;
 use txpipe::{Detection, PatternConfig, PatternId};
@@ -57,7 +58,7 @@ pub async fn explain(clients: &AwsClients, config: &Config, q: Question<'_>) -> 
     };
     let cfg = engine.config();
     let mut out = String::new();
-    let totals = head.totals;
+    let totals = &head.totals;
     writeln!(
         out,
         "stream {stream}: {} chunks applied ({} rows, {} rejected){}",
@@ -121,6 +122,7 @@ fn describe_merchant(
     cfg: &PatternConfig,
     emitted: &EmittedDetections,
 ) -> Result<()> {
+    let (up, dei) = (Upgrade::new(cfg), Dei::new(cfg));
     let s = &m.stats;
     writeln!(
         out,
@@ -129,28 +131,28 @@ fn describe_merchant(
     )?;
     // The verdicts come from the pattern files (through the engine); the clauses are
     // shown beside them.
-    let (more, fewer) = (s.female > cfg.dei_min_female, s.female < s.male);
+    let (more, fewer) = (s.female > dei.min_female, s.female < s.male);
     writeln!(
         out,
         "\n{} {}: female customers {} > {}: {}; female {} < male {}: {}",
-        PatternId::DeiNeeded.id(),
+        PatternId::DEI_NEEDED.id(),
         holds_text(m.dei_holds),
         s.female,
-        cfg.dei_min_female,
+        dei.min_female,
         yes(more),
         s.female,
         s.male,
         yes(fewer)
     )?;
-    emitted.describe(out, PatternId::DeiNeeded, s.merchant, "", m.dei_emitted)?;
+    emitted.describe(out, PatternId::DEI_NEEDED, s.merchant, "", m.dei_emitted)?;
     writeln!(
         out,
         "\n{} thresholds at {}: merchant transactions {} > {}: {}",
-        PatternId::Upgrade.id(),
+        PatternId::UPGRADE.id(),
         s.merchant,
         s.txns,
-        cfg.upgrade_min_merchant_txns,
-        yes(s.txns > cfg.upgrade_min_merchant_txns)
+        up.min_merchant_txns,
+        yes(s.txns > up.min_merchant_txns)
     )?;
     match &m.upgrade {
         None => writeln!(out, "  no customer of it has a weight: nobody can qualify")?,
@@ -158,7 +160,7 @@ fn describe_merchant(
             writeln!(
                 out,
                 "  top {} % of counts: rank {} of {} customers (lowest first), count {}",
-                percent(cfg.upgrade_top_bp),
+                percent(up.top_bp),
                 t.top_rank,
                 t.customers,
                 t.count_at_top_rank
@@ -166,7 +168,7 @@ fn describe_merchant(
             writeln!(
                 out,
                 "  bottom {} % of weights: rank {} of {} weighted customers (lowest first), weight {}",
-                percent(cfg.upgrade_bottom_bp),
+                percent(up.bottom_bp),
                 t.bottom_rank,
                 t.weighted_customers,
                 weight_text(&t.weight_at_bottom_rank)
@@ -191,6 +193,7 @@ fn describe_pair(
     cfg: &PatternConfig,
     emitted: &EmittedDetections,
 ) -> Result<()> {
+    let (up, child) = (Upgrade::new(cfg), Child::new(cfg));
     let s = &p.stats;
     let average = readable(s.cents as i128, u128::from(s.txns) * 100);
     writeln!(
@@ -207,28 +210,28 @@ fn describe_pair(
             .as_ref()
             .map_or("none (not in the importance file)".into(), weight_text)
     )?;
-    let enough = s.txns >= cfg.child_min_txns;
-    let below = s.cents < u128::from(cfg.child_avg_below_cents) * u128::from(s.txns);
+    let enough = s.txns >= child.min_txns;
+    let below = s.cents < u128::from(child.avg_below_cents) * u128::from(s.txns);
     writeln!(
         out,
         "\n{} {}: transactions {} >= {}: {}; average Rs {} < Rs {}: {}",
-        PatternId::Child.id(),
+        PatternId::CHILD.id(),
         holds_text(p.child_holds),
         s.txns,
-        cfg.child_min_txns,
+        child.min_txns,
         yes(enough),
         average,
-        exact_fraction(i128::from(cfg.child_avg_below_cents), 100),
+        exact_fraction(i128::from(child.avg_below_cents), 100),
         yes(below)
     )?;
     emitted.describe(
         out,
-        PatternId::Child,
+        PatternId::CHILD,
         s.merchant,
         s.customer,
         p.child_emitted,
     )?;
-    let big = m.stats.txns > cfg.upgrade_min_merchant_txns;
+    let big = m.stats.txns > up.min_merchant_txns;
     let (top, bottom) = match (&m.upgrade, &s.weight) {
         (Some(t), Some(w)) => (s.txns >= t.count_at_top_rank, *w <= t.weight_at_bottom_rank),
         (Some(t), None) => (s.txns >= t.count_at_top_rank, false),
@@ -237,10 +240,10 @@ fn describe_pair(
     writeln!(
         out,
         "\n{} {}: merchant transactions {} > {}: {}; count {} at or above the top rank's {}: {}; weight {} at or below the bottom rank's {}: {}",
-        PatternId::Upgrade.id(),
+        PatternId::UPGRADE.id(),
         holds_text(p.upgrade_holds),
         m.stats.txns,
-        cfg.upgrade_min_merchant_txns,
+        up.min_merchant_txns,
         yes(big),
         s.txns,
         m.upgrade.map_or("-".into(), |t| t.count_at_top_rank.to_string()),
@@ -252,7 +255,7 @@ fn describe_pair(
     )?;
     emitted.describe(
         out,
-        PatternId::Upgrade,
+        PatternId::UPGRADE,
         s.merchant,
         s.customer,
         p.upgrade_emitted,
@@ -317,6 +320,7 @@ impl EmittedDetections {
                     "waiting for its detection file (in the head)".to_string(),
                     d.chunk,
                     d.evidence
+                        .clone()
                         .map_or("null".to_string(), |e| e.to_json().to_string()),
                 ),
             );

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use txpipe::chunker::ChunkBounds;
 use txpipe::config::{patterns, EnvVars};
-use txpipe::detection::PatternId;
 use txpipe::engine::Engine;
 use txpipe::layout::{parse_chunk_key, StreamName};
 use txpipe::parse::ImportanceTable;
@@ -201,7 +200,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         engine_micros as f64 / 1e6
     );
-    for p in PatternId::ALL {
+    for p in txpipe::patterns::registered() {
         println!(
             "  {} {:<10} {}",
             p.id(),

@@ -22,7 +22,7 @@ use txpipe::detector::{AppliedChunk, DetectorService};
 use txpipe::layout::{StreamName, DETECTIONS_PREFIX, EVIDENCE_PREFIX};
 use txpipe::setup::Stores;
 use txpipe::store::ObjectStore;
-use txpipe::{PatternId, PerPattern};
+use txpipe::PerPattern;
 use txpipe_testkit::events::{object_created, Notifying};
 use txpipe_testkit::stack::{BUCKET, TABLE};
 use txpipe_testkit::LocalStack;
@@ -240,7 +240,8 @@ struct Progress {
     applied: AtomicU64,
     rows: AtomicU64,
     rejected: AtomicU64,
-    detections: [AtomicU64; PatternId::COUNT],
+    /// The highest count seen per pattern.
+    detections: std::sync::Mutex<PerPattern>,
     done: AtomicBool,
     streams: std::sync::Mutex<Vec<StreamName>>,
     /// Prefix streams: files joined.
@@ -280,15 +281,20 @@ impl Progress {
                 applied += head.next_chunk;
                 rows += head.totals.rows;
                 rejected += head.totals.rejected;
-                detections += head.totals.detections;
+                detections += &head.totals.detections;
             }
         }
         // Heads only move forward; an older read finishing late must not win.
         self.applied.fetch_max(applied, Ordering::Relaxed);
         self.rows.fetch_max(rows, Ordering::Relaxed);
         self.rejected.fetch_max(rejected, Ordering::Relaxed);
+        let mut seen = self
+            .detections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (pattern, n) in detections.iter() {
-            self.detections[pattern.index()].fetch_max(n, Ordering::Relaxed);
+            let more = n.saturating_sub(seen.get(pattern));
+            seen.add(pattern, more);
         }
         Ok(())
     }
@@ -310,7 +316,10 @@ impl Progress {
     }
 
     fn detections(&self) -> PerPattern {
-        PerPattern::from_fn(|p| self.detections[p.index()].load(Ordering::Relaxed))
+        self.detections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -331,7 +331,7 @@ pub fn reference(
                 d.key.pattern.action().to_string(),
                 d.key.merchant.clone(),
                 d.key.customer.clone(),
-                d.evidence.map(|e| e.to_json().to_string()),
+                d.evidence.as_ref().map(|e| e.to_json().to_string()),
             )
         })
         .collect();

@@ -198,9 +198,9 @@ async fn outputs_equal_replay_and_survive_faults_duplicates_and_reordering() -> 
 
     // Equal to the offline replay: identity, chunk, order, batch composition.
     let want = reference(&stack, &data)?;
-    assert!(want.detections.iter().any(|d| d.key.pattern.index() == 0));
-    assert!(want.detections.iter().any(|d| d.key.pattern.index() == 1));
-    assert!(want.detections.iter().any(|d| d.key.pattern.index() == 2));
+    assert!(want.detections.iter().any(|d| d.key.pattern.number() == 1));
+    assert!(want.detections.iter().any(|d| d.key.pattern.number() == 2));
+    assert!(want.detections.iter().any(|d| d.key.pattern.number() == 3));
     let want_batches: BTreeMap<String, Vec<(String, String, String)>> = want
         .batches
         .iter()

@@ -30,11 +30,9 @@ async fn local_run_in_burst_mode_equals_replay() -> Result<()> {
     })
     .await?;
 
-    let config = PatternConfig {
-        upgrade_min_merchant_txns: 4000,
-        dei_min_female: 30,
-        ..PatternConfig::default()
-    };
+    let config = PatternConfig::default()
+        .with(&txpipe::patterns::upgrade::MIN_MERCHANT_TXNS, 4000)
+        .with(&txpipe::patterns::dei::MIN_FEMALE, 30);
     let table = ImportanceTable::parse(&importance)?.table;
     let mut engine = Engine::new(config, Arc::new(table));
     let want = replay(&transactions, &mut engine, 5000, 50, chrono::Utc::now)?;
@@ -81,10 +79,7 @@ async fn two_streams_at_once_each_equal_their_replay() -> Result<()> {
     assert_eq!(summary.rows, 75_000);
     // Each stream's files equal its own replay, with the one shared importance file.
     let table = Arc::new(ImportanceTable::parse(&importance)?.table);
-    let config = PatternConfig {
-        dei_min_female: 20,
-        ..PatternConfig::default()
-    };
+    let config = PatternConfig::default().with(&txpipe::patterns::dei::MIN_FEMALE, 20);
     let mut streams: Vec<_> = std::fs::read_dir(out.join("detections"))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
@@ -140,11 +135,9 @@ async fn local_run_over_parts_uploaded_mid_stream_equals_the_single_files_replay
         ],
     })
     .await?;
-    let config = PatternConfig {
-        upgrade_min_merchant_txns: 2000,
-        dei_min_female: 30,
-        ..PatternConfig::default()
-    };
+    let config = PatternConfig::default()
+        .with(&txpipe::patterns::upgrade::MIN_MERCHANT_TXNS, 2000)
+        .with(&txpipe::patterns::dei::MIN_FEMALE, 30);
     let table = ImportanceTable::parse(&importance)?.table;
     let mut engine = Engine::new(config, Arc::new(table));
     let want = replay(&transactions, &mut engine, 2400, 50, chrono::Utc::now)?;

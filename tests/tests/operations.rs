@@ -953,7 +953,7 @@ async fn explain_shows_the_evidence_of_each_detection_and_why_others_do_not_hold
         };
         explain(clients, config, question).await
     };
-    for pattern in txpipe::PatternId::ALL {
+    for pattern in txpipe::patterns::registered() {
         let d = want
             .replay
             .detections
@@ -962,7 +962,7 @@ async fn explain_shows_the_evidence_of_each_detection_and_why_others_do_not_hold
             .ok_or_else(|| anyhow::anyhow!("no {pattern:?} detection in the data"))?;
         let customer = (!d.key.customer.is_empty()).then(|| d.key.customer.clone());
         let text = ask(d.key.merchant.clone(), customer).await?;
-        let evidence = d.evidence.map(|e| e.to_json().to_string());
+        let evidence = d.evidence.as_ref().map(|e| e.to_json().to_string());
         let evidence = evidence.unwrap_or_default();
         // The pattern's own paragraph.
         let shown = text

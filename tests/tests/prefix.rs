@@ -380,12 +380,10 @@ async fn a_quiet_tail_is_cut_short_and_closing_marks_the_end() -> Result<()> {
     assert!(head.finished, "{head:?}");
     // A replay over the stream's chunk objects, with the boundaries recorded on them
     // (a short chunk, an empty last one), reproduces its detection files.
-    let config = txpipe::config::PatternConfig {
-        upgrade_min_merchant_txns: 2000,
-        dei_min_female: 30,
-        child_min_txns: 5,
-        ..Default::default()
-    };
+    let config = txpipe::config::PatternConfig::default()
+        .with(&txpipe::patterns::upgrade::MIN_MERCHANT_TXNS, 2000)
+        .with(&txpipe::patterns::dei::MIN_FEMALE, 30)
+        .with(&txpipe::patterns::child::MIN_TXNS, 5);
     let table = txpipe::parse::ImportanceTable::parse(&importance_bytes)?.table;
     let mut engine = txpipe::engine::Engine::new(config, std::sync::Arc::new(table));
     let mut replayed = Vec::new();

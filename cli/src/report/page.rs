@@ -6,7 +6,7 @@ use super::charts::{line_chart, Series, PALETTE};
 use super::{ReportData, LATEST_DETECTIONS, REJECT_EXAMPLES};
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
-use txpipe::detection::{PatternId, PerPattern, OUTPUT_TZ};
+use txpipe::detection::{PerPattern, OUTPUT_TZ};
 
 /// The page for `data`.
 pub fn render(data: &ReportData) -> String {
@@ -169,9 +169,8 @@ fn summary(p: &mut String, data: &ReportData) {
             }
         ),
     );
-    let detections: Vec<String> = PatternId::ALL
-        .iter()
-        .map(|p| format!("{} {} {}", p.id(), p.action(), s.detections.get(*p)))
+    let detections: Vec<String> = txpipe::patterns::registered()
+        .map(|p| format!("{} {} {}", p.id(), p.action(), s.detections.get(p)))
         .collect();
     fact(
         "detections",
@@ -294,22 +293,23 @@ fn charts(p: &mut String, data: &ReportData) {
     );
     let mut totals = PerPattern::default();
     let mut by_chunk = data.detections_per_chunk.iter().peekable();
-    let mut cumulative: Vec<Vec<(u64, f64)>> = vec![Vec::new(); PatternId::COUNT];
+    let mut cumulative: Vec<Vec<(u64, f64)>> = vec![Vec::new(); totals.iter().count()];
     for r in &data.ledger {
         while let Some((_, counts)) = by_chunk.next_if(|(c, _)| *c <= r.chunk) {
-            totals += *counts;
+            totals += counts;
         }
         for (points, (_, t)) in cumulative.iter_mut().zip(totals.iter()) {
             points.push((r.chunk, t as f64));
         }
     }
-    let series: Vec<Series> = PatternId::ALL
+    let series: Vec<Series> = totals
         .iter()
         .zip(cumulative)
-        .map(|(pat, points)| {
+        .enumerate()
+        .map(|(i, ((pat, _), points))| {
             line(
                 &format!("{} {}", pat.id(), pat.action()),
-                PALETTE[pat.index() % PALETTE.len()],
+                PALETTE[i % PALETTE.len()],
                 points,
             )
         })
@@ -441,7 +441,7 @@ fn merchants(p: &mut String, data: &ReportData) {
         p,
         "<table id=\"merchants\" class=\"sortable\"><thead><tr><th>merchant</th><th data-num=\"1\">all</th>"
     );
-    for pat in PatternId::ALL {
+    for pat in txpipe::patterns::registered() {
         let _ = write!(p, "<th data-num=\"1\">{} {}</th>", pat.id(), pat.action());
     }
     let _ = write!(p, "</tr></thead><tbody>");
@@ -579,8 +579,9 @@ mod tests {
             });
         }
         data.cut_ms = [(0, 999_000), (1, 1_000_100), (2, 1_000_500)].into();
+        use txpipe::PatternId;
         let one = |p: PatternId| PerPattern::from_fn(|q| u64::from(q == p));
-        data.detections_per_chunk = vec![(0, one(PatternId::Upgrade)), (1, one(PatternId::Child))];
+        data.detections_per_chunk = vec![(0, one(PatternId::UPGRADE)), (1, one(PatternId::CHILD))];
         data.latest.push(DetectionRow {
             chunk: 1,
             pattern_id: "PatId2".into(),
@@ -597,7 +598,7 @@ mod tests {
         });
         data.top_merchants.push((
             "'M1'".into(),
-            PerPattern::from_fn(|q| u64::from(q != PatternId::DeiNeeded)),
+            PerPattern::from_fn(|q| u64::from(q != PatternId::DEI_NEEDED)),
         ));
         let page = render(&data);
         for id in ["time", "lag", "rows", "rejects", "detections"] {

@@ -1,7 +1,7 @@
 //! S3 output batching (docs/behaviour.md, outputs): detections in global order, exactly `per_file` to a
 //! file, the remainder carried to the next chunk, a short final file only at the end.
 
-use crate::detection::{Detection, PatternId};
+use crate::detection::Detection;
 use crate::engine::Engine;
 use crate::evidence::Evidence;
 use crate::varint;
@@ -133,7 +133,7 @@ impl DetectionBatcher {
             let (m, c) = engine.detection_indices(&d.key).ok_or_else(|| {
                 BatcherStateError(format!("pending detection {:?} names no known id", d.key))
             })?;
-            varint::put(&mut out, d.key.pattern.index() as u64);
+            varint::put(&mut out, u64::from(d.key.pattern.number()) - 1);
             varint::put(&mut out, u64::from(m));
             varint::put(&mut out, u64::from(c));
             varint::put(&mut out, d.chunk.wrapping_sub(chunk));
@@ -181,10 +181,12 @@ impl DetectionBatcher {
             }
             let (mut chunk, mut ys, mut dt) = (0u64, 0i64, 0i64);
             for _ in 0..n {
-                let pattern = PatternId::ALL
-                    .get(next(&mut pos)? as usize)
-                    .copied()
-                    .ok_or_else(|| bad("unknown pattern"))?;
+                let number = next(&mut pos)?.saturating_add(1);
+                let pattern = engine
+                    .patterns()
+                    .by_number(number)
+                    .map(|(_, p)| p.id())
+                    .ok_or_else(|| BatcherStateError(format!("PatId{number} is not run here")))?;
                 let m =
                     u32::try_from(next(&mut pos)?).map_err(|_| bad("merchant index too large"))?;
                 let c =
@@ -227,12 +229,13 @@ impl DetectionBatcher {
 mod tests {
     use super::*;
     use crate::detection::DetectionKey;
+    use crate::detection::PatternId;
 
     fn d(i: u64) -> Detection {
         let t = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_123).unwrap();
         Detection {
             key: DetectionKey {
-                pattern: PatternId::Child,
+                pattern: PatternId::CHILD,
                 merchant: "M".into(),
                 customer: format!("C{i}"),
             },
@@ -292,13 +295,13 @@ mod tests {
     fn pending_detections_of_an_older_head_load_without_evidence() {
         let engine = engine_knowing(3);
         let mut old = Vec::new();
-        for v in [1, PatternId::Child.index() as u64, 0, 2, 7, 10, 12] {
+        for v in [1, u64::from(PatternId::CHILD.number()) - 1, 0, 2, 7, 10, 12] {
             varint::put(&mut old, v);
         }
         let b = DetectionBatcher::restore(50, 4, &old, &engine).unwrap();
         let d = &b.pending()[0];
         assert_eq!(
-            (d.key.customer.as_str(), d.chunk, d.evidence),
+            (d.key.customer.as_str(), d.chunk, d.evidence.clone()),
             ("C2", 7, None)
         );
     }
@@ -348,10 +351,12 @@ mod tests {
         let start = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_123).unwrap();
         let pending: Vec<Detection> = (0..per_file - 1)
             .map(|i| Detection {
-                key: match PatternId::ALL[i as usize % 3] {
+                key: match [PatternId::UPGRADE, PatternId::CHILD, PatternId::DEI_NEEDED]
+                    [i as usize % 3]
+                {
                     // A merchant-level detection names no customer.
-                    PatternId::DeiNeeded => DetectionKey {
-                        pattern: PatternId::DeiNeeded,
+                    PatternId::DEI_NEEDED => DetectionKey {
+                        pattern: PatternId::DEI_NEEDED,
                         merchant: name(i),
                         customer: String::new(),
                     },
@@ -365,7 +370,7 @@ mod tests {
                 y_start: start + chrono::Duration::milliseconds(i as i64 * 997_331),
                 detected_at: start + chrono::Duration::milliseconds(i as i64 * 1_000_003),
                 // The largest evidence, PatId1's, on every one.
-                evidence: Some(large_evidence(PatternId::Upgrade, i)),
+                evidence: Some(large_evidence(PatternId::UPGRADE, i)),
             })
             .collect();
         let mut b = DetectionBatcher::new(per_file);
@@ -381,7 +386,7 @@ mod tests {
     fn large_evidence(pattern: PatternId, i: u64) -> Evidence {
         let weight = |k: u64| crate::weight::Weight::new(999_999_999 * i128::from(k), k);
         match pattern {
-            PatternId::Upgrade => Evidence::Upgrade(crate::evidence::UpgradeEvidence {
+            PatternId::UPGRADE => Evidence::Upgrade(crate::evidence::UpgradeEvidence {
                 txns: 1_000_000 + i,
                 merchant_txns: 1_000_000_000 + i,
                 customers: 10_000_000,
@@ -392,11 +397,11 @@ mod tests {
                 bottom_rank: 90_000,
                 weight_at_bottom_rank: weight(4_001),
             }),
-            PatternId::Child => Evidence::Child {
+            PatternId::CHILD => Evidence::Child {
                 txns: 1_000_000 + i,
                 cents: 2_299_999_999 + u128::from(i),
             },
-            PatternId::DeiNeeded => Evidence::Dei {
+            _ => Evidence::Dei {
                 female: 5_000_000,
                 male: 5_000_001,
             },

@@ -2,6 +2,9 @@
 //! `docs/behaviour.md#defaults`). Reading them from the environment is the edge's job
 //! (the pipeline crate's `config` module); the core only holds the values.
 
+use crate::patterns::{Patterns, Setting};
+use std::collections::BTreeMap;
+
 /// R, data rows per chunk, by default.
 pub const DEFAULT_ROWS_PER_CHUNK: u64 = 10_000;
 /// The largest R a stream may use.
@@ -32,54 +35,44 @@ impl Default for StreamShape {
     }
 }
 
-/// The thresholds of the three patterns (docs/behaviour.md, patterns). Each pattern's
-/// file declares its own, with defaults and ranges ([`crate::patterns::settings`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The patterns' settings by variable (docs/behaviour.md, patterns): each pattern's
+/// file declares its own with defaults and ranges ([`crate::patterns::settings`]); a
+/// setting never set here has its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PatternConfig {
-    /// UPGRADE fires only once the merchant has strictly more transactions than this.
-    pub upgrade_min_merchant_txns: u64,
-    /// UPGRADE: top of the count distribution, in basis points (100 = top 1 %).
-    pub upgrade_top_bp: u64,
-    /// UPGRADE: bottom of the weight distribution, in basis points (100 = bottom 1 %).
-    pub upgrade_bottom_bp: u64,
-    /// CHILD: minimum transactions of the customer at the merchant.
-    pub child_min_txns: u64,
-    /// CHILD: the average must be strictly below this many cents.
-    pub child_avg_below_cents: u64,
-    /// DEI-NEEDED: strictly more female customers than this.
-    pub dei_min_female: u64,
-}
-
-impl Default for PatternConfig {
-    fn default() -> Self {
-        let mut c = PatternConfig {
-            upgrade_min_merchant_txns: 0,
-            upgrade_top_bp: 0,
-            upgrade_bottom_bp: 0,
-            child_min_txns: 0,
-            child_avg_below_cents: 0,
-            dei_min_female: 0,
-        };
-        for s in crate::patterns::settings() {
-            (s.set)(&mut c, s.default);
-        }
-        c
-    }
+    values: BTreeMap<&'static str, u64>,
 }
 
 impl PatternConfig {
-    /// A short stable text of the thresholds, stored with the state so a restart with
-    /// different thresholds is refused instead of mixing two definitions.
+    /// The value of `setting`.
+    pub fn get(&self, setting: &Setting) -> u64 {
+        self.values
+            .get(setting.var)
+            .copied()
+            .unwrap_or(setting.default)
+    }
+
+    /// Sets `setting` to `value`.
+    pub fn set(&mut self, setting: &Setting, value: u64) {
+        // A default is stored as unset, so equal settings compare equal.
+        if value == setting.default {
+            self.values.remove(setting.var);
+        } else {
+            self.values.insert(setting.var, value);
+        }
+    }
+
+    /// These settings with `setting` set to `value`.
+    pub fn with(mut self, setting: &Setting, value: u64) -> Self {
+        self.set(setting, value);
+        self
+    }
+
+    /// A short stable text of the registered patterns' settings, stored with the state
+    /// so a restart with different thresholds is refused instead of mixing two
+    /// definitions.
     pub fn fingerprint(&self) -> String {
-        format!(
-            "upgrade>{}:top{}bp:bottom{}bp;child>={}:avg<{};dei>{}",
-            self.upgrade_min_merchant_txns,
-            self.upgrade_top_bp,
-            self.upgrade_bottom_bp,
-            self.child_min_txns,
-            self.child_avg_below_cents,
-            self.dei_min_female
-        )
+        Patterns::registered(self.clone()).fingerprint()
     }
 }
 
@@ -100,11 +93,10 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = PatternConfig::default();
-        assert_eq!(c.upgrade_min_merchant_txns, 50_000);
-        assert_eq!((c.upgrade_top_bp, c.upgrade_bottom_bp), (100, 100));
         assert_eq!(
-            (c.child_min_txns, c.child_avg_below_cents, c.dei_min_female),
-            (80, 2300, 100)
+            c.fingerprint(),
+            "upgrade>50000:top100bp:bottom100bp;child>=80:avg<2300;dei>100",
+            "the fingerprint every running stream was pinned with"
         );
         let s = StreamShape::default();
         assert_eq!((s.rows_per_chunk, s.detections_per_file), (10_000, 50));
@@ -113,10 +105,7 @@ mod tests {
     #[test]
     fn fingerprints_change_with_every_setting() {
         let base = PatternConfig::default().fingerprint();
-        let other = PatternConfig {
-            child_min_txns: 81,
-            ..PatternConfig::default()
-        };
+        let other = PatternConfig::default().with(&crate::patterns::child::MIN_TXNS, 81);
         assert_ne!(base, other.fingerprint());
         let shape = StreamShape::default().fingerprint();
         let other = StreamShape {

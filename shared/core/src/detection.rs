@@ -7,78 +7,104 @@ use serde::{Deserialize, Serialize};
 /// Time zone of every output time.
 pub const OUTPUT_TZ: chrono_tz::Tz = chrono_tz::Asia::Kolkata;
 
-/// The three patterns, in their output order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum PatternId {
-    /// PatId1, UPGRADE.
-    Upgrade,
-    /// PatId2, CHILD.
-    Child,
-    /// PatId3, DEI-NEEDED.
-    DeiNeeded,
+/// A pattern's identity: its number (`PatId<n>`, the output order) and its action type.
+/// Each pattern's file declares its own (`patterns::child::ID`); the registered ones
+/// are listed in [`crate::patterns::REGISTERED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PatternId {
+    number: u8,
+    id: &'static str,
+    action: &'static str,
 }
 
 impl PatternId {
-    /// All patterns in order.
-    pub const ALL: [PatternId; 3] = [PatternId::Upgrade, PatternId::Child, PatternId::DeiNeeded];
+    /// PatId1, UPGRADE.
+    pub const UPGRADE: PatternId = crate::patterns::upgrade::ID;
+    /// PatId2, CHILD.
+    pub const CHILD: PatternId = crate::patterns::child::ID;
+    /// PatId3, DEI-NEEDED.
+    pub const DEI_NEEDED: PatternId = crate::patterns::dei::ID;
 
-    /// `PatId1`, `PatId2`, `PatId3`.
+    /// Pattern `number` (from 1), written `id` (`PatId<number>`) with action type
+    /// `action`. Checked at compile time where it is a constant.
+    pub const fn new(number: u8, id: &'static str, action: &'static str) -> Self {
+        assert!(number >= 1, "pattern numbers start at 1");
+        PatternId { number, id, action }
+    }
+
+    /// `PatId1`, `PatId2`, …
     pub fn id(self) -> &'static str {
-        match self {
-            PatternId::Upgrade => "PatId1",
-            PatternId::Child => "PatId2",
-            PatternId::DeiNeeded => "PatId3",
-        }
+        self.id
     }
 
-    /// `UPGRADE`, `CHILD`, `DEI-NEEDED`.
+    /// `UPGRADE`, `CHILD`, `DEI-NEEDED`, …
     pub fn action(self) -> &'static str {
-        match self {
-            PatternId::Upgrade => "UPGRADE",
-            PatternId::Child => "CHILD",
-            PatternId::DeiNeeded => "DEI-NEEDED",
-        }
+        self.action
     }
 
-    /// Reads `PatId1`…`PatId3`.
+    /// Its number: 1 for `PatId1`. State and head fields name a pattern by it.
+    pub fn number(self) -> u8 {
+        self.number
+    }
+
+    /// A registered pattern by its `PatId<n>` text.
     pub fn from_id(id: &str) -> Option<Self> {
-        PatternId::ALL.into_iter().find(|p| p.id() == id)
+        crate::patterns::registered().find(|p| p.id() == id)
     }
 
-    /// Index 0..3, for per-pattern counters.
-    pub fn index(self) -> usize {
-        self as usize
+    /// A registered pattern by its number.
+    pub fn from_number(number: u64) -> Option<Self> {
+        crate::patterns::registered().find(|p| u64::from(p.number()) == number)
     }
-
-    /// How many patterns there are.
-    pub const COUNT: usize = PatternId::ALL.len();
 }
 
 /// One count per pattern, kept and written out by pattern (never indexed by hand):
-/// totals, metrics, log fields and status lines all come from [`PatternId::ALL`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct PerPattern([u64; PatternId::COUNT]);
+/// totals, metrics, log fields and status lines all come from it. It starts with a
+/// zero for every registered pattern, so each is reported even before it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PerPattern(Vec<(PatternId, u64)>);
+
+impl Default for PerPattern {
+    fn default() -> Self {
+        PerPattern::zeros(crate::patterns::registered())
+    }
+}
 
 impl PerPattern {
+    /// A zero for each of `patterns`.
+    pub fn zeros(patterns: impl IntoIterator<Item = PatternId>) -> Self {
+        let mut out = PerPattern(Vec::new());
+        for p in patterns {
+            out.add(p, 0);
+        }
+        out
+    }
+
     /// The count of `pattern`.
     pub fn get(&self, pattern: PatternId) -> u64 {
-        self.0[pattern.index()]
+        self.0
+            .iter()
+            .find(|(p, _)| *p == pattern)
+            .map_or(0, |&(_, n)| n)
     }
 
     /// Adds `n` to `pattern`'s count.
     pub fn add(&mut self, pattern: PatternId, n: u64) {
-        self.0[pattern.index()] += n;
+        match self.0.binary_search_by(|(p, _)| p.cmp(&pattern)) {
+            Ok(i) => self.0[i].1 = self.0[i].1.saturating_add(n),
+            Err(i) => self.0.insert(i, (pattern, n)),
+        }
     }
 
     /// Each pattern with its count, in output order.
     pub fn iter(&self) -> impl Iterator<Item = (PatternId, u64)> + '_ {
-        PatternId::ALL.into_iter().map(|p| (p, self.get(p)))
+        self.0.iter().copied()
     }
 
-    /// Counts from a function of the pattern.
+    /// Counts of the registered patterns from a function of the pattern.
     pub fn from_fn(mut count: impl FnMut(PatternId) -> u64) -> Self {
         let mut out = PerPattern::default();
-        for p in PatternId::ALL {
+        for p in crate::patterns::registered() {
             out.add(p, count(p));
         }
         out
@@ -95,12 +121,12 @@ impl PerPattern {
 
     /// All patterns together.
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.iter().map(|&(_, n)| n).sum()
     }
 }
 
-impl std::ops::AddAssign for PerPattern {
-    fn add_assign(&mut self, other: PerPattern) {
+impl std::ops::AddAssign<&PerPattern> for PerPattern {
+    fn add_assign(&mut self, other: &PerPattern) {
         for (p, n) in other.iter() {
             self.add(p, n);
         }
@@ -205,7 +231,7 @@ impl Detection {
             "MerchantId": self.key.merchant,
             "customerName": self.key.customer,
             "chunk": self.chunk,
-            "evidence": self.evidence.map(|e| e.to_json()),
+            "evidence": self.evidence.as_ref().map(Evidence::to_json),
         });
         line.to_string()
     }
@@ -222,7 +248,7 @@ mod tests {
             + chrono::Duration::milliseconds(123);
         let d = Detection {
             key: DetectionKey {
-                pattern: PatternId::Upgrade,
+                pattern: PatternId::UPGRADE,
                 merchant: "M348934600".into(),
                 customer: "C1093826151".into(),
             },
@@ -242,7 +268,7 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
         let d = Detection {
             key: DetectionKey {
-                pattern: PatternId::DeiNeeded,
+                pattern: PatternId::DEI_NEEDED,
                 merchant: "M1".into(),
                 customer: String::new(),
             },
@@ -265,19 +291,19 @@ mod tests {
             customer: c.into(),
         };
         let mut v = vec![
-            k(PatternId::Child, "M1", "C2"),
-            k(PatternId::Upgrade, "M2", "C1"),
-            k(PatternId::Child, "M1", "C1"),
+            k(PatternId::CHILD, "M1", "C2"),
+            k(PatternId::UPGRADE, "M2", "C1"),
+            k(PatternId::CHILD, "M1", "C1"),
         ];
         v.sort();
         assert_eq!(
             v,
             vec![
-                k(PatternId::Upgrade, "M2", "C1"),
-                k(PatternId::Child, "M1", "C1"),
-                k(PatternId::Child, "M1", "C2")
+                k(PatternId::UPGRADE, "M2", "C1"),
+                k(PatternId::CHILD, "M1", "C1"),
+                k(PatternId::CHILD, "M1", "C2")
             ]
         );
-        assert_eq!(PatternId::from_id("PatId3"), Some(PatternId::DeiNeeded));
+        assert_eq!(PatternId::from_id("PatId3"), Some(PatternId::DEI_NEEDED));
     }
 }

@@ -8,7 +8,7 @@ use crate::weight::Weight;
 use serde_json::{json, Value};
 
 /// The values behind one detection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Evidence {
     /// PatId1, UPGRADE.
     Upgrade(UpgradeEvidence),
@@ -26,6 +26,9 @@ pub enum Evidence {
         /// Male customers.
         male: u64,
     },
+    /// Any other pattern's values, by name (camelCase), each already an exact string
+    /// (an integer, or [`exact_fraction`]).
+    Values(Vec<(String, String)>),
 }
 
 /// PatId1's values: where the customer stands in the merchant's count and weight
@@ -122,6 +125,12 @@ impl Evidence {
                 "femaleCustomers": s(*female),
                 "maleCustomers": s(*male),
             }),
+            Evidence::Values(values) => Value::Object(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
         }
     }
 
@@ -159,6 +168,14 @@ impl Evidence {
                 out.push(3);
                 varint::put(out, *female);
                 varint::put(out, *male);
+            }
+            Evidence::Values(values) => {
+                out.push(4);
+                varint::put(out, values.len() as u64);
+                for text in values.iter().flat_map(|(k, v)| [k, v]) {
+                    varint::put(out, text.len() as u64);
+                    out.extend_from_slice(text.as_bytes());
+                }
             }
         }
     }
@@ -210,9 +227,30 @@ impl Evidence {
                 female: next()?,
                 male: next()?,
             },
+            4 => {
+                let n = next()?;
+                // Each value takes at least two bytes: a count beyond that is damage.
+                if n > bytes.len() as u64 {
+                    return None;
+                }
+                let mut values = Vec::new();
+                for _ in 0..n {
+                    values.push((read_text(bytes, pos)?, read_text(bytes, pos)?));
+                }
+                Evidence::Values(values)
+            }
             _ => return None,
         }))
     }
+}
+
+/// A length-prefixed UTF-8 text of the stored form.
+fn read_text(bytes: &[u8], pos: &mut usize) -> Option<String> {
+    let len = usize::try_from(varint::read(bytes, pos)?).ok()?;
+    let end = pos.checked_add(len).filter(|&e| e <= bytes.len())?;
+    let text = std::str::from_utf8(&bytes[*pos..end]).ok()?.to_string();
+    *pos = end;
+    Some(text)
 }
 
 #[cfg(test)]
@@ -265,6 +303,10 @@ mod tests {
                 female: 101,
                 male: 102,
             },
+            Evidence::Values(vec![
+                ("txns".into(), "21".into()),
+                ("averageRupees".into(), "5000.01".into()),
+            ]),
         ];
         let mut out = Vec::new();
         for e in &all {

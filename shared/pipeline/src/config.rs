@@ -431,10 +431,8 @@ pub fn stream_shape(env: &EnvVars) -> Result<StreamShape, ConfigError> {
 pub fn patterns(env: &EnvVars) -> Result<PatternConfig, ConfigError> {
     let mut config = PatternConfig::default();
     for s in txpipe_core::patterns::settings() {
-        (s.set)(
-            &mut config,
-            env.number(s.var, s.default, s.range.clone(), s.expected)?,
-        );
+        let value = env.number(s.var, s.default, s.range.clone(), s.expected)?;
+        config.set(s, value);
     }
     Ok(config)
 }
@@ -502,8 +500,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.source.bucket, "src");
         assert_eq!(c.chunker.interval, None);
+        use txpipe_core::patterns::{child, upgrade};
         assert_eq!(
-            (c.patterns.upgrade_top_bp, c.patterns.child_min_txns),
+            (
+                c.patterns.get(&upgrade::TOP_BP),
+                c.patterns.get(&child::MIN_TXNS)
+            ),
             (1000, 1000)
         );
         assert_eq!(c.shape.rows_per_chunk, 2000);

@@ -26,7 +26,8 @@ pub mod store;
 pub mod timing;
 
 pub use txpipe_core::{
-    batch, cutting, detection, engine, evidence, layout, parse, percentile, replay, weight,
+    batch, cutting, detection, engine, evidence, layout, parse, patterns, percentile, replay,
+    weight,
 };
 pub use txpipe_core::{
     ChunkDelta, ChunkOutcome, Detection, DetectionKey, Engine, ImportanceTable, PatternConfig,

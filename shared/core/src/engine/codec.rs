@@ -3,7 +3,6 @@
 //! reader never misreads another format. Decoding never panics and never allocates
 //! from a stored length without first checking it against the bytes that remain.
 
-use crate::detection::PatternId;
 use crate::parse::Gender;
 
 const DELTA_MAGIC: &[u8; 4] = b"TXD1";
@@ -50,9 +49,9 @@ pub struct ChunkDelta {
     pub new_customers: Vec<String>,
     /// Per-pair increments.
     pub pairs: Vec<PairDelta>,
-    /// Detections emitted by the chunk: (pattern, merchant index, customer index or
-    /// `u32::MAX` for merchant-only patterns).
-    pub detections: Vec<(PatternId, u32, u32)>,
+    /// Detections emitted by the chunk: (pattern number, merchant index, customer index
+    /// or `u32::MAX` for merchant-only patterns).
+    pub detections: Vec<(u8, u32, u32)>,
 }
 
 /// One pair's increments in one chunk.
@@ -177,12 +176,10 @@ impl<'a> Reader<'a> {
         self.pos += n;
         String::from_utf8(bytes.to_vec()).map_err(|_| self.corrupt("name is not UTF-8"))
     }
-    pub(super) fn pattern(&mut self) -> Result<PatternId, CodecError> {
-        let i = self.u64()?;
-        PatternId::ALL
-            .get(i as usize)
-            .copied()
-            .ok_or_else(|| self.corrupt("unknown pattern"))
+    /// A pattern number, stored as number - 1 (PatId1 is 0).
+    pub(super) fn pattern(&mut self) -> Result<u8, CodecError> {
+        let stored = self.u64()?;
+        u8::try_from(stored + 1).map_err(|_| self.corrupt("pattern number out of range"))
     }
     pub(super) fn done(&self) -> Result<(), CodecError> {
         if self.pos == self.buf.len() {
@@ -220,7 +217,7 @@ impl ChunkDelta {
         }
         w.u64(self.detections.len() as u64);
         for &(pattern, m, c) in &self.detections {
-            w.u64(pattern.index() as u64);
+            w.u64(u64::from(pattern) - 1);
             w.u64(u64::from(m));
             w.u64(u64::from(c));
         }

@@ -2,9 +2,9 @@
 //! stats and PatId1 thresholds now, one pair's stats, and which detections were
 //! emitted. Read-only; the cost is one merchant's order statistics.
 
-use super::{hash_bytes, importance_entry, NONE};
-use super::{Engine, MerchantView, PairView, EMITTED_CHILD, EMITTED_UPGRADE};
-use crate::patterns::{self, upgrade};
+use super::{merchant_facts, Engine, MerchantView, PairView};
+use crate::detection::PatternId;
+use crate::patterns::{child::Child, dei::Dei, upgrade::Upgrade, Pattern};
 use crate::weight::Weight;
 
 /// PatId1's thresholds at one merchant now (`None` fields: no customer has a weight).
@@ -54,23 +54,30 @@ pub struct PairExplain<'a> {
 }
 
 impl Engine {
+    /// Whether `pattern` was emitted for pair or merchant `i`.
+    pub(super) fn was_emitted(&self, pattern: PatternId, i: u32) -> bool {
+        self.patterns
+            .by_number(u64::from(pattern.number()))
+            .is_some_and(|(slot, _)| self.emitted[slot].contains(i))
+    }
+
     /// A merchant's stats, PatId1 thresholds and PatId3 flag; `None` if never seen.
     pub fn explain_merchant(&self, merchant: &str) -> Option<MerchantExplain<'_>> {
         let m = self.merchants.get(merchant)?;
         let stats = &self.merchant_stats[m as usize];
-        let entries = self.weights.merchant_entries(stats.importance);
-        let order = stats.by_weight.as_ref();
-        let t = upgrade::thresholds(&self.config, &stats.by_count, order, &self.weights, entries);
-        let upgrade = t.and_then(|t| {
-            Some(UpgradeThresholdsView {
-                customers: stats.by_count.len(),
-                top_rank: t.top_rank,
-                count_at_top_rank: t.count,
-                weighted_customers: stats.by_weight.as_ref()?.len(),
-                bottom_rank: t.bottom_rank,
-                weight_at_bottom_rank: self.weights.entry_weight(t.bottom_entry)?,
-            })
-        });
+        let facts = merchant_facts(stats, &self.weights, &self.pairs);
+        let upgrade = Upgrade::new(self.config())
+            .thresholds(&facts)
+            .and_then(|t| {
+                Some(UpgradeThresholdsView {
+                    customers: stats.by_count.len(),
+                    top_rank: t.top_rank,
+                    count_at_top_rank: t.count,
+                    weighted_customers: stats.by_weight.as_ref()?.len(),
+                    bottom_rank: t.bottom_rank,
+                    weight_at_bottom_rank: self.weights.entry_weight(t.bottom_entry)?,
+                })
+            });
         Some(MerchantExplain {
             stats: MerchantView {
                 merchant: self.merchants.name(m),
@@ -80,8 +87,8 @@ impl Engine {
                 male: stats.male,
             },
             upgrade,
-            dei_holds: patterns::dei::holds(&self.config, stats.female, stats.male).is_some(),
-            dei_emitted: stats.dei_emitted,
+            dei_holds: Dei::new(self.config()).merchant(&facts).is_some(),
+            dei_emitted: self.was_emitted(PatternId::DEI_NEEDED, m),
         })
     }
 
@@ -89,32 +96,19 @@ impl Engine {
     pub fn explain_pair(&self, merchant: &str, customer: &str) -> Option<PairExplain<'_>> {
         let (m, c) = (self.merchants.get(merchant)?, self.customers.get(customer)?);
         let p = self.pairs.find(m, c)?;
-        let record = self.pairs.record(p);
         let (txns, cents) = (self.pairs.txns(p), self.pairs.cents(p));
         let stats = &self.merchant_stats[m as usize];
-        // PatId1 as `detect` asks it: a candidate is a weighted customer whose entry is
-        // in the run at or below the weight threshold.
-        let upgrade_holds = upgrade::merchant_qualifies(&self.config, stats.txns) && {
-            let entries = self.weights.merchant_entries(stats.importance);
-            let order = stats.by_weight.as_ref();
-            let t =
-                upgrade::thresholds(&self.config, &stats.by_count, order, &self.weights, entries);
-            let entry = importance_entry(
-                &self.weights,
-                stats.importance,
-                hash_bytes(customer.as_bytes()),
-                customer,
-            );
-            t.is_some_and(|t| {
-                record.weighted() && entry != NONE && entry < t.end && upgrade::holds(&t, txns)
-            })
-        };
+        // PatId1 asked as `detect` asks it: is the pair among the merchant's customers
+        // that hold now?
+        let mut holding = Vec::new();
+        let facts = merchant_facts(stats, &self.weights, &self.pairs);
+        Upgrade::new(self.config()).customers(&facts, &|_| false, &mut holding);
         Some(PairExplain {
             stats: self.pair_view(m, c)?,
-            upgrade_holds,
-            upgrade_emitted: record.emitted(EMITTED_UPGRADE),
-            child_holds: patterns::child::holds(&self.config, txns, cents).is_some(),
-            child_emitted: record.emitted(EMITTED_CHILD),
+            upgrade_holds: holding.iter().any(|&(q, _)| q == p),
+            upgrade_emitted: self.was_emitted(PatternId::UPGRADE, p),
+            child_holds: Child::new(self.config()).holds(txns, cents).is_some(),
+            child_emitted: self.was_emitted(PatternId::CHILD, p),
         })
     }
 }

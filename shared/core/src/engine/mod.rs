@@ -14,6 +14,7 @@
 //! stream; "touched in this chunk" is one bit per pair plus a per-chunk list.
 
 mod codec;
+pub mod emitted;
 mod explain;
 mod histogram;
 pub mod pairs;
@@ -33,9 +34,10 @@ use crate::evidence::Evidence;
 use crate::index::{hash_bytes, hash_pair};
 use crate::names::NONE;
 use crate::parse::{Gender, HeaderError, ImportanceTable, RejectedRow, TransactionReader};
-use crate::patterns::{self, upgrade};
+use crate::patterns::{Asks, MerchantFacts, PairFacts, Patterns};
 use crate::weight::Weight;
-use pairs::{PairTable, EMITTED_CHILD, EMITTED_UPGRADE};
+use emitted::EmittedSet;
+use pairs::PairTable;
 use std::sync::Arc;
 use weight_order::WeightOrder;
 
@@ -111,7 +113,7 @@ pub enum ApplyError {
 }
 
 /// Running totals across all applied chunks.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Totals {
     /// Valid rows applied.
     pub rows: u64,
@@ -129,7 +131,6 @@ struct MerchantStats {
     /// F(m), M(m).
     female: u64,
     male: u64,
-    dei_emitted: bool,
     /// In the current chunk's list of touched merchants.
     touched: bool,
     /// The merchant's index in the importance table, or `NONE`.
@@ -148,7 +149,6 @@ impl MerchantStats {
             txns: 0,
             female: 0,
             male: 0,
-            dei_emitted: false,
             touched: false,
             importance,
             by_count: CountHistogram::default(),
@@ -246,7 +246,9 @@ impl Memory {
 /// The running state of mechanism Y.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    config: PatternConfig,
+    patterns: Patterns,
+    /// What each pattern emitted, in the order of `patterns`.
+    emitted: Vec<EmittedSet>,
     weights: Arc<ImportanceTable>,
     merchants: Names,
     customers: Names,
@@ -296,23 +298,38 @@ struct Touched {
 }
 
 impl Engine {
-    /// An empty engine: no chunk applied yet.
+    /// An empty engine running the registered patterns with `config`: no chunk
+    /// applied yet.
     pub fn new(config: PatternConfig, weights: Arc<ImportanceTable>) -> Self {
+        Engine::with_patterns(Patterns::registered(config), weights)
+    }
+
+    /// An empty engine running `patterns`.
+    pub fn with_patterns(patterns: Patterns, weights: Arc<ImportanceTable>) -> Self {
         Engine {
-            config,
+            emitted: vec![EmittedSet::default(); patterns.len()],
+            totals: Totals {
+                detections: PerPattern::zeros(patterns.ids()),
+                ..Totals::default()
+            },
+            patterns,
             weights,
             merchants: Names::default(),
             customers: Names::default(),
             merchant_stats: Vec::new(),
             pairs: PairTable::default(),
             next_chunk: 0,
-            totals: Totals::default(),
         }
     }
 
     /// The pattern thresholds in use.
     pub fn config(&self) -> &PatternConfig {
-        &self.config
+        self.patterns.config()
+    }
+
+    /// The patterns it runs.
+    pub fn patterns(&self) -> &Patterns {
+        &self.patterns
     }
 
     /// The chunk the engine takes next (= number of chunks applied).
@@ -322,7 +339,7 @@ impl Engine {
 
     /// Totals so far.
     pub fn totals(&self) -> Totals {
-        self.totals
+        self.totals.clone()
     }
 
     /// Number of merchants, customers and (merchant, customer) pairs seen.
@@ -334,7 +351,12 @@ impl Engine {
     pub fn memory(&self) -> Memory {
         Memory {
             names: self.merchants.heap_bytes() + self.customers.heap_bytes(),
-            pairs: self.pairs.heap_bytes(),
+            pairs: self.pairs.heap_bytes()
+                + self
+                    .emitted
+                    .iter()
+                    .map(EmittedSet::heap_bytes)
+                    .sum::<usize>(),
             merchants: self
                 .merchant_stats
                 .iter()
@@ -745,16 +767,18 @@ impl Engine {
         }
         let merchants = self.reindex(&touched);
         self.end_chunk(&touched, &merchants);
-        for &(pattern, m, c) in &delta.detections {
-            match pattern {
-                PatternId::DeiNeeded => self.merchant_stats[m as usize].dei_emitted = true,
-                PatternId::Upgrade | PatternId::Child => {
-                    if let Some(p) = self.pairs.find(m, c) {
-                        self.pairs.set_flag(p, emitted_flag(pattern));
-                    }
-                }
+        for &(number, m, c) in &delta.detections {
+            // validate_delta found each pattern and pair.
+            let Some((slot, pattern)) = self.patterns.by_number(u64::from(number)) else {
+                continue;
+            };
+            let id = pattern.id();
+            if !pattern.asks().per_pair() {
+                self.emitted[slot].insert(m);
+            } else if let Some(p) = self.pairs.find(m, c) {
+                self.emitted[slot].insert(p);
             }
-            self.totals.detections.add(pattern, 1);
+            self.totals.detections.add(id, 1);
         }
         self.totals.rows = self.totals.rows.saturating_add(delta.rows);
         self.totals.rejected = self.totals.rejected.saturating_add(delta.rejected);
@@ -803,19 +827,23 @@ impl Engine {
                 w[0] as u32
             ));
         }
-        for &(pattern, m, c) in &delta.detections {
-            let known = match pattern {
-                PatternId::DeiNeeded => (m as usize) < merchants,
-                PatternId::Upgrade | PatternId::Child => {
-                    self.pairs.find(m, c).is_some()
-                        || keys
-                            .binary_search(&(u64::from(m) << 32 | u64::from(c)))
-                            .is_ok()
-                }
+        for &(number, m, c) in &delta.detections {
+            let Some((_, pattern)) = self.patterns.by_number(u64::from(number)) else {
+                return Err(format!(
+                    "a detection of PatId{number}, a pattern not run here"
+                ));
+            };
+            let known = if pattern.asks().per_pair() {
+                self.pairs.find(m, c).is_some()
+                    || keys
+                        .binary_search(&(u64::from(m) << 32 | u64::from(c)))
+                        .is_ok()
+            } else {
+                (m as usize) < merchants
             };
             if !known {
                 return Err(format!(
-                    "detection {pattern:?} names unknown merchant/customer {m}/{c}"
+                    "detection of PatId{number} names unknown merchant/customer {m}/{c}"
                 ));
             }
         }
@@ -854,59 +882,57 @@ impl Engine {
         }
     }
 
-    /// Finds what newly holds after the chunk and marks it emitted; returns the keys in
-    /// order, why each fired, and the same detections as (pattern, merchant, customer
-    /// or `NONE`) indices.
+    /// Asks each pattern what holds after the chunk and marks what is new as emitted;
+    /// returns the keys in order, why each fired, and the same detections as (pattern,
+    /// merchant, customer or `NONE`) indices.
     fn detect(&mut self, touched: &[Touched], merchants: &[u32]) -> Detected {
-        let cfg = &self.config;
         let mut found: Vec<(PatternId, u32, u32, Evidence)> = Vec::new();
-        for t in touched {
-            let (txns, cents) = (self.pairs.txns(t.pair), self.pairs.cents(t.pair));
-            if let Some(evidence) = patterns::child::holds(cfg, txns, cents) {
-                if !self.pairs.set_flag(t.pair, EMITTED_CHILD) {
-                    let pair = self.pairs.record(t.pair);
-                    found.push((PatternId::Child, pair.merchant, pair.customer, evidence));
+        let mut candidates: Vec<(u32, Evidence)> = Vec::new();
+        let (pairs, stats, weights) = (&self.pairs, &self.merchant_stats, &*self.weights);
+        let facts = |m: u32| merchant_facts(&stats[m as usize], weights, pairs);
+        for (pattern, emitted) in self.patterns.iter().zip(&mut self.emitted) {
+            let id = pattern.id();
+            match pattern.asks() {
+                Asks::TouchedPairs => {
+                    for t in touched {
+                        let record = pairs.record(t.pair);
+                        let pair = PairFacts {
+                            txns: pairs.txns(t.pair),
+                            cents: pairs.cents(t.pair),
+                            gender: record.gender(),
+                        };
+                        if let Some(evidence) = pattern.pair(&pair) {
+                            if !emitted.insert(t.pair) {
+                                found.push((id, record.merchant, record.customer, evidence));
+                            }
+                        }
+                    }
+                }
+                Asks::TouchedMerchants => {
+                    for &m in merchants {
+                        if emitted.contains(m) {
+                            continue;
+                        }
+                        if let Some(evidence) = pattern.merchant(&facts(m)) {
+                            emitted.insert(m);
+                            found.push((id, m, NONE, evidence));
+                        }
+                    }
+                }
+                Asks::CustomersOfTouchedMerchants => {
+                    for &m in merchants {
+                        let done = &*emitted;
+                        pattern.customers(&facts(m), &|p| done.contains(p), &mut candidates);
+                        for (p, evidence) in candidates.drain(..) {
+                            if !emitted.insert(p) {
+                                found.push((id, m, pairs.record(p).customer, evidence));
+                            }
+                        }
+                    }
                 }
             }
         }
-        for &m in merchants {
-            let stats = &mut self.merchant_stats[m as usize];
-            if !stats.dei_emitted {
-                if let Some(evidence) = patterns::dei::holds(cfg, stats.female, stats.male) {
-                    stats.dei_emitted = true;
-                    found.push((PatternId::DeiNeeded, m, NONE, evidence));
-                }
-            }
-            if !upgrade::merchant_qualifies(cfg, stats.txns) {
-                continue;
-            }
-            let entries = self.weights.merchant_entries(stats.importance);
-            let order = stats.by_weight.as_ref();
-            let Some(t) = upgrade::thresholds(cfg, &stats.by_count, order, &self.weights, entries)
-            else {
-                continue;
-            };
-            let Some(order) = order else {
-                continue;
-            };
-            for (entry, p) in order.present_below(t.end) {
-                let txns = self.pairs.txns(p);
-                if upgrade::holds(&t, txns) && !self.pairs.set_flag(p, EMITTED_UPGRADE) {
-                    let evidence = upgrade::evidence(
-                        &t,
-                        txns,
-                        stats.txns,
-                        &stats.by_count,
-                        order,
-                        &self.weights,
-                        entry,
-                    );
-                    let c = self.pairs.record(p).customer;
-                    found.push((PatternId::Upgrade, m, c, evidence));
-                }
-            }
-        }
-        let mut keyed: Vec<(DetectionKey, Evidence, (PatternId, u32, u32))> = found
+        let mut keyed: Vec<(DetectionKey, Evidence, (u8, u32, u32))> = found
             .into_iter()
             .map(|(pattern, m, c, evidence)| {
                 let key = DetectionKey {
@@ -918,7 +944,7 @@ impl Engine {
                         self.customers.name(c).to_string()
                     },
                 };
-                (key, evidence, (pattern, m, c))
+                (key, evidence, (pattern.number(), m, c))
             })
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -979,9 +1005,11 @@ impl Engine {
     /// (customer `u32::MAX` for merchant-only patterns); `None` if a name is unknown.
     pub fn detection_indices(&self, key: &DetectionKey) -> Option<(u32, u32)> {
         let m = self.merchants.get(&key.merchant)?;
-        let c = match key.pattern {
-            PatternId::DeiNeeded => u32::MAX,
-            _ => self.customers.get(&key.customer)?,
+        let (_, pattern) = self.patterns.by_number(u64::from(key.pattern.number()))?;
+        let c = if pattern.asks().per_pair() {
+            self.customers.get(&key.customer)?
+        } else {
+            u32::MAX
         };
         Some((m, c))
     }
@@ -1008,6 +1036,24 @@ impl Engine {
     }
 }
 
+/// A merchant's stats as patterns read them.
+fn merchant_facts<'a>(
+    s: &'a MerchantStats,
+    weights: &'a ImportanceTable,
+    pairs: &'a PairTable,
+) -> MerchantFacts<'a> {
+    MerchantFacts {
+        txns: s.txns,
+        female: s.female,
+        male: s.male,
+        by_count: &s.by_count,
+        by_weight: s.by_weight.as_ref(),
+        weights,
+        entries: weights.merchant_entries(s.importance),
+        pairs,
+    }
+}
+
 /// The importance entry of (merchant, customer): the merchant's index in the table and
 /// the customer's id with its [`hash_bytes`].
 #[inline]
@@ -1024,14 +1070,6 @@ fn importance_entry(
     weights.entry(merchant, customer).unwrap_or(NONE)
 }
 
-fn emitted_flag(pattern: PatternId) -> u32 {
-    if pattern == PatternId::Upgrade {
-        EMITTED_UPGRADE
-    } else {
-        EMITTED_CHILD
-    }
-}
-
 /// A chunk's new detections: their keys in order, why each fired, and their indices.
 #[derive(Default)]
-struct Detected(Vec<DetectionKey>, Vec<Evidence>, Vec<(PatternId, u32, u32)>);
+struct Detected(Vec<DetectionKey>, Vec<Evidence>, Vec<(u8, u32, u32)>);

@@ -21,10 +21,8 @@ const GENDER_SHIFT: u32 = 25;
 const GENDER_MASK: u32 = 0b11 << GENDER_SHIFT;
 /// The pair has a weight (an importance entry).
 const WEIGHTED: u32 = 1 << 27;
-/// The pair's UPGRADE detection was emitted.
-pub const EMITTED_UPGRADE: u32 = 1 << 28;
-/// The pair's CHILD detection was emitted.
-pub const EMITTED_CHILD: u32 = 1 << 29;
+// Bits 28 and 29 are free (which detections were emitted lives in the engine's
+// per-pattern sets).
 const TOUCHED: u32 = 1 << 30;
 const WIDE: u32 = 1 << 31;
 
@@ -35,7 +33,7 @@ pub struct PairRecord {
     pub merchant: u32,
     /// Customer index.
     pub customer: u32,
-    /// n(m,c) in the low 25 bits, then gender (2 bits), weighted, emitted flags,
+    /// n(m,c) in the low 25 bits, then gender (2 bits), weighted, two free bits,
     /// touched, wide.
     meta: u32,
     /// s(m,c) in cents unless the pair is wide.
@@ -48,11 +46,6 @@ impl PairRecord {
         Gender::from_code(((self.meta & GENDER_MASK) >> GENDER_SHIFT) as u8)
     }
 
-    /// Emitted flags ([`EMITTED_UPGRADE`], [`EMITTED_CHILD`]).
-    pub fn emitted(&self, flag: u32) -> bool {
-        self.meta & flag != 0
-    }
-
     /// Whether the pair has a weight.
     pub fn weighted(&self) -> bool {
         self.meta & WEIGHTED != 0
@@ -63,22 +56,19 @@ impl PairRecord {
         self.meta |= WEIGHTED;
     }
 
-    /// A record as a snapshot stores it (`emitted`: 1 UPGRADE, 2 CHILD), and its
-    /// counters when they do not fit the record (they go to the wide table).
+    /// A record as a snapshot stores it, and its counters when they do not fit the
+    /// record (they go to the wide table).
     pub fn decoded(
         merchant: u32,
         customer: u32,
         txns: u64,
         cents: u128,
         gender: Gender,
-        emitted: u8,
     ) -> (PairRecord, Option<(u64, u128)>) {
-        let flag = |on: bool, flag: u32| if on { flag } else { 0 };
-        let flags = flag(emitted & 1 != 0, EMITTED_UPGRADE) | flag(emitted & 2 != 0, EMITTED_CHILD);
         let mut r = PairRecord {
             merchant,
             customer,
-            meta: u32::from(gender.code()) << GENDER_SHIFT | flags,
+            meta: u32::from(gender.code()) << GENDER_SHIFT,
             cents: 0,
         };
         match (u32::try_from(txns), u32::try_from(cents)) {
@@ -268,7 +258,7 @@ impl PairTable {
 
     /// Sets a flag; returns whether it was already set.
     #[inline]
-    pub fn set_flag(&mut self, p: u32, flag: u32) -> bool {
+    fn set_flag(&mut self, p: u32, flag: u32) -> bool {
         let r = &mut self.records[p as usize];
         let was = r.meta & flag != 0;
         r.meta |= flag;
@@ -290,12 +280,6 @@ impl PairTable {
     #[inline]
     pub fn untouch(&mut self, p: u32) {
         self.records[p as usize].meta &= !TOUCHED;
-    }
-
-    /// Emitted flags of a decoded pair, as stored (only the two emitted bits are kept).
-    pub fn emitted_bits(&self, p: u32) -> u8 {
-        let meta = self.records[p as usize].meta;
-        u8::from(meta & EMITTED_UPGRADE != 0) | u8::from(meta & EMITTED_CHILD != 0) << 1
     }
 
     /// A table from decoded records (in pair order) and the exact counters of the wide
@@ -364,8 +348,10 @@ mod tests {
         assert_eq!(t.txns(q), u64::from(TXNS_MAX));
         t.add(q, 2, 1);
         assert_eq!((t.txns(q), t.cents(q)), (u64::from(TXNS_MAX) + 2, 2));
-        assert!(!t.set_flag(q, EMITTED_CHILD));
-        assert!(t.record(q).emitted(EMITTED_CHILD));
+        assert!(!t.touch(q));
+        assert!(t.touch(q), "touched now");
+        t.set_weighted(q);
+        assert!(t.record(q).weighted());
         assert_eq!(
             t.txns(q),
             u64::from(TXNS_MAX) + 2,

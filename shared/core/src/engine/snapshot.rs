@@ -1,12 +1,14 @@
 //! Snapshots: the whole engine state, as one blob or as several parts of bounded size
 //! that decode in parallel into one engine.
 //!
-//! A part is `TXS2`, a small uncompressed header of varints (its place: index, count,
+//! A part is `TXS3`, a small uncompressed header of varints (its place: index, count,
 //! the snapshot's id that every part of one snapshot shares, whether it holds the head,
 //! its range of customers and their id bytes, its range of pairs), then an LZ4 body: the
-//! head (part 0 only: chunk, totals, merchants and their DEI flags), the customer ids,
-//! and the pairs stored by column (merchants, customers as differences from the previous
-//! pair's, counts, sums, flags), which LZ4 compresses far better than rows. Weights are
+//! head (part 0 only: chunk, totals by pattern number, merchants, and each pattern's
+//! emitted set as increasing pair or merchant indices), the customer ids, and the pairs
+//! stored by column (merchants, customers as differences from the previous pair's,
+//! counts, sums, genders), which LZ4 compresses far better than rows. Patterns are named
+//! by number, so a build with more patterns reads a snapshot written with fewer. Weights are
 //! not stored: they are looked up again in the importance table, which the stored
 //! fingerprint pins.
 //!
@@ -16,22 +18,27 @@
 //! and per-merchant statistics are then built on all threads. Decoding checks that the
 //! parts are one complete snapshot (same id, every index once, ranges that tile the
 //! totals) and never trusts a stored length for an allocation before checking it
-//! against the bytes at hand. The older single-blob `TXS1` form is still read.
+//! against the bytes at hand. The older forms are still read: `TXS2` (three pattern
+//! totals, DEI flags per merchant, and the two per-pair emitted flags in the gender
+//! byte) and the single-blob `TXS1`.
 
 use super::codec::{CodecError, Reader, Writer};
 use super::pairs::{PairRecord, PairTable};
-use super::{Engine, MerchantStats, Names, Totals};
-use crate::config::PatternConfig;
-use crate::detection::{PatternId, PerPattern};
+use super::{Engine, MerchantStats, Names};
 use crate::index::hash_bytes;
 use crate::names::NONE;
 use crate::parse::{Gender, ImportanceTable};
+use crate::patterns::Patterns;
 use crate::varint;
 use std::ops::Range;
 use std::sync::Arc;
 
-const SNAPSHOT_MAGIC: &[u8; 4] = b"TXS2";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"TXS3";
+const SNAPSHOT_MAGIC_V2: &[u8; 4] = b"TXS2";
 const SNAPSHOT_MAGIC_V1: &[u8; 4] = b"TXS1";
+/// The patterns `TXS1` and `TXS2` knew, by number: their totals in this order; the
+/// per-pair emitted bits 1 and 2 are the first two, the merchant flag the third.
+const LEGACY_PATTERNS: [u8; 3] = [1, 2, 3];
 const WHAT: &str = "snapshot";
 
 /// What one part holds: a range of customers and a range of pairs.
@@ -41,13 +48,19 @@ type PartPlan = (Range<usize>, Range<usize>);
 #[derive(Debug, Default)]
 struct Head {
     next_chunk: u64,
-    totals: Totals,
+    rows: u64,
+    rejected: u64,
+    /// Detections by pattern number.
+    detections: Vec<(u8, u64)>,
     merchants: Vec<String>,
-    dei_emitted: Vec<bool>,
+    /// Each pattern's emitted pair or merchant indices, by pattern number.
+    emitted: Vec<(u8, Vec<u32>)>,
 }
 
 /// A part's uncompressed header, and its compressed body.
 struct PartHeader<'a> {
+    /// 2 for `TXS2`, 3 for `TXS3`.
+    version: u8,
     index: u64,
     count: u64,
     id: u64,
@@ -64,6 +77,8 @@ struct PartOut {
     head: Option<Head>,
     /// Pairs whose counters do not fit a record: (position, n, s).
     wide: Vec<(u32, u64, u128)>,
+    /// `TXS2`: pairs with emitted bits (1 PatId1, 2 PatId2): (position, bits).
+    legacy_emitted: Vec<(u32, u8)>,
 }
 
 fn corrupt(why: impl Into<String>) -> CodecError {
@@ -136,11 +151,23 @@ impl Engine {
         w.u64(self.next_chunk);
         w.u64(self.totals.rows);
         w.u64(self.totals.rejected);
-        self.totals.detections.iter().for_each(|(_, d)| w.u64(d));
+        let totals: Vec<_> = self.totals.detections.iter().collect();
+        w.u64(totals.len() as u64);
+        for (pattern, n) in totals {
+            w.u64(u64::from(pattern.number()) - 1);
+            w.u64(n);
+        }
         w.u64(self.merchants.len() as u64);
         self.merchants.since(0).for_each(|n| w.str(n));
-        for s in &self.merchant_stats {
-            w.u64(u64::from(s.dei_emitted));
+        w.u64(self.emitted.len() as u64);
+        for (pattern, set) in self.patterns.iter().zip(&self.emitted) {
+            w.u64(u64::from(pattern.id().number()) - 1);
+            w.u64(set.len());
+            let mut prev = 0;
+            for i in set.iter() {
+                w.u64(u64::from(i - prev));
+                prev = i;
+            }
         }
         w.0
     }
@@ -199,9 +226,7 @@ impl Engine {
             prev = i64::from(r.customer);
             columns[2].u64(self.pairs.txns(p as u32));
             columns[3].uint(self.pairs.cents(p as u32));
-            columns[4]
-                .0
-                .push(r.gender().code() | self.pairs.emitted_bits(p as u32) << 2);
+            columns[4].0.push(r.gender().code());
         }
         for column in &columns {
             w.u64(column.0.len() as u64);
@@ -215,36 +240,36 @@ impl Engine {
     /// snapshot, or the older `TXS1` form).
     pub fn decode_snapshot(
         bytes: &[u8],
-        config: PatternConfig,
+        patterns: impl Into<Patterns>,
         weights: Arc<ImportanceTable>,
     ) -> Result<Self, CodecError> {
-        Self::decode_snapshot_parts(&[bytes], config, weights)
+        Self::decode_snapshot_parts(&[bytes], patterns, weights)
     }
 
     /// Rebuilds one engine from all the parts of a snapshot (any order), decoding and
     /// indexing them on as many threads as the machine offers.
     pub fn decode_snapshot_parts(
         parts: &[&[u8]],
-        config: PatternConfig,
+        patterns: impl Into<Patterns>,
         weights: Arc<ImportanceTable>,
     ) -> Result<Self, CodecError> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::decode_snapshot_parts_on(parts, config, weights, threads)
+        Self::decode_snapshot_parts_on(parts, patterns, weights, threads)
     }
 
     /// [`Engine::decode_snapshot_parts`] on at most `threads` threads (1 decodes on
     /// the caller's thread).
     pub fn decode_snapshot_parts_on(
         parts: &[&[u8]],
-        config: PatternConfig,
+        patterns: impl Into<Patterns>,
         weights: Arc<ImportanceTable>,
         threads: usize,
     ) -> Result<Self, CodecError> {
-        let threads = threads.max(1);
+        let (threads, patterns) = (threads.max(1), patterns.into());
         match parts {
             [] => Err(corrupt("no parts")),
-            [one] if one.starts_with(SNAPSHOT_MAGIC_V1) => decode_v1(one, config, weights),
-            _ => decode_parts(parts, config, weights, threads),
+            [one] if one.starts_with(SNAPSHOT_MAGIC_V1) => decode_v1(one, patterns, weights),
+            _ => decode_parts(parts, patterns, weights, threads),
         }
     }
 }
@@ -282,9 +307,14 @@ fn parallel_map<T: Sync, R: Send>(
 }
 
 fn read_header(bytes: &[u8]) -> Result<PartHeader<'_>, CodecError> {
-    let rest = bytes
-        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
-        .ok_or(CodecError::BadMagic { what: WHAT })?;
+    let (version, rest) = if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+        (3, rest)
+    } else {
+        let rest = bytes
+            .strip_prefix(SNAPSHOT_MAGIC_V2.as_slice())
+            .ok_or(CodecError::BadMagic { what: WHAT })?;
+        (2, rest)
+    };
     let mut r = Reader {
         buf: rest,
         pos: 0,
@@ -320,6 +350,7 @@ fn read_header(bytes: &[u8]) -> Result<PartHeader<'_>, CodecError> {
         return Err(corrupt("counts larger than the part"));
     }
     Ok(PartHeader {
+        version,
         index,
         count,
         id,
@@ -331,29 +362,80 @@ fn read_header(bytes: &[u8]) -> Result<PartHeader<'_>, CodecError> {
     })
 }
 
-fn decode_head(r: &mut Reader<'_>) -> Result<Head, CodecError> {
+fn decode_head(r: &mut Reader<'_>, version: u8) -> Result<Head, CodecError> {
     let next_chunk = r.u64()?;
     let (rows, rejected) = (r.u64()?, r.u64()?);
-    let mut detections = PerPattern::default();
-    for p in PatternId::ALL {
-        detections.add(p, r.u64()?);
-    }
-    let totals = Totals {
-        rows,
-        rejected,
-        detections,
+    let detections = if version >= 3 {
+        let n = r.len()?;
+        (0..n)
+            .map(|_| Ok((r.pattern()?, r.u64()?)))
+            .collect::<Result<Vec<_>, CodecError>>()?
+    } else {
+        legacy_totals(r)?
     };
     let n = r.len()?;
     let merchants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>, _>>()?;
-    let dei_emitted = (0..n)
-        .map(|_| r.u64().map(|v| v != 0))
-        .collect::<Result<Vec<_>, _>>()?;
+    let emitted = if version >= 3 {
+        let sets = r.len()?;
+        let mut emitted = Vec::with_capacity(sets);
+        for _ in 0..sets {
+            let pattern = r.pattern()?;
+            let n = r.len()?;
+            let mut at = 0u64;
+            let mut set = Vec::with_capacity(n);
+            for i in 0..n {
+                let step = r.u64()?;
+                if i > 0 && step == 0 {
+                    return Err(corrupt("an emitted set repeats an index"));
+                }
+                at = at.saturating_add(step);
+                set.push(u32::try_from(at).map_err(|_| corrupt("emitted index out of range"))?);
+            }
+            emitted.push((pattern, set));
+        }
+        emitted
+    } else {
+        vec![(
+            LEGACY_PATTERNS[2],
+            legacy_merchant_flags(r, merchants.len())?,
+        )]
+    };
     Ok(Head {
         next_chunk,
-        totals,
+        rows,
+        rejected,
+        detections,
         merchants,
-        dei_emitted,
+        emitted,
     })
+}
+
+/// `TXS1`/`TXS2`: the three totals in order.
+fn legacy_totals(r: &mut Reader<'_>) -> Result<Vec<(u8, u64)>, CodecError> {
+    LEGACY_PATTERNS.iter().map(|&p| Ok((p, r.u64()?))).collect()
+}
+
+/// `TXS1`/`TXS2`: a DEI flag per merchant, as the merchants flagged.
+fn legacy_merchant_flags(r: &mut Reader<'_>, merchants: usize) -> Result<Vec<u32>, CodecError> {
+    let mut flagged = Vec::new();
+    for m in 0..merchants {
+        if r.u64()? != 0 {
+            flagged.push(m as u32);
+        }
+    }
+    Ok(flagged)
+}
+
+/// `TXS1`/`TXS2`: per-pair emitted bits as (pattern number, pairs) sets.
+fn legacy_pair_flags(mut bits: Vec<(u32, u8)>) -> Vec<(u8, Vec<u32>)> {
+    bits.sort_unstable();
+    [(LEGACY_PATTERNS[0], 1), (LEGACY_PATTERNS[1], 2)]
+        .into_iter()
+        .map(|(pattern, bit)| {
+            let pairs = bits.iter().filter(|&&(_, b)| b & bit != 0).map(|&(p, _)| p);
+            (pattern, pairs.collect())
+        })
+        .collect()
 }
 
 /// One part's share of the state, to be filled by its decoder.
@@ -376,7 +458,7 @@ fn decode_part(s: PartSlices<'_>) -> Result<PartOut, CodecError> {
     };
     let mut out = PartOut::default();
     if s.header.has_head {
-        out.head = Some(decode_head(&mut r)?);
+        out.head = Some(decode_head(&mut r, s.header.version)?);
     }
     let mut at = 0usize;
     for end in s.ends.iter_mut() {
@@ -432,9 +514,12 @@ fn decode_part(s: PartSlices<'_>) -> Result<PartOut, CodecError> {
             txns,
             cents,
             Gender::from_code(flags & 0b11),
-            (flags >> 2) & 0b11,
         );
         *rec = decoded;
+        let legacy = (flags >> 2) & 0b11;
+        if s.header.version == 2 && legacy != 0 {
+            out.legacy_emitted.push(((first + i) as u32, legacy));
+        }
         if let Some((n, c)) = wide {
             out.wide.push(((first + i) as u32, n, c));
         }
@@ -452,7 +537,8 @@ fn check_headers(mut headers: Vec<PartHeader<'_>>) -> Result<Vec<PartHeader<'_>>
     let id = headers[0].id;
     let (mut customers, mut pairs, mut bytes) = (0usize, 0usize, 0usize);
     for (i, h) in headers.iter().enumerate() {
-        if h.index != i as u64 || h.count != count || h.id != id {
+        if h.index != i as u64 || h.count != count || h.id != id || h.version != headers[0].version
+        {
             return Err(corrupt(format!(
                 "part {} of {} (snapshot {:x}) does not belong with {count} parts of snapshot {id:x}",
                 h.index, h.count, h.id
@@ -475,7 +561,7 @@ fn check_headers(mut headers: Vec<PartHeader<'_>>) -> Result<Vec<PartHeader<'_>>
 
 fn decode_parts(
     parts: &[&[u8]],
-    config: PatternConfig,
+    patterns: Patterns,
     weights: Arc<ImportanceTable>,
     threads: usize,
 ) -> Result<Engine, CodecError> {
@@ -539,23 +625,27 @@ fn decode_parts(
             })
         };
         let mut head = None;
-        let mut wide = Vec::new();
+        let (mut wide, mut legacy) = (Vec::new(), Vec::new());
         for out in outs {
             let out = out?;
             head = head.or(out.head);
             wide.extend(out.wide);
+            legacy.extend(out.legacy_emitted);
         }
-        let head = head.ok_or_else(|| corrupt("no head"))?;
+        let mut head: Head = head.ok_or_else(|| corrupt("no head"))?;
+        if !legacy.is_empty() {
+            head.emitted.extend(legacy_pair_flags(legacy));
+        }
         let arena = String::from_utf8(std::mem::take(&mut arena))
             .map_err(|_| corrupt("customer ids are not UTF-8"))?;
-        assemble(head, arena, ends, records, wide, config, weights, threads)
+        assemble(head, arena, ends, records, wide, patterns, weights, threads)
     }
 }
 
 /// The `TXS1` single-blob form.
 fn decode_v1(
     bytes: &[u8],
-    config: PatternConfig,
+    patterns: Patterns,
     weights: Arc<ImportanceTable>,
 ) -> Result<Engine, CodecError> {
     let buf = Reader::open(bytes, SNAPSHOT_MAGIC_V1, WHAT)?;
@@ -566,15 +656,7 @@ fn decode_v1(
     };
     let next_chunk = r.u64()?;
     let (rows, rejected) = (r.u64()?, r.u64()?);
-    let mut detections = PerPattern::default();
-    for p in PatternId::ALL {
-        detections.add(p, r.u64()?);
-    }
-    let totals = Totals {
-        rows,
-        rejected,
-        detections,
-    };
+    let detections = legacy_totals(&mut r)?;
     let n = r.len()?;
     let merchants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>, _>>()?;
     let (mut arena, mut ends) = (String::new(), Vec::new());
@@ -583,31 +665,36 @@ fn decode_v1(
         arena.push_str(&r.str()?);
         ends.push(u32::try_from(arena.len()).map_err(|_| r.corrupt("customer ids too long"))?);
     }
-    let dei_emitted = (0..merchants.len())
-        .map(|_| r.u64().map(|v| v != 0))
-        .collect::<Result<Vec<_>, _>>()?;
+    let dei_emitted = legacy_merchant_flags(&mut r, merchants.len())?;
     let n = r.len()?;
-    let (mut records, mut wide) = (Vec::with_capacity(n), Vec::new());
+    let (mut records, mut wide, mut legacy) = (Vec::with_capacity(n), Vec::new(), Vec::new());
     for p in 0..n {
         let (m, c, txns, cents) = (r.u32()?, r.u32()?, r.u64()?, r.uint()?);
         let (gender, emitted) = (Gender::from_code(r.u64()? as u8), (r.u64()? as u8) & 0b11);
         if txns == 0 {
             return Err(r.corrupt("a pair has no transactions"));
         }
-        let (record, w) = PairRecord::decoded(m, c, txns, cents, gender, emitted);
+        let (record, w) = PairRecord::decoded(m, c, txns, cents, gender);
         records.push(record);
+        if emitted != 0 {
+            legacy.push((p as u32, emitted));
+        }
         if let Some((n, s)) = w {
             wide.push((p as u32, n, s));
         }
     }
     r.done()?;
+    let mut emitted = vec![(LEGACY_PATTERNS[2], dei_emitted)];
+    emitted.extend(legacy_pair_flags(legacy));
     let head = Head {
         next_chunk,
-        totals,
+        rows,
+        rejected,
+        detections,
         merchants,
-        dei_emitted,
+        emitted,
     };
-    assemble(head, arena, ends, records, wide, config, weights, 1)
+    assemble(head, arena, ends, records, wide, patterns, weights, 1)
 }
 
 /// Builds the engine from decoded state: indexes, weights and per-merchant stats.
@@ -618,14 +705,15 @@ fn assemble(
     ends: Vec<u32>,
     records: Vec<PairRecord>,
     wide: Vec<(u32, u64, u128)>,
-    config: PatternConfig,
+    patterns: Patterns,
     weights: Arc<ImportanceTable>,
     threads: usize,
 ) -> Result<Engine, CodecError> {
-    let mut engine = Engine::new(config, weights);
+    let mut engine = Engine::with_patterns(patterns, weights);
     engine.next_chunk = head.next_chunk;
-    engine.totals = head.totals;
-    for (name, &dei) in head.merchants.iter().zip(&head.dei_emitted) {
+    engine.totals.rows = head.rows;
+    engine.totals.rejected = head.rejected;
+    for name in &head.merchants {
         let (m, new) = engine
             .merchants
             .intern_new(name)
@@ -633,8 +721,7 @@ fn assemble(
         if !new || m as usize != engine.merchant_stats.len() {
             return Err(corrupt("duplicate merchant"));
         }
-        let mut stats = MerchantStats::new(engine.weights.merchant_index(name), &engine.weights);
-        stats.dei_emitted = dei;
+        let stats = MerchantStats::new(engine.weights.merchant_index(name), &engine.weights);
         engine.merchant_stats.push(stats);
     }
     engine.customers = Names::from_arena(arena, ends, threads).map_err(corrupt)?;
@@ -716,5 +803,51 @@ fn assemble(
             order.insert(entry, p);
         }
     }
+    restore_detections(&mut engine, head.detections, head.emitted)?;
     Ok(engine)
+}
+
+/// Puts the stored totals and emitted sets back on the engine's patterns. A pattern the
+/// snapshot names but the engine does not run is refused if it ever fired (its
+/// detections would be emitted again otherwise).
+fn restore_detections(
+    engine: &mut Engine,
+    totals: Vec<(u8, u64)>,
+    emitted: Vec<(u8, Vec<u32>)>,
+) -> Result<(), CodecError> {
+    let missing = |number: u8| {
+        corrupt(format!(
+            "it holds detections of PatId{number}, a pattern this build does not run"
+        ))
+    };
+    for (number, n) in totals {
+        match engine.patterns.by_number(u64::from(number)) {
+            Some((_, pattern)) => engine.totals.detections.add(pattern.id(), n),
+            None if n == 0 => {}
+            None => return Err(missing(number)),
+        }
+    }
+    let (pairs, merchants) = (engine.pairs.len(), engine.merchant_stats.len());
+    for (number, set) in emitted {
+        let Some((slot, pattern)) = engine.patterns.by_number(u64::from(number)) else {
+            if set.is_empty() {
+                continue;
+            }
+            return Err(missing(number));
+        };
+        let bound = if pattern.asks().per_pair() {
+            pairs
+        } else {
+            merchants
+        };
+        for i in set {
+            if i as usize >= bound {
+                return Err(corrupt(format!(
+                    "PatId{number} was emitted for an unknown index {i}"
+                )));
+            }
+            engine.emitted[slot].insert(i);
+        }
+    }
+    Ok(())
 }

@@ -2,7 +2,10 @@
 //! trips, and a property test against a plain recompute-from-scratch reference.
 
 use super::*;
-use crate::detection::PatternId::{Child, DeiNeeded, Upgrade};
+use crate::detection::PatternId;
+const UPGRADE: PatternId = PatternId::UPGRADE;
+const CHILD: PatternId = PatternId::CHILD;
+const DEI: PatternId = PatternId::DEI_NEEDED;
 use crate::parse::RejectReason;
 use proptest::prelude::*;
 use std::fmt::Write as _;
@@ -60,7 +63,7 @@ fn child_needs_80_transactions() {
     assert!(apply(&mut e, &repeat(("C1", "M", "M1", "1.00"), 79)).is_empty());
     assert_eq!(
         apply(&mut e, &[("C1", "M", "M1", "1.00")]),
-        vec![det(Child, "M1", "C1")]
+        vec![det(CHILD, "M1", "C1")]
     );
 }
 
@@ -71,7 +74,7 @@ fn child_average_exactly_23_is_not_below() {
     // 79 × 23.00 + 22.20 → average 22.99: below.
     let mut rows = repeat(("C2", "M", "M1", "23.00"), 79);
     rows.push(("C2", "M", "M1", "22.20"));
-    assert_eq!(apply(&mut e, &rows), vec![det(Child, "M1", "C2")]);
+    assert_eq!(apply(&mut e, &rows), vec![det(CHILD, "M1", "C2")]);
 }
 
 #[test]
@@ -132,7 +135,7 @@ fn dei_needs_more_than_100_female_and_fewer_female_than_male() {
     );
     assert_eq!(
         apply_owned(&mut e, &customers("G", "F", 1), "M1"),
-        vec![det(DeiNeeded, "M1", "")]
+        vec![det(DEI, "M1", "")]
     );
     let mut e = engine(PatternConfig::default(), Arc::default());
     assert!(
@@ -141,7 +144,7 @@ fn dei_needs_more_than_100_female_and_fewer_female_than_male() {
     );
     assert_eq!(
         apply_owned(&mut e, &customers("Y", "M", 1), "M2"),
-        vec![det(DeiNeeded, "M2", "")]
+        vec![det(DEI, "M2", "")]
     );
 }
 
@@ -161,10 +164,7 @@ fn gender_is_the_first_valid_transactions() {
     // 101 customers first seen as F (then also as M), 102 male customers.
     let mut rows = dei_rows(101, 102);
     rows.extend(customers("F", "M", 101));
-    assert_eq!(
-        apply_owned(&mut e, &rows, "M1"),
-        vec![det(DeiNeeded, "M1", "")]
-    );
+    assert_eq!(apply_owned(&mut e, &rows, "M1"), vec![det(DEI, "M1", "")]);
     let m = e.merchants().next().unwrap();
     assert_eq!((m.female, m.male, m.customers), (101, 102, 203));
 }
@@ -182,12 +182,10 @@ fn rejected_first_row_does_not_fix_gender() {
 // ---- PatId1 UPGRADE ----
 
 fn small_upgrade(min: u64, top_bp: u64, bottom_bp: u64) -> PatternConfig {
-    PatternConfig {
-        upgrade_min_merchant_txns: min,
-        upgrade_top_bp: top_bp,
-        upgrade_bottom_bp: bottom_bp,
-        ..PatternConfig::default()
-    }
+    PatternConfig::default()
+        .with(&crate::patterns::upgrade::MIN_MERCHANT_TXNS, min)
+        .with(&crate::patterns::upgrade::TOP_BP, top_bp)
+        .with(&crate::patterns::upgrade::BOTTOM_BP, bottom_bp)
 }
 
 #[test]
@@ -198,13 +196,13 @@ fn upgrade_needs_more_than_50000_merchant_transactions() {
     let mut rows = repeat(("C2", "M", "M1", "1.00"), 2);
     rows.extend(repeat(("C1", "M", "M1", "1.00"), 49_998));
     assert!(
-        apply(&mut e, &rows).iter().all(|d| d.0 != Upgrade),
+        apply(&mut e, &rows).iter().all(|d| d.0 != UPGRADE),
         "N = 50,000 is not more"
     );
     // One more transaction, by another customer: N = 50,001 and C1 qualifies untouched.
     assert_eq!(
         apply(&mut e, &[("C2", "M", "M1", "1.00")]),
-        vec![det(Upgrade, "M1", "C1")]
+        vec![det(UPGRADE, "M1", "C1")]
     );
 }
 
@@ -215,7 +213,7 @@ fn upgrade_needs_both_top_count_and_bottom_weight() {
     let mut e = engine(PatternConfig::default(), weights);
     let mut rows = repeat(("C1", "M", "M1", "1.00"), 3);
     rows.extend(repeat(("C2", "M", "M1", "1.00"), 49_998));
-    assert!(apply(&mut e, &rows).iter().all(|d| d.0 != Upgrade));
+    assert!(apply(&mut e, &rows).iter().all(|d| d.0 != UPGRADE));
 }
 
 #[test]
@@ -235,9 +233,9 @@ fn upgrade_ties_at_both_thresholds_all_qualify() {
     rows.push(("D", "M", "M1", "1"));
     let ups: Vec<_> = apply(&mut e, &rows)
         .into_iter()
-        .filter(|d| d.0 == Upgrade)
+        .filter(|d| d.0 == UPGRADE)
         .collect();
-    assert_eq!(ups, vec![det(Upgrade, "M1", "A"), det(Upgrade, "M1", "B")]);
+    assert_eq!(ups, vec![det(UPGRADE, "M1", "A"), det(UPGRADE, "M1", "B")]);
 }
 
 #[test]
@@ -259,7 +257,7 @@ fn upgrade_percentile_uses_integer_rank_300_customers() {
         .collect();
     let ups: Vec<_> = apply(&mut e, &txns)
         .into_iter()
-        .filter(|d| d.0 == Upgrade)
+        .filter(|d| d.0 == UPGRADE)
         .map(|d| d.2)
         .collect();
     assert_eq!(ups, vec!["C001", "C002", "C003"]);
@@ -270,7 +268,7 @@ fn upgrade_single_customer_population() {
     let mut e = engine(small_upgrade(0, 100, 100), importance(&[("C1", "M1", "7")]));
     assert_eq!(
         apply(&mut e, &[("C1", "F", "M1", "1")]),
-        vec![det(Upgrade, "M1", "C1")]
+        vec![det(UPGRADE, "M1", "C1")]
     );
 }
 
@@ -288,7 +286,7 @@ fn upgrade_ignores_customers_without_weight() {
     assert!(apply(&mut e, &rows).is_empty());
     assert_eq!(
         apply(&mut e, &repeat(("C1", "F", "M1", "1"), 9)),
-        vec![det(Upgrade, "M1", "C1")]
+        vec![det(UPGRADE, "M1", "C1")]
     );
 }
 
@@ -342,18 +340,16 @@ fn upgrade_untouched_customer_qualifies_when_threshold_moves() {
         .map(|c| (c.as_str(), "F", "M1", "1"))
         .collect();
     // Counts now ten 1s, C1's 1, three 3s: median is 1 → C1 qualifies without a new row.
-    assert_eq!(apply(&mut e, &rows), vec![det(Upgrade, "M1", "C1")]);
+    assert_eq!(apply(&mut e, &rows), vec![det(UPGRADE, "M1", "C1")]);
 }
 
 // ---- ordering, order of application, bad input ----
 
 #[test]
 fn detections_in_a_chunk_are_ordered_by_pattern_merchant_customer() {
-    let cfg = PatternConfig {
-        child_min_txns: 1,
-        dei_min_female: 0,
-        ..small_upgrade(0, 0, 10_000)
-    };
+    let cfg = small_upgrade(0, 0, 10_000)
+        .with(&crate::patterns::child::MIN_TXNS, 1)
+        .with(&crate::patterns::dei::MIN_FEMALE, 0);
     let w = importance(&[("C2", "M2", "1"), ("C1", "M2", "1")]);
     let mut e = engine(cfg, w);
     let dets = apply(
@@ -369,14 +365,14 @@ fn detections_in_a_chunk_are_ordered_by_pattern_merchant_customer() {
     assert_eq!(
         dets,
         vec![
-            det(Upgrade, "M2", "C1"),
-            det(Upgrade, "M2", "C2"),
-            det(Child, "M1", "C3"),
-            det(Child, "M1", "C4"),
-            det(Child, "M1", "C5"),
-            det(Child, "M2", "C1"),
-            det(Child, "M2", "C2"),
-            det(DeiNeeded, "M1", ""),
+            det(UPGRADE, "M2", "C1"),
+            det(UPGRADE, "M2", "C2"),
+            det(CHILD, "M1", "C3"),
+            det(CHILD, "M1", "C4"),
+            det(CHILD, "M1", "C5"),
+            det(CHILD, "M2", "C1"),
+            det(CHILD, "M2", "C2"),
+            det(DEI, "M1", ""),
         ]
     );
 }
@@ -477,11 +473,9 @@ fn sample_stream() -> Vec<Vec<Row<'static>>> {
 }
 
 fn sample_config() -> PatternConfig {
-    PatternConfig {
-        child_min_txns: 1,
-        dei_min_female: 0,
-        ..small_upgrade(1, 5000, 5000)
-    }
+    small_upgrade(1, 5000, 5000)
+        .with(&crate::patterns::child::MIN_TXNS, 1)
+        .with(&crate::patterns::dei::MIN_FEMALE, 0)
 }
 
 #[test]
@@ -627,14 +621,13 @@ fn busy_stream(chunks: usize) -> (Vec<String>, Arc<ImportanceTable>) {
 }
 
 fn busy_config() -> PatternConfig {
-    PatternConfig {
-        upgrade_min_merchant_txns: 30,
-        upgrade_top_bp: 3000,
-        upgrade_bottom_bp: 3000,
-        child_min_txns: 6,
-        child_avg_below_cents: 2000,
-        dei_min_female: 2,
-    }
+    PatternConfig::default()
+        .with(&crate::patterns::upgrade::MIN_MERCHANT_TXNS, 30)
+        .with(&crate::patterns::upgrade::TOP_BP, 3000)
+        .with(&crate::patterns::upgrade::BOTTOM_BP, 3000)
+        .with(&crate::patterns::child::MIN_TXNS, 6)
+        .with(&crate::patterns::child::AVG_BELOW_CENTS, 2000)
+        .with(&crate::patterns::dei::MIN_FEMALE, 2)
 }
 
 fn run_busy(e: &mut Engine, texts: &[String]) -> Vec<DetectionKey> {
@@ -743,20 +736,35 @@ fn parts_must_all_belong_to_one_snapshot() {
     assert!(decode(refs(&broken)).is_some());
 }
 
-/// The `TXS1` form as the previous engine wrote it.
-fn encode_v1(e: &Engine) -> Vec<u8> {
-    let mut w = codec::Writer::default();
+/// The emitted bits older forms kept per pair: 1 PatId1, 2 PatId2.
+fn legacy_bits(e: &Engine, p: usize) -> u8 {
+    u8::from(e.was_emitted(UPGRADE, p as u32)) | u8::from(e.was_emitted(CHILD, p as u32)) << 1
+}
+
+/// The older forms' head: chunk, totals of the three patterns, merchants (and, for
+/// `TXS1`, customers), then (`TXS2`) the DEI flags.
+fn legacy_head(e: &Engine, w: &mut codec::Writer, v1: bool) {
     w.u64(e.next_chunk);
     w.u64(e.totals.rows);
     w.u64(e.totals.rejected);
-    e.totals.detections.iter().for_each(|(_, d)| w.u64(d));
-    for names in [&e.merchants, &e.customers] {
-        w.u64(names.len() as u64);
-        names.since(0).for_each(|n| w.str(n));
+    for p in [UPGRADE, CHILD, DEI] {
+        w.u64(e.totals.detections.get(p));
     }
-    for s in &e.merchant_stats {
-        w.u64(u64::from(s.dei_emitted));
+    w.u64(e.merchants.len() as u64);
+    e.merchants.since(0).for_each(|n| w.str(n));
+    if v1 {
+        w.u64(e.customers.len() as u64);
+        e.customers.since(0).for_each(|n| w.str(n));
     }
+    for m in 0..e.merchants.len() {
+        w.u64(u64::from(e.was_emitted(DEI, m as u32)));
+    }
+}
+
+/// The `TXS1` form as an earlier engine wrote it.
+fn encode_v1(e: &Engine) -> Vec<u8> {
+    let mut w = codec::Writer::default();
+    legacy_head(e, &mut w, true);
     w.u64(e.pairs.len() as u64);
     for (p, r) in e.pairs.records().iter().enumerate() {
         w.u64(u64::from(r.merchant));
@@ -764,18 +772,65 @@ fn encode_v1(e: &Engine) -> Vec<u8> {
         w.u64(e.pairs.txns(p as u32));
         w.uint(e.pairs.cents(p as u32));
         w.u64(u64::from(r.gender().code()));
-        w.u64(u64::from(e.pairs.emitted_bits(p as u32)));
+        w.u64(u64::from(legacy_bits(e, p)));
     }
     w.finish(b"TXS1")
 }
 
+/// The one-part `TXS2` form as the previous engine wrote it: DEI flags in the head, the
+/// per-pair emitted bits beside the gender.
+fn encode_v2(e: &Engine) -> Vec<u8> {
+    let mut body = codec::Writer::default();
+    legacy_head(e, &mut body, false);
+    e.customers.since(0).for_each(|n| body.str(n));
+    let mut columns: [codec::Writer; 5] = Default::default();
+    let mut prev = 0i64;
+    for (p, r) in e.pairs.records().iter().enumerate() {
+        columns[0].u64(u64::from(r.merchant));
+        columns[1].u64(crate::varint::zigzag(i64::from(r.customer) - prev));
+        prev = i64::from(r.customer);
+        columns[2].u64(e.pairs.txns(p as u32));
+        columns[3].uint(e.pairs.cents(p as u32));
+        columns[4]
+            .0
+            .push(r.gender().code() | legacy_bits(e, p) << 2);
+    }
+    columns.iter().for_each(|c| body.u64(c.0.len() as u64));
+    columns.iter().for_each(|c| body.0.extend_from_slice(&c.0));
+    let mut w = codec::Writer::default();
+    let names = e.customers.bytes_since(0) as u64;
+    for v in [
+        0,
+        1,
+        7,
+        1,
+        0,
+        e.customers.len() as u64,
+        names,
+        0,
+        e.pairs.len() as u64,
+    ] {
+        w.u64(v);
+    }
+    let mut out = b"TXS2".to_vec();
+    out.extend_from_slice(&w.0);
+    out.extend_from_slice(&lz4_flex::compress_prepend_size(&body.0));
+    out
+}
+
 #[test]
-fn txs1_snapshots_still_decode() {
+fn older_snapshot_forms_still_decode_with_every_emitted_detection() {
     let (texts, w) = busy_stream(12);
     let mut e = engine(busy_config(), w.clone());
     run_busy(&mut e, &texts);
-    let back = Engine::decode_snapshot(&encode_v1(&e), busy_config(), w).unwrap();
-    assert_eq!(back.encode_snapshot(), e.encode_snapshot());
+    for p in [UPGRADE, CHILD, DEI] {
+        assert!(e.totals().detections.get(p) > 0, "{p:?} fired");
+    }
+    for (form, bytes) in [("TXS1", encode_v1(&e)), ("TXS2", encode_v2(&e))] {
+        let back = Engine::decode_snapshot(&bytes, busy_config(), w.clone()).unwrap();
+        assert_eq!(back.encode_snapshot(), e.encode_snapshot(), "{form}");
+        assert_eq!(back.emitted, e.emitted, "{form}");
+    }
 }
 
 #[test]
@@ -798,7 +853,7 @@ fn a_delta_that_does_not_fit_changes_nothing() {
     d.pairs.last_mut().unwrap().txns = 0;
     breakers.push(("no transactions", d));
     let mut d = good.clone();
-    d.detections.push((PatternId::Child, 0, 9_999));
+    d.detections.push((CHILD.number(), 0, 9_999));
     breakers.push(("unknown detection", d));
     let mut d = good.clone();
     d.new_customers.push(e.customers.name(0).to_string());
@@ -979,10 +1034,12 @@ mod reference {
             }
             let mut holds = BTreeSet::new();
             for ((m, c), (n, s, _)) in &pairs {
-                if *n >= cfg.child_min_txns
-                    && u128::from(*s) < u128::from(cfg.child_avg_below_cents) * u128::from(*n)
+                if *n >= cfg.get(&crate::patterns::child::MIN_TXNS)
+                    && u128::from(*s)
+                        < u128::from(cfg.get(&crate::patterns::child::AVG_BELOW_CENTS))
+                            * u128::from(*n)
                 {
-                    holds.insert((PatternId::Child, m.clone(), c.clone()));
+                    holds.insert((PatternId::CHILD, m.clone(), c.clone()));
                 }
             }
             for (m, total) in &n_m {
@@ -993,14 +1050,16 @@ mod reference {
                     .collect();
                 let f = custs.iter().filter(|(_, v)| v.2 == "F").count() as u64;
                 let male = custs.iter().filter(|(_, v)| v.2 == "M").count() as u64;
-                if f > cfg.dei_min_female && f < male {
-                    holds.insert((PatternId::DeiNeeded, m.clone(), String::new()));
+                if f > cfg.get(&crate::patterns::dei::MIN_FEMALE) && f < male {
+                    holds.insert((PatternId::DEI_NEEDED, m.clone(), String::new()));
                 }
-                if *total > cfg.upgrade_min_merchant_txns {
+                if *total > cfg.get(&crate::patterns::upgrade::MIN_MERCHANT_TXNS) {
                     let mut counts: Vec<u64> = custs.iter().map(|(_, v)| v.0).collect();
                     counts.sort();
-                    let t_count =
-                        counts[rank(10_000 - cfg.upgrade_top_bp, counts.len() as u64) - 1];
+                    let t_count = counts[rank(
+                        10_000 - cfg.get(&crate::patterns::upgrade::TOP_BP),
+                        counts.len() as u64,
+                    ) - 1];
                     let mut ws: Vec<(i128, i128)> = custs
                         .iter()
                         .filter_map(|(c, _)| weights.get(&(m.clone(), (*c).clone())).copied())
@@ -1009,11 +1068,14 @@ mod reference {
                         continue;
                     }
                     ws.sort_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)));
-                    let t_w = ws[rank(cfg.upgrade_bottom_bp, ws.len() as u64) - 1];
+                    let t_w = ws[rank(
+                        cfg.get(&crate::patterns::upgrade::BOTTOM_BP),
+                        ws.len() as u64,
+                    ) - 1];
                     for (c, v) in &custs {
                         if let Some(w) = weights.get(&(m.clone(), (*c).clone())) {
                             if v.0 >= t_count && w.0 * t_w.1 <= t_w.0 * w.1 {
-                                holds.insert((PatternId::Upgrade, m.clone(), (*c).clone()));
+                                holds.insert((PatternId::UPGRADE, m.clone(), (*c).clone()));
                             }
                         }
                     }
@@ -1113,14 +1175,13 @@ proptest! {
         child_avg in prop_oneof![Just(2300u64), 500u64..3000],
         dei_min in 0u64..3,
     ) {
-        let cfg = PatternConfig {
-            upgrade_min_merchant_txns: upgrade_min,
-            upgrade_top_bp: top_bp,
-            upgrade_bottom_bp: bottom_bp,
-            child_min_txns: child_min,
-            child_avg_below_cents: child_avg,
-            dei_min_female: dei_min,
-        };
+        let cfg = PatternConfig::default()
+.with(&crate::patterns::upgrade::MIN_MERCHANT_TXNS, upgrade_min)
+.with(&crate::patterns::upgrade::TOP_BP, top_bp)
+.with(&crate::patterns::upgrade::BOTTOM_BP, bottom_bp)
+.with(&crate::patterns::child::MIN_TXNS, child_min)
+.with(&crate::patterns::child::AVG_BELOW_CENTS, child_avg)
+.with(&crate::patterns::dei::MIN_FEMALE, dei_min);
         let mut weights_csv = String::from("Source,Target,Weight,typeTrans,fraud\n");
         let mut weights = reference::Weights::new();
         for (c, m, w) in &weight_rows {
@@ -1180,7 +1241,7 @@ fn child_evidence_is_the_exact_average_just_below_23() {
     assert_eq!(
         apply_with_evidence(&mut e, &rows),
         vec![(
-            Child,
+            CHILD,
             "C2".into(),
             r#"{"amountCents":"183920","averageRupees":"22.99","txns":"80"}"#.into()
         )]
@@ -1212,11 +1273,11 @@ fn upgrade_evidence_names_both_ranks_and_the_customer_exactly_at_the_top_rank() 
     rows.push(("D", "M", "M1", "1"));
     let ups: Vec<_> = apply_with_evidence(&mut e, &rows)
         .into_iter()
-        .filter(|d| d.0 == Upgrade)
+        .filter(|d| d.0 == UPGRADE)
         .collect();
     let want = |c: &str| {
         (
-            Upgrade,
+            UPGRADE,
             c.to_string(),
             r#"{"bottomRank":"2","countAtTopRank":"5","customerTxns":"5","customerWeight":"1","customers":"4","merchantTxns":"16","topRank":"3","weightAtBottomRank":"1","weightedCustomers":"4"}"#
                 .to_string(),
@@ -1241,7 +1302,7 @@ fn dei_evidence_counts_customers_by_gender() {
     assert_eq!(
         found,
         vec![(
-            DeiNeeded,
+            DEI,
             String::new(),
             r#"{"femaleCustomers":"101","maleCustomers":"102"}"#.into()
         )]
@@ -1258,9 +1319,9 @@ fn explain_verdicts_agree_with_detect() {
         ("C", "M1", "2"),
         ("D", "M1", "1.5"),
     ]);
-    let mut cfg = small_upgrade(0, 2500, 5000);
-    cfg.child_min_txns = 5;
-    cfg.dei_min_female = 0;
+    let cfg = small_upgrade(0, 2500, 5000)
+        .with(&crate::patterns::child::MIN_TXNS, 5)
+        .with(&crate::patterns::dei::MIN_FEMALE, 0);
     let mut e = engine(cfg, weights);
     let mut rows = repeat(("A", "F", "M1", "1"), 5);
     rows.extend(repeat(("B", "M", "M1", "1"), 5));
@@ -1271,16 +1332,16 @@ fn explain_verdicts_agree_with_detect() {
         let p = e.explain_pair("M1", c).unwrap();
         assert_eq!(
             p.upgrade_holds,
-            found.contains(&det(Upgrade, "M1", c)),
+            found.contains(&det(UPGRADE, "M1", c)),
             "{c}"
         );
-        assert_eq!(p.child_holds, found.contains(&det(Child, "M1", c)), "{c}");
+        assert_eq!(p.child_holds, found.contains(&det(CHILD, "M1", c)), "{c}");
         assert_eq!(
             (p.upgrade_emitted, p.child_emitted),
             (p.upgrade_holds, p.child_holds)
         );
     }
     let m = e.explain_merchant("M1").unwrap();
-    assert_eq!(m.dei_holds, found.contains(&det(DeiNeeded, "M1", "")));
-    assert!(m.dei_holds && found.iter().any(|d| d.0 == Upgrade));
+    assert_eq!(m.dei_holds, found.contains(&det(DEI, "M1", "")));
+    assert!(m.dei_holds && found.iter().any(|d| d.0 == UPGRADE));
 }

@@ -287,7 +287,7 @@ impl Detector {
                 chunk: j,
                 y_start: started,
                 detected_at,
-                evidence: Some(*evidence),
+                evidence: Some(evidence.clone()),
             })
             .collect();
         Ok(Applied {

@@ -315,7 +315,7 @@ async fn write_chunk(
     let detected: Vec<DateTime<Utc>> = d.iter().map(|d| d.detected_at).collect();
     let evidence: Vec<Option<String>> = d
         .iter()
-        .map(|d| d.evidence.map(|e| e.to_json().to_string()))
+        .map(|d| d.evidence.as_ref().map(|e| e.to_json().to_string()))
         .collect();
     let detection_params: &[Param] = &[
         &stream, &chunk, &pattern, &merchant, &customer, &action, &seq, &y_start, &detected,

@@ -367,7 +367,7 @@ fn source_file(item: &Item, at: &str) -> Result<SourceFile, StoreError> {
 
 /// The head's attribute counting a pattern's detections: `det1` for PatId1, …
 fn detections_field(pattern: PatternId) -> String {
-    format!("det{}", pattern.index() + 1)
+    format!("det{}", pattern.number())
 }
 
 fn head_item(h: &DetectorHead) -> Item {
@@ -706,7 +706,7 @@ impl StateStore for DynamoTable {
                 rejected: f.number("rejected")?,
                 detections: {
                     let mut d = PerPattern::default();
-                    for p in PatternId::ALL {
+                    for p in txpipe_core::patterns::registered() {
                         // A pattern added after the head was written has none yet.
                         let field = detections_field(p);
                         d.add(p, if f.has(&field) { f.number(&field)? } else { 0 });
