@@ -11,8 +11,12 @@ Prints one `key=value` line: load and chunk seconds, and the detections found, w
 equal the engine's PatId2 / PatId3 counts (the script checks nothing itself; run.sh does).
 
 Usage: python duckdb_ref.py DATA_DIR [ROWS_PER_CHUNK]
+The thresholds come from the environment (`TXPIPE_CHILD_MIN_TXNS`,
+`TXPIPE_CHILD_AVG_BELOW_CENTS`, `TXPIPE_DEI_MIN_FEMALE`), which run.sh sets from
+`txpipe patterns --env`: the values the engine runs with, never restated here.
 """
 
+import os
 import sys
 import time
 
@@ -22,6 +26,9 @@ import duckdb
 def main() -> None:
     data = sys.argv[1]
     rows_per_chunk = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
+    child_min = int(os.environ["TXPIPE_CHILD_MIN_TXNS"])
+    child_below = int(os.environ["TXPIPE_CHILD_AVG_BELOW_CENTS"])
+    dei_min = int(os.environ["TXPIPE_DEI_MIN_FEMALE"])
     con = duckdb.connect()
     con.execute("SET threads TO 1")
     con.execute("SET preserve_insertion_order TO true")
@@ -94,19 +101,21 @@ def main() -> None:
             """
             INSERT INTO emitted
             SELECT 'PatId2', p.m, p.c FROM pairs p SEMI JOIN chunk ch ON p.m = ch.m AND p.c = ch.c
-            WHERE p.n >= 80 AND p.s < 2300 * p.n
+            WHERE p.n >= ? AND p.s < CAST(? AS HUGEINT) * p.n
               AND NOT EXISTS (SELECT 1 FROM emitted e
                               WHERE e.p = 'PatId2' AND e.m = p.m AND e.c = p.c)
-            """
+            """,
+            [child_min, child_below],
         )
         con.execute(
             """
             INSERT INTO emitted
             SELECT 'PatId3', me.m, '' FROM merchants me
             SEMI JOIN (SELECT DISTINCT m FROM chunk) t ON t.m = me.m
-            WHERE me.f > 100 AND me.f < me.male
+            WHERE me.f > ? AND me.f < me.male
               AND NOT EXISTS (SELECT 1 FROM emitted e WHERE e.p = 'PatId3' AND e.m = me.m)
-            """
+            """,
+            [dei_min],
         )
     chunks = time.perf_counter() - started
     child, dei = con.execute(

@@ -55,6 +55,12 @@ for shape in "${SHAPES[@]}"; do
   fi
 done
 
+# Every pattern at its default, for the engine bench, the replays and the yardstick
+# alike (DuckDB reads them from here: the engine's values, never restated).
+for var in $("$BIN" patterns --env | cut -d= -f1); do unset "$var"; done
+# shellcheck disable=SC2046
+export $("$BIN" patterns --env)
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
 

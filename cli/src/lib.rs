@@ -6,6 +6,7 @@ pub mod explain;
 pub mod generate;
 pub mod invoke;
 pub mod operate;
+pub mod patterns_cmd;
 pub mod replay_cmd;
 pub mod report;
 pub mod run;

@@ -102,6 +102,13 @@ enum Command {
         #[arg(long)]
         customer: Option<String>,
     },
+    /// List the patterns this build runs and each setting with the value this
+    /// environment gives it (`TXPIPE_*`, else its default) and its range.
+    Patterns {
+        /// Only `VAR=value` lines, for scripts.
+        #[arg(long)]
+        env: bool,
+    },
     /// Write one self-contained HTML page about a stream (state, charts per chunk,
     /// latest detections, rejected rows by reason, top merchants), from the same
     /// environment variables as `status`.
@@ -335,6 +342,10 @@ fn main() -> Result<()> {
             print!("{said}");
         }
         Command::Generate(args) => generate::run(args)?,
+        Command::Patterns { env } => print!(
+            "{}",
+            txpipe_cli::patterns_cmd::describe(&txpipe::config::EnvVars::from_env(), env)?
+        ),
         Command::Replay {
             transactions,
             importance,

@@ -5,8 +5,9 @@
 //!   with reasons;
 //! - [`cutting`]: cutting exactly R rows out of a source into chunks;
 //! - [`layout`]: the keys chunks and outputs are stored under;
-//! - [`engine`]: the running stats and the three patterns, with its compact state
-//!   codec (deltas and snapshots);
+//! - [`engine`]: the running stats, asking each pattern what holds after a chunk and
+//!   emitting it once, with its compact state codec (deltas and snapshots);
+//! - [`patterns`]: one file per pattern, and the list of those this build runs;
 //! - [`detection`], [`evidence`], [`batch`]: detection records, why each fired, and
 //!   their grouping into S3 files;
 //! - [`config`]: thresholds and settings with their defaults;

@@ -11,7 +11,9 @@
 //! 16-byte record in a flat array found through a sharded `u32` hash index
 //! ([`pairs`]); a merchant's weight order is a bitset over the importance table's own
 //! weight-sorted entries ([`weight_order`]), since weights never change during a
-//! stream; "touched in this chunk" is one bit per pair plus a per-chunk list.
+//! stream; "touched in this chunk" is one bit per pair plus a per-chunk list; what each
+//! pattern emitted is a bitset of its own ([`emitted`]), so patterns come and go
+//! without touching the pair record.
 
 mod codec;
 pub mod emitted;
