@@ -23,6 +23,7 @@ pub fn describe(env: &EnvVars, only_env: bool) -> anyhow::Result<String> {
                 }
             };
             writeln!(out, "{} {}: {asks}", r.id.id(), r.id.action())?;
+            writeln!(out, "  evidence: {}", pattern.evidence_fields().join(", "))?;
         }
         for s in r.settings {
             let value = config.get(s);
@@ -45,6 +46,7 @@ pub fn describe(env: &EnvVars, only_env: bool) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txpipe::PatternConfig;
 
     #[test]
     fn lists_every_registered_setting_with_the_environment_s_value() {
@@ -117,6 +119,30 @@ mod tests {
         assert!(
             wrong.is_empty(),
             "these disagree with the defaults in shared/core/src/patterns/: {wrong:?}"
+        );
+    }
+
+    /// Athena reads the evidence files through a struct listing every field (the JSON
+    /// reader matches keys case-insensitively): a pattern whose fields it lacks would
+    /// show nulls there.
+    #[test]
+    fn the_athena_evidence_table_has_every_registered_pattern_s_fields() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+        let template = std::fs::read_to_string(path).unwrap();
+        let columns = template
+            .lines()
+            .find(|l| l.contains("{Name: evidence, Type: \"struct<"))
+            .expect("the evidence table's struct column");
+        let config = PatternConfig::default();
+        let missing: Vec<String> = REGISTERED
+            .iter()
+            .flat_map(|r| (r.build)(&config).evidence_fields().to_vec())
+            .map(str::to_lowercase)
+            .filter(|f| !columns.contains(&format!("{f}:string")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "infra/template.yaml's evidence table lacks {missing:?}"
         );
     }
 }

@@ -37,6 +37,10 @@ impl Pattern for BigSpender {
         format!("big>{}:avg>{}", self.min_txns, self.avg_above_cents)
     }
 
+    fn evidence_fields(&self) -> &'static [&'static str] {
+        &["txns", "averageRupees"]
+    }
+
     fn pair(&self, pair: &PairFacts) -> Option<Evidence> {
         let holds = pair.txns > self.min_txns
             && pair.cents > u128::from(self.avg_above_cents) * u128::from(pair.txns);
@@ -71,6 +75,10 @@ impl Pattern for Crowded {
 
     fn fingerprint(&self) -> String {
         format!("crowded>{}", self.min_customers)
+    }
+
+    fn evidence_fields(&self) -> &'static [&'static str] {
+        &["customers"]
     }
 
     fn merchant(&self, merchant: &MerchantFacts<'_>) -> Option<Evidence> {

@@ -819,6 +819,34 @@ fn encode_v2(e: &Engine) -> Vec<u8> {
 }
 
 #[test]
+fn each_pattern_declares_the_fields_its_evidence_has() {
+    let (texts, w) = busy_stream(12);
+    let mut e = engine(busy_config(), w);
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, text) in texts.iter().enumerate() {
+        let out = e.apply_chunk(k as u64, text.as_bytes(), 1).unwrap();
+        for (d, why) in out.detections.iter().zip(&out.evidence) {
+            let (_, pattern) = e
+                .patterns()
+                .by_number(u64::from(d.pattern.number()))
+                .unwrap();
+            let mut keys: Vec<String> =
+                why.to_json().as_object().unwrap().keys().cloned().collect();
+            let mut declared: Vec<String> = pattern
+                .evidence_fields()
+                .iter()
+                .map(|f| f.to_string())
+                .collect();
+            keys.sort();
+            declared.sort();
+            assert_eq!(keys, declared, "{:?}", d.pattern);
+            seen.insert(d.pattern);
+        }
+    }
+    assert_eq!(seen.len(), 3, "every pattern fired");
+}
+
+#[test]
 fn older_snapshot_forms_still_decode_with_every_emitted_detection() {
     let (texts, w) = busy_stream(12);
     let mut e = engine(busy_config(), w.clone());

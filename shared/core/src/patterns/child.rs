@@ -75,6 +75,10 @@ impl Pattern for Child {
         format!("child>={}:avg<{}", self.min_txns, self.avg_below_cents)
     }
 
+    fn evidence_fields(&self) -> &'static [&'static str] {
+        &["txns", "amountCents", "averageRupees"]
+    }
+
     fn pair(&self, pair: &PairFacts) -> Option<Evidence> {
         self.holds(pair.txns, pair.cents)
     }

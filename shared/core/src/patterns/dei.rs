@@ -61,6 +61,10 @@ impl Pattern for Dei {
         format!("dei>{}", self.min_female)
     }
 
+    fn evidence_fields(&self) -> &'static [&'static str] {
+        &["femaleCustomers", "maleCustomers"]
+    }
+
     fn merchant(&self, merchant: &MerchantFacts<'_>) -> Option<Evidence> {
         self.holds(merchant.female, merchant.male)
     }

@@ -132,6 +132,10 @@ pub trait Pattern: Send + Sync + std::fmt::Debug {
     /// Its settings as a short stable text, pinned with a stream's state.
     fn fingerprint(&self) -> String;
 
+    /// The names of its evidence's fields (camelCase), as its evidence's JSON has them:
+    /// what the stack's Athena table must list.
+    fn evidence_fields(&self) -> &'static [&'static str];
+
     /// [`Asks::TouchedPairs`]: whether the pair holds now, and why.
     fn pair(&self, _pair: &PairFacts) -> Option<Evidence> {
         None

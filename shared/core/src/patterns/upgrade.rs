@@ -118,6 +118,20 @@ impl Pattern for Upgrade {
         )
     }
 
+    fn evidence_fields(&self) -> &'static [&'static str] {
+        &[
+            "customerTxns",
+            "merchantTxns",
+            "customers",
+            "topRank",
+            "countAtTopRank",
+            "customerWeight",
+            "weightedCustomers",
+            "bottomRank",
+            "weightAtBottomRank",
+        ]
+    }
+
     /// Every customer at or below the weight threshold is a candidate: a run of the
     /// merchant's weight-ordered entries, never a scan of all its customers.
     fn customers(
