@@ -1051,7 +1051,7 @@ fn merchant_facts<'a>(
         by_count: &s.by_count,
         by_weight: s.by_weight.as_ref(),
         weights,
-        entries: weights.merchant_entries(s.importance),
+        importance: s.importance,
         pairs,
     }
 }

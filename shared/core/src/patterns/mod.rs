@@ -114,10 +114,18 @@ pub struct MerchantFacts<'a> {
     pub by_weight: Option<&'a WeightOrder>,
     /// The importance table (weights of entries).
     pub weights: &'a ImportanceTable,
-    /// The merchant's entries in the importance table, in weight order.
-    pub entries: Range<u32>,
+    /// The merchant's index in the importance table (see [`MerchantFacts::entries`]).
+    pub(crate) importance: u32,
     /// The pair table (a pair's counters by its index).
     pub pairs: &'a PairTable,
+}
+
+impl MerchantFacts<'_> {
+    /// The merchant's entries in the importance table, in weight order. Looked up on
+    /// demand: most merchants a chunk touches never need them.
+    pub fn entries(&self) -> Range<u32> {
+        self.weights.merchant_entries(self.importance)
+    }
 }
 
 /// A pattern: asked after each chunk about what the chunk touched (see [`Asks`]),

@@ -98,7 +98,7 @@ impl Upgrade {
 
     /// The thresholds at a merchant, or `None` when no customer of it has a weight.
     pub fn thresholds(&self, m: &MerchantFacts<'_>) -> Option<Thresholds> {
-        thresholds(self, m.by_count, m.by_weight, m.weights, m.entries.clone())
+        thresholds(self, m.by_count, m.by_weight, m.weights, m.entries())
     }
 }
 
