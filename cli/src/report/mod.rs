@@ -40,7 +40,7 @@ pub struct ReportData {
     pub ledger: Vec<LedgerRow>,
     /// When each chunk object was last written (its cut), by chunk number.
     pub cut_ms: HashMap<u64, i64>,
-    /// Detections per chunk and pattern (index as [`PatternId::index`]).
+    /// Detections per chunk, by pattern.
     pub detections_per_chunk: Vec<(u64, PerPattern)>,
     /// The latest detections, newest first.
     pub latest: Vec<DetectionRow>,

@@ -4,7 +4,7 @@
 //! with the same bytes; two overlapping runs are fenced by the cursor condition.
 //!
 //! A source is one file, or a prefix whose files join one stream in the order they are
-//! discovered ([`prefix`]); a chunk of a prefix stream may span files, each file's rows
+//! discovered (`prefix.rs`); a chunk of a prefix stream may span files, each file's rows
 //! under its own header line.
 
 mod prefix;
