@@ -12,7 +12,7 @@ use txpipe::aws::AwsClients;
 use txpipe::chunker::ChunkerSettings;
 use txpipe::config::Config;
 use txpipe::detector::{Detector, DetectorSettings, NoOutputs};
-use txpipe::engine::{MerchantExplain, PairExplain};
+use txpipe::engine::{verdict, MerchantExplain, PairExplain, Verdict};
 use txpipe::evidence::exact_fraction;
 use txpipe::layout::StreamName;
 use txpipe::patterns::{child::Child, dei::Dei, upgrade::Upgrade};
@@ -123,6 +123,7 @@ fn describe_merchant(
     emitted: &EmittedDetections,
 ) -> Result<()> {
     let (up, dei) = (Upgrade::new(cfg), Dei::new(cfg));
+    let dei_verdict = verdict(&m.verdicts, PatternId::DEI_NEEDED);
     let s = &m.stats;
     writeln!(
         out,
@@ -136,7 +137,7 @@ fn describe_merchant(
         out,
         "\n{} {}: female customers {} > {}: {}; female {} < male {}: {}",
         PatternId::DEI_NEEDED.id(),
-        holds_text(m.dei_holds),
+        holds_text(dei_verdict.is_some_and(|v| v.holds.is_some())),
         s.female,
         dei.min_female,
         yes(more),
@@ -144,7 +145,15 @@ fn describe_merchant(
         s.male,
         yes(fewer)
     )?;
-    emitted.describe(out, PatternId::DEI_NEEDED, s.merchant, "", m.dei_emitted)?;
+    let dei_emitted = dei_verdict.is_some_and(|v| v.emitted);
+    emitted.describe(out, PatternId::DEI_NEEDED, s.merchant, "", dei_emitted)?;
+    for v in m
+        .verdicts
+        .iter()
+        .filter(|v| v.pattern != PatternId::DEI_NEEDED)
+    {
+        describe_other(out, v, s.merchant, "", emitted)?;
+    }
     writeln!(
         out,
         "\n{} thresholds at {}: merchant transactions {} > {}: {}",
@@ -194,6 +203,8 @@ fn describe_pair(
     emitted: &EmittedDetections,
 ) -> Result<()> {
     let (up, child) = (Upgrade::new(cfg), Child::new(cfg));
+    let holds = |id| verdict(&p.verdicts, id).is_some_and(|v| v.holds.is_some());
+    let was_emitted = |id| verdict(&p.verdicts, id).is_some_and(|v| v.emitted);
     let s = &p.stats;
     let average = readable(s.cents as i128, u128::from(s.txns) * 100);
     writeln!(
@@ -216,7 +227,7 @@ fn describe_pair(
         out,
         "\n{} {}: transactions {} >= {}: {}; average Rs {} < Rs {}: {}",
         PatternId::CHILD.id(),
-        holds_text(p.child_holds),
+        holds_text(holds(PatternId::CHILD)),
         s.txns,
         child.min_txns,
         yes(enough),
@@ -229,7 +240,7 @@ fn describe_pair(
         PatternId::CHILD,
         s.merchant,
         s.customer,
-        p.child_emitted,
+        was_emitted(PatternId::CHILD),
     )?;
     let big = m.stats.txns > up.min_merchant_txns;
     let (top, bottom) = match (&m.upgrade, &s.weight) {
@@ -241,7 +252,7 @@ fn describe_pair(
         out,
         "\n{} {}: merchant transactions {} > {}: {}; count {} at or above the top rank's {}: {}; weight {} at or below the bottom rank's {}: {}",
         PatternId::UPGRADE.id(),
-        holds_text(p.upgrade_holds),
+        holds_text(holds(PatternId::UPGRADE)),
         m.stats.txns,
         up.min_merchant_txns,
         yes(big),
@@ -258,8 +269,34 @@ fn describe_pair(
         PatternId::UPGRADE,
         s.merchant,
         s.customer,
-        p.upgrade_emitted,
-    )
+        was_emitted(PatternId::UPGRADE),
+    )?;
+    let described = [PatternId::UPGRADE, PatternId::CHILD];
+    for v in p
+        .verdicts
+        .iter()
+        .filter(|v| !described.contains(&v.pattern))
+    {
+        describe_other(out, v, s.merchant, s.customer, emitted)?;
+    }
+    Ok(())
+}
+
+/// A pattern the lines above do not reason about (one added since): its verdict, and
+/// its evidence when it holds now.
+fn describe_other(
+    out: &mut String,
+    v: &Verdict,
+    merchant: &str,
+    customer: &str,
+    emitted: &EmittedDetections,
+) -> Result<()> {
+    let (id, action) = (v.pattern.id(), v.pattern.action());
+    writeln!(out, "\n{id} {action} {}", holds_text(v.holds.is_some()))?;
+    if let Some(why) = &v.holds {
+        writeln!(out, "  why now: {}", why.to_json())?;
+    }
+    emitted.describe(out, v.pattern, merchant, customer, v.emitted)
 }
 
 /// The stream's emitted detections with their evidence: the evidence files in S3, and
@@ -353,5 +390,46 @@ impl EmittedDetections {
             (None, false) => writeln!(out, "  not emitted")?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use txpipe::evidence::Evidence;
+
+    #[test]
+    fn a_pattern_added_since_gets_its_verdict_and_evidence() {
+        let id = PatternId::new(4, "PatId4", "BIG-SPENDER");
+        let why = Evidence::Values(vec![("txns".into(), "21".into())]);
+        let emitted = EmittedDetections {
+            found: HashMap::from([(
+                ("PatId4".to_string(), "M1".to_string(), "C1".to_string()),
+                (
+                    "evidence/s/00000000.jsonl line 1".to_string(),
+                    3,
+                    why.to_json().to_string(),
+                ),
+            )]),
+        };
+        let mut out = String::new();
+        let holding = Verdict {
+            pattern: id,
+            holds: Some(why),
+            emitted: true,
+        };
+        describe_other(&mut out, &holding, "M1", "C1", &emitted).unwrap();
+        let idle = Verdict {
+            pattern: id,
+            holds: None,
+            emitted: false,
+        };
+        describe_other(&mut out, &idle, "M1", "C2", &emitted).unwrap();
+        assert_eq!(
+            out,
+            "\nPatId4 BIG-SPENDER holds now\n  why now: {\"txns\":\"21\"}\n  emitted at chunk 3 \
+             (evidence/s/00000000.jsonl line 1); evidence then: {\"txns\":\"21\"}\n\
+             \nPatId4 BIG-SPENDER does not hold now\n  not emitted\n"
+        );
     }
 }

@@ -3,13 +3,14 @@
 //! transactions at one merchant whose average is above Rs 5,000; once per pair) and
 //! PatId5 CROWDED (a merchant with more than 3 customers; once per merchant) — run
 //! beside the three registered ones through the engine, the delta codec, the snapshot
-//! codec, a rebuild from either, and the pending detections a stream's head carries,
-//! using only the core's public API (no engine file knows them).
+//! codec, a rebuild from either, the pending detections a stream's head carries, and
+//! `explain`'s verdicts, using only the core's public API (no engine file knows them).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use txpipe_core::batch::DetectionBatcher;
 use txpipe_core::detection::{Detection, DetectionKey};
+use txpipe_core::engine::verdict;
 use txpipe_core::evidence::{exact_fraction, Evidence};
 use txpipe_core::patterns::{Asks, MerchantFacts, PairFacts, Pattern, Patterns};
 use txpipe_core::{ChunkDelta, Engine, ImportanceTable, PatternConfig, PatternId};
@@ -177,6 +178,22 @@ fn a_pattern_defined_outside_the_engine_fires_once_with_its_evidence() {
     assert_eq!(
         totals.to_string(),
         "PatId1 0, PatId2 0, PatId3 0, PatId4 2, PatId5 1"
+    );
+    // `txpipe explain` asks it as a chunk does.
+    let pair = e.explain_pair("M1", "C1").unwrap();
+    let v = verdict(&pair.verdicts, BIG_SPENDER).unwrap();
+    assert!(v.emitted && v.holds.is_some(), "{v:?}");
+    let other = e.explain_pair("M1", "C2").unwrap();
+    let v = verdict(&other.verdicts, BIG_SPENDER).unwrap();
+    assert!(
+        !v.emitted && v.holds.is_none(),
+        "exactly 20 transactions: {v:?}"
+    );
+    let m = e.explain_merchant("M1").unwrap();
+    let v = verdict(&m.verdicts, CROWDED).unwrap();
+    assert_eq!(
+        v.holds.as_ref().map(|e| e.to_json().to_string()),
+        Some(r#"{"customers":"4"}"#.to_string())
     );
     // Its settings are pinned with the stream like the registered ones'.
     assert!(e

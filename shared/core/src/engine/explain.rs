@@ -1,10 +1,12 @@
 //! The engine's state as an analyst asks about it (`txpipe explain`): one merchant's
-//! stats and PatId1 thresholds now, one pair's stats, and which detections were
-//! emitted. Read-only; the cost is one merchant's order statistics.
+//! stats and PatId1 thresholds now, one pair's stats, and each pattern's verdict there —
+//! asked exactly as after a chunk — with whether it was emitted. Read-only; the cost is
+//! one merchant's order statistics.
 
 use super::{merchant_facts, Engine, MerchantView, PairView};
 use crate::detection::PatternId;
-use crate::patterns::{child::Child, dei::Dei, upgrade::Upgrade, Pattern};
+use crate::evidence::Evidence;
+use crate::patterns::{upgrade::Upgrade, Asks, PairFacts};
 use crate::weight::Weight;
 
 /// PatId1's thresholds at one merchant now (`None` fields: no customer has a weight).
@@ -24,6 +26,17 @@ pub struct UpgradeThresholdsView {
     pub weight_at_bottom_rank: Weight,
 }
 
+/// One pattern's verdict now: whether it holds (and why), and whether it was emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The pattern.
+    pub pattern: PatternId,
+    /// Why it holds now, as its evidence would say; `None` when it does not hold.
+    pub holds: Option<Evidence>,
+    /// Whether its detection was emitted (at most once, whenever it first held).
+    pub emitted: bool,
+}
+
 /// One merchant now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MerchantExplain<'a> {
@@ -31,10 +44,8 @@ pub struct MerchantExplain<'a> {
     pub stats: MerchantView<'a>,
     /// PatId1's thresholds (`None` when no customer of it has a weight).
     pub upgrade: Option<UpgradeThresholdsView>,
-    /// Whether PatId3 holds now (its file's condition).
-    pub dei_holds: bool,
-    /// Whether PatId3 was emitted for it.
-    pub dei_emitted: bool,
+    /// Each per-merchant pattern's verdict, asked as after a chunk.
+    pub verdicts: Vec<Verdict>,
 }
 
 /// One (merchant, customer) pair now.
@@ -42,26 +53,18 @@ pub struct MerchantExplain<'a> {
 pub struct PairExplain<'a> {
     /// Its stats.
     pub stats: PairView<'a>,
-    /// Whether PatId1 holds now: the merchant qualifies, the customer is in the run at
-    /// or below the weight threshold and its count reaches the top rank's.
-    pub upgrade_holds: bool,
-    /// Whether PatId1 was emitted for it.
-    pub upgrade_emitted: bool,
-    /// Whether PatId2 holds now (its file's condition).
-    pub child_holds: bool,
-    /// Whether PatId2 was emitted for it.
-    pub child_emitted: bool,
+    /// Each per-pair pattern's verdict, asked as after a chunk.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// The verdict of `pattern` among `verdicts`.
+pub fn verdict(verdicts: &[Verdict], pattern: PatternId) -> Option<&Verdict> {
+    verdicts.iter().find(|v| v.pattern == pattern)
 }
 
 impl Engine {
-    /// Whether `pattern` was emitted for pair or merchant `i`.
-    pub(super) fn was_emitted(&self, pattern: PatternId, i: u32) -> bool {
-        self.patterns
-            .by_number(u64::from(pattern.number()))
-            .is_some_and(|(slot, _)| self.emitted[slot].contains(i))
-    }
-
-    /// A merchant's stats, PatId1 thresholds and PatId3 flag; `None` if never seen.
+    /// A merchant's stats, PatId1 thresholds and the per-merchant patterns' verdicts;
+    /// `None` if never seen.
     pub fn explain_merchant(&self, merchant: &str) -> Option<MerchantExplain<'_>> {
         let m = self.merchants.get(merchant)?;
         let stats = &self.merchant_stats[m as usize];
@@ -78,6 +81,17 @@ impl Engine {
                     weight_at_bottom_rank: self.weights.entry_weight(t.bottom_entry)?,
                 })
             });
+        let verdicts = self
+            .patterns
+            .iter()
+            .zip(&self.emitted)
+            .filter(|(p, _)| !p.asks().per_pair())
+            .map(|(p, emitted)| Verdict {
+                pattern: p.id(),
+                holds: p.merchant(&facts),
+                emitted: emitted.contains(m),
+            })
+            .collect();
         Some(MerchantExplain {
             stats: MerchantView {
                 merchant: self.merchants.name(m),
@@ -87,28 +101,54 @@ impl Engine {
                 male: stats.male,
             },
             upgrade,
-            dei_holds: Dei::new(self.config()).merchant(&facts).is_some(),
-            dei_emitted: self.was_emitted(PatternId::DEI_NEEDED, m),
+            verdicts,
         })
     }
 
-    /// A pair's stats and emitted flags; `None` if the customer never bought there.
+    /// A pair's stats and the per-pair patterns' verdicts; `None` if the customer never
+    /// bought there.
     pub fn explain_pair(&self, merchant: &str, customer: &str) -> Option<PairExplain<'_>> {
         let (m, c) = (self.merchants.get(merchant)?, self.customers.get(customer)?);
         let p = self.pairs.find(m, c)?;
-        let (txns, cents) = (self.pairs.txns(p), self.pairs.cents(p));
-        let stats = &self.merchant_stats[m as usize];
-        // PatId1 asked as `detect` asks it: is the pair among the merchant's customers
-        // that hold now?
-        let mut holding = Vec::new();
-        let facts = merchant_facts(stats, &self.weights, &self.pairs);
-        Upgrade::new(self.config()).customers(&facts, &|_| false, &mut holding);
+        let facts = merchant_facts(&self.merchant_stats[m as usize], &self.weights, &self.pairs);
+        let pair = PairFacts {
+            txns: self.pairs.txns(p),
+            cents: self.pairs.cents(p),
+            gender: self.pairs.record(p).gender(),
+        };
+        let mut verdicts = Vec::new();
+        for (pattern, emitted) in self.patterns.iter().zip(&self.emitted) {
+            let holds = match pattern.asks() {
+                Asks::TouchedMerchants => continue,
+                Asks::TouchedPairs => pattern.pair(&pair),
+                // Asked as `detect` asks it: is the pair among the merchant's customers
+                // that hold now?
+                Asks::CustomersOfTouchedMerchants => {
+                    let mut holding = Vec::new();
+                    pattern.customers(&facts, &|_| false, &mut holding);
+                    holding
+                        .into_iter()
+                        .find(|&(q, _)| q == p)
+                        .map(|(_, why)| why)
+                }
+            };
+            verdicts.push(Verdict {
+                pattern: pattern.id(),
+                holds,
+                emitted: emitted.contains(p),
+            });
+        }
         Some(PairExplain {
             stats: self.pair_view(m, c)?,
-            upgrade_holds: holding.iter().any(|&(q, _)| q == p),
-            upgrade_emitted: self.was_emitted(PatternId::UPGRADE, p),
-            child_holds: Child::new(self.config()).holds(txns, cents).is_some(),
-            child_emitted: self.was_emitted(PatternId::CHILD, p),
+            verdicts,
         })
+    }
+
+    /// Whether `pattern` was emitted for pair or merchant `i`.
+    #[cfg(test)]
+    pub(super) fn was_emitted(&self, pattern: PatternId, i: u32) -> bool {
+        self.patterns
+            .by_number(u64::from(pattern.number()))
+            .is_some_and(|(slot, _)| self.emitted[slot].contains(i))
     }
 }

@@ -27,7 +27,7 @@ pub mod weight_order;
 
 pub use crate::names::Names;
 pub use codec::{ChunkDelta, CodecError, PairDelta};
-pub use explain::{MerchantExplain, PairExplain, UpgradeThresholdsView};
+pub use explain::{verdict, MerchantExplain, PairExplain, UpgradeThresholdsView, Verdict};
 pub use histogram::CountHistogram;
 
 use crate::config::PatternConfig;
