@@ -796,7 +796,10 @@ def static_checks(cfn, params, label):
         missing += [f"{pid} {v}" for v in variables
                     if not (isinstance(env.get(v), dict) and "Ref" in env[v] and env[v]["Ref"] in cfn["Parameters"])
                     or f"{v}=" not in status]
-    check(len(patterns) >= 3 and not missing and {v for _, vs in patterns for v in vs} == set(PATTERN_VARS),
+    # PATTERN_VARS (below) gives each setting a non-default value for the deploys here.
+    unlisted = sorted({v for _, vs in patterns for v in vs} ^ set(PATTERN_VARS))
+    missing += [f"{v} in deploy_check.PATTERN_VARS" for v in unlisted]
+    check(len(patterns) >= 3 and not missing,
           f"{label}: each of the {len(patterns)} registered patterns has its dashboard metric and its settings as parameters "
           f"reaching the detector and StatusEnvironment" + (f" (missing: {missing})" if missing else ""))
     unknown = sorted(f"{f}/{m}" for f, m in read if m not in emitted.get(f, set()))

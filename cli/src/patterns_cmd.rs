@@ -89,9 +89,13 @@ mod tests {
                 .lines()
                 .find(|l| l.starts_with('|') && l.contains(&var))
                 .and_then(|l| l.split('|').nth(2).map(|cell| cell.replace(',', "")));
+            // The cell's leading number, or for cents the one in parentheses
+            // ("23.00 (2300 cents)").
+            let number =
+                |t: &str| -> String { t.trim().chars().take_while(char::is_ascii_digit).collect() };
             let holds = |cell: &str| {
-                cell.split(|c: char| !c.is_ascii_digit())
-                    .any(|n| n == plain)
+                let paren = cell.split_once('(').map(|(_, rest)| number(rest));
+                number(cell) == plain || (cell.contains("cents") && paren == Some(plain.clone()))
             };
             if !behaviour_default.is_some_and(|cell| holds(&cell)) {
                 wrong.push(format!("docs/behaviour.md#defaults: {}", s.var));

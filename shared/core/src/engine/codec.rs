@@ -179,7 +179,10 @@ impl<'a> Reader<'a> {
     /// A pattern number, stored as number - 1 (PatId1 is 0).
     pub(super) fn pattern(&mut self) -> Result<u8, CodecError> {
         let stored = self.u64()?;
-        u8::try_from(stored + 1).map_err(|_| self.corrupt("pattern number out of range"))
+        stored
+            .checked_add(1)
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| self.corrupt("pattern number out of range"))
     }
     pub(super) fn done(&self) -> Result<(), CodecError> {
         if self.pos == self.buf.len() {

@@ -8,7 +8,8 @@
 //! emitted set as increasing pair or merchant indices), the customer ids, and the pairs
 //! stored by column (merchants, customers as differences from the previous pair's,
 //! counts, sums, genders), which LZ4 compresses far better than rows. Patterns are named
-//! by number, so a build with more patterns reads a snapshot written with fewer. Weights are
+//! by number. The emitted sets are in part 0 (a varint per emitted detection), so part 0
+//! may exceed the part size by about one byte per detection the stream has emitted. Weights are
 //! not stored: they are looked up again in the importance table, which the stored
 //! fingerprint pins.
 //!
@@ -516,6 +517,9 @@ fn decode_part(s: PartSlices<'_>) -> Result<PartOut, CodecError> {
             Gender::from_code(flags & 0b11),
         );
         *rec = decoded;
+        if s.header.version >= 3 && flags >> 2 != 0 {
+            return Err(corrupt("a pair's gender byte has other bits set"));
+        }
         let legacy = (flags >> 2) & 0b11;
         if s.header.version == 2 && legacy != 0 {
             out.legacy_emitted.push(((first + i) as u32, legacy));

@@ -564,7 +564,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = ChunkDelta::decode(&bytes);
-        for magic in [b"TXS1", b"TXS2"] {
+        for magic in [b"TXS1", b"TXS2", b"TXS3"] {
             let mut tagged = magic.to_vec();
             tagged.extend_from_slice(&bytes);
             let _ = Engine::decode_snapshot(&tagged, PatternConfig::default(), Arc::default());
